@@ -1,0 +1,158 @@
+//! Project tasks.
+//!
+//! `cargo xtask test [cargo test args]` runs the whole test suite. Without `DATABASE_URL` it
+//! starts a throwaway PostgreSQL cluster from the local binaries, points the tests at it and
+//! removes it afterwards, also when interrupted. With `DATABASE_URL` set it uses that server
+//! (the role needs CREATEDB: every test creates its own database).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use pgcluster::{Cluster, ClusterOptions};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("test") => run_tests(args.collect()),
+        _ => {
+            eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run_tests(extra: Vec<String>) -> ExitCode {
+    let root = workspace_root();
+    if let Err(message) = ensure_browser() {
+        eprintln!("xtask: {message}");
+        return ExitCode::FAILURE;
+    }
+
+    // Held until the end of this function: dropping it stops the server.
+    let mut cluster = None;
+    let database_url = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            eprintln!("xtask: using the PostgreSQL server named by DATABASE_URL");
+            url
+        }
+        _ => {
+            let data_dir = root
+                .join("target")
+                .join(format!("xtask-pg-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            match Cluster::start(&data_dir, &ClusterOptions::test()) {
+                Ok(started) => {
+                    eprintln!(
+                        "xtask: started a private PostgreSQL on 127.0.0.1:{}",
+                        started.port()
+                    );
+                    let url = started.url("postgres");
+                    cluster = Some((started, data_dir));
+                    url
+                }
+                Err(error) => {
+                    eprintln!("xtask: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+
+    // The child's pid, so a SIGTERM/SIGINT sent to us alone still ends the test run before
+    // we stop the database under it.
+    let child_pid = Arc::new(AtomicI32::new(0));
+    {
+        let child_pid = Arc::clone(&child_pid);
+        let _ = ctrlc::set_handler(move || {
+            let pid = child_pid.load(Ordering::SeqCst);
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        });
+    }
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(&extra)
+        .env("DATABASE_URL", &database_url)
+        // Tests mostly wait on I/O: run more of them than there are cores.
+        .env(
+            "RUST_TEST_THREADS",
+            std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
+        )
+        .spawn()
+        .and_then(|mut child| {
+            child_pid.store(child.id() as i32, Ordering::SeqCst);
+            child.wait()
+        });
+
+    if let Some((mut cluster, data_dir)) = cluster.take() {
+        if let Err(error) = cluster.stop() {
+            eprintln!("xtask: {error}");
+        }
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
+
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("xtask: running cargo test: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Swagger UI test drives Debian's Chromium through ChromeDriver.
+fn ensure_browser() -> Result<(), String> {
+    let present = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if present("chromium") && present("chromedriver") {
+        return Ok(());
+    }
+    if nix::unistd::geteuid().is_root() && present("apt-get") {
+        eprintln!("xtask: installing chromium and chromium-driver for the Swagger UI test");
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let ok = ok
+            || (Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+                && Command::new("apt-get")
+                    .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false));
+        if ok && present("chromium") && present("chromedriver") {
+            return Ok(());
+        }
+    }
+    Err("the Swagger UI test needs Chromium and ChromeDriver: install Debian's `chromium` and `chromium-driver` packages".into())
+}
