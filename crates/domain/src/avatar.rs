@@ -1,0 +1,338 @@
+//! Avatars: what a caller may name them, the kinds they come in, and their life cycle.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{FieldViolation, Violations};
+
+/// What an avatar depicts; it decides which trainer suits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AvatarKind {
+    Character,
+    Style,
+    Product,
+    General,
+}
+
+impl AvatarKind {
+    pub const ALL: [AvatarKind; 4] = [Self::Character, Self::Style, Self::Product, Self::General];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Character => "character",
+            Self::Style => "style",
+            Self::Product => "product",
+            Self::General => "general",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == value)
+    }
+}
+
+/// Where an avatar is in its life: collecting photos, ready to train, training, and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AvatarStatus {
+    /// Collecting photos; the set is not trainable yet.
+    Draft,
+    /// The photo set is valid and a training may start.
+    Ready,
+    Training,
+    Trained,
+    Failed,
+    Cancelled,
+}
+
+impl AvatarStatus {
+    pub const ALL: [AvatarStatus; 6] = [
+        Self::Draft,
+        Self::Ready,
+        Self::Training,
+        Self::Trained,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Ready => "ready",
+            Self::Training => "training",
+            Self::Trained => "trained",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+
+    /// The trigger phrase is baked into a model: it may change only before any training ran.
+    pub fn allows_trigger_phrase_change(self) -> bool {
+        matches!(self, Self::Draft | Self::Ready)
+    }
+}
+
+fn has_control_chars(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+/// A display name: 1 to 100 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvatarName(String);
+
+impl AvatarName {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(FieldViolation::new(field, "blank", "must not be blank"));
+        }
+        if trimmed.chars().count() > Self::MAX_CHARS {
+            return Err(FieldViolation::new(
+                field,
+                "too_long",
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if has_control_chars(trimmed) {
+            return Err(FieldViolation::new(
+                field,
+                "invalid_characters",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The caller's own id for the person the avatar belongs to (a user id in their system).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRef(String);
+
+impl OwnerRef {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+        if value.is_empty() {
+            return Err(FieldViolation::new(field, "blank", "must not be empty"));
+        }
+        if value.chars().count() > Self::MAX_CHARS {
+            return Err(FieldViolation::new(
+                field,
+                "too_long",
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if has_control_chars(value) || value != value.trim() {
+            return Err(FieldViolation::new(
+                field,
+                "invalid_characters",
+                "must not contain control characters or surrounding whitespace",
+            ));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The token that names the subject in prompts: 3 to 40 ASCII letters, digits or underscores,
+/// starting with a letter. Prompts are free text, so a phrase with spaces or punctuation would
+/// be ambiguous to find and to prepend; a single rare token is what LoRA trainers expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerPhrase(String);
+
+impl TriggerPhrase {
+    pub const MIN_CHARS: usize = 3;
+    pub const MAX_CHARS: usize = 40;
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+        let len = value.chars().count();
+        if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&len) {
+            return Err(FieldViolation::new(
+                field,
+                "invalid_length",
+                format!(
+                    "must be {} to {} characters",
+                    Self::MIN_CHARS,
+                    Self::MAX_CHARS
+                ),
+            ));
+        }
+        let mut chars = value.chars();
+        let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+        if !starts_with_letter || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(FieldViolation::new(
+                field,
+                "invalid_format",
+                "must start with a letter and contain only ASCII letters, digits and underscores",
+            ));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    /// A fresh phrase unlikely to collide with words a prompt would use.
+    pub fn generate() -> Self {
+        const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+        let mut rng = rand::thread_rng();
+        let suffix: String = (0..8)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect();
+        Self(format!("avtr_{suffix}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated request to create an avatar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAvatar {
+    pub name: AvatarName,
+    pub kind: AvatarKind,
+    pub owner_ref: Option<OwnerRef>,
+    /// `None` asks the service to generate a unique one.
+    pub trigger_phrase: Option<TriggerPhrase>,
+}
+
+impl NewAvatar {
+    /// Validates every field and reports all violations together.
+    pub fn parse(
+        name: &str,
+        kind: AvatarKind,
+        owner_ref: Option<&str>,
+        trigger_phrase: Option<&str>,
+    ) -> Result<Self, Violations> {
+        let mut violations = Violations::default();
+        let name = violations.check(AvatarName::parse("name", name));
+        let owner_ref = owner_ref.and_then(|v| violations.check(OwnerRef::parse("owner_ref", v)));
+        let trigger_phrase = trigger_phrase
+            .and_then(|v| violations.check(TriggerPhrase::parse("trigger_phrase", v)));
+        violations.into_result()?;
+        Ok(Self {
+            name: name.expect("checked above"),
+            kind,
+            owner_ref,
+            trigger_phrase,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(AvatarName::parse("name", "  Ann ").unwrap().as_str(), "Ann");
+        assert_eq!(AvatarName::parse("name", "   ").unwrap_err().code, "blank");
+        assert_eq!(
+            AvatarName::parse("name", &"é".repeat(100))
+                .unwrap()
+                .as_str()
+                .chars()
+                .count(),
+            100
+        );
+        assert_eq!(
+            AvatarName::parse("name", &"x".repeat(101))
+                .unwrap_err()
+                .code,
+            "too_long"
+        );
+        assert_eq!(
+            AvatarName::parse("name", "a\u{0007}b").unwrap_err().code,
+            "invalid_characters"
+        );
+    }
+
+    #[test]
+    fn trigger_phrases_are_single_tokens() {
+        assert!(TriggerPhrase::parse("t", "ohwx_man").is_ok());
+        assert_eq!(
+            TriggerPhrase::parse("t", "ab").unwrap_err().code,
+            "invalid_length"
+        );
+        assert_eq!(
+            TriggerPhrase::parse("t", "1abc").unwrap_err().code,
+            "invalid_format"
+        );
+        assert_eq!(
+            TriggerPhrase::parse("t", "two words").unwrap_err().code,
+            "invalid_format"
+        );
+        assert_eq!(
+            TriggerPhrase::parse("t", &"a".repeat(41)).unwrap_err().code,
+            "invalid_length"
+        );
+    }
+
+    #[test]
+    fn generated_trigger_phrases_are_valid_and_differ() {
+        let a = TriggerPhrase::generate();
+        let b = TriggerPhrase::generate();
+        assert!(TriggerPhrase::parse("t", a.as_str()).is_ok());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn new_avatar_reports_every_bad_field() {
+        let err = NewAvatar::parse("", AvatarKind::Character, Some(""), Some("x")).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["name", "owner_ref", "trigger_phrase"]);
+    }
+
+    #[test]
+    fn only_untrained_avatars_may_change_their_trigger_phrase() {
+        assert!(AvatarStatus::Draft.allows_trigger_phrase_change());
+        assert!(AvatarStatus::Ready.allows_trigger_phrase_change());
+        for status in [
+            AvatarStatus::Training,
+            AvatarStatus::Trained,
+            AvatarStatus::Failed,
+            AvatarStatus::Cancelled,
+        ] {
+            assert!(!status.allows_trigger_phrase_change());
+        }
+    }
+
+    #[test]
+    fn kinds_and_statuses_round_trip_through_their_names() {
+        for kind in AvatarKind::ALL {
+            assert_eq!(AvatarKind::parse(kind.as_str()), Some(kind));
+        }
+        for status in AvatarStatus::ALL {
+            assert_eq!(AvatarStatus::parse(status.as_str()), Some(status));
+        }
+    }
+}
+
+/// An avatar as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Avatar {
+    pub id: crate::AvatarId,
+    pub tenant_id: crate::TenantId,
+    pub name: String,
+    pub kind: AvatarKind,
+    pub owner_ref: Option<String>,
+    pub trigger_phrase: String,
+    pub status: AvatarStatus,
+    pub photo_count: u32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}

@@ -1,0 +1,188 @@
+use chrono::{DateTime, Utc};
+use domain::{Avatar, AvatarId, AvatarKind, AvatarStatus, NewAvatar, TenantId};
+
+use crate::{Store, StoreError};
+
+/// The unique index that keeps trigger phrases distinct within a tenant.
+pub const TRIGGER_PHRASE_CONSTRAINT: &str = "avatars_tenant_trigger_phrase_key";
+
+/// Narrows an avatar listing.
+#[derive(Debug, Clone, Default)]
+pub struct AvatarFilter {
+    pub owner_ref: Option<String>,
+    pub status: Option<AvatarStatus>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AvatarPatch {
+    pub name: Option<domain::AvatarName>,
+    pub trigger_phrase: Option<domain::TriggerPhrase>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AvatarRow {
+    id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    name: String,
+    kind: String,
+    owner_ref: Option<String>,
+    trigger_phrase: String,
+    status: String,
+    photo_count: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const AVATAR_COLUMNS: &str =
+    "id, tenant_id, name, kind, owner_ref, trigger_phrase, status, photo_count, created_at, updated_at";
+
+impl TryFrom<AvatarRow> for Avatar {
+    type Error = StoreError;
+
+    fn try_from(row: AvatarRow) -> Result<Self, StoreError> {
+        // The table's CHECK constraints make these unreachable unless the schema and the code
+        // disagree; report that as a decode error rather than panicking.
+        let corrupt = |column: &str, value: &str| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("avatars.{column} holds unknown value {value:?}").into(),
+            ))
+        };
+        Ok(Avatar {
+            id: AvatarId(row.id),
+            tenant_id: TenantId(row.tenant_id),
+            kind: AvatarKind::parse(&row.kind).ok_or_else(|| corrupt("kind", &row.kind))?,
+            status: AvatarStatus::parse(&row.status)
+                .ok_or_else(|| corrupt("status", &row.status))?,
+            name: row.name,
+            owner_ref: row.owner_ref,
+            trigger_phrase: row.trigger_phrase,
+            photo_count: u32::try_from(row.photo_count).unwrap_or(0),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+impl Store {
+    /// Inserts an avatar with the given trigger phrase. A phrase already used in the tenant is a
+    /// `Conflict` on [`TRIGGER_PHRASE_CONSTRAINT`].
+    pub async fn insert_avatar(
+        &self,
+        tenant_id: TenantId,
+        new: &NewAvatar,
+        trigger_phrase: &domain::TriggerPhrase,
+    ) -> Result<Avatar, StoreError> {
+        let row: AvatarRow = sqlx::query_as(&format!(
+            "INSERT INTO avatars (id, tenant_id, name, kind, owner_ref, trigger_phrase)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING {AVATAR_COLUMNS}"
+        ))
+        .bind(AvatarId::new().0)
+        .bind(tenant_id.0)
+        .bind(new.name.as_str())
+        .bind(new.kind.as_str())
+        .bind(new.owner_ref.as_ref().map(|o| o.as_str()))
+        .bind(trigger_phrase.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_write)?;
+        row.try_into()
+    }
+
+    pub async fn get_avatar(
+        &self,
+        tenant_id: TenantId,
+        id: AvatarId,
+    ) -> Result<Avatar, StoreError> {
+        let row: Option<AvatarRow> = sqlx::query_as(&format!(
+            "SELECT {AVATAR_COLUMNS} FROM avatars WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    /// One page of a tenant's avatars, newest first, starting after `after`. Returns at most
+    /// `limit` avatars and whether more follow.
+    pub async fn list_avatars(
+        &self,
+        tenant_id: TenantId,
+        filter: &AvatarFilter,
+        after: Option<AvatarId>,
+        limit: u32,
+    ) -> Result<(Vec<Avatar>, bool), StoreError> {
+        let rows: Vec<AvatarRow> = sqlx::query_as(&format!(
+            "SELECT {AVATAR_COLUMNS} FROM avatars
+             WHERE tenant_id = $1
+               AND ($2::uuid IS NULL OR id < $2)
+               AND ($3::text IS NULL OR owner_ref = $3)
+               AND ($4::text IS NULL OR status = $4)
+             ORDER BY id DESC
+             LIMIT $5"
+        ))
+        .bind(tenant_id.0)
+        .bind(after.map(|a| a.0))
+        .bind(filter.owner_ref.as_deref())
+        .bind(filter.status.map(AvatarStatus::as_str))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > limit as usize;
+        let avatars = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(Avatar::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((avatars, has_more))
+    }
+
+    /// Applies a patch. A trigger phrase change is refused (`Ok(None)`) unless the avatar is
+    /// still untrained at the moment of the update, so a training that starts concurrently
+    /// cannot be given a phrase its model was not trained with.
+    pub async fn update_avatar(
+        &self,
+        tenant_id: TenantId,
+        id: AvatarId,
+        patch: &AvatarPatch,
+    ) -> Result<Option<Avatar>, StoreError> {
+        let row: Option<AvatarRow> = sqlx::query_as(&format!(
+            "UPDATE avatars SET
+                 name = coalesce($3, name),
+                 trigger_phrase = coalesce($4, trigger_phrase),
+                 updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+               AND ($4::text IS NULL OR status IN ('draft', 'ready'))
+             RETURNING {AVATAR_COLUMNS}"
+        ))
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .bind(patch.name.as_ref().map(|n| n.as_str()))
+        .bind(patch.trigger_phrase.as_ref().map(|t| t.as_str()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_write)?;
+        match row {
+            Some(row) => Ok(Some(row.try_into()?)),
+            None => {
+                // Tell "no such avatar" from "phrase locked" for the caller.
+                self.get_avatar(tenant_id, id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn delete_avatar(&self, tenant_id: TenantId, id: AvatarId) -> Result<(), StoreError> {
+        let result = sqlx::query("DELETE FROM avatars WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id.0)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

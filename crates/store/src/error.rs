@@ -1,0 +1,33 @@
+use sqlx::error::ErrorKind;
+
+/// What can go wrong in the store, in terms its callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write; `constraint` names it.
+    #[error("conflicts with an existing row ({constraint})")]
+    Conflict { constraint: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Classifies a write's error: unique violations become `Conflict`.
+    pub(crate) fn from_write(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if db.kind() == ErrorKind::UniqueViolation {
+                return StoreError::Conflict {
+                    constraint: db.constraint().unwrap_or("unknown").to_string(),
+                };
+            }
+        }
+        StoreError::Database(error)
+    }
+
+    pub fn is_conflict_on(&self, name: &str) -> bool {
+        matches!(self, StoreError::Conflict { constraint } if constraint == name)
+    }
+}
