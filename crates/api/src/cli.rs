@@ -1,0 +1,201 @@
+//! The `avatars` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::{Config, ConfigError};
+use crate::state::AppState;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "avatars",
+    version,
+    about = "Trains personal FLUX avatars on fal.ai and generates images with them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service, configured from the environment (production).
+    Serve {
+        /// Apply pending database migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Run the whole service locally with embedded defaults: a private PostgreSQL (unless
+    /// DATABASE_URL is set), a dev tenant and API key.
+    Dev {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Where dev data lives (database cluster, dev key); kept across restarts.
+        #[arg(long, default_value = ".avatars-dev")]
+        data_dir: PathBuf,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage the API keys callers authenticate with.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key for a tenant (created when new). The key is printed once, here only.
+    Create {
+        /// Tenant name (the calling service), e.g. `telegram-bot`.
+        #[arg(long)]
+        tenant: String,
+        /// A note to tell keys apart.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id; requests with it are refused from then on.
+    Revoke { id: uuid::Uuid },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command, config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(config_error) = error.downcast_ref::<ConfigError>() {
+                eprintln!("{config_error}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn require_database(config: &Config, command: &str) -> Result<store::Store, anyhow::Error> {
+    let url = config.database_url.as_ref().ok_or_else(|| ConfigError {
+        variable: "DATABASE_URL",
+        problem: format!("required for `avatars {command}` (e.g. postgres://user@host/avatars)"),
+    })?;
+    store::Store::connect_lazy(url.expose_secret(), config.database_max_connections).map_err(|_| {
+        ConfigError {
+            variable: "DATABASE_URL",
+            problem: "expected a postgres:// URL".into(),
+        }
+        .into()
+    })
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Openapi => unreachable!("handled before configuration"),
+        Command::Dev { bind, data_dir } => crate::dev::run(config, bind, data_dir).await,
+        Command::Migrate => {
+            let store = require_database(&config, "migrate")?;
+            store.migrate().await.context("applying migrations")?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Serve { migrate } => {
+            let store = require_database(&config, "serve")?;
+            if migrate {
+                store.migrate().await.context("applying migrations")?;
+                tracing::info!("migrations applied");
+            }
+            let listener = tokio::net::TcpListener::bind(config.bind_addr)
+                .await
+                .with_context(|| format!("binding {}", config.bind_addr))?;
+            tracing::info!(addr = %config.bind_addr, "serving");
+            let state = AppState::new(store.clone(), config.http);
+            crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+            store.pool().close().await;
+            Ok(())
+        }
+        Command::ApiKeys(command) => {
+            let store = require_database(&config, "api-keys")?;
+            api_keys(&store, command).await
+        }
+    }
+}
+
+async fn api_keys(store: &store::Store, command: ApiKeysCommand) -> anyhow::Result<()> {
+    match command {
+        ApiKeysCommand::Create { tenant, label } => {
+            let tenant = tenant.trim();
+            anyhow::ensure!(
+                !tenant.is_empty() && tenant.chars().count() <= 100,
+                "--tenant must be 1 to 100 characters"
+            );
+            let (id, key) = crate::auth::create_api_key(store, tenant, &label)
+                .await
+                .context("creating the key")?;
+            eprintln!("created key {id} for tenant {tenant:?}; it is shown only now:");
+            println!("{}", key.expose_secret());
+        }
+        ApiKeysCommand::List { tenant } => {
+            let keys = store
+                .list_api_keys(tenant.as_deref())
+                .await
+                .context("listing keys")?;
+            println!(
+                "{:<36}  {:<20}  {:<12}  {:<20}  {:<20}  label",
+                "id", "tenant", "prefix", "created", "revoked"
+            );
+            for key in keys {
+                println!(
+                    "{:<36}  {:<20}  {:<12}  {:<20}  {:<20}  {}",
+                    key.id,
+                    key.tenant_name,
+                    key.prefix,
+                    key.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    key.revoked_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    key.label
+                );
+            }
+        }
+        ApiKeysCommand::Revoke { id } => match store.revoke_api_key(domain::ApiKeyId(id)).await {
+            Ok(()) => eprintln!("revoked key {id}"),
+            Err(store::StoreError::NotFound) => anyhow::bail!("no key with id {id}"),
+            Err(error) => return Err(error).context("revoking the key"),
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Configuration from the environment (names in docs/architecture.md).
+//!
+//! Every variable is read and checked at start-up; the first bad one stops the service with a
+//! single line naming it and what is wrong. Secrets are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// A configuration problem, named by its variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Overrides of the portrait trainer's balanced preset, with the seed's variable names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortraitOverrides {
+    pub steps: Option<u32>,
+    pub learning_rate: Option<f64>,
+    pub subject_crop: Option<bool>,
+    pub create_masks: Option<bool>,
+    pub multiresolution: Option<bool>,
+}
+
+/// fal.ai connection and training settings.
+#[derive(Debug, Clone)]
+pub struct FalSettings {
+    /// Absent: dev mode runs the in-process simulator instead.
+    pub key: Option<SecretString>,
+    pub queue_url: String,
+    pub rest_url: String,
+    pub jwks_url: String,
+    pub portrait: PortraitOverrides,
+    pub training_timeout: Duration,
+    pub status_check_interval: Duration,
+    pub max_retries: u32,
+    pub auto_model_selection: bool,
+}
+
+/// Everything the service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absent only in dev mode, which then runs its own PostgreSQL.
+    pub database_url: Option<SecretString>,
+    pub database_max_connections: u32,
+    pub bind_addr: SocketAddr,
+    pub public_base_url: Option<String>,
+    pub storage_url: Option<String>,
+    pub log_format: LogFormat,
+    pub http: HttpLimits,
+    pub fal: FalSettings,
+}
+
+/// Limits every request is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let http_defaults = HttpLimits::default();
+        Ok(Config {
+            database_url: env.secret("DATABASE_URL"),
+            database_max_connections: env
+                .parse_range("DATABASE_MAX_CONNECTIONS", 1, 1000)?
+                .unwrap_or(10),
+            bind_addr: env
+                .parse_with("BIND_ADDR", "a socket address such as 0.0.0.0:8080", |v| {
+                    v.parse::<SocketAddr>().ok()
+                })?
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            public_base_url: env
+                .url("PUBLIC_BASE_URL")?
+                .map(|u| u.trim_end_matches('/').to_string()),
+            storage_url: env.string("STORAGE_URL"),
+            log_format: env
+                .parse_with("LOG_FORMAT", "`text` or `json`", |v| match v {
+                    "text" => Some(LogFormat::Text),
+                    "json" => Some(LogFormat::Json),
+                    _ => None,
+                })?
+                .unwrap_or(LogFormat::Text),
+            http: HttpLimits {
+                max_body_bytes: env
+                    .parse_range("MAX_BODY_BYTES", 1024, 1024 * 1024 * 1024)?
+                    .map(|v: u64| v as usize)
+                    .unwrap_or(http_defaults.max_body_bytes),
+                request_timeout: env
+                    .seconds("REQUEST_TIMEOUT", 1, 3600)?
+                    .unwrap_or(http_defaults.request_timeout),
+            },
+            fal: FalSettings {
+                key: env.secret("FAL_KEY"),
+                queue_url: env
+                    .url("FAL_QUEUE_URL")?
+                    .unwrap_or_else(|| "https://queue.fal.run".into()),
+                rest_url: env
+                    .url("FAL_REST_URL")?
+                    .unwrap_or_else(|| "https://rest.fal.ai".into()),
+                jwks_url: env
+                    .url("FAL_JWKS_URL")?
+                    .unwrap_or_else(|| "https://rest.fal.ai/.well-known/jwks.json".into()),
+                portrait: PortraitOverrides {
+                    steps: env.parse_range("FAL_PORTRAIT_STEPS", 1, 10_000)?,
+                    learning_rate: env.parse_with(
+                        "FAL_PORTRAIT_LEARNING_RATE",
+                        "a positive number below 1, such as 0.0002",
+                        |v| v.parse::<f64>().ok().filter(|lr| *lr > 0.0 && *lr < 1.0),
+                    )?,
+                    subject_crop: env.boolean("FAL_PORTRAIT_SUBJECT_CROP")?,
+                    create_masks: env.boolean("FAL_PORTRAIT_CREATE_MASKS")?,
+                    multiresolution: env.boolean("FAL_PORTRAIT_MULTIRESOLUTION")?,
+                },
+                training_timeout: env
+                    .seconds("FAL_TRAINING_TIMEOUT", 60, 7 * 24 * 3600)?
+                    .unwrap_or(Duration::from_secs(1800)),
+                status_check_interval: env
+                    .seconds("FAL_STATUS_CHECK_INTERVAL", 1, 3600)?
+                    .unwrap_or(Duration::from_secs(30)),
+                max_retries: env.parse_range("FAL_MAX_RETRIES", 0, 10)?.unwrap_or(3),
+                auto_model_selection: env.boolean("FAL_AUTO_MODEL_SELECTION")?.unwrap_or(true),
+            },
+        })
+    }
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    /// The value, with empty treated as unset (as shells and compose files often leave it).
+    fn string(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.string(name).map(SecretString::from)
+    }
+
+    fn parse_with<T>(
+        &self,
+        name: &'static str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.string(name) {
+            None => Ok(None),
+            Some(raw) => parse(raw.trim()).map(Some).ok_or_else(|| ConfigError {
+                variable: name,
+                problem: format!("expected {expected}, got {raw:?}"),
+            }),
+        }
+    }
+
+    fn parse_range<T>(&self, name: &'static str, min: T, max: T) -> Result<Option<T>, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        self.parse_with(name, &format!("a whole number from {min} to {max}"), |v| {
+            v.parse::<T>().ok().filter(|n| *n >= min && *n <= max)
+        })
+    }
+
+    fn seconds(
+        &self,
+        name: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<Duration>, ConfigError> {
+        Ok(self
+            .parse_with(
+                name,
+                &format!("a number of seconds from {min} to {max}"),
+                |v| v.parse::<u64>().ok().filter(|n| *n >= min && *n <= max),
+            )?
+            .map(Duration::from_secs))
+    }
+
+    fn boolean(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {
+        self.parse_with(name, "true or false", |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
+                _ => None,
+            }
+        })
+    }
+
+    fn url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        self.parse_with(name, "an http:// or https:// URL", |v| {
+            let rest = v
+                .strip_prefix("https://")
+                .or_else(|| v.strip_prefix("http://"))?;
+            (!rest.is_empty() && !rest.starts_with('/')).then(|| v.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = config(&[]).unwrap();
+        assert!(config.database_url.is_none());
+        assert_eq!(config.bind_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.fal.training_timeout, Duration::from_secs(1800));
+        assert_eq!(config.fal.status_check_interval, Duration::from_secs(30));
+        assert_eq!(config.fal.max_retries, 3);
+        assert!(config.fal.auto_model_selection);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("BIND_ADDR", "localhost"),
+            ("FAL_MAX_RETRIES", "eleven"),
+            ("FAL_MAX_RETRIES", "11"),
+            ("FAL_TRAINING_TIMEOUT", "-5"),
+            ("FAL_AUTO_MODEL_SELECTION", "maybe"),
+            ("FAL_PORTRAIT_LEARNING_RATE", "2"),
+            ("FAL_QUEUE_URL", "ftp://x"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let error = config(&[(name, value)]).unwrap_err();
+            assert_eq!(error.variable, name);
+            assert!(error
+                .to_string()
+                .starts_with(&format!("invalid configuration: {name}: expected")));
+        }
+    }
+
+    #[test]
+    fn seed_settings_are_read() {
+        let config = config(&[
+            ("FAL_PORTRAIT_STEPS", "1200"),
+            ("FAL_PORTRAIT_CREATE_MASKS", "false"),
+            ("FAL_AUTO_MODEL_SELECTION", "0"),
+            ("FAL_KEY", "id:secret"),
+        ])
+        .unwrap();
+        assert_eq!(config.fal.portrait.steps, Some(1200));
+        assert_eq!(config.fal.portrait.create_masks, Some(false));
+        assert!(!config.fal.auto_model_selection);
+        assert_eq!(
+            config.fal.key.as_ref().unwrap().expose_secret(),
+            "id:secret"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = config(&[
+            ("FAL_KEY", "fal-secret-value"),
+            ("DATABASE_URL", "postgres://u:db-password@h/d"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("fal-secret-value"));
+        assert!(!printed.contains("db-password"));
+    }
+}

@@ -1,0 +1,96 @@
+//! `avatars dev`: the whole service on one machine with nothing configured.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use pgcluster::{Cluster, ClusterOptions};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::Config;
+use crate::state::AppState;
+
+const DEV_TENANT: &str = "dev";
+const DEV_DATABASE: &str = "avatars";
+
+pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the dev data directory {}", data_dir.display()))?;
+
+    // Dropping the cluster stops it, also when start-up fails below.
+    let (database_url, mut cluster) = match &config.database_url {
+        Some(url) => (url.expose_secret().to_string(), None),
+        None => {
+            let pg_dir = data_dir.join("postgres");
+            let cluster =
+                tokio::task::spawn_blocking(move || -> Result<Cluster, pgcluster::ClusterError> {
+                    let cluster = Cluster::start(&pg_dir, &ClusterOptions::dev())?;
+                    cluster.ensure_database(DEV_DATABASE)?;
+                    Ok(cluster)
+                })
+                .await
+                .context("starting PostgreSQL")??;
+            tracing::info!(port = cluster.port(), "private PostgreSQL started");
+            (cluster.url(DEV_DATABASE), Some(cluster))
+        }
+    };
+
+    let store = store::Store::connect_lazy(&database_url, config.database_max_connections)?;
+    store.migrate().await.context("applying migrations")?;
+    let key = dev_api_key(&store, &data_dir).await?;
+
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {bind} (pass --bind to choose another address)"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!();
+    println!("  avatars dev is running");
+    println!("  base URL:    {base}");
+    println!("  Swagger UI:  {base}/docs/");
+    println!("  dev API key: {}", key.expose_secret());
+    println!();
+    println!(
+        "  try: curl -H 'Authorization: Bearer {}' {base}/avatars",
+        key.expose_secret()
+    );
+    println!();
+
+    let state = AppState::new(store.clone(), config.http);
+    crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+
+    store.pool().close().await;
+    if let Some(cluster) = cluster.as_mut() {
+        tokio::task::block_in_place(|| cluster.stop()).context("stopping PostgreSQL")?;
+        tracing::info!("private PostgreSQL stopped");
+    }
+    Ok(())
+}
+
+/// The dev key is kept in the data directory so it stays the same across restarts; a missing
+/// or revoked one is replaced.
+async fn dev_api_key(store: &store::Store, data_dir: &Path) -> anyhow::Result<SecretString> {
+    let path = data_dir.join("dev-api-key");
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let saved = saved.trim().to_string();
+        let hash = crate::auth::hash_key(&saved);
+        if store.authenticate_key(&hash).await?.is_some() {
+            return Ok(SecretString::from(saved));
+        }
+    }
+    let (_, key) = crate::auth::create_api_key(store, DEV_TENANT, "avatars dev").await?;
+    write_private(&path, key.expose_secret())
+        .with_context(|| format!("saving the dev key to {}", path.display()))?;
+    Ok(key)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}

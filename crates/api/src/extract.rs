@@ -1,0 +1,253 @@
+//! Request extractors whose every rejection is a problem document naming the field at fault.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::problem::{ApiError, FieldError, FieldLocation};
+
+/// A JSON body: `application/json` required, syntax errors are 400, shape errors 422 per field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body is larger than this endpoint accepts",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        rejection.body_text(),
+                    )
+                }
+            })?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON document, reporting shape errors with the path of the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, so a truncated document is reported as malformed even when its first
+    // token already has the wrong type.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|error| malformed(&error))?;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                field_error(&path, &inner.to_string(), FieldLocation::Body)
+            }
+            _ => malformed(&inner),
+        }
+    })?;
+    deserializer.end().map_err(|error| malformed(&error))?;
+    Ok(value)
+}
+
+fn malformed(error: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!("the body is not valid JSON: {error}"),
+    )
+}
+
+/// Builds the 422 for a serde data error found at `path`.
+fn field_error(path: &str, message: &str, location: FieldLocation) -> ApiError {
+    // serde_json appends " at line L column C"; the field path says more to a caller.
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_string();
+    let parent = if path == "." { "" } else { path };
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(|name| {
+                // serde_path_to_error already ends the path with an unknown field's name, but
+                // stops at the parent for a missing one.
+                let last = parent.rsplit('.').next().unwrap_or("");
+                if last == name {
+                    parent.to_string()
+                } else {
+                    join_path(parent, name)
+                }
+            })
+    };
+    let (field, code) = if let Some(field) = named("missing field `") {
+        (field, "required")
+    } else if let Some(field) = named("unknown field `") {
+        (field, "unknown_field")
+    } else if let Some(field) = named("duplicate field `") {
+        (field, "duplicate_field")
+    } else if message.starts_with("invalid type") {
+        (parent.to_string(), "invalid_type")
+    } else {
+        (parent.to_string(), "invalid_value")
+    };
+    ApiError::validation(vec![FieldError {
+        field,
+        location,
+        code: code.to_string(),
+        message,
+    }])
+}
+
+fn join_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// Query parameters, with unknown or malformed ones rejected by name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(AppQuery)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                field_error(&path, &error.into_inner().to_string(), FieldLocation::Query)
+            })
+    }
+}
+
+/// A path parameter that must be a UUID; anything else names no resource, so it is a 404.
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::not_found("not_found", "no such resource"))?;
+        uuid::Uuid::parse_str(&raw)
+            .map(PathId)
+            .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        steps: u32,
+    }
+
+    fn first_field(error: ApiError) -> (String, String) {
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let problem = error.into_problem();
+        (
+            problem.errors[0].field.clone(),
+            problem.errors[0].code.clone(),
+        )
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        let missing = parse_json::<Body>(br#"{}"#).unwrap_err();
+        assert_eq!(first_field(missing), ("name".into(), "required".into()));
+        let unknown = parse_json::<Body>(br#"{"name":"a","nmae":"b"}"#).unwrap_err();
+        assert_eq!(
+            first_field(unknown),
+            ("nmae".into(), "unknown_field".into())
+        );
+        let nested = parse_json::<Body>(br#"{"name":"a","inner":{"steps":"x"}}"#).unwrap_err();
+        assert_eq!(
+            first_field(nested),
+            ("inner.steps".into(), "invalid_type".into())
+        );
+        let nested_missing = parse_json::<Body>(br#"{"name":"a","inner":{}}"#).unwrap_err();
+        assert_eq!(
+            first_field(nested_missing),
+            ("inner.steps".into(), "required".into())
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        for body in [
+            &b"{"[..],
+            b"",
+            b"{\"name\":\"a\"} trailing",
+            b"nope",
+            b"[1,2",
+        ] {
+            let error = parse_json::<Body>(body).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(error.code(), "malformed_json");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The avatars HTTP service.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+mod dev;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
+pub use config::{Config, HttpLimits};
+pub use state::AppState;

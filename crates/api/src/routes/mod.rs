@@ -1,0 +1,2 @@
+pub mod avatars;
+pub mod ops;
