@@ -1,0 +1,9 @@
+//! Black-box tests: the real router over HTTP, real PostgreSQL (one database per test).
+//! One test binary with modules, so the suite links once.
+
+mod auth;
+mod avatars;
+mod http_errors;
+mod openapi;
+mod operations;
+mod swagger_ui;

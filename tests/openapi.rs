@@ -1,0 +1,73 @@
+use blackbox::TestApp;
+use serde_json::Value;
+use sqlx::PgPool;
+
+const REGENERATE: &str = "cargo run -q -p api --bin avatars -- openapi > openapi/openapi.json";
+
+#[test]
+fn the_committed_spec_matches_the_code() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let generated = api::openapi_json();
+    assert!(
+        committed == generated,
+        "openapi/openapi.json differs from the code; regenerate it with `{REGENERATE}` and commit it"
+    );
+}
+
+#[test]
+fn every_operation_is_documented_with_errors_and_security() {
+    let spec: Value = serde_json::from_str(&api::openapi_json()).unwrap();
+    let paths = spec["paths"].as_object().unwrap();
+    for path in [
+        "/avatars",
+        "/avatars/{id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} documented");
+    }
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["operationId"].is_string(),
+                "{method} {path} has an operationId"
+            );
+            if path.starts_with("/avatars") {
+                assert_eq!(
+                    operation["security"][0]["api_key"],
+                    serde_json::json!([]),
+                    "{method} {path}"
+                );
+                let responses = operation["responses"].as_object().unwrap();
+                let unauthorized =
+                    &responses["401"]["content"]["application/problem+json"]["schema"]["$ref"];
+                assert_eq!(
+                    unauthorized, "#/components/schemas/Problem",
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["api_key"]["scheme"],
+        "bearer"
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_served_spec_is_the_generated_one(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let served: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let generated: Value = serde_json::from_str(&api::openapi_json()).unwrap();
+    assert_eq!(served, generated);
+}
