@@ -1,5 +1,7 @@
-//! Structured logs: text for people, JSON (`LOG_FORMAT=json`) for machines. Each request's
+//! Structured logs on stderr: text for people, JSON (`LOG_FORMAT=json`) for machines. Each request's
 //! lines carry its request id through the request span.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,7 +17,14 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     // try_init: a second initialisation (tests) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()

@@ -1,0 +1,95 @@
+//! `avatars dev` as a newcomer runs it: nothing configured, a private PostgreSQL, a dev key,
+//! and nothing left running after SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
+    let data_dir = std::env::temp_dir().join(format!("avatars-dev-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avatars"))
+        .args(["dev", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("FAL_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("avatars dev starts");
+
+    // The banner names the base URL and the key; read it on a thread with a deadline.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut base, mut key) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while key.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(url) = line.trim().strip_prefix("base URL:") {
+                base = Some(url.trim().to_string());
+            }
+            if let Some(k) = line.trim().strip_prefix("dev API key:") {
+                key = Some(k.trim().to_string());
+            }
+        }
+    }
+    let (base, key) = (
+        base.expect("base URL printed"),
+        key.expect("dev key printed"),
+    );
+
+    let client = reqwest::Client::new();
+    let docs = client.get(format!("{base}/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    let created: serde_json::Value = client
+        .post(format!("{base}/avatars"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "dev", "kind": "character"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("created");
+    let fetched = client
+        .get(format!("{base}/avatars/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "avatars dev exits after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // A cleanly stopped PostgreSQL removes its pid file.
+    assert!(
+        !data_dir.join("postgres/postmaster.pid").exists(),
+        "PostgreSQL was stopped"
+    );
+    assert!(
+        data_dir.join("postgres/PG_VERSION").exists(),
+        "data is kept"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
