@@ -1,0 +1,348 @@
+//! Per-photo validation: format, size, dimensions, integrity, orientation,
+//! quality warnings and hashes.
+//!
+//! Order matters for cost and safety: cheap byte checks first, header
+//! dimensions before any decoder is created, and the full decode (the only
+//! expensive step) last, under explicit decoder limits.
+
+use std::fs::File;
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, Limits};
+use sha2::{Digest, Sha256};
+
+use crate::format::{sniff, FileKind, PhotoFormat};
+use crate::header;
+use crate::quality::{
+    GrayThumbnail, QualityMetrics, BLURRY_LAPLACIAN_VARIANCE_BELOW, BRIGHT_MEAN_ABOVE,
+    DARK_MEAN_BELOW, LOW_CONTRAST_STDDEV_BELOW,
+};
+
+/// Limits a photo must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhotoRules {
+    /// Largest accepted file, in bytes.
+    pub max_bytes: u64,
+    /// Largest accepted width or height, in pixels.
+    pub max_side: u32,
+    /// Largest accepted width x height.
+    pub max_pixels: u64,
+    /// Smallest accepted shorter side, in pixels (the trainers work at 512+).
+    pub min_short_side: u32,
+}
+
+impl Default for PhotoRules {
+    fn default() -> Self {
+        PhotoRules {
+            max_bytes: 20 * 1024 * 1024,
+            max_side: 8192,
+            max_pixels: 50_000_000,
+            min_short_side: 512,
+        }
+    }
+}
+
+impl PhotoRules {
+    /// Decoder limits derived from the rules: the decoder refuses anything
+    /// larger than the accepted dimensions, and never allocates more than an
+    /// accepted photo at 16 bits per RGBA channel needs (plus headroom for
+    /// the decoder's own buffers).
+    pub(crate) fn decoder_limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(self.max_side);
+        limits.max_image_height = Some(self.max_side);
+        limits.max_alloc = Some(
+            self.max_pixels
+                .saturating_mul(8)
+                .saturating_add(64 * 1024 * 1024),
+        );
+        limits
+    }
+
+    fn check_dimensions(&self, width: u32, height: u32) -> Result<(), PhotoRejection> {
+        if width > self.max_side
+            || height > self.max_side
+            || u64::from(width) * u64::from(height) > self.max_pixels
+        {
+            return Err(PhotoRejection::DimensionsTooLarge {
+                width,
+                height,
+                max_side: self.max_side,
+                max_pixels: self.max_pixels,
+            });
+        }
+        if width.min(height) < self.min_short_side {
+            return Err(PhotoRejection::TooSmall {
+                width,
+                height,
+                min_short_side: self.min_short_side,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a photo cannot be used. Each variant has a stable [`code`](Self::code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhotoRejection {
+    #[error("the file is empty")]
+    EmptyFile,
+    #[error("the file is {bytes} bytes; the limit is {max_bytes} bytes")]
+    FileTooLarge { bytes: u64, max_bytes: u64 },
+    #[error("{} files are not supported; upload JPEG, PNG or WEBP", describe_kind(*detected))]
+    UnsupportedFormat { detected: FileKind },
+    #[error(
+        "the image is {width}x{height} pixels; the limit is {max_side} pixels per side and {max_pixels} pixels in total"
+    )]
+    DimensionsTooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
+    #[error("the image is damaged or incomplete: {detail}")]
+    CorruptImage { detail: String },
+    #[error("the image is {width}x{height} pixels; its shorter side must be at least {min_short_side} pixels")]
+    TooSmall {
+        width: u32,
+        height: u32,
+        min_short_side: u32,
+    },
+}
+
+fn describe_kind(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Heic => "HEIC/HEIF (heic)",
+        FileKind::Avif => "AVIF (avif)",
+        FileKind::Gif => "GIF (gif)",
+        FileKind::Html => "HTML pages saved as images (html)",
+        FileKind::Svg => "SVG (svg)",
+        FileKind::Bmp => "BMP (bmp)",
+        FileKind::Tiff => "TIFF (tiff)",
+        FileKind::Pdf => "PDF (pdf)",
+        FileKind::Unknown => "Unrecognised (unknown)",
+        FileKind::Jpeg | FileKind::Png | FileKind::Webp => "these",
+    }
+}
+
+impl PhotoRejection {
+    /// Stable snake_case code for API responses and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PhotoRejection::EmptyFile => "empty_file",
+            PhotoRejection::FileTooLarge { .. } => "file_too_large",
+            PhotoRejection::UnsupportedFormat { .. } => "unsupported_format",
+            PhotoRejection::DimensionsTooLarge { .. } => "dimensions_too_large",
+            PhotoRejection::CorruptImage { .. } => "corrupt_image",
+            PhotoRejection::TooSmall { .. } => "too_small",
+        }
+    }
+
+    /// Human-readable explanation for the user.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    fn corrupt(detail: impl Into<String>) -> Self {
+        PhotoRejection::CorruptImage {
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A quality problem that does not block the photo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhotoWarning {
+    /// Stable snake_case code: `too_dark`, `too_bright`, `low_contrast`,
+    /// `blurry`, or (raised by the caller) `near_duplicate`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl PhotoWarning {
+    /// Warning for a photo whose perceptual hash is close to another photo of
+    /// the same avatar (see [`crate::is_near_duplicate`]).
+    pub fn near_duplicate(other: &str) -> PhotoWarning {
+        PhotoWarning {
+            code: "near_duplicate",
+            message: format!(
+                "this photo looks almost the same as {other}; varied photos train better avatars"
+            ),
+        }
+    }
+}
+
+/// Everything learned about an accepted photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoInspection {
+    pub format: PhotoFormat,
+    /// Width as stored in the file.
+    pub width: u32,
+    /// Height as stored in the file.
+    pub height: u32,
+    /// Width as displayed after EXIF orientation.
+    pub display_width: u32,
+    /// Height as displayed after EXIF orientation.
+    pub display_height: u32,
+    /// EXIF orientation 1-8 (1 when absent or invalid).
+    pub orientation: u8,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the exact bytes, lower-case hex: exact-duplicate detection.
+    pub sha256: String,
+    /// 64-bit difference hash: near-duplicate detection.
+    pub perceptual_hash: u64,
+    pub metrics: QualityMetrics,
+    pub warnings: Vec<PhotoWarning>,
+}
+
+/// Failure to inspect: either the photo is rejected, or reading it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Rejected(#[from] PhotoRejection),
+    #[error("reading the photo failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Inspect a photo stored in a file (the upload's temp file).
+pub fn inspect_photo_path(
+    path: &Path,
+    rules: &PhotoRules,
+) -> Result<PhotoInspection, InspectError> {
+    inspect_photo_reader(File::open(path)?, rules)
+}
+
+/// Inspect a photo from any seekable reader. The size is checked before
+/// reading, so an oversized file is refused without being read.
+pub fn inspect_photo_reader<R: Read + Seek>(
+    mut reader: R,
+    rules: &PhotoRules,
+) -> Result<PhotoInspection, InspectError> {
+    let start = reader.stream_position()?;
+    let end = reader.seek(SeekFrom::End(0))?;
+    reader.seek(SeekFrom::Start(start))?;
+    let bytes = end.saturating_sub(start);
+    check_size(bytes, rules)?;
+    // The whole photo is needed for hashing and decoding; one read into an
+    // exactly sized buffer is the cheapest way to get it.
+    let mut data = Vec::with_capacity(bytes as usize);
+    reader.take(rules.max_bytes + 1).read_to_end(&mut data)?;
+    Ok(inspect_photo_bytes(&data, rules)?)
+}
+
+fn check_size(bytes: u64, rules: &PhotoRules) -> Result<(), PhotoRejection> {
+    if bytes == 0 {
+        return Err(PhotoRejection::EmptyFile);
+    }
+    if bytes > rules.max_bytes {
+        return Err(PhotoRejection::FileTooLarge {
+            bytes,
+            max_bytes: rules.max_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Inspect a photo held in memory.
+pub fn inspect_photo_bytes(
+    data: &[u8],
+    rules: &PhotoRules,
+) -> Result<PhotoInspection, PhotoRejection> {
+    check_size(data.len() as u64, rules)?;
+    let detected = sniff(data);
+    let format = detected
+        .photo_format()
+        .ok_or(PhotoRejection::UnsupportedFormat { detected })?;
+
+    let (width, height) =
+        header::dimensions(data, format).map_err(|e| PhotoRejection::corrupt(e.0))?;
+    rules.check_dimensions(width, height)?;
+    if format == PhotoFormat::Jpeg && !header::jpeg_is_complete(data) {
+        return Err(PhotoRejection::corrupt(
+            "the JPEG data ends before the end-of-image marker",
+        ));
+    }
+
+    let (image, orientation) = decode(data, format, rules).map_err(|e| match e {
+        ImageError::Limits(_) => PhotoRejection::DimensionsTooLarge {
+            width,
+            height,
+            max_side: rules.max_side,
+            max_pixels: rules.max_pixels,
+        },
+        other => PhotoRejection::corrupt(other.to_string()),
+    })?;
+    // The decoder is authoritative; re-check in case the header walk and the
+    // decoder disagree.
+    let (width, height) = (image.width(), image.height());
+    rules.check_dimensions(width, height)?;
+    let thumbnail = GrayThumbnail::from_image(&image);
+    // Release the full-size pixels before the remaining (cheap) work.
+    drop(image);
+
+    let metrics = thumbnail.metrics();
+    let (display_width, display_height) = if orientation >= 5 {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    Ok(PhotoInspection {
+        format,
+        width,
+        height,
+        display_width,
+        display_height,
+        orientation,
+        bytes: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(data)),
+        perceptual_hash: thumbnail.difference_hash(),
+        metrics,
+        warnings: quality_warnings(&metrics),
+    })
+}
+
+/// Decode under the rules' limits; returns the pixels and the EXIF orientation.
+pub(crate) fn decode(
+    data: &[u8],
+    format: PhotoFormat,
+    rules: &PhotoRules,
+) -> Result<(DynamicImage, u8), ImageError> {
+    let mut reader = ImageReader::with_format(Cursor::new(data), format.image_format());
+    reader.limits(rules.decoder_limits());
+    let mut decoder = reader.into_decoder()?;
+    // A broken EXIF block is common and harmless: treat it as "no rotation".
+    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+    let image = DynamicImage::from_decoder(decoder)?;
+    Ok((image, orientation))
+}
+
+fn quality_warnings(m: &QualityMetrics) -> Vec<PhotoWarning> {
+    let mut warnings = Vec::new();
+    if m.mean_luma < DARK_MEAN_BELOW {
+        warnings.push(PhotoWarning {
+            code: "too_dark",
+            message: "the photo is very dark; faces need good light to train well".into(),
+        });
+    }
+    if m.mean_luma > BRIGHT_MEAN_ABOVE {
+        warnings.push(PhotoWarning {
+            code: "too_bright",
+            message: "the photo is very bright or overexposed".into(),
+        });
+    }
+    if m.luma_stddev < LOW_CONTRAST_STDDEV_BELOW {
+        warnings.push(PhotoWarning {
+            code: "low_contrast",
+            message: "the photo has very little contrast".into(),
+        });
+    }
+    if m.laplacian_variance < BLURRY_LAPLACIAN_VARIANCE_BELOW {
+        warnings.push(PhotoWarning {
+            code: "blurry",
+            message: "the photo looks blurry or out of focus".into(),
+        });
+    }
+    warnings
+}
