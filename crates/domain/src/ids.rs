@@ -43,3 +43,4 @@ id_type!(
 );
 id_type!(ApiKeyId);
 id_type!(AvatarId);
+id_type!(PhotoId);

@@ -8,4 +8,6 @@ pub use avatar::{
 };
 pub use validation::{FieldViolation, Violations};
 pub mod ids;
-pub use ids::{ApiKeyId, AvatarId, TenantId};
+pub use ids::{ApiKeyId, AvatarId, PhotoId, TenantId};
+pub mod photos;
+pub use photos::{PhotoFormat, PhotoSetRules, PhotoWarning};

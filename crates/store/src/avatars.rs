@@ -64,6 +64,21 @@ impl TryFrom<AvatarRow> for Avatar {
     }
 }
 
+pub(crate) async fn fetch_avatar(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: TenantId,
+    id: AvatarId,
+) -> Result<Avatar, StoreError> {
+    let row: Option<AvatarRow> = sqlx::query_as(&format!(
+        "SELECT {AVATAR_COLUMNS} FROM avatars WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant_id.0)
+    .bind(id.0)
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
 impl Store {
     /// Inserts an avatar with the given trigger phrase. A phrase already used in the tenant is a
     /// `Conflict` on [`TRIGGER_PHRASE_CONSTRAINT`].
@@ -95,14 +110,8 @@ impl Store {
         tenant_id: TenantId,
         id: AvatarId,
     ) -> Result<Avatar, StoreError> {
-        let row: Option<AvatarRow> = sqlx::query_as(&format!(
-            "SELECT {AVATAR_COLUMNS} FROM avatars WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id.0)
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.ok_or(StoreError::NotFound)?.try_into()
+        let mut conn = self.pool.acquire().await?;
+        fetch_avatar(&mut conn, tenant_id, id).await
     }
 
     /// One page of a tenant's avatars, newest first, starting after `after`. Returns at most
@@ -174,15 +183,28 @@ impl Store {
         }
     }
 
+    /// Deletes the avatar and its photos, queueing their blobs for deletion in the same
+    /// transaction.
     pub async fn delete_avatar(&self, tenant_id: TenantId, id: AvatarId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO blob_deletions (blob_key)
+             SELECT blob_key FROM photos WHERE tenant_id = $1 AND avatar_id = $2
+             ON CONFLICT (blob_key) DO NOTHING",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
         let result = sqlx::query("DELETE FROM avatars WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id.0)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -6,13 +6,17 @@
 
 mod api_keys;
 mod avatars;
+pub mod blobs;
 mod error;
+mod photos;
 mod readiness;
 mod tenants;
 
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
+pub use blobs::{BlobError, BlobStore};
 pub use error::StoreError;
+pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use tenants::Tenant;
 
