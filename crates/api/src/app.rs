@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 use tracing::Level;
@@ -21,7 +20,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::openapi::ApiDoc;
-use crate::routes::{avatars, ops};
+use crate::routes::{archives, avatars, ops, photos};
 use crate::state::AppState;
 
 /// Every documented route.
@@ -33,6 +32,14 @@ fn documented_routes() -> OpenApiRouter<AppState> {
             avatars::update_avatar,
             avatars::delete_avatar
         ))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(photos::add_photos, photos::list_photos))
+                // Photo uploads are streamed and limited per file by the handler.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .routes(routes!(photos::delete_photo))
+        .routes(routes!(archives::inspect_training_archive))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -55,16 +62,13 @@ pub fn openapi_json() -> String {
 /// The whole HTTP service: API, Swagger UI at `/docs`, the spec at `/openapi.json`, and the
 /// layers every request passes through.
 pub fn router(state: AppState) -> Router {
-    let limits = state.limits;
+    let limits = state.settings.http;
     let (api, spec) = documented_routes().split_for_parts();
     // Layers listed first run innermost.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(CatchPanicLayer::new())
         .layer(middleware::from_fn(crate::problem::render_problems))
         .layer(middleware::from_fn_with_state(
@@ -101,6 +105,38 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
         ]))
         .with_state(state)
+}
+
+/// Uploads and fetches of whole photo sets may take longer than an ordinary request.
+const LONG_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Answers 408 when a request takes longer than allowed: `REQUEST_TIMEOUT`, or ten minutes for
+/// the routes that move photo sets.
+async fn deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let long = request.method() == axum::http::Method::POST
+        && request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| {
+                matches!(
+                    p.as_str(),
+                    "/avatars/{id}/photos" | "/training-archives/inspect"
+                )
+            });
+    let limit = if long {
+        LONG_REQUEST_TIMEOUT
+    } else {
+        state.settings.http.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.

@@ -122,6 +122,35 @@ fn require_database(config: &Config, command: &str) -> Result<store::Store, anyh
     })
 }
 
+/// How often abandoned uploads and deleted blobs are cleaned up.
+pub(crate) const JANITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The blob store named by `STORAGE_URL`, or a local directory.
+pub(crate) fn blob_store(
+    config: &Config,
+    default_dir: &std::path::Path,
+) -> anyhow::Result<store::BlobStore> {
+    let blobs = match &config.storage_url {
+        Some(url) => store::BlobStore::from_url(url).map_err(|e| ConfigError {
+            variable: "STORAGE_URL",
+            problem: e.to_string(),
+        })?,
+        None => store::BlobStore::local(default_dir)
+            .with_context(|| format!("creating the blob directory {}", default_dir.display()))?,
+    };
+    tracing::info!(location = blobs.description(), "blob storage");
+    Ok(blobs)
+}
+
+pub(crate) fn app_state(
+    config: &Config,
+    store: store::Store,
+    blobs: store::BlobStore,
+) -> anyhow::Result<AppState> {
+    AppState::new(store, blobs, crate::ServiceSettings::from_config(config))
+        .context("building the URL fetcher")
+}
+
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Openapi => unreachable!("handled before configuration"),
@@ -142,8 +171,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", config.bind_addr))?;
             tracing::info!(addr = %config.bind_addr, "serving");
-            let state = AppState::new(store.clone(), config.http);
+            let blobs = blob_store(&config, std::path::Path::new("data/blobs"))?;
+            let state = app_state(&config, store.clone(), blobs)?;
+            let janitor = tokio::spawn(crate::janitor::run(state.clone(), JANITOR_INTERVAL));
             crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+            janitor.abort();
             store.pool().close().await;
             Ok(())
         }

@@ -58,7 +58,51 @@ pub struct Config {
     pub storage_url: Option<String>,
     pub log_format: LogFormat,
     pub http: HttpLimits,
+    pub photos: PhotoSettings,
+    pub fetch: FetchSettings,
     pub fal: FalSettings,
+}
+
+/// Limits on avatars' photo sets and on each photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhotoSettings {
+    pub min_photos: u32,
+    pub max_photos: u32,
+    pub max_photo_bytes: u64,
+    pub min_short_side: u32,
+}
+
+impl Default for PhotoSettings {
+    fn default() -> Self {
+        Self {
+            min_photos: 10,
+            max_photos: 20,
+            max_photo_bytes: 20 * 1024 * 1024,
+            min_short_side: 512,
+        }
+    }
+}
+
+/// How the service fetches URLs callers give it (photos, training archives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSettings {
+    /// Plain http allowed (development only).
+    pub allow_http: bool,
+    /// Private addresses reachable anyway, as exact `ip:port` (development only).
+    pub allowed_private: Vec<SocketAddr>,
+    pub max_archive_bytes: u64,
+    pub timeout: Duration,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            allowed_private: Vec::new(),
+            max_archive_bytes: 512 * 1024 * 1024,
+            timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Limits every request is held to.
@@ -115,6 +159,56 @@ impl Config {
                 request_timeout: env
                     .seconds("REQUEST_TIMEOUT", 1, 3600)?
                     .unwrap_or(http_defaults.request_timeout),
+            },
+            photos: {
+                let defaults = PhotoSettings::default();
+                let min_photos = env
+                    .parse_range("AVATAR_MIN_PHOTOS", 1, 1000)?
+                    .unwrap_or(defaults.min_photos);
+                let max_photos = env
+                    .parse_range("AVATAR_MAX_PHOTOS", 1, 1000)?
+                    .unwrap_or(defaults.max_photos);
+                if max_photos < min_photos {
+                    return Err(ConfigError {
+                        variable: "AVATAR_MAX_PHOTOS",
+                        problem: format!(
+                            "must be at least AVATAR_MIN_PHOTOS ({min_photos}), got {max_photos}"
+                        ),
+                    });
+                }
+                PhotoSettings {
+                    min_photos,
+                    max_photos,
+                    max_photo_bytes: env
+                        .parse_range("PHOTO_MAX_BYTES", 1024, 200 * 1024 * 1024)?
+                        .unwrap_or(defaults.max_photo_bytes),
+                    min_short_side: env
+                        .parse_range("PHOTO_MIN_SHORT_SIDE", 64, 8192)?
+                        .unwrap_or(defaults.min_short_side),
+                }
+            },
+            fetch: {
+                let defaults = FetchSettings::default();
+                FetchSettings {
+                    allow_http: env.boolean("FETCH_ALLOW_HTTP")?.unwrap_or(false),
+                    allowed_private: env
+                        .parse_with(
+                            "FETCH_ALLOWED_PRIVATE",
+                            "a comma-separated list of ip:port addresses",
+                            |v| {
+                                v.split(',')
+                                    .map(|a| a.trim().parse::<SocketAddr>().ok())
+                                    .collect::<Option<Vec<_>>>()
+                            },
+                        )?
+                        .unwrap_or_default(),
+                    max_archive_bytes: env
+                        .parse_range("ARCHIVE_MAX_BYTES", 1024 * 1024, 4 * 1024 * 1024 * 1024)?
+                        .unwrap_or(defaults.max_archive_bytes),
+                    timeout: env
+                        .seconds("FETCH_TIMEOUT", 1, 3600)?
+                        .unwrap_or(defaults.timeout),
+                }
             },
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
@@ -261,6 +355,9 @@ mod tests {
             ("FAL_PORTRAIT_LEARNING_RATE", "2"),
             ("FAL_QUEUE_URL", "ftp://x"),
             ("LOG_FORMAT", "xml"),
+            ("AVATAR_MIN_PHOTOS", "0"),
+            ("PHOTO_MAX_BYTES", "lots"),
+            ("FETCH_ALLOWED_PRIVATE", "127.0.0.1"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name);
@@ -268,6 +365,15 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("invalid configuration: {name}: expected")));
         }
+    }
+
+    #[test]
+    fn photo_limits_must_be_consistent() {
+        let error =
+            config(&[("AVATAR_MIN_PHOTOS", "15"), ("AVATAR_MAX_PHOTOS", "12")]).unwrap_err();
+        assert_eq!(error.variable, "AVATAR_MAX_PHOTOS");
+        let ok = config(&[("AVATAR_MIN_PHOTOS", "4"), ("AVATAR_MAX_PHOTOS", "8")]).unwrap();
+        assert_eq!((ok.photos.min_photos, ok.photos.max_photos), (4, 8));
     }
 
     #[test]

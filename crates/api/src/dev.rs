@@ -8,7 +8,6 @@ use pgcluster::{Cluster, ClusterOptions};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
-use crate::state::AppState;
 
 const DEV_TENANT: &str = "dev";
 const DEV_DATABASE: &str = "avatars";
@@ -55,8 +54,14 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
     );
     println!();
 
-    let state = AppState::new(store.clone(), config.http);
+    let blobs = crate::cli::blob_store(&config, &data_dir.join("blobs"))?;
+    let state = crate::cli::app_state(&config, store.clone(), blobs)?;
+    let janitor = tokio::spawn(crate::janitor::run(
+        state.clone(),
+        crate::cli::JANITOR_INTERVAL,
+    ));
     crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+    janitor.abort();
 
     store.pool().close().await;
     if let Some(cluster) = cluster.as_mut() {

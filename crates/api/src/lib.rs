@@ -6,13 +6,16 @@ pub mod cli;
 pub mod config;
 mod dev;
 pub mod extract;
+pub mod intake;
+pub mod janitor;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod training_data;
 
 pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
 pub use config::{Config, HttpLimits};
-pub use state::AppState;
+pub use state::{AppState, ServiceSettings};

@@ -14,6 +14,7 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem
     ),
     tags(
         (name = "avatars", description = "Avatars and their life cycle"),
+        (name = "photos", description = "The photos an avatar is trained from"),
         (name = "operations", description = "Health, readiness and metrics")
     ),
     modifiers(&BearerAuth),

@@ -1,22 +1,92 @@
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::HttpLimits;
+use crate::config::{FetchSettings, HttpLimits, PhotoSettings};
 use crate::metrics::HttpMetrics;
+
+/// Settings the handlers need, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub http: HttpLimits,
+    pub photos: PhotoSettings,
+    pub fetch: FetchSettings,
+    /// Where uploads and fetched files are spooled while they are checked.
+    pub scratch_dir: PathBuf,
+}
+
+impl ServiceSettings {
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            http: config.http,
+            photos: config.photos,
+            fetch: config.fetch.clone(),
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            http: HttpLimits::default(),
+            photos: PhotoSettings::default(),
+            fetch: FetchSettings::default(),
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub store: store::Store,
+    pub blobs: store::BlobStore,
     pub metrics: Arc<HttpMetrics>,
-    pub limits: HttpLimits,
+    pub settings: Arc<ServiceSettings>,
+    /// Fetches photos from callers' storage (photo-sized bodies).
+    pub photo_fetcher: Arc<safe_fetch::SafeFetcher>,
+    /// Fetches bring-your-own training archives (archive-sized bodies).
+    pub archive_fetcher: Arc<safe_fetch::SafeFetcher>,
 }
 
 impl AppState {
-    pub fn new(store: store::Store, limits: HttpLimits) -> Self {
-        Self {
+    pub fn new(
+        store: store::Store,
+        blobs: store::BlobStore,
+        settings: ServiceSettings,
+    ) -> Result<Self, safe_fetch::FetchError> {
+        let policy = |max_bytes: u64| safe_fetch::FetchPolicy {
+            allow_http: settings.fetch.allow_http,
+            allowed_private: settings.fetch.allowed_private.clone(),
+            max_bytes,
+            timeout: settings.fetch.timeout,
+            ..safe_fetch::FetchPolicy::default()
+        };
+        let photo_fetcher = safe_fetch::SafeFetcher::new(policy(settings.photos.max_photo_bytes))?;
+        let archive_fetcher =
+            safe_fetch::SafeFetcher::new(policy(settings.fetch.max_archive_bytes))?;
+        Ok(Self {
             store,
+            blobs,
             metrics: Arc::new(HttpMetrics::new()),
-            limits,
+            settings: Arc::new(settings),
+            photo_fetcher: Arc::new(photo_fetcher),
+            archive_fetcher: Arc::new(archive_fetcher),
+        })
+    }
+
+    pub fn photo_set_rules(&self) -> domain::PhotoSetRules {
+        domain::PhotoSetRules {
+            min_photos: self.settings.photos.min_photos,
+            max_photos: self.settings.photos.max_photos,
+        }
+    }
+
+    pub fn photo_rules(&self) -> media::PhotoRules {
+        media::PhotoRules {
+            max_bytes: self.settings.photos.max_photo_bytes,
+            min_short_side: self.settings.photos.min_short_side,
+            ..media::PhotoRules::default()
         }
     }
 }

@@ -458,7 +458,10 @@ pub async fn delete_avatar(
         .delete_avatar(caller.tenant_id, AvatarId(id))
         .await
     {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            crate::janitor::purge_deleted_blobs(&state).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(StoreError::NotFound) => Err(avatar_not_found(id)),
         Err(error) => Err(error.into()),
     }

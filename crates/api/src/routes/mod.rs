@@ -1,2 +1,4 @@
+pub mod archives;
 pub mod avatars;
 pub mod ops;
+pub mod photos;

@@ -1,0 +1,138 @@
+//! Photo intake: every file a caller sends (uploaded or fetched from a URL) is spooled to a
+//! temporary file, inspected, reserved in the avatar's set, stored as a blob and only then
+//! counted. Nothing is stored for a rejected file, and a crash mid-way leaves a pending row the
+//! janitor cleans up, never an unknown blob.
+
+use std::path::Path;
+
+use domain::{AvatarId, PhotoFormat, PhotoWarning, TenantId};
+use serde::Serialize;
+use store::{NewPhoto, PhotoRecord, Reservation};
+use utoipa::ToSchema;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// A file the service refused, and why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RejectedFile {
+    /// The uploaded file's name, or the URL it was fetched from.
+    pub file_name: String,
+    /// Stable machine code, e.g. `unsupported_format`, `too_small`, `duplicate_photo`.
+    pub code: String,
+    pub message: String,
+}
+
+impl RejectedFile {
+    pub fn new(file_name: &str, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file_name: file_name.to_string(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn format_of(format: media::PhotoFormat) -> PhotoFormat {
+    match format {
+        media::PhotoFormat::Jpeg => PhotoFormat::Jpeg,
+        media::PhotoFormat::Png => PhotoFormat::Png,
+        media::PhotoFormat::Webp => PhotoFormat::Webp,
+    }
+}
+
+/// Checks the file at `path` and, when it passes, adds it to the avatar's set.
+/// `Ok(Err(_))` is a refusal of this one file; `Err(_)` stops the whole request.
+pub async fn ingest_file(
+    state: &AppState,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    file_name: &str,
+    path: &Path,
+) -> Result<Result<PhotoRecord, RejectedFile>, ApiError> {
+    let rules = state.photo_rules();
+    let owned_path = path.to_path_buf();
+    let inspection =
+        tokio::task::spawn_blocking(move || media::inspect_photo_path(&owned_path, &rules))
+            .await
+            .map_err(ApiError::internal)?;
+    let inspection = match inspection {
+        Ok(inspection) => inspection,
+        Err(media::InspectError::Rejected(rejection)) => {
+            return Ok(Err(RejectedFile::new(
+                file_name,
+                rejection.code(),
+                rejection.message(),
+            )))
+        }
+        Err(media::InspectError::Io(error)) => return Err(ApiError::internal(error)),
+    };
+    let new = NewPhoto {
+        file_name: file_name.to_string(),
+        format: format_of(inspection.format),
+        width: inspection.width,
+        height: inspection.height,
+        orientation: inspection.orientation,
+        bytes: inspection.bytes,
+        sha256: inspection.sha256.clone(),
+        perceptual_hash: inspection.perceptual_hash,
+        warnings: inspection
+            .warnings
+            .iter()
+            .map(|w| PhotoWarning {
+                code: w.code.to_string(),
+                message: w.message.clone(),
+            })
+            .collect(),
+    };
+    let rules = state.photo_set_rules();
+    let photo = match state
+        .store
+        .reserve_photo(tenant_id, avatar_id, new, rules, media::is_near_duplicate)
+        .await?
+    {
+        Reservation::Reserved(photo) => photo,
+        Reservation::AvatarNotFound => {
+            return Err(ApiError::not_found(
+                "avatar_not_found",
+                format!("no avatar with id {avatar_id}"),
+            ))
+        }
+        Reservation::AvatarBusy(_) => return Err(avatar_training()),
+        Reservation::LimitReached { max } => return Ok(Err(RejectedFile::new(
+            file_name,
+            "photo_limit_reached",
+            format!(
+                "the avatar already holds the maximum of {max} photos; delete one to add another"
+            ),
+        ))),
+        Reservation::Duplicate { existing } => {
+            return Ok(Err(RejectedFile::new(
+                file_name,
+                "duplicate_photo",
+                format!("the same file is already in the avatar's set as photo {existing}"),
+            )))
+        }
+    };
+    if let Err(error) = state.blobs.put_file(&photo.blob_key, path).await {
+        state.store.discard_pending_photo(photo.id).await?;
+        crate::janitor::purge_deleted_blobs(state).await;
+        return Err(ApiError::unavailable(
+            "storage_unavailable",
+            "the photo could not be stored; retry later",
+        )
+        .with_source(error));
+    }
+    state
+        .store
+        .mark_photo_stored(tenant_id, avatar_id, photo.id, rules)
+        .await?;
+    Ok(Ok(photo))
+}
+
+pub fn avatar_training() -> ApiError {
+    ApiError::conflict(
+        "avatar_training",
+        "the avatar is training; its photo set cannot change until the training ends",
+    )
+}

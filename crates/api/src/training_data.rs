@@ -1,0 +1,227 @@
+//! What a training is fed: the archive built from an avatar's accepted photos, or a caller's
+//! own archive (`images_data_url`) checked before any money is spent.
+
+use std::path::Path;
+
+use domain::{AvatarId, TenantId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingDataError {
+    #[error("reading the avatar's photos: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("copying a photo from blob storage: {0}")]
+    Blob(#[from] store::BlobError),
+    #[error("writing the training archive: {0}")]
+    Archive(#[from] media::ArchiveWriteError),
+    #[error("the avatar does not exist")]
+    AvatarNotFound,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the archive task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Writes the ZIP fal trains from: the avatar's stored photos in upload order, EXIF orientation
+/// applied, with a caption file per image carrying `caption` when given. Photos are copied from
+/// the blob store to a scratch directory one by one, so memory stays flat.
+pub async fn build_training_archive(
+    state: &AppState,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    caption: Option<String>,
+    destination: &Path,
+) -> Result<media::TrainingArchiveSummary, TrainingDataError> {
+    let photos = state
+        .store
+        .list_photos(tenant_id, avatar_id)
+        .await?
+        .ok_or(TrainingDataError::AvatarNotFound)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("avatars-archive-")
+        .tempdir_in(&state.settings.scratch_dir)?;
+    let mut sources = Vec::with_capacity(photos.len());
+    for (index, photo) in photos.iter().enumerate() {
+        let path = scratch.path().join(format!("{index:04}"));
+        state.blobs.get_to_file(&photo.blob_key, &path).await?;
+        sources.push((path, media_format(photo.format), photo.orientation));
+    }
+    let options = media::TrainingArchiveOptions {
+        caption,
+        rules: state.photo_rules(),
+        ..media::TrainingArchiveOptions::default()
+    };
+    let destination = destination.to_path_buf();
+    let summary = tokio::task::spawn_blocking(move || {
+        let photos = sources.into_iter().map(|(path, format, orientation)| {
+            std::fs::File::open(&path).map(|reader| media::TrainingPhoto {
+                reader,
+                format,
+                orientation,
+            })
+        });
+        media::write_training_archive_to_path(&destination, photos, &options)
+    })
+    .await??;
+    drop(scratch);
+    Ok(summary)
+}
+
+fn media_format(format: domain::PhotoFormat) -> media::PhotoFormat {
+    match format {
+        domain::PhotoFormat::Jpeg => media::PhotoFormat::Jpeg,
+        domain::PhotoFormat::Png => media::PhotoFormat::Png,
+        domain::PhotoFormat::Webp => media::PhotoFormat::Webp,
+    }
+}
+
+/// An image found in a caller's archive.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ArchiveImage {
+    pub entry_name: String,
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+    pub warnings: Vec<crate::routes::photos::Warning>,
+}
+
+/// An entry of a caller's archive that fal must not be given.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ArchiveEntryProblem {
+    pub entry_name: String,
+    /// e.g. `unsafe_path`, `symlink`, `nested_archive`, `corrupt_image`, `duplicate_photo`.
+    pub code: String,
+    pub message: String,
+}
+
+/// What a caller's training archive holds, and whether it can be trained from.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ArchiveInspection {
+    /// True when every entry is acceptable and the image count is within the limits.
+    pub usable: bool,
+    /// Why it is not usable, in words; empty when usable.
+    pub problems: Vec<String>,
+    pub images: Vec<ArchiveImage>,
+    pub rejected: Vec<ArchiveEntryProblem>,
+    /// Caption `.txt` files found (allowed).
+    pub captions: u32,
+    pub decompressed_bytes: u64,
+    pub min_photos: u32,
+    pub max_photos: u32,
+}
+
+/// Why a caller's archive could not be inspected at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveCheckError {
+    #[error("fetching the archive: {0}")]
+    Fetch(#[from] safe_fetch::FetchError),
+    #[error("{}", .0.message())]
+    Archive(media::ArchiveError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the inspection task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Fetches a caller's archive through the safe fetcher and inspects it: every entry checked
+/// by the photo rules, exact duplicates refused, near-duplicates flagged.
+pub async fn inspect_archive_url(
+    state: &AppState,
+    url: &str,
+) -> Result<ArchiveInspection, ArchiveCheckError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("avatars-byo-")
+        .tempdir_in(&state.settings.scratch_dir)?;
+    let archive = scratch.path().join("archive.zip");
+    state.archive_fetcher.fetch_to_file(url, &archive).await?;
+    let rules = state.photo_rules();
+    let limits = media::ArchiveLimits::default();
+    let report =
+        tokio::task::spawn_blocking(move || media::inspect_archive(&archive, &limits, &rules))
+            .await?
+            .map_err(ArchiveCheckError::Archive)?;
+    drop(scratch);
+
+    let set_rules = state.photo_set_rules();
+    let mut images: Vec<ArchiveImage> = Vec::new();
+    let mut rejected: Vec<ArchiveEntryProblem> = report
+        .rejected
+        .iter()
+        .map(|r| ArchiveEntryProblem {
+            entry_name: r.name.clone(),
+            code: r.code().to_string(),
+            message: r.message(),
+        })
+        .collect();
+    let mut seen: Vec<(&str, &str, u64)> = Vec::new();
+    for accepted in &report.accepted {
+        let inspection = &accepted.inspection;
+        if let Some((first, ..)) = seen.iter().find(|(_, sha, _)| *sha == inspection.sha256) {
+            rejected.push(ArchiveEntryProblem {
+                entry_name: accepted.name.clone(),
+                code: "duplicate_photo".into(),
+                message: format!("the same image as {first}"),
+            });
+            continue;
+        }
+        let mut warnings: Vec<crate::routes::photos::Warning> = inspection
+            .warnings
+            .iter()
+            .map(|w| crate::routes::photos::Warning {
+                code: w.code.to_string(),
+                message: w.message.clone(),
+            })
+            .collect();
+        if let Some((other, ..)) = seen
+            .iter()
+            .find(|(_, _, hash)| media::is_near_duplicate(*hash, inspection.perceptual_hash))
+        {
+            let warning = media::PhotoWarning::near_duplicate(other);
+            warnings.push(crate::routes::photos::Warning {
+                code: warning.code.to_string(),
+                message: warning.message,
+            });
+        }
+        seen.push((
+            &accepted.name,
+            &inspection.sha256,
+            inspection.perceptual_hash,
+        ));
+        images.push(ArchiveImage {
+            entry_name: accepted.name.clone(),
+            format: inspection.format.as_str().to_string(),
+            width: inspection.width,
+            height: inspection.height,
+            bytes: inspection.bytes,
+            warnings,
+        });
+    }
+    let mut problems = Vec::new();
+    if !rejected.is_empty() {
+        problems.push(format!(
+            "{} entries cannot be trained from; fal would receive them too",
+            rejected.len()
+        ));
+    }
+    let count = images.len() as u32;
+    if !set_rules.is_trainable(count) {
+        problems.push(format!(
+            "{count} usable images; a training needs {} to {}",
+            set_rules.min_photos, set_rules.max_photos
+        ));
+    }
+    Ok(ArchiveInspection {
+        usable: problems.is_empty(),
+        problems,
+        images,
+        rejected,
+        captions: report.captions.len() as u32,
+        decompressed_bytes: report.decompressed_bytes,
+        min_photos: set_rules.min_photos,
+        max_photos: set_rules.max_photos,
+    })
+}
