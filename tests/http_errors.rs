@@ -1,6 +1,3 @@
-use std::time::Duration;
-
-use api::HttpLimits;
 use blackbox::{problem, TestApp};
 use reqwest::Method;
 use serde_json::json;
@@ -100,11 +97,10 @@ async fn unknown_routes_and_methods_are_problems(pool: PgPool) {
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_body_over_the_limit_is_a_413_problem(pool: PgPool) {
-    let limits = HttpLimits {
-        max_body_bytes: 2048,
-        request_timeout: Duration::from_secs(30),
-    };
-    let app = TestApp::spawn_with(store::Store::new(pool), limits).await;
+    let app = TestApp::spawn_with(store::Store::new(pool), |settings| {
+        settings.http.max_body_bytes = 2048;
+    })
+    .await;
     app.key.is_empty().then(|| panic!("app has a key"));
     let response = app
         .request(Method::POST, "/avatars")

@@ -6,4 +6,6 @@ mod avatars;
 mod http_errors;
 mod openapi;
 mod operations;
+mod photos;
 mod swagger_ui;
+mod training_data;

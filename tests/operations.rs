@@ -26,7 +26,7 @@ async fn readiness_fails_while_the_database_is_down() {
         .port();
     let store =
         store::Store::connect_lazy(&format!("postgres://nobody@127.0.0.1:{port}/none"), 2).unwrap();
-    let app = TestApp::spawn_with(store, api::HttpLimits::default()).await;
+    let app = TestApp::spawn_with(store, |_| {}).await;
 
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "alive even without a database");

@@ -4,19 +4,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use api::{AppState, HttpLimits};
+use api::{AppState, ServiceSettings};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod browser;
+pub mod images;
 
 /// A running instance of the service. Stops when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base_url: String,
     pub store: store::Store,
+    pub blobs: store::BlobStore,
+    /// Where blobs live on disk, and where uploads are spooled; removed with the app.
+    pub blobs_dir: tempfile::TempDir,
+    pub scratch_dir: tempfile::TempDir,
     pub client: reqwest::Client,
     /// A key of the tenant `tenant-a`.
     pub key: String,
@@ -26,15 +31,28 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(pool: sqlx::PgPool) -> Self {
-        Self::spawn_with(store::Store::new(pool), HttpLimits::default()).await
+        Self::spawn_with(store::Store::new(pool), |_| {}).await
     }
 
-    pub async fn spawn_with(store: store::Store, limits: HttpLimits) -> Self {
+    /// An app whose settings `configure` adjusts from the defaults.
+    pub async fn spawn_with(
+        store: store::Store,
+        configure: impl FnOnce(&mut ServiceSettings),
+    ) -> Self {
+        let blobs_dir = tempfile::tempdir().expect("blob dir");
+        let scratch_dir = tempfile::tempdir().expect("scratch dir");
+        let blobs = store::BlobStore::local(blobs_dir.path()).expect("blob store");
+        let mut settings = ServiceSettings {
+            scratch_dir: scratch_dir.path().to_path_buf(),
+            ..ServiceSettings::default()
+        };
+        configure(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local addr");
-        let router = api::router(AppState::new(store.clone(), limits));
+        let state = AppState::new(store.clone(), blobs.clone(), settings).expect("app state");
+        let router = api::router(state);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             api::serve(listener, router, async {
@@ -47,6 +65,9 @@ impl TestApp {
             addr,
             base_url: format!("http://{addr}"),
             store,
+            blobs,
+            blobs_dir,
+            scratch_dir,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
@@ -99,6 +120,63 @@ impl TestApp {
             .expect("send");
         assert_eq!(response.status(), 201, "creating {body}");
         response.json().await.expect("json")
+    }
+
+    /// Uploads `files` (name, bytes) to the avatar as one multipart request.
+    pub async fn upload(
+        &self,
+        avatar_id: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            let part = reqwest::multipart::Part::bytes(bytes)
+                .file_name(name)
+                .mime_str("application/octet-stream")
+                .expect("mime");
+            form = form.part("files", part);
+        }
+        self.request(
+            reqwest::Method::POST,
+            &format!("/avatars/{avatar_id}/photos"),
+        )
+        .multipart(form)
+        .send()
+        .await
+        .expect("send")
+    }
+
+    /// Creates an avatar and uploads `count` distinct valid photos; returns the avatar's id.
+    pub async fn avatar_with_photos(&self, count: u64) -> String {
+        let avatar = self
+            .create_avatar(serde_json::json!({"name": "with photos", "kind": "character"}))
+            .await;
+        let id = avatar["id"].as_str().unwrap().to_string();
+        if count > 0 {
+            let files = (0..count)
+                .map(|i| (format!("p{i}.jpg"), images::jpeg(1000 + i)))
+                .collect();
+            let response = self.upload(&id, files).await;
+            assert_eq!(response.status(), 201);
+        }
+        id
+    }
+
+    /// Every blob file under the blob directory.
+    pub fn blob_files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.blobs_dir.path(), &mut out);
+        out
     }
 
     /// Stops the server and waits for it to finish.

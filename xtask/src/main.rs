@@ -12,12 +12,22 @@ use std::sync::Arc;
 
 use pgcluster::{Cluster, ClusterOptions};
 
+mod bench_photos;
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => run_tests(args.collect()),
+        Some("bench-photos") => match bench_photos::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
+            eprintln!("       cargo xtask bench-photos");
             ExitCode::from(2)
         }
     }
