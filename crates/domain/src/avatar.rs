@@ -333,6 +333,23 @@ pub struct Avatar {
     pub trigger_phrase: String,
     pub status: AvatarStatus,
     pub photo_count: u32,
+    /// The model generations use; kept through retraining until a new one succeeds.
+    pub model: Option<TrainedModel>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A model an avatar was trained into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainedModel {
+    pub id: uuid::Uuid,
+    pub model_type: crate::ModelType,
+    pub trigger_phrase: String,
+    pub training_id: uuid::Uuid,
+    /// SHA-256 of the LoRA weights we keep (LoRA models).
+    pub artifact_sha256: Option<String>,
+    pub artifact_bytes: Option<u64>,
+    /// fal's id of a Pro finetune (finetune models).
+    pub finetune_id: Option<String>,
+    pub trained_at: chrono::DateTime<chrono::Utc>,
 }

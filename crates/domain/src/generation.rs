@@ -1,0 +1,285 @@
+//! Generation presets, endpoints and cost estimates.
+//!
+//! The five presets are the ones documented for the seed's generation service: LoRA models use
+//! steps, guidance, image size and LoRA scale; finetunes use `finetune_strength`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::training::cost::round_usd;
+
+/// Generation with LoRA weights (portrait and fast trainers).
+pub const LORA_GENERATION_ENDPOINT: &str = "fal-ai/flux-lora";
+/// Generation with a FLUX.1 [pro] finetune id.
+pub const FINETUNE_GENERATION_ENDPOINT: &str = "fal-ai/flux-pro/v1.1-ultra-finetuned";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationPresetName {
+    Fast,
+    #[default]
+    Balanced,
+    Quality,
+    Ultra,
+    Portrait,
+}
+
+impl GenerationPresetName {
+    pub const ALL: [GenerationPresetName; 5] = [
+        Self::Fast,
+        Self::Balanced,
+        Self::Quality,
+        Self::Ultra,
+        Self::Portrait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Balanced => "balanced",
+            Self::Quality => "quality",
+            Self::Ultra => "ultra",
+            Self::Portrait => "portrait",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GenerationPresetName> {
+        Self::ALL.into_iter().find(|name| name.as_str() == s)
+    }
+}
+
+/// fal's named image sizes for `fal-ai/flux-lora`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSizePreset {
+    Square,
+    SquareHd,
+    // Explicit names: snake_case would spell these "portrait4x3"; fal uses "portrait_4_3".
+    #[serde(rename = "portrait_4_3")]
+    Portrait4x3,
+    #[serde(rename = "portrait_16_9")]
+    Portrait16x9,
+    #[serde(rename = "landscape_4_3")]
+    Landscape4x3,
+    #[serde(rename = "landscape_16_9")]
+    Landscape16x9,
+}
+
+impl ImageSizePreset {
+    pub const ALL: [ImageSizePreset; 6] = [
+        Self::Square,
+        Self::SquareHd,
+        Self::Portrait4x3,
+        Self::Portrait16x9,
+        Self::Landscape4x3,
+        Self::Landscape16x9,
+    ];
+
+    /// fal's enum value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Square => "square",
+            Self::SquareHd => "square_hd",
+            Self::Portrait4x3 => "portrait_4_3",
+            Self::Portrait16x9 => "portrait_16_9",
+            Self::Landscape4x3 => "landscape_4_3",
+            Self::Landscape16x9 => "landscape_16_9",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ImageSizePreset> {
+        Self::ALL.into_iter().find(|size| size.as_str() == s)
+    }
+
+    /// (width, height) in pixels, as fal renders the named size.
+    pub fn dimensions(self) -> (u32, u32) {
+        match self {
+            Self::Square => (512, 512),
+            Self::SquareHd => (1024, 1024),
+            Self::Portrait4x3 => (768, 1024),
+            Self::Portrait16x9 => (576, 1024),
+            Self::Landscape4x3 => (1024, 768),
+            Self::Landscape16x9 => (1024, 576),
+        }
+    }
+
+    pub fn width(self) -> u32 {
+        self.dimensions().0
+    }
+
+    pub fn height(self) -> u32 {
+        self.dimensions().1
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GenerationPreset {
+    pub name: GenerationPresetName,
+    pub num_inference_steps: u32,
+    pub guidance_scale: f64,
+    pub image_size: ImageSizePreset,
+    /// The `scale` of the LoRA in `loras` (LoRA models only).
+    pub lora_scale: f64,
+    /// `finetune_strength` (finetuned models only).
+    pub finetune_strength: f64,
+}
+
+pub fn generation_presets() -> Vec<GenerationPreset> {
+    GenerationPresetName::ALL
+        .into_iter()
+        .map(generation_preset)
+        .collect()
+}
+
+pub fn generation_preset(name: GenerationPresetName) -> GenerationPreset {
+    use GenerationPresetName as N;
+    use ImageSizePreset as Size;
+    let (num_inference_steps, guidance_scale, image_size, lora_scale, finetune_strength) =
+        match name {
+            N::Fast => (20, 3.0, Size::Square, 0.8, 0.8),
+            N::Balanced => (28, 3.5, Size::SquareHd, 1.0, 1.0),
+            N::Quality => (50, 4.0, Size::SquareHd, 1.2, 1.2),
+            N::Ultra => (35, 3.5, Size::SquareHd, 1.1, 1.1),
+            N::Portrait => (35, 3.5, Size::Portrait4x3, 1.1, 1.0),
+        };
+    GenerationPreset {
+        name,
+        num_inference_steps,
+        guidance_scale,
+        image_size,
+        lora_scale,
+        finetune_strength,
+    }
+}
+
+/// Prices are configuration; the defaults are fal-protocol §6.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationPrices {
+    /// `fal-ai/flux-lora`, per megapixel, rounded up to whole megapixels per image.
+    pub per_megapixel_usd: f64,
+    /// `fal-ai/flux-pro/v1.1-ultra-finetuned`, per image.
+    pub finetuned_per_image_usd: f64,
+}
+
+impl Default for GenerationPrices {
+    fn default() -> Self {
+        Self {
+            per_megapixel_usd: 0.035,
+            finetuned_per_image_usd: 0.07,
+        }
+    }
+}
+
+/// fal counts a megapixel as 1024 x 1024 pixels, so `square_hd` bills as exactly one.
+pub const PIXELS_PER_MEGAPIXEL: u64 = 1024 * 1024;
+
+/// Billed megapixels of one image: rounded up, and at least one.
+pub fn billed_megapixels(width: u32, height: u32) -> u64 {
+    (u64::from(width) * u64::from(height))
+        .div_ceil(PIXELS_PER_MEGAPIXEL)
+        .max(1)
+}
+
+/// USD for `num_images` LoRA images of `width` x `height`, rounded to 4 decimals.
+pub fn estimate_lora_generation_cost(
+    width: u32,
+    height: u32,
+    num_images: u32,
+    prices: &GenerationPrices,
+) -> f64 {
+    let megapixels = billed_megapixels(width, height) * u64::from(num_images);
+    round_usd(megapixels as f64 * prices.per_megapixel_usd)
+}
+
+/// USD for `num_images` finetuned images, rounded to 4 decimals.
+pub fn estimate_finetune_generation_cost(num_images: u32, prices: &GenerationPrices) -> f64 {
+    round_usd(f64::from(num_images) * prices.finetuned_per_image_usd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_documented_table() {
+        use GenerationPresetName as N;
+        use ImageSizePreset as Size;
+        let table: Vec<_> = generation_presets()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name,
+                    p.num_inference_steps,
+                    p.guidance_scale,
+                    p.image_size,
+                    p.lora_scale,
+                    p.finetune_strength,
+                )
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (N::Fast, 20, 3.0, Size::Square, 0.8, 0.8),
+                (N::Balanced, 28, 3.5, Size::SquareHd, 1.0, 1.0),
+                (N::Quality, 50, 4.0, Size::SquareHd, 1.2, 1.2),
+                (N::Ultra, 35, 3.5, Size::SquareHd, 1.1, 1.1),
+                (N::Portrait, 35, 3.5, Size::Portrait4x3, 1.1, 1.0),
+            ]
+        );
+        assert_eq!(GenerationPresetName::default(), N::Balanced);
+    }
+
+    #[test]
+    fn names_and_sizes_round_trip() {
+        for name in GenerationPresetName::ALL {
+            assert_eq!(GenerationPresetName::parse(name.as_str()), Some(name));
+        }
+        for size in ImageSizePreset::ALL {
+            assert_eq!(ImageSizePreset::parse(size.as_str()), Some(size));
+            assert_eq!(
+                serde_json::to_string(&size).unwrap(),
+                format!("\"{}\"", size.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_have_fals_dimensions() {
+        use ImageSizePreset as Size;
+        assert_eq!(Size::Square.dimensions(), (512, 512));
+        assert_eq!(Size::SquareHd.dimensions(), (1024, 1024));
+        assert_eq!(Size::Portrait4x3.dimensions(), (768, 1024));
+        assert_eq!(Size::Portrait16x9.dimensions(), (576, 1024));
+        assert_eq!(Size::Landscape4x3.dimensions(), (1024, 768));
+        assert_eq!(Size::Landscape16x9.dimensions(), (1024, 576));
+    }
+
+    #[test]
+    fn endpoints_are_fals() {
+        assert_eq!(LORA_GENERATION_ENDPOINT, "fal-ai/flux-lora");
+        assert_eq!(
+            FINETUNE_GENERATION_ENDPOINT,
+            "fal-ai/flux-pro/v1.1-ultra-finetuned"
+        );
+    }
+
+    #[test]
+    fn lora_cost_rounds_megapixels_up_per_image() {
+        let prices = GenerationPrices::default();
+        assert_eq!(estimate_lora_generation_cost(1024, 1024, 1, &prices), 0.035);
+        assert_eq!(estimate_lora_generation_cost(512, 512, 1, &prices), 0.035);
+        assert_eq!(estimate_lora_generation_cost(1025, 1024, 1, &prices), 0.07);
+        assert_eq!(estimate_lora_generation_cost(2048, 2048, 1, &prices), 0.14);
+        assert_eq!(estimate_lora_generation_cost(1024, 1024, 4, &prices), 0.14);
+        // Rounded per image, not over the batch: 4 x 0.75 MP is 4 MP, not 3.
+        assert_eq!(estimate_lora_generation_cost(1024, 768, 4, &prices), 0.14);
+        assert_eq!(estimate_lora_generation_cost(1024, 1024, 0, &prices), 0.0);
+    }
+
+    #[test]
+    fn finetune_cost_is_per_image() {
+        let prices = GenerationPrices::default();
+        assert_eq!(estimate_finetune_generation_cost(1, &prices), 0.07);
+        assert_eq!(estimate_finetune_generation_cost(3, &prices), 0.21);
+    }
+}

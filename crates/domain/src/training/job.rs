@@ -1,0 +1,411 @@
+//! The job state machine shared by trainings and generations.
+//!
+//! `pending -> uploading -> submitted -> in_progress -> succeeded | failed | cancelled |
+//! timed_out`, plus `submit_unknown`: the submit's outcome is unknown, so the job is never
+//! resubmitted on its own and is resolved by a webhook, a status lookup or the deadline.
+//! Terminal states never change; a late or duplicate event is ignored with a reason.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Training,
+    Generation,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [Self::Training, Self::Generation];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Training => "training",
+            Self::Generation => "generation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted by the service, waiting for a worker.
+    Pending,
+    /// A worker is uploading inputs and submitting to fal.
+    Uploading,
+    /// fal accepted the request (IN_QUEUE).
+    Submitted,
+    /// fal is running it (IN_PROGRESS).
+    InProgress,
+    /// The submit may or may not have reached fal.
+    SubmitUnknown,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 9] = [
+        Self::Pending,
+        Self::Uploading,
+        Self::Submitted,
+        Self::InProgress,
+        Self::SubmitUnknown,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Uploading => "uploading",
+            Self::Submitted => "submitted",
+            Self::InProgress => "in_progress",
+            Self::SubmitUnknown => "submit_unknown",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
+    }
+
+    pub fn is_active(self) -> bool {
+        !self.is_terminal()
+    }
+}
+
+/// Something that happened to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEvent {
+    /// A worker claimed a pending job.
+    UploadStarted,
+    /// fal accepted the submit, or a status lookup found a request whose submit was unknown.
+    Submitted,
+    /// The submit failed in a way that leaves its outcome unknown (timeout, dropped connection).
+    SubmitOutcomeUnknown,
+    /// fal refused the request before accepting it.
+    SubmitRejected,
+    /// fal reports IN_QUEUE (a position update).
+    Queued,
+    /// fal reports IN_PROGRESS (also progress updates).
+    Started,
+    /// fal's result is a success.
+    Completed,
+    /// fal's result is an error.
+    FalFailed,
+    /// The caller cancelled.
+    Cancelled,
+    /// The deadline (`FAL_TRAINING_TIMEOUT`) passed.
+    TimedOut,
+}
+
+impl JobEvent {
+    pub const ALL: [JobEvent; 10] = [
+        Self::UploadStarted,
+        Self::Submitted,
+        Self::SubmitOutcomeUnknown,
+        Self::SubmitRejected,
+        Self::Queued,
+        Self::Started,
+        Self::Completed,
+        Self::FalFailed,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UploadStarted => "upload_started",
+            Self::Submitted => "submitted",
+            Self::SubmitOutcomeUnknown => "submit_outcome_unknown",
+            Self::SubmitRejected => "submit_rejected",
+            Self::Queued => "queued",
+            Self::Started => "started",
+            Self::Completed => "completed",
+            Self::FalFailed => "fal_failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobEvent> {
+        Self::ALL.into_iter().find(|event| event.as_str() == s)
+    }
+}
+
+/// What an event does to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Move to `to` (which may equal the current status: a progress or position update).
+    Apply { to: JobStatus },
+    /// Record the event and change nothing.
+    Ignore { reason: &'static str },
+}
+
+/// Reasons for ignored events, stable so they can be recorded and counted.
+pub const REASON_TERMINAL: &str = "already terminal";
+pub const REASON_STALE: &str = "stale: the job is already further along";
+pub const REASON_DUPLICATE: &str = "duplicate";
+pub const REASON_PREMATURE: &str = "premature: the job has not reached a state this event follows";
+
+/// The status an event moves a job to.
+pub fn target(event: JobEvent) -> JobStatus {
+    use JobEvent as E;
+    use JobStatus as S;
+    match event {
+        E::UploadStarted => S::Uploading,
+        E::Submitted | E::Queued => S::Submitted,
+        E::SubmitOutcomeUnknown => S::SubmitUnknown,
+        E::SubmitRejected | E::FalFailed => S::Failed,
+        E::Started => S::InProgress,
+        E::Completed => S::Succeeded,
+        E::Cancelled => S::Cancelled,
+        E::TimedOut => S::TimedOut,
+    }
+}
+
+/// The source states from which `event` applies, for a conditional SQL update
+/// (`UPDATE ... SET status = target WHERE status = ANY(allowed_from)`).
+pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
+    use JobEvent as E;
+    use JobStatus as S;
+    match event {
+        E::UploadStarted => vec![S::Pending],
+        E::Submitted => vec![S::Uploading, S::SubmitUnknown],
+        E::SubmitOutcomeUnknown | E::SubmitRejected => vec![S::Uploading],
+        E::Queued => vec![S::Submitted, S::SubmitUnknown],
+        E::Started => vec![S::Submitted, S::SubmitUnknown, S::InProgress],
+        E::Completed | E::FalFailed => vec![S::Submitted, S::InProgress, S::SubmitUnknown],
+        E::Cancelled => vec![
+            S::Pending,
+            S::Uploading,
+            S::Submitted,
+            S::InProgress,
+            S::SubmitUnknown,
+        ],
+        E::TimedOut => vec![S::Uploading, S::Submitted, S::InProgress, S::SubmitUnknown],
+    }
+}
+
+/// THE transition function: what `event` does to a job in `from`, written out as a table
+/// (rather than derived from `allowed_from`) so the tests can check one against the other.
+pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
+    use JobEvent as E;
+    use JobStatus as S;
+    if from.is_terminal() {
+        return Transition::Ignore {
+            reason: REASON_TERMINAL,
+        };
+    }
+    let apply = Transition::Apply { to: target(event) };
+    let ignore = |reason| Transition::Ignore { reason };
+    match (event, from) {
+        // Cancelling is possible at any active point; fal is told separately.
+        (E::Cancelled, _) => apply,
+
+        (E::UploadStarted, S::Pending) => apply,
+        (E::UploadStarted, S::Uploading) => ignore(REASON_DUPLICATE),
+        (E::UploadStarted, _) => ignore(REASON_STALE),
+
+        (E::Submitted, S::Uploading | S::SubmitUnknown) => apply,
+        (E::Submitted, S::Submitted) => ignore(REASON_DUPLICATE),
+        (E::Submitted, S::InProgress) => ignore(REASON_STALE),
+        (E::Submitted, _) => ignore(REASON_PREMATURE),
+
+        (E::SubmitOutcomeUnknown | E::SubmitRejected, S::Uploading) => apply,
+        (E::SubmitOutcomeUnknown, S::SubmitUnknown) => ignore(REASON_DUPLICATE),
+        (E::SubmitOutcomeUnknown | E::SubmitRejected, S::Pending) => ignore(REASON_PREMATURE),
+        (E::SubmitOutcomeUnknown | E::SubmitRejected, _) => ignore(REASON_STALE),
+
+        // A queue position update keeps the job in `submitted`.
+        (E::Queued, S::Submitted | S::SubmitUnknown) => apply,
+        (E::Queued, S::InProgress) => ignore(REASON_STALE),
+        (E::Queued, _) => ignore(REASON_PREMATURE),
+
+        // IN_PROGRESS repeats with log updates: a self-loop that records progress.
+        (E::Started, S::Submitted | S::SubmitUnknown | S::InProgress) => apply,
+        (E::Started, _) => ignore(REASON_PREMATURE),
+
+        (E::Completed | E::FalFailed, S::Submitted | S::InProgress | S::SubmitUnknown) => apply,
+        (E::Completed | E::FalFailed, _) => ignore(REASON_PREMATURE),
+
+        // A job that never reached fal can still run out of time while uploading.
+        (E::TimedOut, S::Uploading | S::Submitted | S::InProgress | S::SubmitUnknown) => apply,
+        (E::TimedOut, _) => ignore(REASON_PREMATURE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobEvent as E;
+    use JobStatus as S;
+
+    #[test]
+    fn names_round_trip() {
+        for status in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{}\"", status.as_str())
+            );
+        }
+        for event in JobEvent::ALL {
+            assert_eq!(JobEvent::parse(event.as_str()), Some(event));
+        }
+        for kind in JobKind::ALL {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(JobStatus::parse("in-progress"), None);
+    }
+
+    #[test]
+    fn terminal_and_active_partition_the_statuses() {
+        let terminal: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [S::Succeeded, S::Failed, S::Cancelled, S::TimedOut]
+        );
+        for status in JobStatus::ALL {
+            assert_eq!(status.is_active(), !status.is_terminal());
+        }
+    }
+
+    #[test]
+    fn transition_agrees_with_allowed_from_and_target_for_every_pair() {
+        for event in JobEvent::ALL {
+            let allowed = allowed_from(event);
+            for from in JobStatus::ALL {
+                let expected_apply = allowed.contains(&from);
+                match transition(from, event) {
+                    Transition::Apply { to } => {
+                        assert!(expected_apply, "{from:?} + {event:?} applied");
+                        assert_eq!(to, target(event), "{from:?} + {event:?}");
+                    }
+                    Transition::Ignore { reason } => {
+                        assert!(!expected_apply, "{from:?} + {event:?} ignored: {reason}");
+                        assert!(!reason.is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_never_change() {
+        for from in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for event in JobEvent::ALL {
+                assert_eq!(
+                    transition(from, event),
+                    Transition::Ignore {
+                        reason: REASON_TERMINAL
+                    }
+                );
+                assert!(!allowed_from(event).contains(&from));
+            }
+        }
+    }
+
+    #[test]
+    fn the_full_transition_table() {
+        // One row per event: the outcome from pending, uploading, submitted, in_progress,
+        // submit_unknown ('A' applies; otherwise the ignore reason's first letter:
+        // 'd'uplicate, 's'tale, 'p'remature).
+        let table: [(JobEvent, &str); 10] = [
+            (E::UploadStarted, "Adsss"),
+            (E::Submitted, "pAdsA"),
+            (E::SubmitOutcomeUnknown, "pAssd"),
+            (E::SubmitRejected, "pAsss"),
+            (E::Queued, "ppAsA"),
+            (E::Started, "ppAAA"),
+            (E::Completed, "ppAAA"),
+            (E::FalFailed, "ppAAA"),
+            (E::Cancelled, "AAAAA"),
+            (E::TimedOut, "pAAAA"),
+        ];
+        let active = [
+            S::Pending,
+            S::Uploading,
+            S::Submitted,
+            S::InProgress,
+            S::SubmitUnknown,
+        ];
+        for (event, row) in table {
+            for (from, cell) in active.into_iter().zip(row.chars()) {
+                let got = match transition(from, event) {
+                    Transition::Apply { .. } => 'A',
+                    Transition::Ignore { reason } => reason.chars().next().unwrap(),
+                };
+                assert_eq!(got, cell, "{from:?} + {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn progress_and_position_updates_are_self_loops() {
+        assert_eq!(
+            transition(S::InProgress, E::Started),
+            Transition::Apply { to: S::InProgress }
+        );
+        assert_eq!(
+            transition(S::Submitted, E::Queued),
+            Transition::Apply { to: S::Submitted }
+        );
+    }
+
+    #[test]
+    fn a_lost_submit_resolves_either_way() {
+        assert_eq!(
+            transition(S::SubmitUnknown, E::Submitted),
+            Transition::Apply { to: S::Submitted }
+        );
+        assert_eq!(
+            transition(S::SubmitUnknown, E::Completed),
+            Transition::Apply { to: S::Succeeded }
+        );
+        assert_eq!(
+            transition(S::SubmitUnknown, E::TimedOut),
+            Transition::Apply { to: S::TimedOut }
+        );
+    }
+
+    #[test]
+    fn a_happy_path_walks_to_success() {
+        let mut status = S::Pending;
+        for event in [
+            E::UploadStarted,
+            E::Submitted,
+            E::Queued,
+            E::Started,
+            E::Started,
+            E::Completed,
+        ] {
+            match transition(status, event) {
+                Transition::Apply { to } => status = to,
+                Transition::Ignore { reason } => panic!("{event:?} ignored: {reason}"),
+            }
+        }
+        assert_eq!(status, S::Succeeded);
+    }
+}
