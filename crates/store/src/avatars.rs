@@ -32,10 +32,31 @@ struct AvatarRow {
     photo_count: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    model_id: Option<uuid::Uuid>,
+    model_type: Option<String>,
+    model_trigger_phrase: Option<String>,
+    model_training_id: Option<uuid::Uuid>,
+    model_artifact_sha256: Option<String>,
+    model_artifact_bytes: Option<i64>,
+    model_finetune_id: Option<String>,
+    model_trained_at: Option<DateTime<Utc>>,
 }
 
-const AVATAR_COLUMNS: &str =
-    "id, tenant_id, name, kind, owner_ref, trigger_phrase, status, photo_count, created_at, updated_at";
+/// A new avatar's columns: it has no model yet.
+const NEW_AVATAR_COLUMNS: &str = "id, tenant_id, name, kind, owner_ref, trigger_phrase, status, \
+     photo_count, created_at, updated_at, NULL::uuid AS model_id, NULL::text AS model_type, \
+     NULL::text AS model_trigger_phrase, NULL::uuid AS model_training_id, \
+     NULL::text AS model_artifact_sha256, NULL::bigint AS model_artifact_bytes, \
+     NULL::text AS model_finetune_id, NULL::timestamptz AS model_trained_at";
+
+/// The avatar's columns with its current model's, for `FROM avatars a LEFT JOIN models m`.
+const AVATAR_SELECT: &str =
+    "SELECT a.id, a.tenant_id, a.name, a.kind, a.owner_ref, a.trigger_phrase, \
+     a.status, a.photo_count, a.created_at, a.updated_at, m.id AS model_id, \
+     m.model_type, m.trigger_phrase AS model_trigger_phrase, m.training_id AS model_training_id, \
+     m.artifact_sha256 AS model_artifact_sha256, m.artifact_bytes AS model_artifact_bytes, \
+     m.finetune_id AS model_finetune_id, m.created_at AS model_trained_at \
+     FROM avatars a LEFT JOIN models m ON m.id = a.current_model_id";
 
 impl TryFrom<AvatarRow> for Avatar {
     type Error = StoreError;
@@ -58,6 +79,22 @@ impl TryFrom<AvatarRow> for Avatar {
             owner_ref: row.owner_ref,
             trigger_phrase: row.trigger_phrase,
             photo_count: u32::try_from(row.photo_count).unwrap_or(0),
+            model: match (
+                row.model_id,
+                row.model_type.as_deref().and_then(domain::ModelType::parse),
+            ) {
+                (Some(id), Some(model_type)) => Some(domain::TrainedModel {
+                    id,
+                    model_type,
+                    trigger_phrase: row.model_trigger_phrase.unwrap_or_default(),
+                    training_id: row.model_training_id.unwrap_or_default(),
+                    artifact_sha256: row.model_artifact_sha256,
+                    artifact_bytes: row.model_artifact_bytes.map(|b| b as u64),
+                    finetune_id: row.model_finetune_id,
+                    trained_at: row.model_trained_at.unwrap_or(row.created_at),
+                }),
+                _ => None,
+            },
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -70,7 +107,7 @@ pub(crate) async fn fetch_avatar(
     id: AvatarId,
 ) -> Result<Avatar, StoreError> {
     let row: Option<AvatarRow> = sqlx::query_as(&format!(
-        "SELECT {AVATAR_COLUMNS} FROM avatars WHERE tenant_id = $1 AND id = $2"
+        "{AVATAR_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
     ))
     .bind(tenant_id.0)
     .bind(id.0)
@@ -91,7 +128,7 @@ impl Store {
         let row: AvatarRow = sqlx::query_as(&format!(
             "INSERT INTO avatars (id, tenant_id, name, kind, owner_ref, trigger_phrase)
              VALUES ($1, $2, $3, $4, $5, $6)
-             RETURNING {AVATAR_COLUMNS}"
+             RETURNING {NEW_AVATAR_COLUMNS}"
         ))
         .bind(AvatarId::new().0)
         .bind(tenant_id.0)
@@ -124,12 +161,12 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<Avatar>, bool), StoreError> {
         let rows: Vec<AvatarRow> = sqlx::query_as(&format!(
-            "SELECT {AVATAR_COLUMNS} FROM avatars
-             WHERE tenant_id = $1
-               AND ($2::uuid IS NULL OR id < $2)
-               AND ($3::text IS NULL OR owner_ref = $3)
-               AND ($4::text IS NULL OR status = $4)
-             ORDER BY id DESC
+            "{AVATAR_SELECT}
+             WHERE a.tenant_id = $1
+               AND ($2::uuid IS NULL OR a.id < $2)
+               AND ($3::text IS NULL OR a.owner_ref = $3)
+               AND ($4::text IS NULL OR a.status = $4)
+             ORDER BY a.id DESC
              LIMIT $5"
         ))
         .bind(tenant_id.0)
@@ -157,15 +194,15 @@ impl Store {
         id: AvatarId,
         patch: &AvatarPatch,
     ) -> Result<Option<Avatar>, StoreError> {
-        let row: Option<AvatarRow> = sqlx::query_as(&format!(
+        let row: Option<uuid::Uuid> = sqlx::query_scalar(
             "UPDATE avatars SET
                  name = coalesce($3, name),
                  trigger_phrase = coalesce($4, trigger_phrase),
                  updated_at = now()
              WHERE tenant_id = $1 AND id = $2
                AND ($4::text IS NULL OR status IN ('draft', 'ready'))
-             RETURNING {AVATAR_COLUMNS}"
-        ))
+             RETURNING id",
+        )
         .bind(tenant_id.0)
         .bind(id.0)
         .bind(patch.name.as_ref().map(|n| n.as_str()))
@@ -174,7 +211,7 @@ impl Store {
         .await
         .map_err(StoreError::from_write)?;
         match row {
-            Some(row) => Ok(Some(row.try_into()?)),
+            Some(_) => Ok(Some(self.get_avatar(tenant_id, id).await?)),
             None => {
                 // Tell "no such avatar" from "phrase locked" for the caller.
                 self.get_avatar(tenant_id, id).await?;

@@ -8,6 +8,9 @@ mod api_keys;
 mod avatars;
 pub mod blobs;
 mod error;
+mod idempotency;
+mod jobs;
+mod models;
 mod photos;
 mod readiness;
 mod tenants;
@@ -16,6 +19,12 @@ pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobStore};
 pub use error::StoreError;
+pub use idempotency::IdempotencyClaim;
+pub use jobs::{
+    EventOutcome, JobChanges, JobRecord, NewTraining, OutboxEvent, WebhookDelivery, WebhookOutcome,
+    ONE_ACTIVE_TRAINING,
+};
+pub use models::{ModelRecord, NewModel};
 pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use tenants::Tenant;

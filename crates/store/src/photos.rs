@@ -59,7 +59,7 @@ pub enum Reservation {
 /// Deleting a photo from a set.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PhotoRemoval {
-    Removed(Avatar),
+    Removed(Box<Avatar>),
     AvatarNotFound,
     PhotoNotFound,
     AvatarBusy(AvatarStatus),
@@ -343,7 +343,7 @@ impl Store {
         }
         let avatar = refresh_photo_count(&mut tx, tenant_id, avatar_id, rules).await?;
         tx.commit().await?;
-        Ok(PhotoRemoval::Removed(avatar))
+        Ok(PhotoRemoval::Removed(Box::new(avatar)))
     }
 
     /// Pending uploads older than `older_than` (their process died mid-upload): deletes the

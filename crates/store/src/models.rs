@@ -1,0 +1,123 @@
+//! Trained models: created when a training's artifacts are in our custody.
+
+use domain::ModelType;
+use uuid::Uuid;
+
+use crate::jobs::OutboxEvent;
+use crate::{Store, StoreError};
+
+/// A model to record for a finished training.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    pub model_type: ModelType,
+    pub trigger_phrase: String,
+    pub artifact_key: Option<String>,
+    pub artifact_sha256: Option<String>,
+    pub artifact_bytes: Option<u64>,
+    pub config_key: Option<String>,
+    pub fal_artifact_url: Option<String>,
+    pub finetune_id: Option<String>,
+}
+
+/// Stored artifacts of a model, for generation.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelRecord {
+    pub id: Uuid,
+    pub avatar_id: Option<Uuid>,
+    pub training_id: Uuid,
+    pub model_type: String,
+    pub trigger_phrase: String,
+    pub artifact_key: Option<String>,
+    pub artifact_sha256: Option<String>,
+    pub artifact_bytes: Option<i64>,
+    pub config_key: Option<String>,
+    pub fal_artifact_url: Option<String>,
+    pub finetune_id: Option<String>,
+}
+
+impl Store {
+    /// Records the model of a succeeded training and makes it the avatar's current model, in
+    /// one transaction with clearing the job's custody flag. Safe to repeat: a training has at
+    /// most one model. False when the lease was lost.
+    pub async fn complete_training(
+        &self,
+        job_id: Uuid,
+        fence: i64,
+        model: &NewModel,
+        outbox: &OutboxEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let job: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
+            "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
+                 lease_until = NULL, updated_at = now()
+             WHERE id = $1 AND fence = $2 AND status = 'succeeded'
+             RETURNING tenant_id, avatar_id",
+        )
+        .bind(job_id)
+        .bind(fence)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((tenant_id, avatar_id)) = job else {
+            return Ok(false);
+        };
+        let model_id: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
+                 artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (training_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tenant_id)
+        .bind(avatar_id)
+        .bind(job_id)
+        .bind(model.model_type.as_str())
+        .bind(&model.trigger_phrase)
+        .bind(&model.artifact_key)
+        .bind(&model.artifact_sha256)
+        .bind(model.artifact_bytes.map(|b| b as i64))
+        .bind(&model.config_key)
+        .bind(&model.fal_artifact_url)
+        .bind(&model.finetune_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(model_id) = model_id {
+            sqlx::query(
+                "UPDATE avatars SET current_model_id = $2, status = 'trained', updated_at = now() WHERE id = $1",
+            )
+            .bind(avatar_id)
+            .bind(model_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(tenant_id)
+            .bind(&outbox.event_type)
+            .bind(job_id)
+            .bind(avatar_id)
+            .bind(&outbox.data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The model a training produced, if it is in custody.
+    pub async fn model_of_training(
+        &self,
+        training_id: Uuid,
+    ) -> Result<Option<ModelRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, avatar_id, training_id, model_type, trigger_phrase, artifact_key, artifact_sha256,
+                 artifact_bytes, config_key, fal_artifact_url, finetune_id
+             FROM models WHERE training_id = $1",
+        )
+        .bind(training_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
