@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::openapi::ApiDoc;
-use crate::routes::{archives, avatars, ops, photos};
+use crate::routes::{archives, avatars, fal_webhook, ops, photos, trainings};
 use crate::state::AppState;
 
 /// Every documented route.
@@ -40,6 +40,16 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         )
         .routes(routes!(photos::delete_photo))
         .routes(routes!(archives::inspect_training_archive))
+        .routes(routes!(trainings::train_avatar))
+        .routes(routes!(trainings::list_trainings))
+        .routes(routes!(trainings::get_training))
+        .routes(routes!(trainings::cancel_training))
+        .routes(routes!(trainings::list_presets))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(fal_webhook::fal_webhook))
+                .layer(DefaultBodyLimit::max(fal_webhook::MAX_WEBHOOK_BYTES)),
+        )
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

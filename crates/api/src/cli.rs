@@ -146,9 +146,37 @@ pub(crate) fn app_state(
     config: &Config,
     store: store::Store,
     blobs: store::BlobStore,
+    fal: Option<crate::fal_runtime::FalRuntime>,
 ) -> anyhow::Result<AppState> {
-    AppState::new(store, blobs, crate::ServiceSettings::from_config(config))
-        .context("building the URL fetcher")
+    Ok(
+        AppState::new(store, blobs, crate::ServiceSettings::from_config(config))
+            .context("building the URL fetcher")?
+            .with_fal(fal, crate::training::TrainingSettings::from_config(config)),
+    )
+}
+
+/// The fal connection of `avatars serve`: required key and public URL.
+fn production_fal(config: &Config) -> anyhow::Result<Option<crate::fal_runtime::FalRuntime>> {
+    let Some(key) = config.fal.key.clone() else {
+        tracing::warn!("FAL_KEY is not set: trainings and generations will be refused");
+        return Ok(None);
+    };
+    if config.public_base_url.is_none() {
+        return Err(ConfigError {
+            variable: "PUBLIC_BASE_URL",
+            problem: "required with FAL_KEY: fal calls the service back at this URL".into(),
+        }
+        .into());
+    }
+    crate::fal_runtime::FalRuntime::new(&config.fal, key)
+        .map(Some)
+        .map_err(|e| {
+            ConfigError {
+                variable: e.variable,
+                problem: e.problem,
+            }
+            .into()
+        })
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -172,9 +200,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", config.bind_addr))?;
             tracing::info!(addr = %config.bind_addr, "serving");
             let blobs = blob_store(&config, std::path::Path::new("data/blobs"))?;
-            let state = app_state(&config, store.clone(), blobs)?;
+            let fal = production_fal(&config)?;
+            let state = app_state(&config, store.clone(), blobs, fal)?;
             let janitor = tokio::spawn(crate::janitor::run(state.clone(), JANITOR_INTERVAL));
+            let workers = crate::workers::spawn(state.clone(), Default::default());
             crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+            drop(workers);
             janitor.abort();
             store.pool().close().await;
             Ok(())

@@ -39,12 +39,16 @@ pub struct FalSettings {
     pub key: Option<SecretString>,
     pub queue_url: String,
     pub rest_url: String,
+    pub cdn_url: String,
     pub jwks_url: String,
     pub portrait: PortraitOverrides,
     pub training_timeout: Duration,
     pub status_check_interval: Duration,
     pub max_retries: u32,
     pub auto_model_selection: bool,
+    /// Overrides of the kind -> trainer mapping used by automatic selection.
+    pub trainer_by_kind: Vec<(domain::AvatarKind, domain::Trainer)>,
+    pub prices: domain::TrainingPrices,
 }
 
 /// Everything the service reads from its environment.
@@ -218,6 +222,9 @@ impl Config {
                 rest_url: env
                     .url("FAL_REST_URL")?
                     .unwrap_or_else(|| "https://rest.fal.ai".into()),
+                cdn_url: env
+                    .url("FAL_CDN_URL")?
+                    .unwrap_or_else(|| "https://v3.fal.media".into()),
                 jwks_url: env
                     .url("FAL_JWKS_URL")?
                     .unwrap_or_else(|| "https://rest.fal.ai/.well-known/jwks.json".into()),
@@ -240,6 +247,42 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
                 max_retries: env.parse_range("FAL_MAX_RETRIES", 0, 10)?.unwrap_or(3),
                 auto_model_selection: env.boolean("FAL_AUTO_MODEL_SELECTION")?.unwrap_or(true),
+                trainer_by_kind: env
+                    .parse_with(
+                        "FAL_TRAINER_BY_KIND",
+                        "comma-separated kind=trainer pairs, e.g. style=fast_lora,product=pro",
+                        |v| {
+                            v.split(',')
+                                .map(|pair| {
+                                    let (kind, trainer) = pair.split_once('=')?;
+                                    Some((
+                                        domain::AvatarKind::parse(kind.trim())?,
+                                        domain::Trainer::parse(trainer.trim())?,
+                                    ))
+                                })
+                                .collect::<Option<Vec<_>>>()
+                        },
+                    )?
+                    .unwrap_or_default(),
+                prices: {
+                    let defaults = domain::TrainingPrices::default();
+                    let price = |name: &'static str| {
+                        env.parse_with(name, "a price in USD such as 0.0024", |v| {
+                            v.parse::<f64>().ok().filter(|p| *p >= 0.0 && p.is_finite())
+                        })
+                    };
+                    domain::TrainingPrices {
+                        portrait_per_step_usd: price("PRICE_PORTRAIT_PER_STEP_USD")?
+                            .unwrap_or(defaults.portrait_per_step_usd),
+                        portrait_min_billed_steps: env
+                            .parse_range("PRICE_PORTRAIT_MIN_BILLED_STEPS", 0, 100_000)?
+                            .unwrap_or(defaults.portrait_min_billed_steps),
+                        fast_lora_per_run_usd: price("PRICE_FAST_LORA_PER_RUN_USD")?
+                            .unwrap_or(defaults.fast_lora_per_run_usd),
+                        pro_per_run_usd: price("PRICE_PRO_PER_RUN_USD")?
+                            .or(defaults.pro_per_run_usd),
+                    }
+                },
             },
         })
     }
@@ -358,6 +401,8 @@ mod tests {
             ("AVATAR_MIN_PHOTOS", "0"),
             ("PHOTO_MAX_BYTES", "lots"),
             ("FETCH_ALLOWED_PRIVATE", "127.0.0.1"),
+            ("FAL_TRAINER_BY_KIND", "style=robot"),
+            ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name);

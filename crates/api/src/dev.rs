@@ -11,6 +11,8 @@ use crate::config::Config;
 
 const DEV_TENANT: &str = "dev";
 const DEV_DATABASE: &str = "avatars";
+/// fal-sim's pace in dev mode: a 20-minute training takes about 12 seconds.
+const DEV_SIM_TIME_FACTOR: f64 = 0.01;
 
 pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
@@ -52,16 +54,49 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
         "  try: curl -H 'Authorization: Bearer {}' {base}/avatars",
         key.expose_secret()
     );
+    let mut config = config;
+    if config.public_base_url.is_none() {
+        config.public_base_url = Some(base.clone());
+    }
+    // fal-sim stands in for fal unless a real key is configured.
+    let (fal, sim) = match config.fal.key.clone() {
+        Some(key) => (crate::fal_runtime::FalRuntime::new(&config.fal, key)?, None),
+        None => {
+            let sim = fal_sim::FalSim::start(fal_sim::SimConfig {
+                time_factor: DEV_SIM_TIME_FACTOR,
+                ..fal_sim::SimConfig::default()
+            })
+            .await
+            .context("starting the in-process fal simulator")?;
+            config.fal.queue_url = sim.queue_url().to_string();
+            config.fal.rest_url = sim.rest_url().to_string();
+            config.fal.cdn_url = sim.cdn_url().to_string();
+            config.fal.jwks_url = sim.jwks_url().to_string();
+            let key = SecretString::from(sim.default_key().unwrap_or_default().to_string());
+            println!(
+                "  fal:         in-process fal-sim at {} (set FAL_KEY for fal.ai)",
+                sim.queue_url()
+            );
+            (
+                crate::fal_runtime::FalRuntime::new(&config.fal, key)?,
+                Some(sim),
+            )
+        }
+    };
     println!();
-
     let blobs = crate::cli::blob_store(&config, &data_dir.join("blobs"))?;
-    let state = crate::cli::app_state(&config, store.clone(), blobs)?;
+    let state = crate::cli::app_state(&config, store.clone(), blobs, Some(fal))?;
     let janitor = tokio::spawn(crate::janitor::run(
         state.clone(),
         crate::cli::JANITOR_INTERVAL,
     ));
+    let workers = crate::workers::spawn(state.clone(), Default::default());
     crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+    drop(workers);
     janitor.abort();
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
 
     store.pool().close().await;
     if let Some(cluster) = cluster.as_mut() {

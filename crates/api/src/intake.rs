@@ -99,13 +99,15 @@ pub async fn ingest_file(
             ))
         }
         Reservation::AvatarBusy(_) => return Err(avatar_training()),
-        Reservation::LimitReached { max } => return Ok(Err(RejectedFile::new(
-            file_name,
-            "photo_limit_reached",
-            format!(
+        Reservation::LimitReached { max } => {
+            return Ok(Err(RejectedFile::new(
+                file_name,
+                "photo_limit_reached",
+                format!(
                 "the avatar already holds the maximum of {max} photos; delete one to add another"
             ),
-        ))),
+            )))
+        }
         Reservation::Duplicate { existing } => {
             return Ok(Err(RejectedFile::new(
                 file_name,

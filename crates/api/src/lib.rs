@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 mod dev;
 pub mod extract;
+pub mod fal_runtime;
 pub mod intake;
 pub mod janitor;
 pub mod metrics;
@@ -14,7 +15,9 @@ pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod training;
 pub mod training_data;
+pub mod workers;
 
 pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
 pub use config::{Config, HttpLimits};

@@ -15,6 +15,8 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem
     tags(
         (name = "avatars", description = "Avatars and their life cycle"),
         (name = "photos", description = "The photos an avatar is trained from"),
+        (name = "trainings", description = "Training avatars on fal.ai, and the presets"),
+        (name = "webhooks", description = "Callbacks from fal.ai"),
         (name = "operations", description = "Health, readiness and metrics")
     ),
     modifiers(&BearerAuth),

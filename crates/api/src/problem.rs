@@ -305,8 +305,31 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
+    let already_problem = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes());
     let mut problem = match parts.extensions.remove::<RenderedProblem>() {
         Some(RenderedProblem(problem)) => problem,
+        // A stored problem replayed (Idempotency-Key): keep it, refresh the request context.
+        None if already_problem => {
+            let bytes = axum::body::to_bytes(body, 1024 * 1024)
+                .await
+                .unwrap_or_default();
+            let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("instance".into(), Value::String(path));
+                match request_id {
+                    Some(id) => object.insert("request_id".into(), Value::String(id)),
+                    None => object.remove("request_id"),
+                };
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Response::from_parts(
+                parts,
+                Body::from(serde_json::to_vec(&value).unwrap_or_default()),
+            );
+        }
         None => {
             if status.is_server_error() {
                 tracing::error!(status = status.as_u16(), "request failed outside a handler");

@@ -47,6 +47,13 @@ pub struct AppState {
     pub photo_fetcher: Arc<safe_fetch::SafeFetcher>,
     /// Fetches bring-your-own training archives (archive-sized bodies).
     pub archive_fetcher: Arc<safe_fetch::SafeFetcher>,
+    /// The connection to fal; `None` when not configured (trainings are then refused).
+    pub fal: Option<crate::fal_runtime::FalRuntime>,
+    pub training: Arc<crate::training::TrainingSettings>,
+    /// Wakes the workers when new work was stored.
+    pub work: Arc<tokio::sync::Notify>,
+    /// This process's identity in job leases.
+    pub worker_id: uuid::Uuid,
 }
 
 impl AppState {
@@ -72,7 +79,22 @@ impl AppState {
             settings: Arc::new(settings),
             photo_fetcher: Arc::new(photo_fetcher),
             archive_fetcher: Arc::new(archive_fetcher),
+            fal: None,
+            training: Arc::new(crate::training::TrainingSettings::default()),
+            work: Arc::new(tokio::sync::Notify::new()),
+            worker_id: uuid::Uuid::new_v4(),
         })
+    }
+
+    /// Connects the state to fal with these training settings.
+    pub fn with_fal(
+        mut self,
+        fal: Option<crate::fal_runtime::FalRuntime>,
+        training: crate::training::TrainingSettings,
+    ) -> Self {
+        self.fal = fal;
+        self.training = Arc::new(training);
+        self
     }
 
     pub fn photo_set_rules(&self) -> domain::PhotoSetRules {

@@ -133,6 +133,17 @@ pub async fn inspect_archive_url(
     state: &AppState,
     url: &str,
 ) -> Result<ArchiveInspection, ArchiveCheckError> {
+    fetch_and_inspect(state, url)
+        .await
+        .map(|(inspection, ..)| inspection)
+}
+
+/// Like [`inspect_archive_url`], also handing back the fetched file and the scratch directory
+/// holding it (removed when dropped).
+pub async fn fetch_and_inspect(
+    state: &AppState,
+    url: &str,
+) -> Result<(ArchiveInspection, tempfile::TempDir, std::path::PathBuf), ArchiveCheckError> {
     let scratch = tempfile::Builder::new()
         .prefix("avatars-byo-")
         .tempdir_in(&state.settings.scratch_dir)?;
@@ -140,11 +151,11 @@ pub async fn inspect_archive_url(
     state.archive_fetcher.fetch_to_file(url, &archive).await?;
     let rules = state.photo_rules();
     let limits = media::ArchiveLimits::default();
+    let inspected = archive.clone();
     let report =
-        tokio::task::spawn_blocking(move || media::inspect_archive(&archive, &limits, &rules))
+        tokio::task::spawn_blocking(move || media::inspect_archive(&inspected, &limits, &rules))
             .await?
             .map_err(ArchiveCheckError::Archive)?;
-    drop(scratch);
 
     let set_rules = state.photo_set_rules();
     let mut images: Vec<ArchiveImage> = Vec::new();
@@ -214,7 +225,7 @@ pub async fn inspect_archive_url(
             set_rules.min_photos, set_rules.max_photos
         ));
     }
-    Ok(ArchiveInspection {
+    let inspection = ArchiveInspection {
         usable: problems.is_empty(),
         problems,
         images,
@@ -223,5 +234,6 @@ pub async fn inspect_archive_url(
         decompressed_bytes: report.decompressed_bytes,
         min_photos: set_rules.min_photos,
         max_photos: set_rules.max_photos,
-    })
+    };
+    Ok((inspection, scratch, archive))
 }

@@ -121,6 +121,12 @@ pub struct TrainedModel {
     pub model_type: String,
     pub trigger_phrase: String,
     pub trained_at: DateTime<Utc>,
+    /// The training that produced it.
+    pub training_id: Uuid,
+    /// SHA-256 of the LoRA weights the service keeps (LoRA models).
+    pub artifact_sha256: Option<String>,
+    /// fal's finetune id (finetune models).
+    pub finetune_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -148,7 +154,14 @@ impl From<Avatar> for AvatarResponse {
             trigger_phrase: avatar.trigger_phrase,
             status: avatar.status.into(),
             photo_count: avatar.photo_count,
-            trained_model: None,
+            trained_model: avatar.model.map(|m| TrainedModel {
+                model_type: m.model_type.as_str().to_string(),
+                trigger_phrase: m.trigger_phrase,
+                trained_at: m.trained_at,
+                training_id: m.training_id,
+                artifact_sha256: m.artifact_sha256,
+                finetune_id: m.finetune_id,
+            }),
             created_at: avatar.created_at,
             updated_at: avatar.updated_at,
         }
@@ -453,6 +466,18 @@ pub async fn delete_avatar(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
+    // Running trainings are cancelled on fal first: nobody will want their result.
+    for job in state
+        .store
+        .active_trainings(caller.tenant_id, AvatarId(id))
+        .await?
+    {
+        if let Err(error) =
+            crate::training::cancel_job(&state, &job, "the avatar was deleted").await
+        {
+            tracing::warn!(training = %job.id, ?error, "cancelling a training of a deleted avatar");
+        }
+    }
     match state
         .store
         .delete_avatar(caller.tenant_id, AvatarId(id))

@@ -1,4 +1,6 @@
 pub mod archives;
 pub mod avatars;
+pub mod fal_webhook;
 pub mod ops;
 pub mod photos;
+pub mod trainings;

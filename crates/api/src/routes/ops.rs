@@ -57,6 +57,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
             vec!["database unreachable".to_string()]
         }
     };
+    let mut reasons = reasons;
+    if state
+        .fal
+        .as_ref()
+        .is_some_and(|fal| fal.health.key_rejected())
+    {
+        reasons.push("fal rejected the API key (fal_unauthorized); check FAL_KEY".to_string());
+    }
     if reasons.is_empty() {
         Ok(Json(HealthStatus {
             status: "ready".into(),

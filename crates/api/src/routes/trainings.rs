@@ -1,0 +1,772 @@
+//! Trainings: start one (`POST /avatars/{id}/train`), follow it, cancel it; and the presets.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use domain::{AvatarId, JobStatus, PresetName, Trainer, TriggerPhrase, Violations};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use store::{IdempotencyClaim, JobRecord, NewTraining, StoreError, ONE_ACTIVE_TRAINING};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::extract::{parse_json, AppQuery, PathId};
+use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::state::AppState;
+use crate::training;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// `fast`, `balanced` (default) or `quality`.
+    pub preset: Option<String>,
+    /// `portrait`, `pro` or `fast_lora`; chosen from the avatar's kind when absent and
+    /// automatic selection is on.
+    pub trainer: Option<String>,
+    /// Trainer parameters overriding the preset (e.g. `{"steps": 1200}`), checked against the
+    /// trainer's schema.
+    #[schema(value_type = Option<Object>)]
+    pub overrides: Option<Map<String, Value>>,
+    /// The token the model learns; the avatar's trigger phrase when absent.
+    pub trigger_phrase: Option<String>,
+    /// Train from your own ZIP of photos instead of the uploaded ones; fetched and checked
+    /// before anything is spent.
+    pub images_data_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingError {
+    /// e.g. `fal_rejected_input`, `fal_unauthorized`, `fal_billing_locked`, `fal_unavailable`,
+    /// `submit_unknown`, `training_timeout`, `cancelled`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingModel {
+    /// `lora` or `finetune`.
+    pub model_type: String,
+    pub trigger_phrase: String,
+    /// SHA-256 of the LoRA weights kept by the service.
+    pub artifact_sha256: Option<String>,
+    pub artifact_bytes: Option<i64>,
+    pub finetune_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingResponse {
+    pub id: Uuid,
+    pub avatar_id: Option<Uuid>,
+    /// `pending`, `uploading`, `submitted`, `in_progress`, `submit_unknown` (fal may or may not
+    /// have the request; resolved by its callback, a status lookup or the deadline; never
+    /// resubmitted), `succeeded`, `failed`, `cancelled`, `timed_out`.
+    pub status: String,
+    pub trainer: Option<String>,
+    /// The fal endpoint.
+    pub endpoint: String,
+    pub preset: Option<String>,
+    /// The effective parameters sent to fal.
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+    pub trigger_phrase: Option<String>,
+    pub estimated_cost_usd: Option<f64>,
+    pub queue_position: Option<i32>,
+    /// 0-1, read from fal's logs while running.
+    pub progress: Option<f64>,
+    pub fal_request_id: Option<String>,
+    pub cancel_requested: bool,
+    pub error: Option<TrainingError>,
+    /// The trained model, once its artifacts are in the service's custody.
+    pub model: Option<TrainingModel>,
+    /// Set when the trainer is deprecated by fal.
+    pub deprecation: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn training_response(
+    state: &AppState,
+    job: JobRecord,
+) -> Result<TrainingResponse, ApiError> {
+    let model = if job.status() == JobStatus::Succeeded {
+        state
+            .store
+            .model_of_training(job.id)
+            .await?
+            .map(|m| TrainingModel {
+                model_type: m.model_type,
+                trigger_phrase: m.trigger_phrase,
+                artifact_sha256: m.artifact_sha256,
+                artifact_bytes: m.artifact_bytes,
+                finetune_id: m.finetune_id,
+            })
+    } else {
+        None
+    };
+    let deprecation = job
+        .trainer
+        .as_deref()
+        .and_then(Trainer::parse)
+        .and_then(Trainer::deprecation)
+        .map(str::to_string);
+    Ok(TrainingResponse {
+        id: job.id,
+        avatar_id: job.avatar_id,
+        status: job.status,
+        trainer: job.trainer,
+        endpoint: job.endpoint,
+        preset: job.preset,
+        parameters: job.params,
+        trigger_phrase: job.trigger_phrase,
+        estimated_cost_usd: job.estimated_cost_usd,
+        queue_position: job.queue_position,
+        progress: job.progress,
+        fal_request_id: job.fal_request_id,
+        cancel_requested: job.cancel_requested_at.is_some(),
+        error: job.error_code.map(|code| TrainingError {
+            code,
+            message: job.error_message.unwrap_or_default(),
+        }),
+        model,
+        deprecation,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        submitted_at: job.submitted_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+    })
+}
+
+fn avatar_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
+}
+
+fn training_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found("training_not_found", format!("no training with id {id}"))
+}
+
+fn field(field: &str, code: &'static str, message: impl Into<String>) -> domain::FieldViolation {
+    domain::FieldViolation::new(field, code, message)
+}
+
+/// Start a training.
+///
+/// Checks the photo set (or your archive), picks the trainer and preset, stores the job and
+/// answers 202 at once; the upload to fal and the submit happen in the background. Send an
+/// `Idempotency-Key` to make retries safe: the same key and body replay the first answer.
+#[utoipa::path(
+    post,
+    path = "/avatars/{id}/train",
+    tag = "trainings",
+    operation_id = "train_avatar",
+    params(
+        ("id" = Uuid, Path, description = "Avatar id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1-255 printable ASCII)"),
+    ),
+    request_body = TrainRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Accepted; follow the training at its Location", body = TrainingResponse,
+            headers(("location" = String, description = "URL of the training"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Photo set not trainable (`photo_set_not_trainable`, with counts), a training already running (`training_in_progress`), or the same Idempotency-Key in flight (`idempotency_key_in_use`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`validation_failed`), an unusable archive (`archive_unusable`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "fal is not configured (`fal_not_configured`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn train_avatar(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    crate::extract::require_json(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let Some(key) = key else {
+        return create_training(&state, caller, AvatarId(id), &body).await;
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(format!("POST /avatars/{id}/train\n").as_bytes());
+    hasher.update(&body);
+    let hash = hex::encode(hasher.finalize());
+    let tenant = caller.tenant_id.0;
+    match state
+        .store
+        .claim_idempotency_key(tenant, &key, &hash, std::time::Duration::from_secs(120))
+        .await?
+    {
+        IdempotencyClaim::Claimed => {}
+        IdempotencyClaim::InFlight => {
+            return Err(ApiError::conflict(
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being handled; retry shortly",
+            ))
+        }
+        IdempotencyClaim::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key was used with a different request",
+            ))
+        }
+        IdempotencyClaim::Done {
+            status,
+            body,
+            headers,
+        } => return Ok(replay(status, body, headers)),
+    }
+    let outcome = create_training(&state, caller, AvatarId(id), &body).await;
+    let status = match &outcome {
+        Ok(response) => response.status(),
+        Err(error) => error.status(),
+    };
+    if status.is_server_error() {
+        state.store.release_idempotency_key(tenant, &key).await?;
+        return outcome;
+    }
+    // Keep the answer, success or refusal, to replay it byte for byte.
+    let response = outcome.unwrap_or_else(IntoResponse::into_response);
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(ApiError::internal)?;
+    let body_json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let header_text = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let headers_json = serde_json::json!({
+        "location": header_text(header::LOCATION),
+        "content-type": header_text(header::CONTENT_TYPE),
+    });
+    let response = Response::from_parts(parts, axum::body::Body::from(bytes));
+    state
+        .store
+        .finish_idempotency_key(tenant, &key, status.as_u16(), &body_json, &headers_json)
+        .await?;
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("").trim().to_string();
+    if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key))
+}
+
+/// Rebuilds a stored answer, marked as a replay.
+fn replay(status: u16, body: Value, headers: Value) -> Response {
+    let mut response = Response::new(axum::body::Body::from(
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let content_type = headers["content-type"]
+        .as_str()
+        .unwrap_or("application/json");
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    if let Some(location) = headers["location"]
+        .as_str()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+async fn create_training(
+    state: &AppState,
+    caller: Caller,
+    avatar_id: AvatarId,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: TrainRequest = parse_json(body)?;
+    let avatar = match state.store.get_avatar(caller.tenant_id, avatar_id).await {
+        Ok(avatar) => avatar,
+        Err(StoreError::NotFound) => return Err(avatar_not_found(avatar_id.0)),
+        Err(error) => return Err(error.into()),
+    };
+    let settings = &state.training;
+    let mut violations = Violations::default();
+    let preset = match request.preset.as_deref() {
+        None => Some(PresetName::default()),
+        Some(name) => violations.check(PresetName::parse(name).ok_or_else(|| {
+            field(
+                "preset",
+                "invalid_value",
+                "must be fast, balanced or quality",
+            )
+        })),
+    };
+    let requested_trainer = match request.trainer.as_deref() {
+        None => None,
+        Some(name) => violations.check(Trainer::parse(name).ok_or_else(|| {
+            field(
+                "trainer",
+                "invalid_value",
+                "must be portrait, pro or fast_lora",
+            )
+        })),
+    };
+    let trigger_phrase = match request.trigger_phrase.as_deref() {
+        None => None,
+        Some(phrase) => violations.check(TriggerPhrase::parse("trigger_phrase", phrase)),
+    };
+    let trainer = if request.trainer.is_some() && requested_trainer.is_none() {
+        None
+    } else {
+        violations.check(domain::select_trainer(
+            &settings.selection,
+            avatar.kind,
+            requested_trainer,
+        ))
+    };
+    let params = match (trainer, preset) {
+        (Some(trainer), Some(preset)) => match domain::resolve_params_for_kind(
+            trainer,
+            preset,
+            avatar.kind,
+            request.overrides.as_ref(),
+            &settings.portrait_defaults,
+        ) {
+            Ok(params) => Some(params),
+            Err(more) => {
+                violations.0.extend(more.0);
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(url) = &request.images_data_url {
+        if let Err(error) = state.archive_fetcher.check_url(url) {
+            violations.push(field("images_data_url", error.code(), error.to_string()));
+        }
+    }
+    violations.into_result()?;
+    let (trainer, preset, params) = (
+        trainer.expect("checked"),
+        preset.expect("checked"),
+        params.expect("checked"),
+    );
+    if state.fal.is_none() || settings.public_base_url.is_none() {
+        return Err(ApiError::unavailable(
+            "fal_not_configured",
+            "this service has no fal connection (FAL_KEY and PUBLIC_BASE_URL); trainings cannot start",
+        ));
+    }
+    if avatar.status == domain::AvatarStatus::Training {
+        return Err(training_in_progress());
+    }
+    let job_id = Uuid::now_v7();
+    let input_blob_key = match &request.images_data_url {
+        Some(url) => Some(store_callers_archive(state, caller, job_id, url).await?),
+        None => {
+            let rules = state.photo_set_rules();
+            if !rules.is_trainable(avatar.photo_count) {
+                return Err(ApiError::conflict(
+                    "photo_set_not_trainable",
+                    format!(
+                        "the avatar has {} photos; a training needs {} to {}",
+                        avatar.photo_count, rules.min_photos, rules.max_photos
+                    ),
+                )
+                .with_extension("photo_count", avatar.photo_count)
+                .with_extension("min_photos", rules.min_photos)
+                .with_extension("max_photos", rules.max_photos));
+            }
+            None
+        }
+    };
+    if let Some(deprecation) = trainer.deprecation() {
+        tracing::warn!(
+            trainer = trainer.as_str(),
+            deprecation,
+            "training with a deprecated trainer"
+        );
+    }
+    let trigger_phrase = trigger_phrase
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_else(|| avatar.trigger_phrase.clone());
+    let new = NewTraining {
+        id: job_id,
+        tenant_id: caller.tenant_id,
+        avatar_id,
+        trainer: trainer.as_str().to_string(),
+        endpoint: trainer.endpoint().to_string(),
+        preset: preset.as_str().to_string(),
+        params: Value::Object(params.to_json()),
+        trigger_phrase,
+        input_blob_key: input_blob_key.clone(),
+        estimated_cost_usd: domain::estimate_training_cost(&params, &settings.prices),
+        webhook_token: training::new_webhook_token(),
+        deadline_at: training::deadline_from_now(settings),
+        event_data: serde_json::json!({"training_id": job_id, "avatar_id": avatar_id.0, "status": "pending"}),
+    };
+    let job = match state.store.insert_training(&new).await {
+        Ok(job) => job,
+        Err(error) => {
+            if let Some(key) = &input_blob_key {
+                let _ = state.blobs.delete(key).await;
+            }
+            if error.is_conflict_on(ONE_ACTIVE_TRAINING) {
+                return Err(training_in_progress());
+            }
+            return Err(error.into());
+        }
+    };
+    state.work.notify_waiters();
+    let location =
+        HeaderValue::from_str(&format!("/trainings/{}", job.id)).map_err(ApiError::internal)?;
+    let body = training_response(state, job).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn training_in_progress() -> ApiError {
+    ApiError::conflict(
+        "training_in_progress",
+        "a training of this avatar is already running; wait for it or cancel it",
+    )
+}
+
+/// Fetches and checks a caller's archive and keeps it for the worker, so fal trains on exactly
+/// the bytes that were checked.
+async fn store_callers_archive(
+    state: &AppState,
+    caller: Caller,
+    job_id: Uuid,
+    url: &str,
+) -> Result<String, ApiError> {
+    let (inspection, scratch, path) =
+        match crate::training_data::fetch_and_inspect(state, url).await {
+            Ok(checked) => checked,
+            Err(crate::training_data::ArchiveCheckError::Fetch(error)) => {
+                return Err(ApiError::validation(vec![FieldError {
+                    field: "images_data_url".into(),
+                    location: FieldLocation::Body,
+                    code: error.code().to_string(),
+                    message: error.to_string(),
+                }]))
+            }
+            Err(crate::training_data::ArchiveCheckError::Archive(error)) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "archive_unusable",
+                    error.message(),
+                )
+                .with_extension("reason", error.code()))
+            }
+            Err(error) => return Err(ApiError::internal(error)),
+        };
+    if !inspection.usable {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "archive_unusable",
+            inspection.problems.join("; "),
+        )
+        .with_extension(
+            "inspection",
+            serde_json::to_value(&inspection).map_err(ApiError::internal)?,
+        ));
+    }
+    let key = format!("tenants/{}/jobs/{job_id}/input.zip", caller.tenant_id);
+    state.blobs.put_file(&key, &path).await.map_err(|e| {
+        ApiError::unavailable(
+            "storage_unavailable",
+            "the archive could not be stored; retry later",
+        )
+        .with_source(e)
+    })?;
+    drop(scratch);
+    Ok(key)
+}
+
+/// Get a training.
+#[utoipa::path(
+    get,
+    path = "/trainings/{id}",
+    tag = "trainings",
+    operation_id = "get_training",
+    params(("id" = Uuid, Path, description = "Training id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The training", body = TrainingResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such training (`training_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_training(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<TrainingResponse>, ApiError> {
+    let job = match state.store.get_job(caller.tenant_id, id).await {
+        Ok(job) if job.kind() == domain::JobKind::Training => job,
+        Ok(_) | Err(StoreError::NotFound) => return Err(training_not_found(id)),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(Json(training_response(&state, job).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingPage {
+    pub items: Vec<TrainingResponse>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListTrainingsQuery {
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// List an avatar's trainings.
+#[utoipa::path(
+    get,
+    path = "/avatars/{id}/trainings",
+    tag = "trainings",
+    operation_id = "list_trainings",
+    params(("id" = Uuid, Path, description = "Avatar id"), ListTrainingsQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = TrainingPage),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_trainings(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    AppQuery(query): AppQuery<ListTrainingsQuery>,
+) -> Result<Json<TrainingPage>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "limit".into(),
+            location: FieldLocation::Query,
+            code: "out_of_range".into(),
+            message: "must be from 1 to 100".into(),
+        }]));
+    }
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+            ApiError::validation(vec![FieldError {
+                field: "cursor".into(),
+                location: FieldLocation::Query,
+                code: "invalid_cursor".into(),
+                message: "is not a cursor this service issued".into(),
+            }])
+        })?),
+    };
+    let (jobs, more) = state
+        .store
+        .list_trainings(caller.tenant_id, AvatarId(id), after, limit)
+        .await?
+        .ok_or_else(|| avatar_not_found(id))?;
+    let next_cursor = more
+        .then(|| jobs.last().map(|j| encode_cursor(j.id)))
+        .flatten();
+    let mut items = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        items.push(training_response(&state, job).await?);
+    }
+    Ok(Json(TrainingPage { items, next_cursor }))
+}
+
+fn encode_cursor(last: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<Uuid> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    Uuid::parse_str(String::from_utf8(bytes).ok()?.strip_prefix("v1:")?).ok()
+}
+
+/// Cancel a training.
+///
+/// A training not yet submitted is cancelled at once; a submitted one is cancelled on fal.
+/// If fal already finished it, its result wins and the answer shows it.
+#[utoipa::path(
+    post,
+    path = "/trainings/{id}/cancel",
+    tag = "trainings",
+    operation_id = "cancel_training",
+    params(("id" = Uuid, Path, description = "Training id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "The training after the cancel request", body = TrainingResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such training (`training_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The training already finished (`training_finished`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "fal could not be reached (`fal_unavailable`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_training(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let job = match state.store.get_job(caller.tenant_id, id).await {
+        Ok(job) if job.kind() == domain::JobKind::Training => job,
+        Ok(_) | Err(StoreError::NotFound) => return Err(training_not_found(id)),
+        Err(error) => return Err(error.into()),
+    };
+    if job.status().is_terminal() {
+        return Err(ApiError::conflict(
+            "training_finished",
+            format!("the training already ended as {}", job.status),
+        )
+        .with_extension("training_status", job.status.clone()));
+    }
+    let job = state.store.request_cancel(caller.tenant_id, id).await?;
+    let job = match job.status() {
+        // The worker owns an upload; it sees the request before submitting, or cancels on fal
+        // right after.
+        JobStatus::Uploading => job,
+        _ => training::cancel_job(&state, &job, "cancelled by the caller").await?,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(training_response(&state, job).await?),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingPresetResponse {
+    pub trainer: String,
+    pub preset: String,
+    pub endpoint: String,
+    /// `lora` or `finetune`.
+    pub model_type: String,
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+    pub typical_duration_seconds: u64,
+    /// null when the price is unknown.
+    pub estimated_cost_usd: Option<f64>,
+    pub deprecation: Option<String>,
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationPresetResponse {
+    pub preset: String,
+    pub lora_endpoint: String,
+    pub finetune_endpoint: String,
+    pub num_inference_steps: u32,
+    pub guidance_scale: f64,
+    pub image_size: String,
+    pub width: u32,
+    pub height: u32,
+    pub lora_scale: f64,
+    pub finetune_strength: f64,
+    /// One image with a LoRA avatar.
+    pub estimated_lora_cost_usd: f64,
+    /// One image with a finetuned avatar.
+    pub estimated_finetune_cost_usd: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresetsResponse {
+    pub training: Vec<TrainingPresetResponse>,
+    pub generation: Vec<GenerationPresetResponse>,
+}
+
+/// List presets.
+///
+/// Every training and generation preset with its effective parameters, endpoint, typical
+/// duration and estimated cost.
+#[utoipa::path(
+    get,
+    path = "/presets",
+    tag = "trainings",
+    operation_id = "list_presets",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The presets", body = PresetsResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_presets(State(state): State<AppState>, _caller: Caller) -> Json<PresetsResponse> {
+    let settings = &state.training;
+    let training = domain::training_presets(&settings.portrait_defaults)
+        .into_iter()
+        .map(|preset| TrainingPresetResponse {
+            trainer: preset.trainer.as_str().to_string(),
+            preset: preset.name.as_str().to_string(),
+            endpoint: preset.trainer.endpoint().to_string(),
+            model_type: preset.trainer.model_type().as_str().to_string(),
+            estimated_cost_usd: domain::estimate_training_cost(&preset.params, &settings.prices),
+            parameters: Value::Object(preset.params.to_json()),
+            typical_duration_seconds: preset.typical_duration.as_secs(),
+            deprecation: preset.trainer.deprecation().map(str::to_string),
+            description: preset.description.to_string(),
+        })
+        .collect();
+    let prices = domain::GenerationPrices::default();
+    let generation = domain::generation_presets()
+        .into_iter()
+        .map(|preset| {
+            let (width, height) = preset.image_size.dimensions();
+            GenerationPresetResponse {
+                preset: preset.name.as_str().to_string(),
+                lora_endpoint: domain::LORA_GENERATION_ENDPOINT.to_string(),
+                finetune_endpoint: domain::FINETUNE_GENERATION_ENDPOINT.to_string(),
+                num_inference_steps: preset.num_inference_steps,
+                guidance_scale: preset.guidance_scale,
+                image_size: preset.image_size.as_str().to_string(),
+                width,
+                height,
+                lora_scale: preset.lora_scale,
+                finetune_strength: preset.finetune_strength,
+                estimated_lora_cost_usd: domain::estimate_lora_generation_cost(
+                    width, height, 1, &prices,
+                ),
+                estimated_finetune_cost_usd: domain::estimate_finetune_generation_cost(1, &prices),
+            }
+        })
+        .collect();
+    Json(PresetsResponse {
+        training,
+        generation,
+    })
+}

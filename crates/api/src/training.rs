@@ -1,0 +1,433 @@
+//! Trainings: from the request to a job in the database, from fal's answers to transitions,
+//! and cancellation. The workers and the webhook handler call into here, so every path applies
+//! the same rules.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{AvatarId, JobEvent, JobStatus, Trainer, TrainingParams};
+use serde_json::{json, Value};
+use store::{EventOutcome, JobChanges, JobRecord, OutboxEvent};
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// Training behaviour from the configuration.
+#[derive(Debug, Clone)]
+pub struct TrainingSettings {
+    pub selection: domain::TrainerSelection,
+    pub portrait_defaults: domain::PortraitDefaults,
+    pub prices: domain::TrainingPrices,
+    pub timeout: Duration,
+    pub status_check_interval: Duration,
+    /// How long a worker owns a job; longer than any single fal call it makes.
+    pub lease: Duration,
+    /// Where fal reaches this service (webhooks).
+    pub public_base_url: Option<String>,
+}
+
+impl TrainingSettings {
+    pub fn from_config(config: &crate::Config) -> Self {
+        let mut selection = domain::TrainerSelection {
+            auto: config.fal.auto_model_selection,
+            ..domain::TrainerSelection::default()
+        };
+        for (kind, trainer) in &config.fal.trainer_by_kind {
+            selection = selection.with_override(*kind, *trainer);
+        }
+        let portrait = &config.fal.portrait;
+        Self {
+            selection,
+            portrait_defaults: domain::PortraitDefaults {
+                steps: portrait.steps,
+                learning_rate: portrait.learning_rate,
+                subject_crop: portrait.subject_crop,
+                create_masks: portrait.create_masks,
+                multiresolution: portrait.multiresolution,
+            },
+            prices: config.fal.prices.clone(),
+            timeout: config.fal.training_timeout,
+            status_check_interval: config.fal.status_check_interval,
+            lease: Duration::from_secs(600),
+            public_base_url: config.public_base_url.clone(),
+        }
+    }
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        Self {
+            selection: domain::TrainerSelection::default(),
+            portrait_defaults: domain::PortraitDefaults::default(),
+            prices: domain::TrainingPrices::default(),
+            timeout: Duration::from_secs(1800),
+            status_check_interval: Duration::from_secs(30),
+            lease: Duration::from_secs(600),
+            public_base_url: None,
+        }
+    }
+}
+
+pub fn job_status(job: &JobRecord) -> JobStatus {
+    job.status()
+}
+
+/// The caller-visible event for a job that reached `status`.
+pub fn status_event(job: &JobRecord, status: JobStatus) -> Option<OutboxEvent> {
+    let event_type = match status {
+        JobStatus::Submitted => "training.submitted",
+        JobStatus::InProgress => "training.started",
+        JobStatus::Failed => "training.failed",
+        JobStatus::Cancelled => "training.cancelled",
+        JobStatus::TimedOut => "training.timed_out",
+        _ => return None,
+    };
+    Some(OutboxEvent {
+        event_type: event_type.to_string(),
+        data: json!({"training_id": job.id, "avatar_id": job.avatar_id, "status": status.as_str()}),
+    })
+}
+
+/// The parameters a job was created with, typed.
+pub fn job_params(job: &JobRecord) -> Option<TrainingParams> {
+    let trainer = Trainer::parse(job.trainer.as_deref()?)?;
+    TrainingParams::from_json(trainer, job.params.as_object()?)
+}
+
+/// What a finished fal request said.
+pub enum FalOutcome {
+    Succeeded(Value),
+    /// fal says it succeeded but the webhook carried no payload: fetch it.
+    SucceededWithoutPayload,
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+/// Maps a fal error text and payload to our stable error code.
+pub fn failure_code(error: Option<&str>, payload: Option<&Value>) -> (String, String) {
+    let message = error
+        .unwrap_or("fal reported the request as failed")
+        .to_string();
+    let detail = payload.and_then(|p| p.get("detail"));
+    // fal reports rejected input as a validation list (FastAPI's `detail` array); any other
+    // failure is the model's or the runner's.
+    let code = if detail.is_some_and(Value::is_array) {
+        "fal_rejected_input"
+    } else {
+        "fal_failed"
+    };
+    let message = match detail {
+        Some(Value::String(text)) if text != &message => format!("{message}: {text}"),
+        Some(Value::String(_)) | None => message,
+        Some(other) => format!("{message}: {other}"),
+    };
+    (code.to_string(), message)
+}
+
+/// The events that record a finished request: a job still waiting for its submit to be
+/// recorded learns its request id first.
+pub fn completion_events(
+    job: &JobRecord,
+    request_id: &str,
+    outcome: FalOutcome,
+) -> Vec<(JobEvent, JobChanges, Option<OutboxEvent>)> {
+    let mut events = Vec::new();
+    if matches!(job.status(), JobStatus::Uploading) {
+        events.push((
+            JobEvent::Submitted,
+            JobChanges {
+                fal_request_id: Some(request_id.to_string()),
+                ..JobChanges::default()
+            },
+            status_event(job, JobStatus::Submitted),
+        ));
+    }
+    let request_known = JobChanges {
+        fal_request_id: job.fal_request_id.is_none().then(|| request_id.to_string()),
+        clear_queue_position: true,
+        ..JobChanges::default()
+    };
+    match outcome {
+        FalOutcome::Succeeded(result) => events.push((
+            JobEvent::Completed,
+            JobChanges {
+                result: Some(result),
+                custody_needed: Some(true),
+                progress: Some(1.0),
+                ..request_known
+            },
+            None,
+        )),
+        FalOutcome::SucceededWithoutPayload => events.push((
+            JobEvent::Completed,
+            JobChanges {
+                result_fetch_needed: Some(true),
+                progress: Some(1.0),
+                ..request_known
+            },
+            None,
+        )),
+        FalOutcome::Failed { code, message } => events.push((
+            JobEvent::FalFailed,
+            JobChanges {
+                error_code: Some(code),
+                error_message: Some(message),
+                ..request_known
+            },
+            status_event(job, JobStatus::Failed),
+        )),
+    }
+    events
+}
+
+/// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
+/// the request already completed, its result wins.
+pub async fn cancel_job(
+    state: &AppState,
+    job: &JobRecord,
+    cause: &str,
+) -> Result<JobRecord, ApiError> {
+    let status = job.status();
+    if status.is_terminal() {
+        return Ok(job.clone());
+    }
+    let request = request_ref(state, job);
+    if let (Some(fal), Some(request)) = (state.fal.as_ref(), request) {
+        match fal.client.cancel(&request).await {
+            Ok(fal::CancelOutcome::CancellationRequested) => {}
+            Ok(fal::CancelOutcome::AlreadyCompleted) => {
+                reconcile_job(state, job, None).await;
+                return reload(state, job.id).await;
+            }
+            Err(fal::FalError::NotFound { .. }) => {}
+            Err(error) => {
+                return Err(ApiError::unavailable(
+                    "fal_unavailable",
+                    "fal could not be reached to cancel the request; retry later",
+                )
+                .with_source(error))
+            }
+        }
+    }
+    state
+        .store
+        .apply_event(
+            job.id,
+            JobEvent::Cancelled,
+            None,
+            &JobChanges {
+                error_code: Some("cancelled".into()),
+                error_message: Some(cause.to_string()),
+                ..JobChanges::default()
+            },
+            cause,
+            status_event(job, JobStatus::Cancelled).as_ref(),
+        )
+        .await?;
+    reload(state, job.id).await
+}
+
+async fn reload(state: &AppState, id: Uuid) -> Result<JobRecord, ApiError> {
+    state.store.job_by_id(id).await?.ok_or_else(|| {
+        ApiError::not_found("training_not_found", format!("no training with id {id}"))
+    })
+}
+
+/// The fal URLs of a submitted job, from what submit returned or, when only the request id is
+/// known, from fal's URL rule.
+pub fn request_ref(state: &AppState, job: &JobRecord) -> Option<fal::RequestRef> {
+    let request_id = job.fal_request_id.as_deref()?;
+    let parse = |u: &Option<String>| u.as_deref().and_then(|u| url::Url::parse(u).ok());
+    match (
+        parse(&job.status_url),
+        parse(&job.response_url),
+        parse(&job.cancel_url),
+    ) {
+        (Some(status_url), Some(response_url), Some(cancel_url)) => Some(fal::RequestRef {
+            request_id: request_id.to_string(),
+            status_url,
+            response_url,
+            cancel_url,
+        }),
+        _ => state
+            .fal
+            .as_ref()?
+            .client
+            .request_ref(&job.endpoint, request_id)
+            .ok(),
+    }
+}
+
+/// Asks fal where a submitted job stands and applies the answer. `fence` is the reconciler's
+/// lease; `None` from request handlers.
+pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>) {
+    let Some(fal) = state.fal.as_ref() else {
+        return;
+    };
+    let Some(request) = request_ref(state, job) else {
+        return;
+    };
+    let status = match fal.client.status(&request, true).await {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "status lookup failed");
+            return;
+        }
+    };
+    let apply = |event: JobEvent, changes: JobChanges, outbox: Option<OutboxEvent>| async move {
+        if let Err(error) = state
+            .store
+            .apply_event(
+                job.id,
+                event,
+                fence,
+                &changes,
+                "status lookup",
+                outbox.as_ref(),
+            )
+            .await
+        {
+            tracing::warn!(job = %job.id, %error, "recording a status lookup");
+        }
+    };
+    match status {
+        fal::QueueStatus::InQueue { queue_position } => {
+            apply(
+                JobEvent::Queued,
+                JobChanges {
+                    queue_position: queue_position.map(|p| p as i32),
+                    ..JobChanges::default()
+                },
+                (job.status() != JobStatus::Submitted)
+                    .then(|| status_event(job, JobStatus::Submitted))
+                    .flatten(),
+            )
+            .await
+        }
+        fal::QueueStatus::InProgress { logs } => {
+            let progress = logs
+                .as_ref()
+                .and_then(|l| domain::progress_from_logs(l.iter().map(|e| e.message.as_str())));
+            apply(
+                JobEvent::Started,
+                JobChanges {
+                    progress,
+                    clear_queue_position: true,
+                    ..JobChanges::default()
+                },
+                (job.status() != JobStatus::InProgress)
+                    .then(|| status_event(job, JobStatus::InProgress))
+                    .flatten(),
+            )
+            .await
+        }
+        fal::QueueStatus::Completed { error, .. } => {
+            let outcome = match fal.client.result(&request).await {
+                Ok(result) if error.is_none() => FalOutcome::Succeeded(result),
+                Ok(result) => {
+                    let (code, message) = failure_code(error.as_deref(), Some(&result));
+                    FalOutcome::Failed { code, message }
+                }
+                Err(fal::FalError::Validation { issues, .. }) => FalOutcome::Failed {
+                    code: "fal_rejected_input".into(),
+                    message: format!("fal rejected the input: {issues:?}"),
+                },
+                Err(fal::FalError::Server {
+                    detail, error_type, ..
+                }) if error.is_some() => FalOutcome::Failed {
+                    code: "fal_failed".into(),
+                    message: format!("{detail} ({})", error_type.unwrap_or_default()),
+                },
+                Err(error) => {
+                    tracing::warn!(job = %job.id, %error, "result lookup failed");
+                    return;
+                }
+            };
+            for (event, changes, outbox) in completion_events(job, &request.request_id, outcome) {
+                apply(event, changes, outbox).await;
+            }
+        }
+    }
+}
+
+/// Applies a terminal "timed out" after cancelling on fal.
+pub async fn time_out(state: &AppState, job: &JobRecord, fence: i64) {
+    if let (Some(fal), Some(request)) = (state.fal.as_ref(), request_ref(state, job)) {
+        match fal.client.cancel(&request).await {
+            Ok(fal::CancelOutcome::AlreadyCompleted) => {
+                // fal finished meanwhile: the result wins over the deadline.
+                reconcile_job(state, job, Some(fence)).await;
+                return;
+            }
+            Ok(fal::CancelOutcome::CancellationRequested) | Err(fal::FalError::NotFound { .. }) => {
+            }
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "cancelling a timed-out job on fal")
+            }
+        }
+    }
+    let outcome = state
+        .store
+        .apply_event(
+            job.id,
+            JobEvent::TimedOut,
+            Some(fence),
+            &JobChanges {
+                error_code: Some("training_timeout".into()),
+                error_message: Some(format!(
+                    "the training did not finish within {} s",
+                    state.training.timeout.as_secs()
+                )),
+                ..JobChanges::default()
+            },
+            "deadline passed",
+            status_event(job, JobStatus::TimedOut).as_ref(),
+        )
+        .await;
+    if let Err(error) = outcome {
+        tracing::warn!(job = %job.id, %error, "recording a timeout");
+    }
+}
+
+/// A new per-job webhook token.
+pub fn new_webhook_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Compares a presented token with the job's without leaking how much matched.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
+}
+
+/// The URL fal calls back for `job`.
+pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseError> {
+    let mut url = url::Url::parse(&format!("{}/webhooks/fal", base.trim_end_matches('/')))?;
+    url.query_pairs_mut()
+        .append_pair("job", &job.id.to_string())
+        .append_pair("token", &job.webhook_token);
+    Ok(url)
+}
+
+/// The avatar of a job, typed.
+pub fn avatar_of(job: &JobRecord) -> Option<AvatarId> {
+    job.avatar_id.map(AvatarId)
+}
+
+pub fn outcome_status(outcome: &EventOutcome) -> Option<JobStatus> {
+    match outcome {
+        EventOutcome::Applied(job) => Some(job.status()),
+        EventOutcome::Ignored { status, .. } => Some(*status),
+        EventOutcome::NotFound => None,
+    }
+}
+
+pub fn deadline_from_now(settings: &TrainingSettings) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
+}
