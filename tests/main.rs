@@ -9,3 +9,4 @@ mod operations;
 mod photos;
 mod swagger_ui;
 mod training_data;
+mod trainings;

@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use api::training::TrainingSettings;
 use api::{AppState, ServiceSettings};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -25,8 +28,46 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A key of the tenant `tenant-a`.
     pub key: String,
+    /// The fal simulator this app talks to, when started with one.
+    pub sim: Option<Arc<fal_sim::FalSim>>,
+    settings: ServiceSettings,
+    training: Option<TrainingSettings>,
+    workers: Option<api::workers::Workers>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+}
+
+/// How an app with fal is set up.
+pub struct FalOptions {
+    pub sim: fal_sim::SimConfig,
+    /// Long by default, so jobs finish by webhook alone unless a test wants the reconciler.
+    pub status_check_interval: Duration,
+    pub training_timeout: Duration,
+    /// The fal key the service uses; the simulator's default key when `None`.
+    pub key: Option<String>,
+}
+
+impl Default for FalOptions {
+    fn default() -> Self {
+        Self {
+            sim: fal_sim::SimConfig::fast(),
+            status_check_interval: Duration::from_secs(3600),
+            training_timeout: Duration::from_secs(1800),
+            key: None,
+        }
+    }
+}
+
+fn fal_runtime(sim: &fal_sim::FalSim, key: &str) -> api::fal_runtime::FalRuntime {
+    let mut settings = api::Config::from_lookup(|_| None)
+        .expect("default config")
+        .fal;
+    settings.queue_url = sim.queue_url().to_string();
+    settings.rest_url = sim.rest_url().to_string();
+    settings.cdn_url = sim.cdn_url().to_string();
+    settings.jwks_url = sim.jwks_url().to_string();
+    api::fal_runtime::FalRuntime::new(&settings, secrecy::SecretString::from(key.to_string()))
+        .expect("fal client")
 }
 
 impl TestApp {
@@ -39,6 +80,35 @@ impl TestApp {
         store: store::Store,
         configure: impl FnOnce(&mut ServiceSettings),
     ) -> Self {
+        Self::start(store, configure, None).await
+    }
+
+    /// An app connected to a fresh fal simulator, with its workers running.
+    pub async fn spawn_with_fal(pool: sqlx::PgPool, options: FalOptions) -> Self {
+        let sim = fal_sim::FalSim::start(options.sim)
+            .await
+            .expect("fal-sim starts");
+        let key = options
+            .key
+            .unwrap_or_else(|| sim.default_key().expect("default key").to_string());
+        let training = TrainingSettings {
+            status_check_interval: options.status_check_interval,
+            timeout: options.training_timeout,
+            ..TrainingSettings::default()
+        };
+        Self::start(
+            store::Store::new(pool),
+            |_| {},
+            Some((Arc::new(sim), key, training)),
+        )
+        .await
+    }
+
+    async fn start(
+        store: store::Store,
+        configure: impl FnOnce(&mut ServiceSettings),
+        fal: Option<(Arc<fal_sim::FalSim>, String, TrainingSettings)>,
+    ) -> Self {
         let blobs_dir = tempfile::tempdir().expect("blob dir");
         let scratch_dir = tempfile::tempdir().expect("scratch dir");
         let blobs = store::BlobStore::local(blobs_dir.path()).expect("blob store");
@@ -50,38 +120,94 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local addr");
-        let state = AppState::new(store.clone(), blobs.clone(), settings).expect("app state");
-        let router = api::router(state);
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            api::serve(listener, router, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs");
-        });
+        let (sim, key, training) = match fal {
+            Some((sim, key, training)) => (Some(sim), key, Some(training)),
+            None => (None, String::new(), None),
+        };
         let mut app = TestApp {
-            addr,
-            base_url: format!("http://{addr}"),
+            addr: listener.local_addr().expect("local addr"),
+            base_url: String::new(),
             store,
             blobs,
             blobs_dir,
             scratch_dir,
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                .timeout(Duration::from_secs(60))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("http client"),
             key: String::new(),
-            shutdown: Some(shutdown),
-            server: Some(server),
+            sim,
+            settings,
+            training,
+            workers: None,
+            shutdown: None,
+            server: None,
         };
+        app.base_url = format!("http://{}", app.addr);
+        app.serve(listener, &key);
         // Apps on an unreachable or unmigrated database (readiness tests) get no key.
         if matches!(app.store.readiness().await, Ok(store::Readiness::Ready)) {
             app.key = app.new_key("tenant-a").await;
         }
         app
+    }
+
+    /// Serves on `listener` with the app's settings, and starts the workers when fal is set up.
+    fn serve(&mut self, listener: tokio::net::TcpListener, fal_key: &str) {
+        let mut state = AppState::new(
+            self.store.clone(),
+            self.blobs.clone(),
+            self.settings.clone(),
+        )
+        .expect("app state");
+        if let (Some(sim), Some(training)) = (&self.sim, &self.training) {
+            let training = TrainingSettings {
+                public_base_url: Some(self.base_url.clone()),
+                ..training.clone()
+            };
+            state = state.with_fal(Some(fal_runtime(sim, fal_key)), training);
+            self.workers = Some(api::workers::spawn(
+                state.clone(),
+                api::workers::WorkerIntervals {
+                    idle_poll: Duration::from_millis(50),
+                    reconcile_tick: Duration::from_millis(50),
+                },
+            ));
+        }
+        let router = api::router(state);
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        self.shutdown = Some(shutdown);
+        self.server = Some(tokio::spawn(async move {
+            api::serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        }));
+    }
+
+    /// Stops this process's server and workers and starts new ones on the same address,
+    /// database, blob store and simulator: a restart of the service.
+    pub async fn restart(mut self) -> Self {
+        self.workers = None;
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same port");
+        let key = self
+            .sim
+            .as_ref()
+            .and_then(|s| s.default_key())
+            .unwrap_or_default()
+            .to_string();
+        self.serve(listener, &key);
+        self
     }
 
     /// Creates an API key for `tenant` (created when new).
@@ -181,6 +307,7 @@ impl TestApp {
 
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
+        self.workers = None;
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
