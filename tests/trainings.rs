@@ -1125,3 +1125,83 @@ async fn a_fal_failure_after_acceptance_fails_the_training(pool: PgPool) {
         "{done}"
     );
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_webhook_arriving_before_the_request_id_was_stored_completes_the_job(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let avatar = app
+        .create_avatar(json!({"name": "early", "kind": "style"}))
+        .await;
+    // A job whose worker sent the submit but has not yet recorded fal's answer.
+    let params = domain::training_preset(
+        domain::Trainer::Pro,
+        domain::PresetName::Balanced,
+        &Default::default(),
+    )
+    .params
+    .to_json();
+    let job_id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
+             trigger_phrase, webhook_token, lease_owner, lease_until, fence, submit_started_at)
+         SELECT $1, tenant_id, id, 'training', 'uploading', 'pro', 'fal-ai/flux-pro-trainer', 'balanced', $2,
+             trigger_phrase, 'tok-early', gen_random_uuid(), now() + interval '10 minutes', 1, now()
+         FROM avatars WHERE id = $3::uuid",
+    )
+    .bind(job_id)
+    .bind(Value::Object(params))
+    .bind(avatar["id"].as_str().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let body =
+        json!({"request_id": "req-early", "status": "OK", "payload": {"finetune_id": "ft-early"}})
+            .to_string();
+    // A wrong token does not correlate; the unknown request is only kept.
+    let response = post_signed(
+        &app,
+        &format!("?job={job_id}&token=wrong"),
+        "req-early",
+        body.as_bytes(),
+        now(),
+    )
+    .await;
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["outcome"],
+        "unknown_request"
+    );
+    let body = json!({"request_id": "req-early", "status": "OK", "payload": {"finetune_id": "ft-early"}, "error": null}).to_string();
+    let response = post_signed(
+        &app,
+        &format!("?job={job_id}&token=tok-early"),
+        "req-early",
+        body.as_bytes(),
+        now(),
+    )
+    .await;
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["outcome"],
+        "applied"
+    );
+    let done = wait_training(&app, &job_id.to_string(), "trained", |t| {
+        t["model"].is_object()
+    })
+    .await;
+    assert_eq!(done["fal_request_id"], "req-early");
+    assert_eq!(done["model"]["finetune_id"], "ft-early");
+    let path: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT from_status, to_status FROM job_events WHERE job_id = $1 AND applied ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        path,
+        [
+            (Some("uploading".into()), Some("submitted".into())),
+            (Some("submitted".into()), Some("succeeded".into()))
+        ]
+    );
+}
