@@ -68,6 +68,69 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         .unwrap();
     assert_eq!(fetched.status(), 200);
 
+    // The whole pipeline works offline: photos, a training on the in-process fal-sim, and its
+    // signed callback.
+    let mut form = reqwest::multipart::Form::new();
+    for seed in 0..10u8 {
+        let image = image::RgbImage::from_fn(600, 700, |x, y| {
+            image::Rgb([
+                (x as u8).wrapping_mul(seed + 1),
+                (y as u8).wrapping_add(seed * 25),
+                ((x / 75 + y / 87) as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(seed * 9),
+            ])
+        });
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(bytes.into_inner()).file_name(format!("{seed}.png")),
+        );
+    }
+    let uploaded = client
+        .post(format!("{base}/avatars/{id}/photos"))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let training: serde_json::Value = client
+        .post(format!("{base}/avatars/{id}/train"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"preset": "fast"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let training_url = format!(
+        "{base}/trainings/{}",
+        training["id"].as_str().expect("training started")
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let current: serde_json::Value = client
+            .get(&training_url)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if current["model"].is_object() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dev training never finished: {current:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
