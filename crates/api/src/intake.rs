@@ -50,13 +50,30 @@ pub async fn ingest_file(
     file_name: &str,
     path: &Path,
 ) -> Result<Result<PhotoRecord, RejectedFile>, ApiError> {
+    let inspection = inspect(state, path.to_path_buf());
+    admit(state, tenant_id, avatar_id, file_name, path, inspection).await
+}
+
+/// The photo checks of one file, on a blocking thread (decoding is CPU work). Returns a handle
+/// so a batch can check the next file while this one is being admitted.
+pub fn inspect(
+    state: &AppState,
+    path: std::path::PathBuf,
+) -> tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>> {
     let rules = state.photo_rules();
-    let owned_path = path.to_path_buf();
-    let inspection =
-        tokio::task::spawn_blocking(move || media::inspect_photo_path(&owned_path, &rules))
-            .await
-            .map_err(ApiError::internal)?;
-    let inspection = match inspection {
+    tokio::task::spawn_blocking(move || media::inspect_photo_path(&path, &rules))
+}
+
+/// Adds an inspected file to the avatar's set: reserve, store the bytes, count.
+pub async fn admit(
+    state: &AppState,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    file_name: &str,
+    path: &Path,
+    inspection: tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>,
+) -> Result<Result<PhotoRecord, RejectedFile>, ApiError> {
+    let inspection = match inspection.await.map_err(ApiError::internal)? {
         Ok(inspection) => inspection,
         Err(media::InspectError::Rejected(rejection)) => {
             return Ok(Err(RejectedFile::new(

@@ -1,5 +1,7 @@
 //! `/avatars/{id}/photos`: the avatar's training photos.
 
+use std::collections::VecDeque;
+
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -249,6 +251,10 @@ async fn upload_parts(
     );
     let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
     let mut parts = 0usize;
+    // Files are checked on blocking threads while the next part is received; outcomes are
+    // taken in upload order, so limits and duplicates apply as the caller sent the files.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let in_flight_limit = std::thread::available_parallelism().map_or(2, |n| n.get());
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         parts += 1;
         let file_name = field
@@ -259,11 +265,11 @@ async fn upload_parts(
         if field.file_name().is_none() && field.content_type().is_none() {
             // Drain it: a text field is not a photo.
             while field.chunk().await.map_err(multipart_error)?.is_some() {}
-            rejected.push(RejectedFile::new(
+            pending.push_back(Pending::Decided(RejectedFile::new(
                 &file_name,
                 "not_a_file",
                 "this part is a form field, not a file",
-            ));
+            )));
             continue;
         }
         let spool = spool_file(state)?;
@@ -281,22 +287,45 @@ async fn upload_parts(
         file.flush().await.map_err(ApiError::internal)?;
         drop(file);
         if too_large {
-            rejected.push(RejectedFile::new(
+            pending.push_back(Pending::Decided(RejectedFile::new(
                 &file_name,
                 "file_too_large",
                 format!(
                     "the file is larger than the {} MB limit",
                     photos.max_photo_bytes / (1024 * 1024)
                 ),
-            ));
+            )));
             continue;
         }
-        match intake::ingest_file(state, caller.tenant_id, avatar_id, &file_name, spool.path())
-            .await?
+        let inspection = intake::inspect(state, spool.path().to_path_buf());
+        pending.push_back(Pending::Inspecting(file_name, spool, inspection));
+        while pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Inspecting(..)))
+            .count()
+            >= in_flight_limit
         {
-            Ok(photo) => accepted.push(photo),
-            Err(rejection) => rejected.push(rejection),
+            settle_next(
+                state,
+                caller,
+                avatar_id,
+                &mut pending,
+                &mut accepted,
+                &mut rejected,
+            )
+            .await?;
         }
+    }
+    while !pending.is_empty() {
+        settle_next(
+            state,
+            caller,
+            avatar_id,
+            &mut pending,
+            &mut accepted,
+            &mut rejected,
+        )
+        .await?;
     }
     if parts == 0 {
         return Err(no_files(FieldLocation::Body, "files"));
@@ -305,6 +334,47 @@ async fn upload_parts(
         return Err(no_files(FieldLocation::Body, "files"));
     }
     Ok((accepted, rejected))
+}
+
+/// A file of a batch whose outcome is not taken yet.
+enum Pending {
+    Inspecting(
+        String,
+        tempfile::NamedTempFile,
+        tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>,
+    ),
+    Decided(RejectedFile),
+}
+
+/// Takes the oldest pending file's outcome: admits it to the set when its checks passed.
+async fn settle_next(
+    state: &AppState,
+    caller: Caller,
+    avatar_id: AvatarId,
+    pending: &mut VecDeque<Pending>,
+    accepted: &mut Vec<PhotoRecord>,
+    rejected: &mut Vec<RejectedFile>,
+) -> Result<(), ApiError> {
+    match pending.pop_front() {
+        Some(Pending::Decided(rejection)) => rejected.push(rejection),
+        Some(Pending::Inspecting(file_name, spool, inspection)) => {
+            match intake::admit(
+                state,
+                caller.tenant_id,
+                avatar_id,
+                &file_name,
+                spool.path(),
+                inspection,
+            )
+            .await?
+            {
+                Ok(photo) => accepted.push(photo),
+                Err(rejection) => rejected.push(rejection),
+            }
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 fn multipart_error(error: multer::Error) -> ApiError {
