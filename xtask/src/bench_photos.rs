@@ -113,10 +113,14 @@ pub fn run(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-struct ServerGuard(Child);
+pub(crate) struct ServerGuard(pub(crate) Child);
 
 impl ServerGuard {
-    fn stop(&mut self) {
+    /// Stops the server with SIGTERM and waits for it; a no-op once it has exited.
+    pub(crate) fn stop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.0.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -131,7 +135,7 @@ impl Drop for ServerGuard {
     }
 }
 
-fn check(
+pub(crate) fn check(
     output: std::io::Result<std::process::Output>,
     what: &str,
 ) -> Result<std::process::Output, String> {
@@ -150,7 +154,7 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

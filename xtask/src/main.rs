@@ -13,6 +13,7 @@ use std::sync::Arc;
 use pgcluster::{Cluster, ClusterOptions};
 
 mod bench_photos;
+mod bench_webhooks;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -25,9 +26,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("bench-webhooks") => match bench_webhooks::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask bench-photos");
+            eprintln!("       cargo xtask bench-webhooks");
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,987 @@
+//! `cargo xtask bench-webhooks`: throughput and latency of signed fal completion callbacks.
+//!
+//! Builds the release binary, starts a private PostgreSQL and an in-process fal simulator (for
+//! its JWKS and signing key), seeds trainings in `submitted` straight into the database, and
+//! posts one signed completion webhook per job at `avatars serve`, first from 16 and then from
+//! 64 concurrent senders (fresh jobs each time). After each run it checks that every job became
+//! `succeeded` exactly once. Then, with the service stopped, pgbench runs the same per-webhook
+//! transaction against the same database with the same client counts: the ratio of the two
+//! rates says how much of the database's capacity the service turns into acknowledged webhooks.
+//!
+//! The sender shares the machine's cores with the service and PostgreSQL, so it runs optimised:
+//! a debug `cargo xtask` builds the release xtask and hands the benchmark to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fal_sim::{FalSim, SimConfig};
+use pgcluster::{Cluster, ClusterOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::bench_photos::{check, free_port, ServerGuard};
+
+/// Concurrent senders of the two runs (and pgbench's client counts).
+const SENDERS: [usize; 2] = [16, 64];
+/// Callbacks per run: a multiple of every sender count, so pgbench's `-t` matches exactly.
+const REQUESTS: usize = 4096;
+/// Untimed callbacks first, so connection set-up and the JWKS fetch stay out of the numbers.
+const WARMUP: usize = 256;
+/// The service's pool: half the larger sender count. Two cores gain nothing from more
+/// concurrent transactions than that; fewer would queue the 64 senders inside the service.
+const POOL_SIZE: u32 = 32;
+/// A run stops starting requests after this long, whatever is left.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+const USER_ID: &str = "bench-user";
+
+/// Set by Ctrl-C: the senders and waits stop, and the guards clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn run(root: &Path) -> Result<(), String> {
+    if cfg!(debug_assertions) {
+        return run_optimised(root);
+    }
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    bench(root)
+}
+
+/// Builds the release xtask and runs the benchmark in it.
+fn run_optimised(root: &Path) -> Result<(), String> {
+    eprintln!("bench: building the optimised xtask (the sender shares the cores with the service)");
+    cargo(root, &["build", "--release", "-q", "-p", "xtask"])?;
+    // Ctrl-C reaches both processes: this one just waits for the other to clean up.
+    let _ = ctrlc::set_handler(|| {});
+    let status = Command::new(root.join("target/release/xtask"))
+        .current_dir(root)
+        .arg("bench-webhooks")
+        .status()
+        .map_err(|e| format!("running the release xtask: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("the benchmark failed".into())
+    }
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(args)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed", args.join(" ")))
+    }
+}
+
+/// Removes the work directory when dropped.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One seeded training and what a callback for it needs.
+#[derive(Clone)]
+struct SeedJob {
+    n: usize,
+    id: Uuid,
+    token: String,
+    request_id: String,
+    gateway_request_id: String,
+}
+
+impl SeedJob {
+    fn body(&self) -> String {
+        format!(
+            r#"{{"request_id":"{}","gateway_request_id":"{}","status":"OK","payload":{{"finetune_id":"ft-{}"}},"error":null,"payload_error":null}}"#,
+            self.request_id, self.gateway_request_id, self.n
+        )
+    }
+}
+
+/// What one sender run measured.
+struct RunResult {
+    requests: usize,
+    errors: usize,
+    not_applied: usize,
+    first_error: Option<String>,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// One pgbench run.
+struct PgbenchResult {
+    tps: f64,
+    processed: String,
+    latency_ms: String,
+}
+
+/// One row of the table.
+struct Row {
+    senders: usize,
+    run: RunResult,
+    terminal_ok: i64,
+    terminal_total: usize,
+    /// Jobs still waiting for custody when the run ended, and how long they took.
+    custody_drain: (i64, f64),
+    run_cpu: Cpu,
+    drain_cpu: Cpu,
+    pgbench: PgbenchResult,
+    pgbench_cpu: Cpu,
+    pgbench_terminal_ok: i64,
+}
+
+/// CPU seconds from /proc (in USER_HZ, 100 per second on Linux): the service, our PostgreSQL
+/// (the postmaster, its live children and those it reaped), this process (the senders and the
+/// simulator), this process's reaped children (pgbench), and the whole machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    service: f64,
+    postgres: f64,
+    own: f64,
+    children: f64,
+    machine: f64,
+    wall: f64,
+}
+
+/// (utime + stime, cutime + cstime, ppid) of a process, in seconds.
+fn proc_times(pid: &str) -> Option<(f64, f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i)?.parse::<f64>().ok().map(|t| t / 100.0);
+    Some((
+        tick(11)? + tick(12)?,
+        tick(13)? + tick(14)?,
+        fields.get(1)?.parse().ok()?,
+    ))
+}
+
+impl Cpu {
+    fn sample(service: Option<u32>, postmaster: u32, at: Instant, origin: Instant) -> Cpu {
+        let service = service
+            .and_then(|pid| proc_times(&pid.to_string()))
+            .map_or(0.0, |t| t.0);
+        let mut postgres = proc_times(&postmaster.to_string()).map_or(0.0, |t| t.0 + t.1);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Some((used, _, ppid)) = proc_times(pid) {
+                if ppid == postmaster {
+                    postgres += used;
+                }
+            }
+        }
+        let (own, children) = proc_times("self").map_or((0.0, 0.0), |t| (t.0, t.1));
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let line = stat.lines().next()?.to_string();
+                let ticks: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+                let busy: f64 = ticks.iter().take(8).sum::<f64>()
+                    - ticks.get(3).copied().unwrap_or(0.0)
+                    - ticks.get(4).copied().unwrap_or(0.0);
+                Some(busy / 100.0)
+            })
+            .unwrap_or(0.0);
+        Cpu {
+            service,
+            postgres,
+            own,
+            children,
+            machine,
+            wall: at.duration_since(origin).as_secs_f64(),
+        }
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            service: self.service - earlier.service,
+            postgres: self.postgres - earlier.postgres,
+            own: self.own - earlier.own,
+            children: self.children - earlier.children,
+            machine: self.machine - earlier.machine,
+            wall: self.wall - earlier.wall,
+        }
+    }
+
+    /// Cores busy with processes other than the ones named (the machine is shared).
+    fn other_cores(&self) -> f64 {
+        let ours = self.service + self.postgres + self.own + self.children;
+        ((self.machine - ours) / self.wall.max(1e-9)).max(0.0)
+    }
+}
+
+fn bench(root: &Path) -> Result<(), String> {
+    eprintln!("bench: building the release binary");
+    cargo(
+        root,
+        &["build", "--release", "-q", "-p", "api", "--bin", "avatars"],
+    )?;
+    let binary = root.join("target/release/avatars");
+    let bindir = pgcluster::find_bindir().map_err(|e| e.to_string())?;
+    let pgbench = bindir.join("pgbench");
+    if !pgbench.is_file() {
+        return Err(format!("no pgbench beside initdb in {}", bindir.display()));
+    }
+
+    let dir = root.join("target/bench-webhooks");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Dropped after the cluster (declared before it), so the server is down before its files go.
+    let work = WorkDir(dir);
+    let mut cluster =
+        Cluster::start(&work.0.join("pg"), &ClusterOptions::test()).map_err(|e| e.to_string())?;
+    cluster
+        .ensure_database("bench")
+        .map_err(|e| e.to_string())?;
+    let database_url = cluster.url("bench");
+    let mut migrate = Command::new(&binary);
+    migrate
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn");
+    check(migrate.arg("migrate").output(), "avatars migrate")?;
+    let mut create_key = Command::new(&binary);
+    create_key
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn");
+    check(
+        create_key
+            .args(["api-keys", "create", "--tenant", "bench"])
+            .output(),
+        "avatars api-keys create",
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let setup = Setup {
+        binary,
+        work: work.0.clone(),
+        database_url,
+        pgbench,
+        pg_port: cluster.port(),
+        postmaster: std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok())
+            .ok_or("cannot read the postmaster's pid")?,
+    };
+    let (rows, index_reads) = runtime.block_on(bench_async(&setup))?;
+    drop(runtime);
+    print_table(&rows);
+    println!("jobs indexes after the service runs: {index_reads}");
+    println!();
+    cluster.stop().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+struct Setup {
+    binary: PathBuf,
+    work: PathBuf,
+    database_url: String,
+    pgbench: PathBuf,
+    pg_port: u16,
+    postmaster: u32,
+}
+
+async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
+    let sim = FalSim::start(SimConfig::default())
+        .await
+        .map_err(|e| format!("starting fal-sim: {e}"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&setup.database_url)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'bench'")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| format!("finding the bench tenant: {e}"))?;
+
+    eprintln!(
+        "bench: seeding {} trainings",
+        WARMUP + 2 * SENDERS.len() * REQUESTS
+    );
+    let mut next_n = 0;
+    let mut take = |count: usize| {
+        let start = next_n;
+        next_n += count;
+        start
+    };
+    let warmup = seed(&pool, tenant, take(WARMUP), WARMUP).await?;
+    let mut service_jobs = Vec::new();
+    for _ in SENDERS {
+        service_jobs.push(seed(&pool, tenant, take(REQUESTS), REQUESTS).await?);
+    }
+    let mut pgbench_jobs = Vec::new();
+    for _ in SENDERS {
+        pgbench_jobs.push(seed(&pool, tenant, take(REQUESTS), REQUESTS).await?);
+    }
+    seed_pgbench_queue(&pool, &pgbench_jobs.concat()).await?;
+    sqlx::query("VACUUM ANALYZE")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let log_path = setup.work.join("serve.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let key = sim.default_key().unwrap_or_default().to_string();
+    let mut server = ServerGuard(
+        Command::new(&setup.binary)
+            .arg("serve")
+            .env("DATABASE_URL", &setup.database_url)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("PUBLIC_BASE_URL", &base)
+            .env("FAL_KEY", key)
+            .env("FAL_QUEUE_URL", sim.queue_url().as_str())
+            .env("FAL_REST_URL", sim.rest_url().as_str())
+            .env("FAL_CDN_URL", sim.cdn_url().as_str())
+            .env("FAL_JWKS_URL", sim.jwks_url().as_str())
+            .env("STORAGE_URL", setup.work.join("blobs"))
+            .env("RUST_LOG", "warn")
+            .env("DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let with_log = |message: String| format!("{message}\n{}", log_tail(&log_path));
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    wait_ready(&client, &base, &mut server)
+        .await
+        .map_err(with_log)?;
+
+    eprintln!("bench: {WARMUP} warm-up callbacks");
+    let warm = fire(&client, &sim, &base, &warmup, 16).await;
+    if warm.errors > 0 {
+        return Err(with_log(format!(
+            "warm-up: {} of {} callbacks failed, first: {}",
+            warm.errors,
+            warm.requests,
+            warm.first_error.unwrap_or_default()
+        )));
+    }
+
+    let origin = Instant::now();
+    let mut measured = Vec::new();
+    for (senders, jobs) in SENDERS.into_iter().zip(&service_jobs) {
+        wait_custody_drained(&pool).await?;
+        interrupted()?;
+        eprintln!(
+            "bench: {} callbacks from {senders} concurrent senders",
+            jobs.len()
+        );
+        let serve_pid = Some(server.0.id());
+        let before = Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin);
+        let run = fire(&client, &sim, &base, jobs, senders).await;
+        let after = Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin);
+        interrupted()?;
+        let (terminal_ok, terminal_total) = terminal_once(&pool, jobs).await?;
+        let drained = Instant::now();
+        let backlog = wait_custody_drained(&pool).await?;
+        let drain_cpu =
+            Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin).since(after);
+        measured.push((
+            senders,
+            run,
+            terminal_ok,
+            terminal_total,
+            (backlog, drained.elapsed().as_secs_f64()),
+            after.since(before),
+            drain_cpu,
+        ));
+    }
+    let index_reads = index_reads(&pool).await?;
+    server.stop();
+    if let Some(line) = log_tail(&log_path).lines().nth(1) {
+        eprintln!("bench: the service logged (last lines in serve.log), e.g.: {line}");
+    }
+
+    let script = setup.work.join("webhook.sql");
+    std::fs::write(&script, PGBENCH_SCRIPT).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for ((senders, run, terminal_ok, terminal_total, custody_drain, run_cpu, drain_cpu), jobs) in
+        measured.into_iter().zip(&pgbench_jobs)
+    {
+        interrupted()?;
+        eprintln!("bench: pgbench, {senders} clients");
+        let before = Cpu::sample(None, setup.postmaster, Instant::now(), origin);
+        let pgbench = run_pgbench(setup, &script, senders)?;
+        let pgbench_cpu = Cpu::sample(None, setup.postmaster, Instant::now(), origin).since(before);
+        let (pgbench_terminal_ok, _) = terminal_once(&pool, jobs).await?;
+        rows.push(Row {
+            senders,
+            run,
+            terminal_ok,
+            terminal_total,
+            custody_drain,
+            run_cpu,
+            drain_cpu,
+            pgbench,
+            pgbench_cpu,
+            pgbench_terminal_ok,
+        });
+    }
+    pool.close().await;
+    sim.shutdown().await;
+    Ok((rows, index_reads))
+}
+
+/// How many entries each index of `jobs` returned per scan so far: a partial index that keeps
+/// dead entries of rows that left it shows up here.
+async fn index_reads(pool: &PgPool) -> Result<String, String> {
+    // Statistics are flushed by each backend at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT indexrelname::text, idx_scan, idx_tup_read FROM pg_stat_user_indexes
+         WHERE relname = 'jobs' AND idx_scan > 0 ORDER BY idx_tup_read DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("reading index statistics: {e}"))?;
+    Ok(rows
+        .iter()
+        .map(|(name, scans, read)| {
+            format!(
+                "{name} {scans} scans, {:.1} entries/scan",
+                *read as f64 / (*scans).max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+fn interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(10);
+    format!(
+        "service log ({} lines, last {}):\n{}",
+        lines.len(),
+        lines.len() - start,
+        lines[start..].join("\n")
+    )
+}
+
+/// Inserts `count` avatars, each with one pro training in `submitted` that fal has accepted.
+async fn seed(
+    pool: &PgPool,
+    tenant: Uuid,
+    first: usize,
+    count: usize,
+) -> Result<Vec<SeedJob>, String> {
+    let jobs: Vec<SeedJob> = (first..first + count)
+        .map(|n| SeedJob {
+            n,
+            id: Uuid::now_v7(),
+            token: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())[..48]
+                .to_string(),
+            request_id: Uuid::new_v4().to_string(),
+            gateway_request_id: Uuid::new_v4().to_string(),
+        })
+        .collect();
+    let avatar_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let phrases: Vec<String> = jobs.iter().map(|j| format!("bench_{}", j.n)).collect();
+    let job_ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let tokens: Vec<String> = jobs.iter().map(|j| j.token.clone()).collect();
+    let request_ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
+    // The balanced pro preset, as `TrainingParams::to_json` writes it.
+    let params = serde_json::json!({
+        "iterations": 500, "learning_rate": 0.0001, "priority": "quality",
+        "lora_rank": 32, "finetune_type": "full", "captioning": true,
+    });
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    sqlx::query(
+        "INSERT INTO avatars (id, tenant_id, name, kind, trigger_phrase, status, photo_count)
+         SELECT a, $1, 'bench avatar ' || t, 'character', t, 'training', 10
+         FROM UNNEST($2::uuid[], $3::text[]) AS x(a, t)",
+    )
+    .bind(tenant)
+    .bind(&avatar_ids)
+    .bind(&phrases)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| format!("seeding avatars: {e}"))?;
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
+             trigger_phrase, estimated_cost_usd, webhook_token, fal_request_id, fence,
+             submit_started_at, submitted_at, next_check_at, deadline_at, created_at)
+         SELECT j, $1, a, 'training', 'submitted', 'pro', 'fal-ai/flux-pro-trainer', 'balanced', $2,
+             t, 2.0, tok, r, 1, now(), now(), now() + interval '1 hour', now() + interval '1 day',
+             now() - interval '1 minute'
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[]) AS x(j, a, t, tok, r)",
+    )
+    .bind(tenant)
+    .bind(&params)
+    .bind(&job_ids)
+    .bind(&avatar_ids)
+    .bind(&phrases)
+    .bind(&tokens)
+    .bind(&request_ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| format!("seeding jobs: {e}"))?;
+    sqlx::query(
+        "INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
+         SELECT j, 'submitted', 'uploading', 'submitted', true, 'bench seed'
+         FROM UNNEST($1::uuid[]) AS x(j)",
+    )
+    .bind(&job_ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| format!("seeding job events: {e}"))?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(jobs)
+}
+
+/// pgbench's work list: one row per job, numbered from 1 in the order the clients take them
+/// (a shared sequence), with the callback body the service would have received.
+async fn seed_pgbench_queue(pool: &PgPool, jobs: &[SeedJob]) -> Result<(), String> {
+    let numbers: Vec<i64> = (1..=jobs.len() as i64).collect();
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let request_ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
+    let bodies: Vec<String> = jobs.iter().map(SeedJob::body).collect();
+    for statement in [
+        "CREATE TABLE bench_pgbench_queue (n bigint PRIMARY KEY, job_id uuid NOT NULL,
+             request_id text NOT NULL, body_sha256 text NOT NULL, body jsonb NOT NULL,
+             result jsonb NOT NULL)",
+        "CREATE SEQUENCE bench_pgbench_seq",
+    ] {
+        sqlx::query(statement)
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sqlx::query(
+        "INSERT INTO bench_pgbench_queue
+         SELECT n, j, r, encode(sha256(convert_to(b, 'UTF8')), 'hex'), b::jsonb, b::jsonb -> 'payload'
+         FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[]) AS x(n, j, r, b)",
+    )
+    .bind(&numbers)
+    .bind(&ids)
+    .bind(&request_ids)
+    .bind(&bodies)
+    .execute(pool)
+    .await
+    .map_err(|e| format!("seeding the pgbench queue: {e}"))?;
+    Ok(())
+}
+
+async fn wait_ready(
+    client: &reqwest::Client,
+    base: &str,
+    server: &mut ServerGuard,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        interrupted()?;
+        if let Ok(Some(status)) = server.0.try_wait() {
+            return Err(format!("avatars serve exited: {status}"));
+        }
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the service did not become ready within 30 s".into())
+}
+
+/// A callback ready to send.
+struct Prepared {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Posts one signed completion callback per job from `senders` concurrent tasks sharing one
+/// keep-alive client. Bodies are signed just before the run (with the current time), so the
+/// run itself measures only the service.
+async fn fire(
+    client: &reqwest::Client,
+    sim: &FalSim,
+    base: &str,
+    jobs: &[SeedJob],
+    senders: usize,
+) -> RunResult {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let prepared: Arc<Vec<Prepared>> = Arc::new(
+        jobs.iter()
+            .map(|job| {
+                let body = job.body().into_bytes();
+                Prepared {
+                    url: format!("{base}/webhooks/fal?job={}&token={}", job.id, job.token),
+                    headers: sim.webhook_headers(&job.request_id, USER_ID, now, &body),
+                    body,
+                }
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..senders)
+        .map(|_| {
+            let (client, prepared, next) = (client.clone(), prepared.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let (mut errors, mut not_applied, mut first_error) = (0, 0, None);
+                loop {
+                    if INTERRUPTED.load(Ordering::Relaxed) || started.elapsed() > RUN_LIMIT {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(call) = prepared.get(i) else { break };
+                    let sent = Instant::now();
+                    let mut request = client
+                        .post(&call.url)
+                        .header("content-type", "application/json")
+                        .body(call.body.clone());
+                    for (name, value) in &call.headers {
+                        request = request.header(name, value);
+                    }
+                    let outcome = match request.send().await {
+                        Ok(response) => {
+                            let status = response.status();
+                            match response.bytes().await {
+                                Ok(body) if status == reqwest::StatusCode::OK => Ok(body),
+                                Ok(body) => Err(format!(
+                                    "HTTP {status}: {}",
+                                    String::from_utf8_lossy(&body)
+                                )),
+                                Err(error) => Err(format!("reading the answer: {error}")),
+                            }
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    latencies.push(sent.elapsed());
+                    match outcome {
+                        Ok(body) => {
+                            let applied = serde_json::from_slice::<serde_json::Value>(&body)
+                                .ok()
+                                .and_then(|v| v.get("outcome")?.as_str().map(|s| s == "applied"))
+                                .unwrap_or(false);
+                            if !applied {
+                                not_applied += 1;
+                            }
+                        }
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                (latencies, errors, not_applied, first_error)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(jobs.len());
+    let (mut errors, mut not_applied, mut first_error) = (0, 0, None);
+    for task in tasks {
+        match task.await {
+            Ok((mut l, e, n, f)) => {
+                latencies.append(&mut l);
+                errors += e;
+                not_applied += n;
+                if first_error.is_none() {
+                    first_error = f;
+                }
+            }
+            Err(error) => {
+                errors += 1;
+                first_error.get_or_insert(format!("sender task: {error}"));
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        // Nearest rank.
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1].as_secs_f64() * 1000.0
+    };
+    RunResult {
+        requests: latencies.len(),
+        errors,
+        not_applied,
+        first_error,
+        seconds,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+    }
+}
+
+/// How many of `jobs` are `succeeded` with exactly one `succeeded` transition recorded.
+async fn terminal_once(pool: &PgPool, jobs: &[SeedJob]) -> Result<(i64, usize), String> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let ok: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j
+         LEFT JOIN (SELECT job_id, count(*) AS n FROM job_events
+                    WHERE to_status = 'succeeded' AND job_id = ANY($1) GROUP BY job_id) e
+           ON e.job_id = j.id
+         WHERE j.id = ANY($1) AND j.status = 'succeeded' AND e.n = 1",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| format!("checking terminal transitions: {e}"))?;
+    Ok((ok, ids.len()))
+}
+
+/// Waits (at most two minutes) until the service's custody worker has recorded the models of
+/// every succeeded job, so a run does not start with the previous run's backlog.
+/// Returns the backlog it started with.
+async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut backlog = None;
+    loop {
+        interrupted()?;
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs
+             WHERE status = 'succeeded' AND (custody_needed OR result_fetch_needed)",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let backlog = *backlog.get_or_insert(left);
+        if left == 0 {
+            return Ok(backlog);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("bench: {left} results still waiting for custody; going on");
+            return Ok(backlog);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The service's per-webhook database work (`job_by_id`, then `apply_webhook` with one
+/// `Completed` event): the same statements in the same order, prepared, with the UPDATE setting
+/// the values a completion sets as literals instead of `coalesce` over bound parameters.
+/// The first line stands in for `job_by_id`: it reads the job row by key and, through a shared
+/// sequence, hands each transaction a distinct job and the body fal would have sent for it.
+const PGBENCH_SCRIPT: &str = r#"SELECT q.job_id, q.request_id, q.body_sha256, q.body, q.result, j.webhook_token
+  FROM bench_pgbench_queue q JOIN jobs j ON j.id = q.job_id
+  WHERE q.n = (SELECT nextval('bench_pgbench_seq')) \gset
+BEGIN;
+INSERT INTO webhook_inbox (fal_request_id, body_sha256, job_id, fal_status, outcome, body)
+  VALUES (:request_id, :body_sha256, :job_id, 'OK', 'applied', :body)
+  ON CONFLICT (fal_request_id, body_sha256) DO NOTHING
+  RETURNING id;
+SELECT status FROM jobs WHERE id = :job_id FOR UPDATE;
+UPDATE jobs SET
+    status = 'succeeded',
+    queue_position = NULL,
+    progress = 1.0,
+    result = :result,
+    custody_needed = true,
+    finished_at = now(),
+    lease_owner = NULL,
+    lease_until = NULL,
+    updated_at = now()
+  WHERE id = :job_id AND status = ANY('{submitted,in_progress,submit_unknown}'::text[])
+  RETURNING id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
+    trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url,
+    response_url, cancel_url, queue_position, progress, error_code, error_message, result,
+    result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures,
+    deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at;
+INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
+  VALUES (:job_id, 'completed', 'submitted', 'succeeded', true, 'fal webhook');
+COMMIT;
+"#;
+
+fn run_pgbench(setup: &Setup, script: &Path, clients: usize) -> Result<PgbenchResult, String> {
+    let per_client = REQUESTS / clients;
+    let output = check(
+        Command::new(&setup.pgbench)
+            .args(["-h", "127.0.0.1", "-p", &setup.pg_port.to_string()])
+            .args([
+                "-U",
+                pgcluster::SUPERUSER,
+                "-n",
+                "-M",
+                "prepared",
+                "-j",
+                "2",
+            ])
+            .args(["-c", &clients.to_string(), "-t", &per_client.to_string()])
+            .arg("-f")
+            .arg(script)
+            .arg("bench")
+            .stdin(Stdio::null())
+            .output(),
+        "pgbench",
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    // "tps = 1234.5 (without initial connection time)" (PostgreSQL 14+) or
+    // "tps = 1234.5 (excluding connections establishing)" (older).
+    let tps = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tps = ")
+                && (l.contains("without initial connection") || l.contains("excluding"))
+        })
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("no tps in pgbench's output:\n{text}"))?;
+    let processed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let latency_ms = text
+        .lines()
+        .find_map(|l| l.strip_prefix("latency average = "))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    Ok(PgbenchResult {
+        tps,
+        processed,
+        latency_ms,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("webhooks: signed completion callbacks, release build");
+    println!(
+        "{:<9} {:<10} {:<8} {:<8} {:<8} {:<8} {:<13} {:<7} terminal-once",
+        "senders", "requests", "errors", "req/s", "p50 ms", "p99 ms", "pgbench tps", "ratio"
+    );
+    for row in rows {
+        let rate = row.run.requests as f64 / row.run.seconds;
+        println!(
+            "{:<9} {:<10} {:<8} {:<8.0} {:<8.1} {:<8.1} {:<13.0} {:<7.2} {}/{}{}",
+            row.senders,
+            row.run.requests,
+            row.run.errors,
+            rate,
+            row.run.p50_ms,
+            row.run.p99_ms,
+            row.pgbench.tps,
+            rate / row.pgbench.tps,
+            row.terminal_ok,
+            row.terminal_total,
+            if row.terminal_ok == row.terminal_total as i64 {
+                " ok"
+            } else {
+                " FAILED"
+            }
+        );
+    }
+    println!();
+    println!("targets (at 64 senders): ratio >= 0.80, p99 < 50 ms; zero errors; every job terminal exactly once");
+    if let Some(row) = rows.iter().find(|r| r.senders == 64) {
+        let ratio = row.run.requests as f64 / row.run.seconds / row.pgbench.tps;
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        println!(
+            "  64 senders: ratio {ratio:.2} ({}), p99 {:.1} ms ({})",
+            verdict(ratio >= 0.8),
+            row.run.p99_ms,
+            verdict(row.run.p99_ms < 50.0)
+        );
+    }
+    let errors: usize = rows.iter().map(|r| r.run.errors).sum();
+    let once = rows
+        .iter()
+        .all(|r| r.terminal_ok == r.terminal_total as i64);
+    println!(
+        "  errors {errors} ({}), terminal exactly once: {}",
+        if errors == 0 { "met" } else { "MISSED" },
+        if once { "met" } else { "MISSED" }
+    );
+    println!();
+    println!(
+        "notes: service pool DATABASE_MAX_CONNECTIONS={POOL_SIZE}; {WARMUP} untimed warm-up callbacks first; \
+         pgbench -M prepared -n -j 2 -t {REQUESTS}/clients, same transaction, service stopped"
+    );
+    for row in rows {
+        println!(
+            "  {} senders: {:.2} s wall; {} answered 200 but not `applied`; {} jobs waited for custody at its end, drained in {:.1} s; \
+             pgbench processed {} (latency average {}), {} of its jobs succeeded once",
+            row.senders,
+            row.run.seconds,
+            row.run.not_applied,
+            row.custody_drain.0,
+            row.custody_drain.1,
+            row.pgbench.processed,
+            row.pgbench.latency_ms,
+            row.pgbench_terminal_ok
+        );
+        let per = |seconds: f64| seconds * 1e6 / row.run.requests.max(1) as f64;
+        let c = row.run_cpu;
+        println!(
+            "    CPU per callback during the run: service {:.0} us, PostgreSQL {:.0} us, sender {:.0} us; \
+             {:.2} cores busy, {:.2} of them other processes",
+            per(c.service),
+            per(c.postgres),
+            per(c.own),
+            c.machine / c.wall.max(1e-9),
+            c.other_cores()
+        );
+        let d = row.drain_cpu;
+        println!(
+            "    CPU per callback while custody drained after it: service {:.0} us, PostgreSQL {:.0} us; \
+             {:.2} cores busy, {:.2} of them other processes",
+            per(d.service),
+            per(d.postgres),
+            d.machine / d.wall.max(1e-9),
+            d.other_cores()
+        );
+        let p = row.pgbench_cpu;
+        println!(
+            "    CPU per pgbench transaction: PostgreSQL {:.0} us, pgbench {:.0} us; {:.2} cores busy, {:.2} of them other processes",
+            p.postgres * 1e6 / REQUESTS as f64,
+            p.children * 1e6 / REQUESTS as f64,
+            p.machine / p.wall.max(1e-9),
+            p.other_cores()
+        );
+        if let Some(error) = &row.run.first_error {
+            println!("    first error: {error}");
+        }
+    }
+    println!();
+}
