@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<SharedSim> {
         .route("/webhooks/release", post(release_webhooks))
         .route("/jwks/rotate", post(rotate))
         .route("/jwks/down", post(jwks_down))
+        .route("/files/expire", post(expire_file))
 }
 
 impl Sim {
@@ -101,6 +102,22 @@ impl Sim {
 
     pub(crate) fn set_jwks_down(&self, down: bool) {
         self.lock().jwks_down = down;
+    }
+
+    /// Ends the life of a CDN object now, as its lifecycle would: it answers 404 from here on.
+    /// Accepts the object's public URL. False when the simulator holds no such object.
+    pub(crate) fn expire_file(&self, url: &str) -> bool {
+        let prefix = format!("{}/files/", self.urls.cdn);
+        let Some(path) = url.strip_prefix(&prefix) else {
+            return false;
+        };
+        match self.lock().files.get_mut(path) {
+            Some(file) => {
+                file.expires_at = Some(std::time::Instant::now());
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn rotate_signing_key(&self, keep_old: bool) {
@@ -298,4 +315,17 @@ struct DownBody {
 async fn jwks_down(State(sim): State<SharedSim>, Json(body): Json<DownBody>) -> StatusCode {
     sim.set_jwks_down(body.down);
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ExpireBody {
+    url: String,
+}
+
+async fn expire_file(State(sim): State<SharedSim>, Json(body): Json<ExpireBody>) -> StatusCode {
+    if sim.expire_file(&body.url) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }

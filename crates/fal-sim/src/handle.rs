@@ -177,6 +177,13 @@ impl FalSim {
         self.sim.set_jwks_down(down);
     }
 
+    /// Expires a CDN object now (by its public URL), as its lifecycle would: reads answer 404
+    /// and runners cannot fetch it (e.g. a trained LoRA past fal's retention). False when
+    /// unknown.
+    pub fn expire_file(&self, url: &str) -> bool {
+        self.sim.expire_file(url)
+    }
+
     /// Forgets pending submit/request faults and brings the JWKS back.
     pub fn clear_faults(&self) {
         self.sim.clear_faults();

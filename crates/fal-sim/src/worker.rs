@@ -347,6 +347,32 @@ async fn run(sim: &SharedSim, id: &str, spec: &'static EndpointSpec) -> Option<O
             )]));
         }
     }
+    if spec.work == Work::LoraGeneration {
+        // Runners download each LoRA given by URL; one that cannot be fetched (e.g. expired on
+        // the CDN) fails the request. Other paths (Hugging Face ids) are taken as given.
+        let paths: Vec<String> = input["loras"]
+            .as_array()
+            .map(|loras| {
+                loras
+                    .iter()
+                    .map(|l| l["path"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (index, path) in paths.iter().enumerate() {
+            if !(path.starts_with("http://") || path.starts_with("https://")) {
+                continue;
+            }
+            sim.log_line(id, format!("Downloading LoRA from {path}"));
+            if let Err(message) = fetch_lora(sim, path).await {
+                return Some(validation_failure(vec![json!({
+                    "loc": ["body", "loras", index, "path"],
+                    "msg": message,
+                    "type": "file_download_error",
+                })]));
+            }
+        }
+    }
     if spec.work == Work::UltraGeneration {
         let finetune_id = input["finetune_id"].as_str().unwrap_or_default();
         let known = sim.lock().finetunes.iter().any(|f| f == finetune_id);
@@ -383,6 +409,35 @@ async fn run(sim: &SharedSim, id: &str, spec: &'static EndpointSpec) -> Option<O
         output,
         inference_time: real_total.as_secs_f64(),
     })
+}
+
+/// Downloads a LoRA like a runner would (no auth; own CDN or loopback only).
+async fn fetch_lora(sim: &SharedSim, url: &str) -> Result<(), String> {
+    let failed = || format!("Failed to download the file from {url}");
+    let parsed = url::Url::parse(url).map_err(|_| format!("Invalid URL: {url}"))?;
+    let reachable = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if !reachable {
+        return Err(failed());
+    }
+    let response = sim
+        .http
+        .get(parsed)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(|_| failed())?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "Failed to download the file: HTTP {}",
+            response.status().as_u16()
+        ));
+    }
+    response.bytes().await.map(|_| ()).map_err(|_| failed())
 }
 
 /// Downloads a training archive like a runner would (no auth) and checks it holds images.
