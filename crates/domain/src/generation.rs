@@ -195,9 +195,112 @@ pub fn estimate_finetune_generation_cost(num_images: u32, prices: &GenerationPri
     round_usd(f64::from(num_images) * prices.finetuned_per_image_usd)
 }
 
+/// The aspect ratios a generation may ask for; `fal-ai/flux-pro/v1.1-ultra-finetuned` takes
+/// them as they are.
+pub const ASPECT_RATIOS: [&str; 9] = [
+    "1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "21:9", "9:21",
+];
+
+/// `image_size` for `fal-ai/flux-lora`: one of fal's named sizes, or exact dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraImageSize {
+    Named(ImageSizePreset),
+    Exact { width: u32, height: u32 },
+}
+
+impl LoraImageSize {
+    pub fn dimensions(self) -> (u32, u32) {
+        match self {
+            Self::Named(size) => size.dimensions(),
+            Self::Exact { width, height } => (width, height),
+        }
+    }
+}
+
+/// The flux-lora size for an aspect ratio: fal's named size where one has that ratio, else
+/// about one megapixel in exact dimensions (multiples of 16, as FLUX works in 16-pixel
+/// patches). `None` for a ratio not in [`ASPECT_RATIOS`].
+pub fn lora_size_for_aspect_ratio(ratio: &str) -> Option<LoraImageSize> {
+    use ImageSizePreset as Size;
+    use LoraImageSize::{Exact, Named};
+    Some(match ratio {
+        "1:1" => Named(Size::SquareHd),
+        "3:4" => Named(Size::Portrait4x3),
+        "4:3" => Named(Size::Landscape4x3),
+        "9:16" => Named(Size::Portrait16x9),
+        "16:9" => Named(Size::Landscape16x9),
+        "2:3" => Exact {
+            width: 832,
+            height: 1248,
+        },
+        "3:2" => Exact {
+            width: 1248,
+            height: 832,
+        },
+        "21:9" => Exact {
+            width: 1568,
+            height: 672,
+        },
+        "9:21" => Exact {
+            width: 672,
+            height: 1568,
+        },
+        _ => return None,
+    })
+}
+
+/// The prompt sent to fal: the trigger phrase first unless the prompt already holds it
+/// (compared case-insensitively, as a caller may capitalise it).
+pub fn prompt_with_trigger(prompt: &str, trigger: &str) -> String {
+    let prompt = prompt.trim();
+    if trigger.is_empty() || prompt.to_lowercase().contains(&trigger.to_lowercase()) {
+        prompt.to_string()
+    } else {
+        format!("{trigger} {prompt}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aspect_ratios_map_to_flux_lora_sizes() {
+        use ImageSizePreset as Size;
+        use LoraImageSize::{Exact, Named};
+        let named = [
+            ("1:1", Size::SquareHd),
+            ("3:4", Size::Portrait4x3),
+            ("4:3", Size::Landscape4x3),
+            ("9:16", Size::Portrait16x9),
+            ("16:9", Size::Landscape16x9),
+        ];
+        for (ratio, size) in named {
+            assert_eq!(lora_size_for_aspect_ratio(ratio), Some(Named(size)));
+        }
+        for ratio in ["2:3", "3:2", "21:9", "9:21"] {
+            let Some(Exact { width, height }) = lora_size_for_aspect_ratio(ratio) else {
+                panic!("{ratio} is exact");
+            };
+            let (w, h) = ratio.split_once(':').unwrap();
+            let (w, h): (u32, u32) = (w.parse().unwrap(), h.parse().unwrap());
+            assert_eq!(width * h, height * w, "{ratio}");
+            assert_eq!((width % 16, height % 16), (0, 0));
+        }
+        assert_eq!(lora_size_for_aspect_ratio("5:4"), None);
+        assert!(ASPECT_RATIOS
+            .iter()
+            .all(|r| lora_size_for_aspect_ratio(r).is_some()));
+    }
+
+    #[test]
+    fn the_trigger_phrase_is_prepended_once() {
+        assert_eq!(prompt_with_trigger(" a cat ", "avtr_x"), "avtr_x a cat");
+        assert_eq!(
+            prompt_with_trigger("photo of AVTR_X smiling", "avtr_x"),
+            "photo of AVTR_X smiling"
+        );
+    }
 
     #[test]
     fn presets_match_the_documented_table() {

@@ -52,6 +52,12 @@ pub struct JobRecord {
     pub submitted_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The generation an item belongs to (generation jobs only).
+    pub generation_id: Option<Uuid>,
+    /// The prompt's position in its generation.
+    pub item_index: Option<i32>,
+    /// 1, or 2 for a generation item resubmitted after fal could not fetch the LoRA.
+    pub attempt: i32,
 }
 
 impl JobRecord {
@@ -64,11 +70,12 @@ impl JobRecord {
     }
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params, \
+pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params, \
     trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url, \
     response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
-    deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at";
+    deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
+    generation_id, item_index, attempt";
 
 /// A training to create.
 #[derive(Debug, Clone)]
@@ -146,7 +153,7 @@ pub enum WebhookOutcome {
     Processed(EventOutcome),
 }
 
-async fn insert_outbox(
+pub(crate) async fn insert_outbox(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     job_id: Option<Uuid>,
@@ -168,7 +175,7 @@ async fn insert_outbox(
     Ok(())
 }
 
-async fn record_event(
+pub(crate) async fn record_event(
     conn: &mut PgConnection,
     job_id: Uuid,
     event: JobEvent,
@@ -189,6 +196,21 @@ async fn record_event(
     .bind(cause)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// The channel on which a finished generation item is announced (payload: generation id).
+pub const GENERATION_CHANNEL: &str = "avatars_generation_items";
+
+pub(crate) async fn notify_generation(
+    conn: &mut PgConnection,
+    generation_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(GENERATION_CHANNEL)
+        .bind(generation_id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -301,6 +323,12 @@ async fn apply_event_in(
             .bind(to.as_str())
             .execute(&mut **tx)
             .await?;
+        }
+        if let (Some(generation), true) = (job.generation_id, to.is_terminal()) {
+            if !job.custody_needed && !job.result_fetch_needed {
+                // Wakes callers waiting on the generation, in this replica or another.
+                notify_generation(tx, generation).await?;
+            }
         }
     }
     if let Some(event) = outbox {
@@ -648,8 +676,9 @@ impl Store {
             "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), fence = fence + 1
              WHERE id = (
                  SELECT id FROM jobs
-                 WHERE (custody_needed OR result_fetch_needed)
-                   AND status = 'succeeded'
+                 WHERE ((custody_needed OR result_fetch_needed) AND status = 'succeeded'
+                        -- a generation item to resubmit with a re-uploaded LoRA
+                        OR (custody_needed AND status = 'failed' AND kind = 'generation'))
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY updated_at
                  FOR UPDATE SKIP LOCKED

@@ -8,6 +8,7 @@ mod api_keys;
 mod avatars;
 pub mod blobs;
 mod error;
+mod generations;
 mod idempotency;
 mod jobs;
 mod models;
@@ -19,10 +20,11 @@ pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobStore};
 pub use error::StoreError;
+pub use generations::{GenerationImage, GenerationRecord, NewGeneration, NewGenerationItem};
 pub use idempotency::IdempotencyClaim;
 pub use jobs::{
     EventOutcome, JobChanges, JobRecord, NewTraining, OutboxEvent, WebhookDelivery, WebhookOutcome,
-    ONE_ACTIVE_TRAINING,
+    GENERATION_CHANNEL, ONE_ACTIVE_TRAINING,
 };
 pub use models::{ModelRecord, NewModel};
 pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
@@ -52,6 +54,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // A broken connection surfaces as a query error and is replaced; pinging before
+            // every acquire would cost a round trip per query.
+            .test_before_acquire(false)
             .connect_lazy(url)?;
         Ok(Self::new(pool))
     }
