@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::openapi::ApiDoc;
-use crate::routes::{archives, avatars, fal_webhook, ops, photos, trainings};
+use crate::routes::{archives, avatars, fal_webhook, generations, ops, photos, trainings};
 use crate::state::AppState;
 
 /// Every documented route.
@@ -45,6 +45,12 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(trainings::get_training))
         .routes(routes!(trainings::cancel_training))
         .routes(routes!(trainings::list_presets))
+        .routes(routes!(
+            generations::create_generation,
+            generations::list_generations
+        ))
+        .routes(routes!(generations::get_generation))
+        .routes(routes!(generations::get_generation_image))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(fal_webhook::fal_webhook))
@@ -121,7 +127,8 @@ pub fn router(state: AppState) -> Router {
 const LONG_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Answers 408 when a request takes longer than allowed: `REQUEST_TIMEOUT`, or ten minutes for
-/// the routes that move photo sets.
+/// the routes that move photo sets and for generation requests (which may hold the answer for
+/// up to 60 s under `Prefer: wait`, and bound that wait themselves).
 async fn deadline(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -135,7 +142,9 @@ async fn deadline(
             .is_some_and(|p| {
                 matches!(
                     p.as_str(),
-                    "/avatars/{id}/photos" | "/training-archives/inspect"
+                    "/avatars/{id}/photos"
+                        | "/training-archives/inspect"
+                        | "/avatars/{id}/generations"
                 )
             });
     let limit = if long {

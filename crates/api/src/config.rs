@@ -65,6 +65,8 @@ pub struct Config {
     pub photos: PhotoSettings,
     pub fetch: FetchSettings,
     pub fal: FalSettings,
+    /// Most prompts in one generation request.
+    pub generation_max_prompts: usize,
 }
 
 /// Limits on avatars' photo sets and on each photo.
@@ -214,6 +216,9 @@ impl Config {
                         .unwrap_or(defaults.timeout),
                 }
             },
+            generation_max_prompts: env
+                .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
+                .unwrap_or(10),
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
                 queue_url: env
@@ -385,6 +390,12 @@ mod tests {
         assert_eq!(config.fal.max_retries, 3);
         assert!(config.fal.auto_model_selection);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.generation_max_prompts, 10);
+        let config = super::Config::from_lookup(|name| {
+            (name == "GENERATION_MAX_PROMPTS").then(|| "3".to_string())
+        })
+        .unwrap();
+        assert_eq!(config.generation_max_prompts, 3);
     }
 
     #[test]
@@ -403,6 +414,7 @@ mod tests {
             ("FETCH_ALLOWED_PRIVATE", "127.0.0.1"),
             ("FAL_TRAINER_BY_KIND", "style=robot"),
             ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
+            ("GENERATION_MAX_PROMPTS", "0"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name);

@@ -7,6 +7,8 @@ pub mod config;
 mod dev;
 pub mod extract;
 pub mod fal_runtime;
+pub mod generation;
+pub mod idempotency;
 pub mod intake;
 pub mod janitor;
 pub mod metrics;

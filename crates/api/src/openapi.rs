@@ -16,6 +16,7 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem
         (name = "avatars", description = "Avatars and their life cycle"),
         (name = "photos", description = "The photos an avatar is trained from"),
         (name = "trainings", description = "Training avatars on fal.ai, and the presets"),
+        (name = "generations", description = "Generating images with trained avatars"),
         (name = "webhooks", description = "Callbacks from fal.ai"),
         (name = "operations", description = "Health, readiness and metrics")
     ),

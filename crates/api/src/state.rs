@@ -54,6 +54,9 @@ pub struct AppState {
     pub work: Arc<tokio::sync::Notify>,
     /// This process's identity in job leases.
     pub worker_id: uuid::Uuid,
+    /// Announces generations with a newly finished item (from this process, and from others
+    /// through Postgres NOTIFY), so `Prefer: wait` ends as soon as one completes.
+    pub generation_events: tokio::sync::broadcast::Sender<uuid::Uuid>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
             training: Arc::new(crate::training::TrainingSettings::default()),
             work: Arc::new(tokio::sync::Notify::new()),
             worker_id: uuid::Uuid::new_v4(),
+            generation_events: tokio::sync::broadcast::channel(1024).0,
         })
     }
 

@@ -25,6 +25,11 @@ pub struct TrainingSettings {
     pub lease: Duration,
     /// Where fal reaches this service (webhooks).
     pub public_base_url: Option<String>,
+    /// Most prompts in one generation request (`GENERATION_MAX_PROMPTS`).
+    pub generation_max_prompts: usize,
+    /// A generation item's budget, from creation.
+    pub generation_timeout: Duration,
+    pub generation_prices: domain::GenerationPrices,
 }
 
 impl TrainingSettings {
@@ -51,6 +56,8 @@ impl TrainingSettings {
             status_check_interval: config.fal.status_check_interval,
             lease: Duration::from_secs(600),
             public_base_url: config.public_base_url.clone(),
+            generation_max_prompts: config.generation_max_prompts,
+            ..Self::default()
         }
     }
 }
@@ -65,6 +72,9 @@ impl Default for TrainingSettings {
             status_check_interval: Duration::from_secs(30),
             lease: Duration::from_secs(600),
             public_base_url: None,
+            generation_max_prompts: 10,
+            generation_timeout: Duration::from_secs(600),
+            generation_prices: domain::GenerationPrices::default(),
         }
     }
 }
@@ -73,19 +83,26 @@ pub fn job_status(job: &JobRecord) -> JobStatus {
     job.status()
 }
 
-/// The caller-visible event for a job that reached `status`.
+/// The caller-visible event for a job that reached `status` (`training.*` or
+/// `generation.item_*`).
 pub fn status_event(job: &JobRecord, status: JobStatus) -> Option<OutboxEvent> {
-    let event_type = match status {
-        JobStatus::Submitted => "training.submitted",
-        JobStatus::InProgress => "training.started",
-        JobStatus::Failed => "training.failed",
-        JobStatus::Cancelled => "training.cancelled",
-        JobStatus::TimedOut => "training.timed_out",
+    let name = match status {
+        JobStatus::Submitted => "submitted",
+        JobStatus::InProgress => "started",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+        JobStatus::TimedOut => "timed_out",
         _ => return None,
     };
-    Some(OutboxEvent {
-        event_type: event_type.to_string(),
-        data: json!({"training_id": job.id, "avatar_id": job.avatar_id, "status": status.as_str()}),
+    Some(match job.kind() {
+        domain::JobKind::Training => OutboxEvent {
+            event_type: format!("training.{name}"),
+            data: json!({"training_id": job.id, "avatar_id": job.avatar_id, "status": status.as_str()}),
+        },
+        domain::JobKind::Generation => OutboxEvent {
+            event_type: format!("generation.item_{name}"),
+            data: json!({"generation_id": job.generation_id, "job_id": job.id, "item_index": job.item_index, "status": status.as_str()}),
+        },
     })
 }
 
@@ -114,10 +131,17 @@ pub fn failure_code(error: Option<&str>, payload: Option<&Value>) -> (String, St
     let detail = payload.and_then(|p| p.get("detail"));
     // fal reports rejected input as a validation list (FastAPI's `detail` array); any other
     // failure is the model's or the runner's.
-    let code = if detail.is_some_and(Value::is_array) {
-        "fal_rejected_input"
-    } else {
-        "fal_failed"
+    let code = match detail.and_then(Value::as_array) {
+        Some(issues) => issue_code(issues.iter().map(|issue| {
+            (
+                issue
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                issue.get("loc").cloned().unwrap_or(Value::Null),
+            )
+        })),
+        None => "fal_failed",
     };
     let message = match detail {
         Some(Value::String(text)) if text != &message => format!("{message}: {text}"),
@@ -126,6 +150,28 @@ pub fn failure_code(error: Option<&str>, payload: Option<&Value>) -> (String, St
     };
     (code.to_string(), message)
 }
+
+/// The stable code of fal's validation issues (`(type, loc)` pairs): a content-policy block,
+/// a LoRA fal could not fetch (its CDN copy expired), or any other rejected input.
+pub fn issue_code<'a>(issues: impl IntoIterator<Item = (&'a str, Value)>) -> &'static str {
+    let mut code = "fal_rejected_input";
+    for (kind, loc) in issues {
+        if kind == "content_policy_violation" {
+            return "content_policy_violation";
+        }
+        let about_loras = loc
+            .as_array()
+            .is_some_and(|parts| parts.iter().any(|p| p == "loras"));
+        if kind == "file_download_error" && about_loras {
+            code = LORA_UNAVAILABLE;
+        }
+    }
+    code
+}
+
+/// fal could not fetch a generation's LoRA: the request certainly failed, so it may be sent
+/// again with our own copy of the LoRA.
+pub const LORA_UNAVAILABLE: &str = "lora_unavailable";
 
 /// The events that record a finished request: a job still waiting for its submit to be
 /// recorded learns its request id first.
@@ -173,6 +219,12 @@ pub fn completion_events(
         FalOutcome::Failed { code, message } => events.push((
             JobEvent::FalFailed,
             JobChanges {
+                // Marks the item for the custody worker, which re-uploads the LoRA and
+                // resubmits it once.
+                custody_needed: (code == LORA_UNAVAILABLE
+                    && job.kind() == domain::JobKind::Generation
+                    && job.attempt < 2)
+                    .then_some(true),
                 error_code: Some(code),
                 error_message: Some(message),
                 ..request_known
@@ -332,7 +384,12 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
                     FalOutcome::Failed { code, message }
                 }
                 Err(fal::FalError::Validation { issues, .. }) => FalOutcome::Failed {
-                    code: "fal_rejected_input".into(),
+                    code: issue_code(
+                        issues
+                            .iter()
+                            .map(|i| (i.kind.as_str(), Value::from(i.loc.clone()))),
+                    )
+                    .into(),
                     message: format!("fal rejected the input: {issues:?}"),
                 },
                 Err(fal::FalError::Server {
@@ -376,10 +433,10 @@ pub async fn time_out(state: &AppState, job: &JobRecord, fence: i64) {
             JobEvent::TimedOut,
             Some(fence),
             &JobChanges {
-                error_code: Some("training_timeout".into()),
+                error_code: Some(format!("{}_timeout", job.kind().as_str())),
                 error_message: Some(format!(
-                    "the training did not finish within {} s",
-                    state.training.timeout.as_secs()
+                    "the {} did not finish in time",
+                    job.kind().as_str()
                 )),
                 ..JobChanges::default()
             },
@@ -430,4 +487,41 @@ pub fn outcome_status(outcome: &EventOutcome) -> Option<JobStatus> {
 
 pub fn deadline_from_now(settings: &TrainingSettings) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fal_validation_issues_map_to_stable_codes() {
+        let code = |body: Value| failure_code(Some("rejected"), Some(&body)).0;
+        assert_eq!(
+            code(
+                json!({"detail": [{"loc": ["body", "prompt"], "type": "content_policy_violation"}]})
+            ),
+            "content_policy_violation"
+        );
+        assert_eq!(
+            code(
+                json!({"detail": [{"loc": ["body", "loras", 0, "path"], "type": "file_download_error"}]})
+            ),
+            LORA_UNAVAILABLE
+        );
+        // A training archive fal cannot fetch is not a LoRA problem.
+        assert_eq!(
+            code(
+                json!({"detail": [{"loc": ["body", "images_data_url"], "type": "file_download_error"}]})
+            ),
+            "fal_rejected_input"
+        );
+        assert_eq!(
+            code(json!({"detail": [{"loc": ["body", "seed"], "type": "value_error"}]})),
+            "fal_rejected_input"
+        );
+        assert_eq!(
+            code(json!({"detail": "Runner disconnected", "error_type": "runner_disconnected"})),
+            "fal_failed"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::{JobEvent, JobStatus, Trainer, TrainingParams};
+use domain::{JobEvent, JobKind, JobStatus, Trainer, TrainingParams};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -90,6 +90,7 @@ pub fn spawn(state: AppState, intervals: WorkerIntervals) -> Workers {
             }
         })
     };
+    let notifications = tokio::spawn(crate::generation::forward_notifications(state.clone()));
     let reconciler = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(intervals.reconcile_tick);
         loop {
@@ -98,7 +99,7 @@ pub fn spawn(state: AppState, intervals: WorkerIntervals) -> Workers {
         }
     });
     Workers {
-        handles: vec![submitter, custody, reconciler],
+        handles: vec![submitter, custody, reconciler, notifications],
     }
 }
 
@@ -179,6 +180,10 @@ async fn submit(state: &AppState, job: JobRecord) {
         .await;
         return;
     };
+    if job.kind() == JobKind::Generation {
+        submit_generation(state, fal, base, job).await;
+        return;
+    }
     let Some(params) = training::job_params(&job) else {
         record(
             state,
@@ -254,6 +259,23 @@ async fn submit(state: &AppState, job: JobRecord) {
         None => None,
     };
     let input = fal_input(&job, &params, uploaded.file_url.as_str(), kind);
+    if params.trainer() == Trainer::Pro {
+        tracing::warn!(job = %job.id, "submitting to fal-ai/flux-pro-trainer, which fal has deprecated");
+    }
+    send(state, fal, base, &job, &input).await;
+}
+
+/// Submits `input` for `job` (at most once: the submit is marked before it leaves) and records
+/// the outcome.
+async fn send(
+    state: &AppState,
+    fal: &crate::fal_runtime::FalRuntime,
+    base: &str,
+    job: &JobRecord,
+    input: &Value,
+) {
+    let fence = job.fence;
+    let job = job.clone();
     let webhook = match training::webhook_url(base, &job) {
         Ok(url) => url,
         Err(error) => {
@@ -293,16 +315,13 @@ async fn submit(state: &AppState, job: JobRecord) {
             return;
         }
     }
-    if params.trainer() == Trainer::Pro {
-        tracing::warn!(job = %job.id, "submitting to fal-ai/flux-pro-trainer, which fal has deprecated");
-    }
     let options = fal::SubmitOptions {
         webhook_url: Some(webhook),
         ..fal::SubmitOptions::default()
     };
     let next_check = Utc::now()
         + chrono::Duration::from_std(state.training.status_check_interval).unwrap_or_default();
-    match fal.client.submit(&job.endpoint, &input, &options).await {
+    match fal.client.submit(&job.endpoint, input, &options).await {
         Ok(submitted) => {
             fal.health.set_key_rejected(false);
             record(
@@ -509,6 +528,10 @@ async fn take_custody(state: &AppState, job: JobRecord) {
     let Some(fal) = state.fal.as_ref() else {
         return;
     };
+    if job.kind() == JobKind::Generation && job.status() == JobStatus::Failed {
+        resubmit_with_our_lora(state, fal, job).await;
+        return;
+    }
     let mut job = job;
     if job.result_fetch_needed {
         let Some(request) = training::request_ref(state, &job) else {
@@ -532,6 +555,10 @@ async fn take_custody(state: &AppState, job: JobRecord) {
                 return;
             }
         }
+    }
+    if job.kind() == JobKind::Generation {
+        keep_images(state, fal, job).await;
+        return;
     }
     let Some(params) = training::job_params(&job) else {
         return;
@@ -646,4 +673,224 @@ async fn copy_to_blob(
     drop(file);
     state.blobs.put_file(key, scratch.path()).await?;
     Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// Submits one generation item: the stored fal input, with the model's current LoRA URL.
+async fn submit_generation(
+    state: &AppState,
+    fal: &crate::fal_runtime::FalRuntime,
+    base: &str,
+    job: JobRecord,
+) {
+    let fence = job.fence;
+    let mut input = job.params.clone();
+    if job.endpoint == domain::LORA_GENERATION_ENDPOINT {
+        let model = match generation_model(state, &job).await {
+            Ok(model) => model,
+            Err((code, message)) => {
+                record(
+                    state,
+                    &job,
+                    JobEvent::SubmitRejected,
+                    fence,
+                    failure(code, message),
+                    "no model",
+                )
+                .await;
+                return;
+            }
+        };
+        let url = match model.fal_artifact_url.clone() {
+            Some(url) => url,
+            None => match upload_lora(state, fal, &model).await {
+                Ok(url) => url,
+                Err(error) => {
+                    tracing::warn!(job = %job.id, %error, "uploading the LoRA; will retry");
+                    defer(state, &job, Duration::from_secs(10)).await;
+                    return;
+                }
+            },
+        };
+        if let Some(lora) = input
+            .get_mut("loras")
+            .and_then(Value::as_array_mut)
+            .and_then(|loras| loras.first_mut())
+        {
+            lora["path"] = json!(url);
+        }
+    }
+    send(state, fal, base, &job, &input).await;
+}
+
+/// The model a generation item uses.
+async fn generation_model(
+    state: &AppState,
+    job: &JobRecord,
+) -> Result<store::ModelRecord, (&'static str, String)> {
+    let generation = match job.generation_id {
+        Some(id) => state.store.generation_by_id(id).await.ok().flatten(),
+        None => None,
+    };
+    let model_id = generation.and_then(|g| g.model_id);
+    let model = match model_id {
+        Some(id) => state
+            .store
+            .model_by_id(id)
+            .await
+            .map_err(|e| ("model_unavailable", e.to_string()))?,
+        None => None,
+    };
+    model.ok_or_else(|| {
+        (
+            "model_deleted",
+            "the avatar's model was deleted".to_string(),
+        )
+    })
+}
+
+/// Uploads our copy of the model's LoRA to fal storage and returns its URL.
+async fn upload_lora(
+    state: &AppState,
+    fal: &crate::fal_runtime::FalRuntime,
+    model: &store::ModelRecord,
+) -> anyhow::Result<String> {
+    let key = model
+        .artifact_key
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("the model has no stored LoRA"))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("avatars-lora-")
+        .tempfile_in(&state.settings.scratch_dir)?;
+    state.blobs.get_to_file(key, scratch.path()).await?;
+    let uploaded = fal
+        .client
+        .upload_file(scratch.path(), "application/octet-stream", None)
+        .await?;
+    Ok(uploaded.file_url.to_string())
+}
+
+/// A LoRA item failed because fal could not fetch the LoRA (its CDN copy expired). That
+/// request certainly failed, so sending it again cannot double anything: upload our own copy,
+/// remember its URL on the model, and create the next attempt.
+async fn resubmit_with_our_lora(
+    state: &AppState,
+    fal: &crate::fal_runtime::FalRuntime,
+    job: JobRecord,
+) {
+    let model = match generation_model(state, &job).await {
+        Ok(model) => model,
+        Err((_, message)) => {
+            tracing::warn!(job = %job.id, message, "no model to resubmit with");
+            give_up(state, &job).await;
+            return;
+        }
+    };
+    let url = match upload_lora(state, fal, &model).await {
+        Ok(url) => url,
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "re-uploading the LoRA; will retry");
+            defer(state, &job, Duration::from_secs(10)).await;
+            return;
+        }
+    };
+    match state
+        .store
+        .resubmit_generation_item(
+            job.id,
+            job.fence,
+            model.id,
+            &url,
+            &training::new_webhook_token(),
+        )
+        .await
+    {
+        Ok(Some(next)) => {
+            tracing::info!(job = %job.id, next = %next, "resubmitting with the re-uploaded LoRA");
+            state.work.notify_waiters();
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "recording a resubmit"),
+    }
+}
+
+async fn give_up(state: &AppState, job: &JobRecord) {
+    match state.store.finish_generation_item(job.id, job.fence).await {
+        Ok(true) => {
+            if let Some(generation) = job.generation_id {
+                crate::generation::announce(state, generation);
+            }
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "closing a generation item"),
+    }
+}
+
+/// Copies a succeeded item's images from fal's CDN into our storage and records them.
+async fn keep_images(state: &AppState, fal: &crate::fal_runtime::FalRuntime, job: JobRecord) {
+    let Some(generation_id) = job.generation_id else {
+        return;
+    };
+    let result = job.result.clone().unwrap_or(Value::Null);
+    let output = match serde_json::from_value::<fal::models::ImagesOutput>(result) {
+        Ok(output) => output,
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "the generation's result has no images");
+            give_up(state, &job).await;
+            return;
+        }
+    };
+    let item = job.item_index.unwrap_or(0);
+    let mut images = Vec::with_capacity(output.images.len());
+    for (index, image) in output.images.iter().enumerate() {
+        let content_type = image
+            .content_type
+            .clone()
+            .filter(|t| t.starts_with("image/"))
+            .unwrap_or_else(|| {
+                if image.url.ends_with(".png") {
+                    "image/png".into()
+                } else {
+                    "image/jpeg".into()
+                }
+            });
+        let extension = match content_type.as_str() {
+            "image/png" => "png",
+            "image/webp" => "webp",
+            _ => "jpg",
+        };
+        let key = format!(
+            "tenants/{}/generations/{generation_id}/{item}-{index}.{extension}",
+            job.tenant_id
+        );
+        let bytes = match copy_to_blob(state, fal, &image.url, &key).await {
+            Ok((_, bytes)) => bytes,
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "copying a generated image; will retry");
+                defer(state, &job, Duration::from_secs(10)).await;
+                return;
+            }
+        };
+        images.push(store::GenerationImage {
+            generation_id,
+            job_id: job.id,
+            item_index: item,
+            image_index: index as i32,
+            blob_key: key,
+            content_type,
+            width: image.width.map(|w| w as i32),
+            height: image.height.map(|h| h as i32),
+            bytes: bytes as i64,
+            seed: output.seed.map(|s| s.to_string()),
+            nsfw: output.has_nsfw_concepts.get(index).copied(),
+        });
+    }
+    match state
+        .store
+        .complete_generation_item(job.id, job.fence, &images)
+        .await
+    {
+        Ok(true) => crate::generation::announce(state, generation_id),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "recording generated images"),
+    }
 }

@@ -153,6 +153,9 @@ pub async fn fal_webhook(
         WebhookOutcome::Processed(_) => "ignored",
     };
     state.work.notify_waiters();
+    if let Some(generation) = job.as_ref().and_then(|j| j.generation_id) {
+        crate::generation::announce(&state, generation);
+    }
     Ok(Json(WebhookAck {
         outcome: outcome.to_string(),
     }))

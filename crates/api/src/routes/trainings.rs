@@ -10,8 +10,7 @@ use chrono::{DateTime, Utc};
 use domain::{AvatarId, JobStatus, PresetName, Trainer, TriggerPhrase, Violations};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use store::{IdempotencyClaim, JobRecord, NewTraining, StoreError, ONE_ACTIVE_TRAINING};
+use store::{JobRecord, NewTraining, StoreError, ONE_ACTIVE_TRAINING};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -194,111 +193,15 @@ pub async fn train_avatar(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     crate::extract::require_json(&headers)?;
-    let key = idempotency_key(&headers)?;
-    let Some(key) = key else {
-        return create_training(&state, caller, AvatarId(id), &body).await;
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(format!("POST /avatars/{id}/train\n").as_bytes());
-    hasher.update(&body);
-    let hash = hex::encode(hasher.finalize());
-    let tenant = caller.tenant_id.0;
-    match state
-        .store
-        .claim_idempotency_key(tenant, &key, &hash, std::time::Duration::from_secs(120))
-        .await?
-    {
-        IdempotencyClaim::Claimed => {}
-        IdempotencyClaim::InFlight => {
-            return Err(ApiError::conflict(
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still being handled; retry shortly",
-            ))
-        }
-        IdempotencyClaim::Mismatch => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
-                "this Idempotency-Key was used with a different request",
-            ))
-        }
-        IdempotencyClaim::Done {
-            status,
-            body,
-            headers,
-        } => return Ok(replay(status, body, headers)),
-    }
-    let outcome = create_training(&state, caller, AvatarId(id), &body).await;
-    let status = match &outcome {
-        Ok(response) => response.status(),
-        Err(error) => error.status(),
-    };
-    if status.is_server_error() {
-        state.store.release_idempotency_key(tenant, &key).await?;
-        return outcome;
-    }
-    // Keep the answer, success or refusal, to replay it byte for byte.
-    let response = outcome.unwrap_or_else(IntoResponse::into_response);
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(ApiError::internal)?;
-    let body_json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let header_text = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let headers_json = serde_json::json!({
-        "location": header_text(header::LOCATION),
-        "content-type": header_text(header::CONTENT_TYPE),
-    });
-    let response = Response::from_parts(parts, axum::body::Body::from(bytes));
-    state
-        .store
-        .finish_idempotency_key(tenant, &key, status.as_u16(), &body_json, &headers_json)
-        .await?;
-    Ok(response)
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or("").trim().to_string();
-    if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-        ));
-    }
-    Ok(Some(key))
-}
-
-/// Rebuilds a stored answer, marked as a replay.
-fn replay(status: u16, body: Value, headers: Value) -> Response {
-    let mut response = Response::new(axum::body::Body::from(
-        serde_json::to_vec(&body).unwrap_or_default(),
-    ));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let content_type = headers["content-type"]
-        .as_str()
-        .unwrap_or("application/json");
-    if let Ok(value) = HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
-    if let Some(location) = headers["location"]
-        .as_str()
-        .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-        .headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    response
+    crate::idempotency::idempotent(
+        &state,
+        caller.tenant_id,
+        &headers,
+        &format!("POST /avatars/{id}/train"),
+        &body,
+        || create_training(&state, caller, AvatarId(id), &body),
+    )
+    .await
 }
 
 async fn create_training(

@@ -1,0 +1,121 @@
+//! Generations: their items' state, and waiting for them to finish.
+//!
+//! A generation is a row plus one job of kind `generation` per prompt; an item is its latest
+//! attempt (a LoRA item is resubmitted once, as a new job, when fal could not fetch the LoRA).
+
+use std::time::Duration;
+
+use store::JobRecord;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// An item is finished when its job is terminal and nothing is left to do for it: its images
+/// are in our storage, or it failed for good (not awaiting a resubmit).
+pub fn item_finished(job: &JobRecord) -> bool {
+    job.status().is_terminal() && !job.custody_needed && !job.result_fetch_needed
+}
+
+/// The latest attempt of each item, in item order (`jobs` ordered by item, then attempt).
+pub fn latest_attempts(jobs: Vec<JobRecord>) -> Vec<(JobRecord, i32)> {
+    let mut items: Vec<(JobRecord, i32)> = Vec::new();
+    for job in jobs {
+        match items.last_mut() {
+            Some((last, attempts)) if last.item_index == job.item_index => {
+                *attempts += 1;
+                *last = job;
+            }
+            _ => items.push((job, 1)),
+        }
+    }
+    items
+}
+
+/// The generation's status from its items': `pending`, `in_progress`, `succeeded`, `failed`
+/// (no item succeeded) or `partially_succeeded`.
+pub fn generation_status(items: &[&JobRecord]) -> &'static str {
+    use domain::JobStatus as S;
+    if items.iter().any(|job| !item_finished(job)) {
+        if items.iter().all(|job| job.status() == S::Pending) {
+            return "pending";
+        }
+        return "in_progress";
+    }
+    let succeeded = items
+        .iter()
+        .filter(|job| job.status() == S::Succeeded)
+        .count();
+    if succeeded == items.len() {
+        "succeeded"
+    } else if succeeded == 0 {
+        "failed"
+    } else {
+        "partially_succeeded"
+    }
+}
+
+/// Tells waiters in this process that an item of `generation_id` finished.
+pub fn announce(state: &AppState, generation_id: Uuid) {
+    // No receiver is normal: nobody is waiting.
+    let _ = state.generation_events.send(generation_id);
+}
+
+/// Whether every item of the generation is finished.
+async fn finished(state: &AppState, generation_id: Uuid) -> bool {
+    match state.store.generation_jobs(generation_id).await {
+        Ok(jobs) => {
+            let items = latest_attempts(jobs);
+            !items.is_empty() && items.iter().all(|(job, _)| item_finished(job))
+        }
+        Err(error) => {
+            tracing::warn!(%error, generation = %generation_id, "reading a generation while waiting");
+            false
+        }
+    }
+}
+
+/// Waits up to `wait` for the generation to finish: woken by announcements, never by polling
+/// the database. True when it finished in time.
+pub async fn wait_finished(state: &AppState, generation_id: Uuid, wait: Duration) -> bool {
+    // Subscribe before the first look, so a completion between the two is not missed.
+    let mut events = state.generation_events.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if finished(state, generation_id).await {
+            return true;
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) | Ok(Err(RecvError::Closed)) => return false,
+                Ok(Ok(id)) if id != generation_id => continue,
+                // Ours, or some announcements were missed: look again.
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
+            }
+        }
+    }
+}
+
+/// Forwards Postgres notifications of finished items (from any replica) to this process's
+/// waiters, reconnecting after errors.
+pub async fn forward_notifications(state: AppState) {
+    loop {
+        match state.store.listen_generations().await {
+            Ok(mut listener) => loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        if let Ok(id) = Uuid::parse_str(notification.payload()) {
+                            announce(&state, id);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "generation notifications interrupted");
+                        break;
+                    }
+                }
+            },
+            Err(error) => tracing::warn!(%error, "listening for generation notifications"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
