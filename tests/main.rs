@@ -3,6 +3,7 @@
 
 mod auth;
 mod avatars;
+mod generations;
 mod http_errors;
 mod openapi;
 mod operations;
