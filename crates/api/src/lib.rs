@@ -13,6 +13,7 @@ pub mod intake;
 pub mod janitor;
 pub mod metrics;
 pub mod openapi;
+pub mod pagination;
 pub mod problem;
 pub mod routes;
 pub mod state;

@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use domain::{Avatar, AvatarId, AvatarKind, AvatarStatus, NewAvatar, TriggerPhrase, Violations};
 use serde::{Deserialize, Serialize};
@@ -14,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId};
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// What an avatar depicts. `character` avatars (people) train with the portrait trainer.
@@ -190,19 +189,8 @@ pub struct ListAvatarsQuery {
     pub status: Option<Status>,
 }
 
-const DEFAULT_PAGE_SIZE: u32 = 20;
-const MAX_PAGE_SIZE: u32 = 100;
 /// Generated phrases are random; a collision is rare, several in a row practically impossible.
 const TRIGGER_PHRASE_ATTEMPTS: usize = 5;
-
-fn query_error(field: &str, code: &str, message: &str) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: field.to_string(),
-        location: FieldLocation::Query,
-        code: code.to_string(),
-        message: message.to_string(),
-    }])
-}
 
 fn avatar_not_found(id: Uuid) -> ApiError {
     ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
@@ -214,21 +202,6 @@ fn trigger_phrase_taken(phrase: &str) -> ApiError {
         format!("another avatar of yours already uses the trigger phrase {phrase:?}"),
     )
     .with_extension("field", "trigger_phrase")
-}
-
-/// Cursors are opaque to callers; inside they carry the last id of the page.
-fn encode_cursor(last: AvatarId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{}", last.0))
-}
-
-fn decode_cursor(cursor: &str) -> Option<AvatarId> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    Uuid::parse_str(text.strip_prefix("v1:")?)
-        .ok()
-        .map(AvatarId)
 }
 
 /// Creates an avatar, generating a unique trigger phrase when none was given.
@@ -324,35 +297,21 @@ pub async fn list_avatars(
     caller: Caller,
     AppQuery(query): AppQuery<ListAvatarsQuery>,
 ) -> Result<Json<AvatarPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(query_error(
-            "limit",
-            "out_of_range",
-            &format!("must be from 1 to {MAX_PAGE_SIZE}"),
-        ));
-    }
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-            query_error(
-                "cursor",
-                "invalid_cursor",
-                "is not a cursor this service issued",
-            )
-        })?),
-    };
+    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let filter = AvatarFilter {
         owner_ref: query.owner_ref,
         status: query.status.map(Into::into),
     };
     let (avatars, has_more) = state
         .store
-        .list_avatars(caller.tenant_id, &filter, after, limit)
+        .list_avatars(
+            caller.tenant_id,
+            &filter,
+            page.after.map(AvatarId),
+            page.limit,
+        )
         .await?;
-    let next_cursor = has_more
-        .then(|| avatars.last().map(|a| encode_cursor(a.id)))
-        .flatten();
+    let next_cursor = crate::pagination::next_cursor(has_more, avatars.last().map(|a| a.id.0));
     Ok(Json(AvatarPage {
         items: avatars.into_iter().map(Into::into).collect(),
         next_cursor,
@@ -489,21 +448,5 @@ pub async fn delete_avatar(
         }
         Err(StoreError::NotFound) => Err(avatar_not_found(id)),
         Err(error) => Err(error.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_forgeries() {
-        let id = AvatarId::new();
-        assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-        assert_eq!(
-            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v2:x")),
-            None
-        );
     }
 }

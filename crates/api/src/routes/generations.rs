@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use domain::generation::{lora_size_for_aspect_ratio, prompt_with_trigger, LoraImageSize};
 use domain::{AvatarId, GenerationPresetName, ModelType, Violations};
@@ -22,7 +21,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
 use crate::generation::{generation_status, item_finished, latest_attempts};
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 use crate::training;
 
@@ -695,50 +694,18 @@ pub async fn list_generations(
     PathId(id): PathId,
     AppQuery(query): AppQuery<ListGenerationsQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "limit".into(),
-            location: FieldLocation::Query,
-            code: "out_of_range".into(),
-            message: "must be from 1 to 100".into(),
-        }]));
-    }
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-            ApiError::validation(vec![FieldError {
-                field: "cursor".into(),
-                location: FieldLocation::Query,
-                code: "invalid_cursor".into(),
-                message: "is not a cursor this service issued".into(),
-            }])
-        })?),
-    };
+    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let (generations, more) = state
         .store
-        .list_generations(caller.tenant_id, AvatarId(id), after, limit)
+        .list_generations(caller.tenant_id, AvatarId(id), page.after, page.limit)
         .await?
         .ok_or_else(|| avatar_not_found(id))?;
-    let next_cursor = more
-        .then(|| generations.last().map(|g| encode_cursor(g.id)))
-        .flatten();
+    let next_cursor = crate::pagination::next_cursor(more, generations.last().map(|g| g.id));
     let mut items = Vec::with_capacity(generations.len());
     for generation in generations {
         items.push(generation_response(&state, generation).await?);
     }
     Ok(Json(GenerationPage { items, next_cursor }))
-}
-
-fn encode_cursor(last: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<Uuid> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    Uuid::parse_str(String::from_utf8(bytes).ok()?.strip_prefix("v1:")?).ok()
 }
 
 /// Get a generated image.

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use domain::{AvatarId, JobStatus, PresetName, Trainer, TriggerPhrase, Violations};
 use serde::{Deserialize, Serialize};
@@ -478,50 +477,18 @@ pub async fn list_trainings(
     PathId(id): PathId,
     AppQuery(query): AppQuery<ListTrainingsQuery>,
 ) -> Result<Json<TrainingPage>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "limit".into(),
-            location: FieldLocation::Query,
-            code: "out_of_range".into(),
-            message: "must be from 1 to 100".into(),
-        }]));
-    }
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-            ApiError::validation(vec![FieldError {
-                field: "cursor".into(),
-                location: FieldLocation::Query,
-                code: "invalid_cursor".into(),
-                message: "is not a cursor this service issued".into(),
-            }])
-        })?),
-    };
+    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let (jobs, more) = state
         .store
-        .list_trainings(caller.tenant_id, AvatarId(id), after, limit)
+        .list_trainings(caller.tenant_id, AvatarId(id), page.after, page.limit)
         .await?
         .ok_or_else(|| avatar_not_found(id))?;
-    let next_cursor = more
-        .then(|| jobs.last().map(|j| encode_cursor(j.id)))
-        .flatten();
+    let next_cursor = crate::pagination::next_cursor(more, jobs.last().map(|j| j.id));
     let mut items = Vec::with_capacity(jobs.len());
     for job in jobs {
         items.push(training_response(&state, job).await?);
     }
     Ok(Json(TrainingPage { items, next_cursor }))
-}
-
-fn encode_cursor(last: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<Uuid> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    Uuid::parse_str(String::from_utf8(bytes).ok()?.strip_prefix("v1:")?).ok()
 }
 
 /// Cancel a training.
