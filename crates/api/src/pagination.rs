@@ -2,12 +2,25 @@
 //! `cursor` carrying the last id of the previous page (ids are time-ordered UUIDv7).
 
 use base64::Engine;
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::problem::{ApiError, FieldError, FieldLocation};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The query parameters of a list without filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
 
 /// A checked page request: how many, and after which id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

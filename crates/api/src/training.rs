@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::{AvatarId, JobEvent, JobStatus, Trainer, TrainingParams};
+use domain::{JobEvent, JobStatus, Trainer, TrainingParams};
 use serde_json::{json, Value};
-use store::{EventOutcome, JobChanges, JobRecord, OutboxEvent};
+use store::{JobChanges, JobRecord, OutboxEvent};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -77,10 +77,6 @@ impl Default for TrainingSettings {
             generation_prices: domain::GenerationPrices::default(),
         }
     }
-}
-
-pub fn job_status(job: &JobRecord) -> JobStatus {
-    job.status()
 }
 
 /// The caller-visible event for a job that reached `status` (`training.*` or
@@ -470,19 +466,6 @@ pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseEr
         .append_pair("job", &job.id.to_string())
         .append_pair("token", &job.webhook_token);
     Ok(url)
-}
-
-/// The avatar of a job, typed.
-pub fn avatar_of(job: &JobRecord) -> Option<AvatarId> {
-    job.avatar_id.map(AvatarId)
-}
-
-pub fn outcome_status(outcome: &EventOutcome) -> Option<JobStatus> {
-    match outcome {
-        EventOutcome::Applied(job) => Some(job.status()),
-        EventOutcome::Ignored { status, .. } => Some(*status),
-        EventOutcome::NotFound => None,
-    }
 }
 
 pub fn deadline_from_now(settings: &TrainingSettings) -> chrono::DateTime<Utc> {

@@ -101,6 +101,21 @@ impl TryFrom<AvatarRow> for Avatar {
     }
 }
 
+/// Whether the tenant has this avatar (lists of its children tell "none" from "no avatar").
+pub(crate) async fn avatar_exists(
+    pool: &sqlx::PgPool,
+    tenant_id: TenantId,
+    id: AvatarId,
+) -> Result<bool, StoreError> {
+    let found: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM avatars WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id.0)
+            .bind(id.0)
+            .fetch_optional(pool)
+            .await?;
+    Ok(found.is_some())
+}
+
 pub(crate) async fn fetch_avatar(
     conn: &mut sqlx::PgConnection,
     tenant_id: TenantId,

@@ -432,13 +432,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Option<(Vec<JobRecord>, bool)>, StoreError> {
-        let exists: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM avatars WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant_id.0)
-                .bind(avatar_id.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        if exists.is_none() {
+        if !crate::avatars::avatar_exists(&self.pool, tenant_id, avatar_id).await? {
             return Ok(None);
         }
         let mut rows: Vec<JobRecord> = sqlx::query_as(&format!(

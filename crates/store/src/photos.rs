@@ -287,13 +287,7 @@ impl Store {
         tenant_id: TenantId,
         avatar_id: AvatarId,
     ) -> Result<Option<Vec<PhotoRecord>>, StoreError> {
-        let exists: Option<uuid::Uuid> =
-            sqlx::query_scalar("SELECT id FROM avatars WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant_id.0)
-                .bind(avatar_id.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        if exists.is_none() {
+        if !crate::avatars::avatar_exists(&self.pool, tenant_id, avatar_id).await? {
             return Ok(None);
         }
         let rows: Vec<PhotoRow> = sqlx::query_as(&format!(

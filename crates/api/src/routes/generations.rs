@@ -15,12 +15,13 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use store::{GenerationRecord, NewGeneration, NewGenerationItem, StoreError};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
 use crate::generation::{generation_status, item_finished, latest_attempts};
+use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 use crate::training;
@@ -664,22 +665,13 @@ pub struct GenerationPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListGenerationsQuery {
-    /// Page size, 1-100 (default 20).
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
 /// List an avatar's generations.
 #[utoipa::path(
     get,
     path = "/avatars/{id}/generations",
     tag = "generations",
     operation_id = "list_generations",
-    params(("id" = Uuid, Path, description = "Avatar id"), ListGenerationsQuery),
+    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = GenerationPage),
@@ -692,7 +684,7 @@ pub async fn list_generations(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    AppQuery(query): AppQuery<ListGenerationsQuery>,
+    AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let (generations, more) = state

@@ -10,11 +10,12 @@ use domain::{AvatarId, JobStatus, PresetName, Trainer, TriggerPhrase, Violations
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use store::{JobRecord, NewTraining, StoreError, ONE_ACTIVE_TRAINING};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
+use crate::pagination::PageQuery;
 use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
 use crate::state::AppState;
 use crate::training;
@@ -447,22 +448,13 @@ pub struct TrainingPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListTrainingsQuery {
-    /// Page size, 1-100 (default 20).
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
 /// List an avatar's trainings.
 #[utoipa::path(
     get,
     path = "/avatars/{id}/trainings",
     tag = "trainings",
     operation_id = "list_trainings",
-    params(("id" = Uuid, Path, description = "Avatar id"), ListTrainingsQuery),
+    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = TrainingPage),
@@ -475,7 +467,7 @@ pub async fn list_trainings(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    AppQuery(query): AppQuery<ListTrainingsQuery>,
+    AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<TrainingPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let (jobs, more) = state
