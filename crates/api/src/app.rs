@@ -20,7 +20,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::openapi::ApiDoc;
-use crate::routes::{archives, avatars, fal_webhook, generations, ops, photos, trainings};
+use crate::routes::{
+    archives, avatars, events, fal_webhook, generations, ops, photos, trainings, webhook_endpoints,
+};
 use crate::state::AppState;
 
 /// Every documented route.
@@ -51,6 +53,20 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(generations::get_generation))
         .routes(routes!(generations::get_generation_image))
+        .routes(routes!(
+            webhook_endpoints::create_webhook_endpoint,
+            webhook_endpoints::list_webhook_endpoints
+        ))
+        .routes(routes!(
+            webhook_endpoints::get_webhook_endpoint,
+            webhook_endpoints::update_webhook_endpoint,
+            webhook_endpoints::delete_webhook_endpoint
+        ))
+        .routes(routes!(webhook_endpoints::rotate_webhook_secret))
+        .routes(routes!(webhook_endpoints::list_webhook_deliveries))
+        .routes(routes!(webhook_endpoints::get_webhook_delivery))
+        .routes(routes!(webhook_endpoints::replay_webhook_delivery))
+        .routes(routes!(events::stream_events))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(fal_webhook::fal_webhook))

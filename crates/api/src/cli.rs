@@ -204,7 +204,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let state = app_state(&config, store.clone(), blobs, fal)?;
             let janitor = tokio::spawn(crate::janitor::run(state.clone(), JANITOR_INTERVAL));
             let workers = crate::workers::spawn(state.clone(), Default::default());
-            crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+            let streams = state.clone();
+            crate::serve(listener, crate::router(state), async move {
+                crate::shutdown_signal().await;
+                streams.close_event_streams();
+            })
+            .await?;
             drop(workers);
             janitor.abort();
             store.pool().close().await;

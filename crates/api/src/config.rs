@@ -67,6 +67,42 @@ pub struct Config {
     pub fal: FalSettings,
     /// Most prompts in one generation request.
     pub generation_max_prompts: usize,
+    pub events: EventSettings,
+}
+
+/// How events reach callers: webhook delivery and live streams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventSettings {
+    /// Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); below 1 only
+    /// in tests and development.
+    pub retry_scale: f64,
+    /// Deadline for one delivery attempt, connect to last byte.
+    pub delivery_timeout: Duration,
+    /// How long a relay owns an endpoint's deliveries before another may take over. Longer
+    /// than `delivery_timeout`, so a live relay never loses an attempt it is making.
+    pub relay_lease: Duration,
+    /// How often the relay looks for due retries it was not woken for.
+    pub relay_poll: Duration,
+    /// How often new events are looked for when no wake-up came.
+    pub sequencer_poll: Duration,
+    /// Comment lines on idle event streams, so proxies keep them open.
+    pub heartbeat: Duration,
+    /// Endpoints one relay delivers to at the same time.
+    pub relay_concurrency: usize,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            retry_scale: 1.0,
+            delivery_timeout: Duration::from_secs(15),
+            relay_lease: Duration::from_secs(60),
+            relay_poll: Duration::from_millis(500),
+            sequencer_poll: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(15),
+            relay_concurrency: 16,
+        }
+    }
 }
 
 /// Limits on avatars' photo sets and on each photo.
@@ -219,6 +255,44 @@ impl Config {
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
                 .unwrap_or(10),
+            events: {
+                let defaults = EventSettings::default();
+                let delivery_timeout = env
+                    .seconds("WEBHOOK_TIMEOUT", 1, 300)?
+                    .unwrap_or(defaults.delivery_timeout);
+                let relay_lease = env
+                    .seconds("WEBHOOK_LEASE", 2, 3600)?
+                    .unwrap_or(defaults.relay_lease);
+                if relay_lease < delivery_timeout + Duration::from_secs(1) {
+                    return Err(ConfigError {
+                        variable: "WEBHOOK_LEASE",
+                        problem: format!(
+                            "must exceed WEBHOOK_TIMEOUT ({} s) by at least a second, got {} s",
+                            delivery_timeout.as_secs(),
+                            relay_lease.as_secs()
+                        ),
+                    });
+                }
+                EventSettings {
+                    retry_scale: env
+                        .parse_with(
+                            "WEBHOOK_RETRY_SCALE",
+                            "a number from 0.0001 to 100, such as 1 or 0.01",
+                            |v| {
+                                v.parse::<f64>()
+                                    .ok()
+                                    .filter(|f| (0.0001..=100.0).contains(f))
+                            },
+                        )?
+                        .unwrap_or(defaults.retry_scale),
+                    delivery_timeout,
+                    relay_lease,
+                    heartbeat: env
+                        .seconds("EVENTS_HEARTBEAT", 1, 300)?
+                        .unwrap_or(defaults.heartbeat),
+                    ..defaults
+                }
+            },
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
                 queue_url: env

@@ -91,7 +91,12 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
         crate::cli::JANITOR_INTERVAL,
     ));
     let workers = crate::workers::spawn(state.clone(), Default::default());
-    crate::serve(listener, crate::router(state), crate::shutdown_signal()).await?;
+    let streams = state.clone();
+    crate::serve(listener, crate::router(state), async move {
+        crate::shutdown_signal().await;
+        streams.close_event_streams();
+    })
+    .await?;
     drop(workers);
     janitor.abort();
     if let Some(sim) = sim {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod dev;
+pub mod events;
 pub mod extract;
 pub mod fal_runtime;
 pub mod generation;
@@ -23,5 +24,5 @@ pub mod training_data;
 pub mod workers;
 
 pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
-pub use config::{Config, HttpLimits};
+pub use config::{Config, EventSettings, HttpLimits};
 pub use state::{AppState, ServiceSettings};

@@ -17,6 +17,8 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem
         (name = "photos", description = "The photos an avatar is trained from"),
         (name = "trainings", description = "Training avatars on fal.ai, and the presets"),
         (name = "generations", description = "Generating images with trained avatars"),
+        (name = "webhook endpoints", description = "Where the service sends your events, signed per Standard Webhooks, and the delivery log"),
+        (name = "events", description = "Live events as Server-Sent Events"),
         (name = "webhooks", description = "Callbacks from fal.ai"),
         (name = "operations", description = "Health, readiness and metrics")
     ),

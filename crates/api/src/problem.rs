@@ -19,6 +19,7 @@ pub enum FieldLocation {
     Body,
     Query,
     Path,
+    Header,
 }
 
 /// One rejected field.

@@ -10,6 +10,7 @@ pub struct ServiceSettings {
     pub http: HttpLimits,
     pub photos: PhotoSettings,
     pub fetch: FetchSettings,
+    pub events: crate::config::EventSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -20,6 +21,7 @@ impl ServiceSettings {
             http: config.http,
             photos: config.photos,
             fetch: config.fetch.clone(),
+            events: config.events,
             scratch_dir: std::env::temp_dir(),
         }
     }
@@ -31,6 +33,7 @@ impl Default for ServiceSettings {
             http: HttpLimits::default(),
             photos: PhotoSettings::default(),
             fetch: FetchSettings::default(),
+            events: crate::config::EventSettings::default(),
             scratch_dir: std::env::temp_dir(),
         }
     }
@@ -57,6 +60,15 @@ pub struct AppState {
     /// Announces generations with a newly finished item (from this process, and from others
     /// through Postgres NOTIFY), so `Prefer: wait` ends as soon as one completes.
     pub generation_events: tokio::sync::broadcast::Sender<uuid::Uuid>,
+    /// Announces the highest sequenced event position (from any replica, through Postgres
+    /// NOTIFY), waking event streams.
+    pub sequenced_events: tokio::sync::broadcast::Sender<i64>,
+    /// Wakes the webhook relay when deliveries may have fallen due.
+    pub relay_wake: Arc<tokio::sync::Notify>,
+    /// Delivers webhooks: never follows redirects, bounded by the delivery timeout.
+    pub webhook_fetcher: Arc<safe_fetch::SafeFetcher>,
+    /// Set on shutdown: event streams end, so draining connections does not wait for them.
+    streams_closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -75,6 +87,12 @@ impl AppState {
         let photo_fetcher = safe_fetch::SafeFetcher::new(policy(settings.photos.max_photo_bytes))?;
         let archive_fetcher =
             safe_fetch::SafeFetcher::new(policy(settings.fetch.max_archive_bytes))?;
+        let webhook_fetcher = safe_fetch::SafeFetcher::new(safe_fetch::FetchPolicy {
+            timeout: settings.events.delivery_timeout,
+            connect_timeout: settings.events.delivery_timeout,
+            max_redirects: 0,
+            ..policy(64 * 1024)
+        })?;
         Ok(Self {
             store,
             blobs,
@@ -87,6 +105,10 @@ impl AppState {
             work: Arc::new(tokio::sync::Notify::new()),
             worker_id: uuid::Uuid::new_v4(),
             generation_events: tokio::sync::broadcast::channel(1024).0,
+            sequenced_events: tokio::sync::broadcast::channel(1024).0,
+            relay_wake: Arc::new(tokio::sync::Notify::new()),
+            webhook_fetcher: Arc::new(webhook_fetcher),
+            streams_closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
@@ -99,6 +121,16 @@ impl AppState {
         self.fal = fal;
         self.training = Arc::new(training);
         self
+    }
+
+    /// Ends every event stream of this process (they never end by themselves); clients
+    /// reconnect elsewhere with `Last-Event-ID`.
+    pub fn close_event_streams(&self) {
+        self.streams_closing.send_replace(true);
+    }
+
+    pub fn closing_streams(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.streams_closing.subscribe()
     }
 
     pub fn photo_set_rules(&self) -> domain::PhotoSetRules {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{JobEvent, JobStatus, Trainer, TrainingParams};
-use serde_json::{json, Value};
-use store::{JobChanges, JobRecord, OutboxEvent};
+use serde_json::Value;
+use store::{JobChanges, JobRecord};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -77,29 +77,6 @@ impl Default for TrainingSettings {
             generation_prices: domain::GenerationPrices::default(),
         }
     }
-}
-
-/// The caller-visible event for a job that reached `status` (`training.*` or
-/// `generation.item_*`).
-pub fn status_event(job: &JobRecord, status: JobStatus) -> Option<OutboxEvent> {
-    let name = match status {
-        JobStatus::Submitted => "submitted",
-        JobStatus::InProgress => "started",
-        JobStatus::Failed => "failed",
-        JobStatus::Cancelled => "cancelled",
-        JobStatus::TimedOut => "timed_out",
-        _ => return None,
-    };
-    Some(match job.kind() {
-        domain::JobKind::Training => OutboxEvent {
-            event_type: format!("training.{name}"),
-            data: json!({"training_id": job.id, "avatar_id": job.avatar_id, "status": status.as_str()}),
-        },
-        domain::JobKind::Generation => OutboxEvent {
-            event_type: format!("generation.item_{name}"),
-            data: json!({"generation_id": job.generation_id, "job_id": job.id, "item_index": job.item_index, "status": status.as_str()}),
-        },
-    })
 }
 
 /// The parameters a job was created with, typed.
@@ -175,7 +152,7 @@ pub fn completion_events(
     job: &JobRecord,
     request_id: &str,
     outcome: FalOutcome,
-) -> Vec<(JobEvent, JobChanges, Option<OutboxEvent>)> {
+) -> Vec<(JobEvent, JobChanges)> {
     let mut events = Vec::new();
     if matches!(job.status(), JobStatus::Uploading) {
         events.push((
@@ -184,7 +161,6 @@ pub fn completion_events(
                 fal_request_id: Some(request_id.to_string()),
                 ..JobChanges::default()
             },
-            status_event(job, JobStatus::Submitted),
         ));
     }
     let request_known = JobChanges {
@@ -201,7 +177,6 @@ pub fn completion_events(
                 progress: Some(1.0),
                 ..request_known
             },
-            None,
         )),
         FalOutcome::SucceededWithoutPayload => events.push((
             JobEvent::Completed,
@@ -210,7 +185,6 @@ pub fn completion_events(
                 progress: Some(1.0),
                 ..request_known
             },
-            None,
         )),
         FalOutcome::Failed { code, message } => events.push((
             JobEvent::FalFailed,
@@ -225,7 +199,6 @@ pub fn completion_events(
                 error_message: Some(message),
                 ..request_known
             },
-            status_event(job, JobStatus::Failed),
         )),
     }
     events
@@ -272,7 +245,6 @@ pub async fn cancel_job(
                 ..JobChanges::default()
             },
             cause,
-            status_event(job, JobStatus::Cancelled).as_ref(),
         )
         .await?;
     reload(state, job.id).await
@@ -325,17 +297,10 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
             return;
         }
     };
-    let apply = |event: JobEvent, changes: JobChanges, outbox: Option<OutboxEvent>| async move {
+    let apply = |event: JobEvent, changes: JobChanges| async move {
         if let Err(error) = state
             .store
-            .apply_event(
-                job.id,
-                event,
-                fence,
-                &changes,
-                "status lookup",
-                outbox.as_ref(),
-            )
+            .apply_event(job.id, event, fence, &changes, "status lookup")
             .await
         {
             tracing::warn!(job = %job.id, %error, "recording a status lookup");
@@ -349,9 +314,6 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
                     queue_position: queue_position.map(|p| p as i32),
                     ..JobChanges::default()
                 },
-                (job.status() != JobStatus::Submitted)
-                    .then(|| status_event(job, JobStatus::Submitted))
-                    .flatten(),
             )
             .await
         }
@@ -366,9 +328,6 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
                     clear_queue_position: true,
                     ..JobChanges::default()
                 },
-                (job.status() != JobStatus::InProgress)
-                    .then(|| status_event(job, JobStatus::InProgress))
-                    .flatten(),
             )
             .await
         }
@@ -399,8 +358,8 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
                     return;
                 }
             };
-            for (event, changes, outbox) in completion_events(job, &request.request_id, outcome) {
-                apply(event, changes, outbox).await;
+            for (event, changes) in completion_events(job, &request.request_id, outcome) {
+                apply(event, changes).await;
             }
         }
     }
@@ -437,7 +396,6 @@ pub async fn time_out(state: &AppState, job: &JobRecord, fence: i64) {
                 ..JobChanges::default()
             },
             "deadline passed",
-            status_event(job, JobStatus::TimedOut).as_ref(),
         )
         .await;
     if let Err(error) = outcome {
@@ -475,6 +433,7 @@ pub fn deadline_from_now(settings: &TrainingSettings) -> chrono::DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn fal_validation_issues_map_to_stable_codes() {

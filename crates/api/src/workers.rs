@@ -9,12 +9,12 @@ use domain::{JobEvent, JobKind, JobStatus, Trainer, TrainingParams};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use store::{JobChanges, JobRecord, NewModel, OutboxEvent};
+use store::{JobChanges, JobRecord, NewModel};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use crate::state::AppState;
-use crate::training::{self, status_event};
+use crate::training;
 
 /// How often idle workers look for work they were not woken for.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +46,7 @@ impl Drop for Workers {
 }
 
 pub fn spawn(state: AppState, intervals: WorkerIntervals) -> Workers {
+    let state_for_events = state.clone();
     let submitter = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -98,8 +99,16 @@ pub fn spawn(state: AppState, intervals: WorkerIntervals) -> Workers {
             reconcile_due(&state).await;
         }
     });
+    let mut handles = vec![submitter, custody, reconciler, notifications];
+    handles.extend(crate::events::spawn(state_for_events));
+    Workers { handles }
+}
+
+/// Only the workers that move events to callers (sequencer, webhook relay, stream feed): for
+/// a service without fal, which still has avatars to announce.
+pub fn spawn_event_workers(state: AppState) -> Workers {
     Workers {
-        handles: vec![submitter, custody, reconciler, notifications],
+        handles: crate::events::spawn(state),
     }
 }
 
@@ -118,10 +127,9 @@ async fn record(
     changes: JobChanges,
     cause: &str,
 ) {
-    let outbox = status_event(job, domain::target(event));
     if let Err(error) = state
         .store
-        .apply_event(job.id, event, Some(fence), &changes, cause, outbox.as_ref())
+        .apply_event(job.id, event, Some(fence), &changes, cause)
         .await
     {
         tracing::warn!(job = %job.id, %error, cause, "recording a job event");
@@ -635,15 +643,7 @@ async fn take_custody(state: &AppState, job: JobRecord) {
             }
         }
     };
-    let event = OutboxEvent {
-        event_type: "training.succeeded".into(),
-        data: json!({"training_id": job.id, "avatar_id": job.avatar_id, "status": "succeeded"}),
-    };
-    if let Err(error) = state
-        .store
-        .complete_training(job.id, fence, &model, &event)
-        .await
-    {
+    if let Err(error) = state.store.complete_training(job.id, fence, &model).await {
         tracing::warn!(job = %job.id, %error, "recording the model");
     }
 }

@@ -323,7 +323,7 @@ mod tests {
 }
 
 /// An avatar as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Avatar {
     pub id: crate::AvatarId,
     pub tenant_id: crate::TenantId,
@@ -340,7 +340,7 @@ pub struct Avatar {
 }
 
 /// A model an avatar was trained into.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainedModel {
     pub id: uuid::Uuid,
     pub model_type: crate::ModelType,

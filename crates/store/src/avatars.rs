@@ -235,10 +235,21 @@ impl Store {
         }
     }
 
-    /// Deletes the avatar and its photos, queueing their blobs for deletion in the same
-    /// transaction.
+    /// Deletes the avatar and its photos, queueing their blobs for deletion and announcing
+    /// `avatar.deleted` in the same transaction.
     pub async fn delete_avatar(&self, tenant_id: TenantId, id: AvatarId) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let locked: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM avatars WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let avatar = fetch_avatar(&mut tx, tenant_id, id).await?;
         sqlx::query(
             "INSERT INTO blob_deletions (blob_key)
              SELECT blob_key FROM photos WHERE tenant_id = $1 AND avatar_id = $2
@@ -256,6 +267,17 @@ impl Store {
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        crate::events::insert_event(
+            &mut tx,
+            tenant_id.0,
+            "avatar.deleted",
+            None,
+            Some(id.0),
+            &crate::events::EventSnapshot::Avatar {
+                avatar: Box::new(avatar),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

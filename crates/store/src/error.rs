@@ -10,6 +10,9 @@ pub enum StoreError {
     Conflict { constraint: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An event snapshot could not be encoded (a bug, not a condition of the database).
+    #[error("could not encode an event: {0}")]
+    Encode(String),
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }

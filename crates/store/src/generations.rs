@@ -6,10 +6,11 @@ use domain::{AvatarId, TenantId};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::jobs::{insert_outbox, notify_generation, OutboxEvent, JOB_COLUMNS};
+use crate::events::{insert_event, EventSnapshot};
+use crate::jobs::{notify_generation, JOB_COLUMNS};
 use crate::{JobRecord, Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct GenerationRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -57,7 +58,7 @@ pub struct NewGenerationItem {
 }
 
 /// An image copied into our storage.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct GenerationImage {
     pub generation_id: Uuid,
     pub job_id: Uuid,
@@ -127,17 +128,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        insert_outbox(
-            &mut tx,
-            new.tenant_id.0,
-            None,
-            Some(new.avatar_id.0),
-            &OutboxEvent {
-                event_type: "generation.queued".into(),
-                data: serde_json::json!({"generation_id": new.id, "avatar_id": new.avatar_id.0}),
-            },
-        )
-        .await?;
+        insert_generation_event(&mut tx, new.id, "generation.queued").await?;
         tx.commit().await?;
         Ok(generation)
     }
@@ -238,7 +229,7 @@ impl Store {
         .bind(fence)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((tenant_id, avatar_id, Some(generation_id))) = job else {
+        let Some((_, _, Some(generation_id))) = job else {
             return Ok(false);
         };
         for image in images {
@@ -262,18 +253,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        insert_outbox(
-            &mut tx,
-            tenant_id,
-            Some(job_id),
-            avatar_id,
-            &OutboxEvent {
-                event_type: "generation.item_succeeded".into(),
-                data: serde_json::json!({"generation_id": generation_id, "job_id": job_id}),
-            },
-        )
-        .await?;
         notify_generation(&mut tx, generation_id).await?;
+        settle_generation(&mut tx, generation_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -381,8 +362,92 @@ impl Store {
         };
         if let Some(generation) = generation {
             notify_generation(&mut tx, generation).await?;
+            settle_generation(&mut tx, generation).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Writes a `generation.*` event with the generation as the transaction sees it.
+async fn insert_generation_event(
+    conn: &mut sqlx::PgConnection,
+    generation_id: Uuid,
+    event_type: &str,
+) -> Result<(), StoreError> {
+    let generation: GenerationRecord = sqlx::query_as(&format!(
+        "SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
+    ))
+    .bind(generation_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let jobs: Vec<JobRecord> = sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt"
+    ))
+    .bind(generation_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let images: Vec<GenerationImage> = sqlx::query_as(
+        "SELECT generation_id, job_id, item_index, image_index, blob_key, content_type, width,
+             height, bytes, seed, nsfw
+         FROM generation_images WHERE generation_id = $1 ORDER BY item_index, image_index",
+    )
+    .bind(generation_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    insert_event(
+        conn,
+        generation.tenant_id,
+        event_type,
+        Some(generation.id),
+        generation.avatar_id,
+        &EventSnapshot::Generation {
+            generation,
+            jobs,
+            images,
+        },
+    )
+    .await
+}
+
+/// Announces a generation whose every item is finished (`generation.succeeded` when any image
+/// was made, `generation.failed` otherwise), once. Called by every transaction that finishes
+/// an item: the generation row's lock orders them, so the last one sees all the others.
+pub(crate) async fn settle_generation(
+    conn: &mut sqlx::PgConnection,
+    generation_id: Uuid,
+) -> Result<(), StoreError> {
+    let unsettled: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM generations WHERE id = $1 AND settled_at IS NULL FOR UPDATE",
+    )
+    .bind(generation_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if unsettled.is_none() {
+        return Ok(());
+    }
+    // The latest attempt of each item decides; a superseded attempt is history.
+    let (open, succeeded): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                                    OR custody_needed OR result_fetch_needed),
+                count(*) FILTER (WHERE status = 'succeeded')
+         FROM (SELECT DISTINCT ON (item_index) status, custody_needed, result_fetch_needed
+               FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt DESC) latest",
+    )
+    .bind(generation_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if open > 0 {
+        return Ok(());
+    }
+    sqlx::query("UPDATE generations SET settled_at = now() WHERE id = $1")
+        .bind(generation_id)
+        .execute(&mut *conn)
+        .await?;
+    let event_type = if succeeded > 0 {
+        "generation.succeeded"
+    } else {
+        "generation.failed"
+    };
+    insert_generation_event(conn, generation_id, event_type).await
 }

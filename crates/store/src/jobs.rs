@@ -15,7 +15,7 @@ use crate::{Store, StoreError};
 /// The unique index allowing one live training per avatar.
 pub const ONE_ACTIVE_TRAINING: &str = "jobs_one_active_training_per_avatar";
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -29,6 +29,8 @@ pub struct JobRecord {
     pub trigger_phrase: Option<String>,
     pub input_blob_key: Option<String>,
     pub estimated_cost_usd: Option<f64>,
+    /// Never leaves the service: not even in event snapshots.
+    #[serde(skip, default)]
     pub webhook_token: String,
     pub fal_request_id: Option<String>,
     pub status_url: Option<String>,
@@ -93,8 +95,6 @@ pub struct NewTraining {
     pub webhook_token: String,
     /// The training's whole budget, from creation: past it the job is cancelled as timed out.
     pub deadline_at: DateTime<Utc>,
-    /// The caller-visible event written with the job, e.g. `training.queued`.
-    pub event_data: Value,
 }
 
 /// Fields changed together with a transition; `None` leaves a field as it is.
@@ -128,13 +128,6 @@ pub enum EventOutcome {
     NotFound,
 }
 
-/// A caller-visible event to write in the same transaction as a transition.
-#[derive(Debug, Clone)]
-pub struct OutboxEvent {
-    pub event_type: String,
-    pub data: Value,
-}
-
 /// What a verified fal webhook delivery carried.
 #[derive(Debug, Clone)]
 pub struct WebhookDelivery {
@@ -151,28 +144,6 @@ pub enum WebhookOutcome {
     /// No job matches; kept in the inbox for reconciliation.
     UnknownRequest,
     Processed(EventOutcome),
-}
-
-pub(crate) async fn insert_outbox(
-    conn: &mut PgConnection,
-    tenant_id: Uuid,
-    job_id: Option<Uuid>,
-    avatar_id: Option<Uuid>,
-    event: &OutboxEvent,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(tenant_id)
-    .bind(&event.event_type)
-    .bind(job_id)
-    .bind(avatar_id)
-    .bind(&event.data)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub(crate) async fn record_event(
@@ -214,6 +185,47 @@ pub(crate) async fn notify_generation(
     Ok(())
 }
 
+/// The event a training's move to `to` announces. Success is announced only once the model is
+/// in the service's custody (`complete_training`).
+fn training_event_type(job: &JobRecord, to: JobStatus) -> Option<&'static str> {
+    if job.kind() != JobKind::Training {
+        return None;
+    }
+    Some(match to {
+        JobStatus::Submitted => "training.submitted",
+        JobStatus::InProgress => "training.started",
+        JobStatus::Failed => "training.failed",
+        JobStatus::Cancelled => "training.cancelled",
+        JobStatus::TimedOut => "training.timed_out",
+        _ => return None,
+    })
+}
+
+/// Progress in tenths: `training.progress` is announced once per step, not per log line.
+fn progress_step(progress: Option<f64>) -> i64 {
+    progress.map_or(0, |p| (p.clamp(0.0, 1.0) * 10.0).floor() as i64)
+}
+
+pub(crate) async fn insert_training_event(
+    conn: &mut PgConnection,
+    job: &JobRecord,
+    event_type: &str,
+    model: Option<crate::ModelRecord>,
+) -> Result<(), StoreError> {
+    crate::events::insert_event(
+        conn,
+        job.tenant_id,
+        event_type,
+        Some(job.id),
+        job.avatar_id,
+        &crate::events::EventSnapshot::Training {
+            job: Box::new(job.clone()),
+            model,
+        },
+    )
+    .await
+}
+
 fn statuses(list: &[JobStatus]) -> Vec<String> {
     list.iter().map(|s| s.as_str().to_string()).collect()
 }
@@ -227,14 +239,13 @@ async fn apply_event_in(
     fence: Option<i64>,
     changes: &JobChanges,
     cause: &str,
-    outbox: Option<&OutboxEvent>,
 ) -> Result<EventOutcome, StoreError> {
-    let current: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+    let current: Option<(String, Option<f64>)> =
+        sqlx::query_as("SELECT status, progress FROM jobs WHERE id = $1 FOR UPDATE")
             .bind(job_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let Some((current,)) = current else {
+    let Some((current, old_progress)) = current else {
         return Ok(EventOutcome::NotFound);
     };
     let from = JobStatus::parse(&current).unwrap_or(JobStatus::Failed);
@@ -328,11 +339,17 @@ async fn apply_event_in(
             if !job.custody_needed && !job.result_fetch_needed {
                 // Wakes callers waiting on the generation, in this replica or another.
                 notify_generation(tx, generation).await?;
+                crate::generations::settle_generation(tx, generation).await?;
             }
         }
-    }
-    if let Some(event) = outbox {
-        insert_outbox(tx, job.tenant_id, Some(job.id), job.avatar_id, event).await?;
+        if let Some(event_type) = training_event_type(&job, to) {
+            insert_training_event(tx, &job, event_type, None).await?;
+        }
+    } else if job.kind() == JobKind::Training
+        && to == JobStatus::InProgress
+        && progress_step(job.progress) > progress_step(old_progress)
+    {
+        insert_training_event(tx, &job, "training.progress", None).await?;
     }
     Ok(EventOutcome::Applied(Box::new(job)))
 }
@@ -375,17 +392,7 @@ impl Store {
             .bind(new.tenant_id.0)
             .execute(&mut *tx)
             .await?;
-        insert_outbox(
-            &mut tx,
-            new.tenant_id.0,
-            Some(job.id),
-            Some(new.avatar_id.0),
-            &OutboxEvent {
-                event_type: "training.queued".into(),
-                data: new.event_data.clone(),
-            },
-        )
-        .await?;
+        insert_training_event(&mut tx, &job, "training.queued", None).await?;
         tx.commit().await?;
         Ok(job)
     }
@@ -477,10 +484,9 @@ impl Store {
         fence: Option<i64>,
         changes: &JobChanges,
         cause: &str,
-        outbox: Option<&OutboxEvent>,
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let outcome = apply_event_in(&mut tx, job_id, event, fence, changes, cause, outbox).await?;
+        let outcome = apply_event_in(&mut tx, job_id, event, fence, changes, cause).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -492,7 +498,7 @@ impl Store {
         &self,
         delivery: &WebhookDelivery,
         job_id: Option<Uuid>,
-        events: &[(JobEvent, JobChanges, Option<OutboxEvent>)],
+        events: &[(JobEvent, JobChanges)],
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let inserted: Option<i64> = sqlx::query_scalar(
@@ -519,17 +525,8 @@ impl Store {
         };
         let mut last = EventOutcome::NotFound;
         let mut any_applied = false;
-        for (event, changes, outbox) in events {
-            last = apply_event_in(
-                &mut tx,
-                job_id,
-                *event,
-                None,
-                changes,
-                "fal webhook",
-                outbox.as_ref(),
-            )
-            .await?;
+        for (event, changes) in events {
+            last = apply_event_in(&mut tx, job_id, *event, None, changes, "fal webhook").await?;
             any_applied |= matches!(last, EventOutcome::Applied(_));
         }
         if !any_applied {

@@ -8,6 +8,7 @@ mod api_keys;
 mod avatars;
 pub mod blobs;
 mod error;
+pub mod events;
 mod generations;
 mod idempotency;
 mod jobs;
@@ -15,6 +16,7 @@ mod models;
 mod photos;
 mod readiness;
 mod tenants;
+pub mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
@@ -23,7 +25,7 @@ pub use error::StoreError;
 pub use generations::{GenerationImage, GenerationRecord, NewGeneration, NewGenerationItem};
 pub use idempotency::IdempotencyClaim;
 pub use jobs::{
-    EventOutcome, JobChanges, JobRecord, NewTraining, OutboxEvent, WebhookDelivery, WebhookOutcome,
+    EventOutcome, JobChanges, JobRecord, NewTraining, WebhookDelivery, WebhookOutcome,
     GENERATION_CHANNEL, ONE_ACTIVE_TRAINING,
 };
 pub use models::{ModelRecord, NewModel};

@@ -3,7 +3,6 @@
 use domain::ModelType;
 use uuid::Uuid;
 
-use crate::jobs::OutboxEvent;
 use crate::{Store, StoreError};
 
 /// A model to record for a finished training.
@@ -20,7 +19,7 @@ pub struct NewModel {
 }
 
 /// Stored artifacts of a model, for generation.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ModelRecord {
     pub id: Uuid,
     pub avatar_id: Option<Uuid>,
@@ -44,7 +43,6 @@ impl Store {
         job_id: Uuid,
         fence: i64,
         model: &NewModel,
-        outbox: &OutboxEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let job: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
@@ -89,18 +87,23 @@ impl Store {
             .bind(model_id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(Uuid::now_v7())
-            .bind(tenant_id)
-            .bind(&outbox.event_type)
+            let job: crate::JobRecord = sqlx::query_as(&format!(
+                "SELECT {} FROM jobs WHERE id = $1",
+                crate::jobs::JOB_COLUMNS
+            ))
             .bind(job_id)
-            .bind(avatar_id)
-            .bind(&outbox.data)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            let model: ModelRecord = sqlx::query_as(
+                "SELECT id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
+                     artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id
+                 FROM models WHERE id = $1",
+            )
+            .bind(model_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            crate::jobs::insert_training_event(&mut tx, &job, "training.succeeded", Some(model))
+                .await?;
         }
         tx.commit().await?;
         Ok(true)

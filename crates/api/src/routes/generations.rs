@@ -145,6 +145,15 @@ pub async fn generation_response(
 ) -> Result<GenerationResponse, ApiError> {
     let jobs = state.store.generation_jobs(generation.id).await?;
     let images = state.store.generation_images(generation.id).await?;
+    Ok(render_generation(generation, jobs, images))
+}
+
+/// The generation as callers see it, from its row, its items' jobs and its stored images.
+pub fn render_generation(
+    generation: GenerationRecord,
+    jobs: Vec<store::JobRecord>,
+    images: Vec<store::GenerationImage>,
+) -> GenerationResponse {
     let items = latest_attempts(jobs);
     let status = generation_status(&items.iter().map(|(job, _)| job).collect::<Vec<_>>());
     let per_item = generation.num_images;
@@ -190,7 +199,7 @@ pub async fn generation_response(
             }
         })
         .collect();
-    Ok(GenerationResponse {
+    GenerationResponse {
         id: generation.id,
         avatar_id: generation.avatar_id,
         status: status.to_string(),
@@ -202,7 +211,7 @@ pub async fn generation_response(
         estimated_cost_usd: generation.estimated_cost_usd,
         items,
         created_at: generation.created_at,
-    })
+    }
 }
 
 /// `Prefer: wait=N`, capped at [`MAX_WAIT_SECS`]; other preferences are ignored (RFC 7240).

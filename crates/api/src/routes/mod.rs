@@ -1,7 +1,9 @@
 pub mod archives;
 pub mod avatars;
+pub mod events;
 pub mod fal_webhook;
 pub mod generations;
 pub mod ops;
 pub mod photos;
 pub mod trainings;
+pub mod webhook_endpoints;

@@ -97,27 +97,29 @@ pub async fn training_response(
     job: JobRecord,
 ) -> Result<TrainingResponse, ApiError> {
     let model = if job.status() == JobStatus::Succeeded {
-        state
-            .store
-            .model_of_training(job.id)
-            .await?
-            .map(|m| TrainingModel {
-                model_type: m.model_type,
-                trigger_phrase: m.trigger_phrase,
-                artifact_sha256: m.artifact_sha256,
-                artifact_bytes: m.artifact_bytes,
-                finetune_id: m.finetune_id,
-            })
+        state.store.model_of_training(job.id).await?
     } else {
         None
     };
+    Ok(render_training(job, model))
+}
+
+/// The training as callers see it, from its row and (once in custody) its model.
+pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> TrainingResponse {
+    let model = model.map(|m| TrainingModel {
+        model_type: m.model_type,
+        trigger_phrase: m.trigger_phrase,
+        artifact_sha256: m.artifact_sha256,
+        artifact_bytes: m.artifact_bytes,
+        finetune_id: m.finetune_id,
+    });
     let deprecation = job
         .trainer
         .as_deref()
         .and_then(Trainer::parse)
         .and_then(Trainer::deprecation)
         .map(str::to_string);
-    Ok(TrainingResponse {
+    TrainingResponse {
         id: job.id,
         avatar_id: job.avatar_id,
         status: job.status,
@@ -142,7 +144,7 @@ pub async fn training_response(
         submitted_at: job.submitted_at,
         started_at: job.started_at,
         finished_at: job.finished_at,
-    })
+    }
 }
 
 fn avatar_not_found(id: Uuid) -> ApiError {
@@ -330,7 +332,6 @@ async fn create_training(
         estimated_cost_usd: domain::estimate_training_cost(&params, &settings.prices),
         webhook_token: training::new_webhook_token(),
         deadline_at: training::deadline_from_now(settings),
-        event_data: serde_json::json!({"training_id": job_id, "avatar_id": avatar_id.0, "status": "pending"}),
     };
     let job = match state.store.insert_training(&new).await {
         Ok(job) => job,

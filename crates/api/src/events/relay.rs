@@ -1,0 +1,272 @@
+//! The webhook relay: delivers sequenced events to tenants' endpoints.
+//!
+//! A relay claims an endpoint with a lease and a fencing token, then sends its due deliveries
+//! one at a time in event order. Each attempt is recorded as started (under the fence) before
+//! the request goes out, and its outcome after, so two relays never make the same attempt, and
+//! a relay that dies mid-attempt leaves an attempt that the next holder marks abandoned before
+//! trying again with the same `webhook-id`.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use safe_fetch::HeaderMap;
+use store::webhooks::{AttemptResult, DueDelivery, EndpointClaim, NextStep};
+use tokio::task::JoinSet;
+
+use crate::events::signing;
+use crate::state::AppState;
+
+/// Delays after failed attempts 1..=7 (Standard Webhooks' and Svix's schedule); the 8th
+/// failure is final.
+pub const RETRY_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// Each delay varies by up to this share either way, so failing receivers are not hit by
+/// synchronised waves.
+const JITTER: f64 = 0.2;
+
+/// Deliveries read per query while holding an endpoint.
+const BATCH: i64 = 20;
+
+/// The longest response text kept in the delivery log.
+const SNIPPET_CHARS: usize = 1000;
+
+pub async fn run(state: AppState) {
+    let settings = state.settings.events;
+    let mut running = JoinSet::new();
+    loop {
+        let room = settings.relay_concurrency.saturating_sub(running.len());
+        if room > 0 {
+            match state
+                .store
+                .claim_endpoints(state.worker_id, settings.relay_lease, room as i64)
+                .await
+            {
+                Ok(claims) => {
+                    for claim in claims {
+                        running.spawn(deliver_to_endpoint(state.clone(), claim));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "claiming webhook endpoints"),
+            }
+        }
+        tokio::select! {
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = state.relay_wake.notified() => {}
+            _ = tokio::time::sleep(settings.relay_poll) => {}
+        }
+    }
+}
+
+/// Sends the claimed endpoint's due deliveries in event order, then gives the endpoint up.
+async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
+    loop {
+        let due = match state.store.due_deliveries(&claim, BATCH).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(endpoint = %claim.endpoint_id, %error, "reading due deliveries");
+                break;
+            }
+        };
+        if due.is_empty() {
+            break;
+        }
+        for delivery in due {
+            match attempt(&state, &claim, &delivery).await {
+                Ok(true) => {}
+                // The lease is gone (another relay holds the endpoint, or it was disabled).
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(delivery = %delivery.id, %error, "recording a delivery attempt");
+                    return;
+                }
+            }
+        }
+    }
+    if let Err(error) = state.store.release_endpoint(&claim).await {
+        tracing::warn!(endpoint = %claim.endpoint_id, %error, "releasing a webhook endpoint");
+    }
+}
+
+/// One attempt. False when this relay no longer holds the endpoint or the delivery is not due.
+async fn attempt(
+    state: &AppState,
+    claim: &EndpointClaim,
+    delivery: &DueDelivery,
+) -> Result<bool, store::StoreError> {
+    let settings = state.settings.events;
+    let Some(started) = state
+        .store
+        .start_attempt(claim, delivery.id, settings.relay_lease)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
+    let msg_id = delivery.event_id.to_string();
+    let timestamp = Utc::now().timestamp();
+    let mut headers = HeaderMap::new();
+    let signature = signing::signature_header(&started.secrets, &msg_id, timestamp, &body);
+    for (name, value) in [
+        ("content-type", "application/json".to_string()),
+        ("user-agent", "avatars-webhooks/1".to_string()),
+        ("webhook-id", msg_id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ] {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    }
+    let sent_at = Instant::now();
+    let response = state
+        .webhook_fetcher
+        .post(&started.url, headers, body.into())
+        .await;
+    let latency_ms = u32::try_from(sent_at.elapsed().as_millis()).unwrap_or(u32::MAX);
+    let (result, next) = match response {
+        Ok(response) => {
+            let status = response.status.as_u16();
+            let succeeded = response.status.is_success();
+            let snippet: String = String::from_utf8_lossy(&response.body_snippet)
+                .chars()
+                .take(SNIPPET_CHARS)
+                .collect();
+            let next = if succeeded {
+                NextStep::Delivered
+            } else if status == 410 {
+                NextStep::EndpointGone
+            } else {
+                retry_after_failure(started.number, retry_after(&response.headers), settings)
+            };
+            (
+                AttemptResult {
+                    succeeded,
+                    status_code: Some(status),
+                    latency_ms,
+                    error: (!succeeded).then(|| failure_text(status)),
+                    response_snippet: Some(snippet).filter(|s| !s.is_empty()),
+                },
+                next,
+            )
+        }
+        Err(error) => (
+            AttemptResult {
+                succeeded: false,
+                status_code: None,
+                latency_ms,
+                error: Some(format!("{}: {error}", error.code())),
+                response_snippet: None,
+            },
+            retry_after_failure(started.number, None, settings),
+        ),
+    };
+    state
+        .store
+        .finish_attempt(claim, delivery.id, started.number, &result, next)
+        .await?;
+    Ok(true)
+}
+
+fn failure_text(status: u16) -> String {
+    match status {
+        300..=399 => format!("answered {status}: redirects are not followed"),
+        410 => "answered 410 Gone: the endpoint is disabled".to_string(),
+        _ => format!("answered {status}"),
+    }
+}
+
+/// A `Retry-After` in seconds, if the receiver sent one.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// What follows failed attempt `number`: the next try on the schedule (scaled, jittered, and
+/// moved later, up to twice the delay, if the receiver asked for more time), or the end.
+fn retry_after_failure(
+    number: i32,
+    asked: Option<Duration>,
+    settings: crate::config::EventSettings,
+) -> NextStep {
+    let Some(base) = usize::try_from(number - 1)
+        .ok()
+        .and_then(|i| RETRY_SCHEDULE.get(i))
+    else {
+        return NextStep::Failed;
+    };
+    let base = base.mul_f64(settings.retry_scale);
+    let delay = match asked {
+        Some(asked) => asked.clamp(base, base * 2),
+        None => base.mul_f64(1.0 + rand::thread_rng().gen_range(-JITTER..=JITTER)),
+    };
+    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    NextStep::RetryAt(Utc::now() + delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(scale: f64) -> crate::config::EventSettings {
+        crate::config::EventSettings {
+            retry_scale: scale,
+            ..Default::default()
+        }
+    }
+
+    fn delay_of(next: NextStep) -> f64 {
+        match next {
+            NextStep::RetryAt(at) => (at - Utc::now()).num_milliseconds() as f64 / 1000.0,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn follows_the_schedule_within_the_jitter() {
+        for (i, base) in RETRY_SCHEDULE.iter().enumerate() {
+            let delay = delay_of(retry_after_failure(i as i32 + 1, None, settings(1.0)));
+            let base = base.as_secs_f64();
+            assert!(
+                delay >= base * 0.8 - 1.0 && delay <= base * 1.2 + 1.0,
+                "attempt {}: {delay}",
+                i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn eight_failures_are_final() {
+        assert_eq!(
+            retry_after_failure(8, None, settings(1.0)),
+            NextStep::Failed
+        );
+    }
+
+    #[test]
+    fn scales_for_tests() {
+        let delay = delay_of(retry_after_failure(2, None, settings(0.01)));
+        assert!((2.0..=3.7).contains(&delay), "{delay}");
+    }
+
+    #[test]
+    fn honours_retry_after_up_to_twice_the_delay() {
+        let asked = Some(Duration::from_secs(3600));
+        let delay = delay_of(retry_after_failure(1, asked, settings(1.0)));
+        assert!((9.0..=10.5).contains(&delay), "{delay}");
+    }
+}

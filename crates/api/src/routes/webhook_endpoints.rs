@@ -1,0 +1,750 @@
+//! Tenants' webhook endpoints: where the service sends their events, signed per Standard
+//! Webhooks, and the log of every delivery.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use store::webhooks::{
+    AttemptRecord, DeliveryRecord, EndpointPatch, EndpointRecord, NewEndpoint, ReplayOutcome,
+};
+use store::StoreError;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::events::render::EVENT_TYPES;
+use crate::events::signing;
+use crate::extract::{AppJson, AppQuery, PathId};
+use crate::pagination::PageQuery;
+use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::state::AppState;
+
+const MAX_URL_CHARS: usize = 2000;
+const MAX_DESCRIPTION_CHARS: usize = 500;
+/// The default and the longest time an old secret keeps signing after a rotation.
+const DEFAULT_OVERLAP_SECS: u64 = 24 * 3600;
+const MAX_OVERLAP_SECS: u64 = 7 * 24 * 3600;
+/// How long a host name may take to resolve when an endpoint is registered.
+const REGISTRATION_DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpointRequest {
+    /// Where events are POSTed: https (http only where the service allows it), on a public
+    /// address.
+    pub url: String,
+    /// The event types to send (see `EndpointResponse.event_types`); every type when absent.
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpointRequest {
+    pub url: Option<String>,
+    /// `null` subscribes to every type.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub event_types: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    /// `false` stops deliveries (new events are not queued for it); `true` resumes them.
+    pub enabled: Option<bool>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecretRequest {
+    /// How long the previous secrets keep signing, 0-604800 seconds (default 86400).
+    pub overlap_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointResponse {
+    pub id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    /// `training.queued`, `training.submitted`, `training.started`, `training.progress`,
+    /// `training.succeeded`, `training.failed`, `training.cancelled`, `training.timed_out`,
+    /// `generation.queued`, `generation.succeeded`, `generation.failed`, `avatar.deleted`;
+    /// `null` means every type.
+    pub event_types: Option<Vec<String>>,
+    pub enabled: bool,
+    /// `gone` (the endpoint answered 410) or `disabled_by_caller`.
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<EndpointRecord> for EndpointResponse {
+    fn from(e: EndpointRecord) -> Self {
+        Self {
+            id: e.id,
+            url: e.url,
+            description: e.description,
+            event_types: e.event_types,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// The endpoint and its signing secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEndpointResponse {
+    #[serde(flatten)]
+    pub endpoint: EndpointResponse,
+    /// `whsec_...`: verify deliveries with it (Standard Webhooks `v1`). Not shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedSecretResponse {
+    /// The new secret, shown this once. Deliveries are signed with it from now on.
+    pub secret: String,
+    /// Until then the previous secrets sign too (one `v1,` signature each).
+    pub previous_secrets_expire_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointPage {
+    pub items: Vec<EndpointResponse>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptResponse {
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `in_flight`, `succeeded`, `failed`, or `abandoned` (the sender stopped before recording
+    /// the outcome; the event is sent again with the same `webhook-id`).
+    pub outcome: String,
+    pub status_code: Option<i32>,
+    pub latency_ms: Option<i32>,
+    pub error: Option<String>,
+    /// The start of the endpoint's answer.
+    pub response_snippet: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryResponse {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    /// The `webhook-id` header: the same on every attempt and replay.
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed` (retries exhausted, or the endpoint is gone).
+    pub status: String,
+    pub attempt_count: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Oldest first.
+    pub attempts: Vec<AttemptResponse>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryResponse>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListDeliveriesQuery {
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only deliveries in this status.
+    pub status: Option<DeliveryStatus>,
+}
+
+fn endpoint_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found(
+        "webhook_endpoint_not_found",
+        format!("no webhook endpoint with id {id}"),
+    )
+}
+
+fn not_found_as(id: Uuid) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => endpoint_not_found(id),
+        other => other.into(),
+    }
+}
+
+fn body_error(field: impl Into<String>, code: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        location: FieldLocation::Body,
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks a URL as the relay will use it: scheme, userinfo, and every address it names or
+/// resolves to. Delivery checks again on the address actually connected to, since DNS answers
+/// change; this catches mistakes early.
+async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    if url.chars().count() > MAX_URL_CHARS {
+        errors.push(body_error(
+            "url",
+            "too_long",
+            format!("must be at most {MAX_URL_CHARS} characters"),
+        ));
+        return None;
+    }
+    let parsed = match state.webhook_fetcher.check_url(url) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            errors.push(body_error("url", error.code(), error.to_string()));
+            return None;
+        }
+    };
+    if let (Some(url::Host::Domain(name)), Some(port)) =
+        (parsed.host(), parsed.port_or_known_default())
+    {
+        let lookup = tokio::net::lookup_host((name.to_string(), port));
+        // A name that does not resolve yet is accepted: the receiver may not be deployed.
+        if let Ok(Ok(addresses)) = tokio::time::timeout(REGISTRATION_DNS_TIMEOUT, lookup).await {
+            let policy = state.webhook_fetcher.policy();
+            if let Some(address) = addresses
+                .into_iter()
+                .find(|a| safe_fetch::is_forbidden(a.ip()) && !policy.is_excepted(*a))
+            {
+                errors.push(body_error(
+                    "url",
+                    "forbidden_address",
+                    format!(
+                        "{name} resolves to {}, which is not a public address",
+                        address.ip()
+                    ),
+                ));
+                return None;
+            }
+        }
+    }
+    Some(parsed.to_string())
+}
+
+fn check_event_types(types: &[String], errors: &mut Vec<FieldError>) {
+    if types.is_empty() {
+        errors.push(body_error(
+            "event_types",
+            "empty",
+            "must list at least one type, or be omitted for every type",
+        ));
+    }
+    for (i, name) in types.iter().enumerate() {
+        if !EVENT_TYPES.contains(&name.as_str()) {
+            errors.push(body_error(
+                format!("event_types[{i}]"),
+                "unknown_event_type",
+                format!("{name:?} is not one of {}", EVENT_TYPES.join(", ")),
+            ));
+        }
+    }
+}
+
+fn check_description(description: &Option<String>, errors: &mut Vec<FieldError>) {
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+    {
+        errors.push(body_error(
+            "description",
+            "too_long",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+}
+
+fn dedup(types: Option<Vec<String>>) -> Option<Vec<String>> {
+    types.map(|mut t| {
+        t.sort();
+        t.dedup();
+        t
+    })
+}
+
+/// Register a webhook endpoint.
+///
+/// Returns the signing secret (`whsec_...`) once. Every event of the subscribed types is then
+/// POSTed as `{type, timestamp, data}` with Standard Webhooks headers: `webhook-id` (the event
+/// id, the same on every retry), `webhook-timestamp` and `webhook-signature` (`v1`,
+/// HMAC-SHA256 over `{id}.{timestamp}.{body}`). A 2xx answer is success; anything else,
+/// redirects included, is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (±20%);
+/// 410 disables the endpoint.
+#[utoipa::path(
+    post,
+    path = "/webhook-endpoints",
+    tag = "webhook endpoints",
+    operation_id = "create_webhook_endpoint",
+    request_body = CreateEndpointRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Registered; the secret is shown only now", body = CreatedEndpointResponse,
+            headers(("location" = String, description = "URL of the new endpoint"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`forbidden_address`, `scheme_not_allowed`, `unknown_event_type`, ...)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_webhook_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<CreateEndpointRequest>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let url = check_url(&state, &body.url, &mut errors).await;
+    if let Some(types) = &body.event_types {
+        check_event_types(types, &mut errors);
+    }
+    check_description(&body.description, &mut errors);
+    let Some(url) = url.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let secret = signing::new_secret();
+    let endpoint = state
+        .store
+        .create_webhook_endpoint(&NewEndpoint {
+            id: Uuid::now_v7(),
+            tenant_id: caller.tenant_id,
+            url,
+            description: body.description,
+            event_types: dedup(body.event_types),
+            secret: secret.clone(),
+        })
+        .await?;
+    let location = HeaderValue::from_str(&format!("/webhook-endpoints/{}", endpoint.id))
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(CreatedEndpointResponse {
+            endpoint: endpoint.into(),
+            secret,
+        }),
+    )
+        .into_response())
+}
+
+/// List webhook endpoints.
+///
+/// Newest first. Secrets are never listed.
+#[utoipa::path(
+    get,
+    path = "/webhook-endpoints",
+    tag = "webhook endpoints",
+    operation_id = "list_webhook_endpoints",
+    params(PageQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "A page of endpoints", body = EndpointPage),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_webhook_endpoints(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<Json<EndpointPage>, ApiError> {
+    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
+    let (endpoints, more) = state
+        .store
+        .list_webhook_endpoints(caller.tenant_id, page.after, page.limit)
+        .await?;
+    let next_cursor = crate::pagination::next_cursor(more, endpoints.last().map(|e| e.id));
+    Ok(Json(EndpointPage {
+        items: endpoints.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Get a webhook endpoint.
+#[utoipa::path(
+    get,
+    path = "/webhook-endpoints/{id}",
+    tag = "webhook endpoints",
+    operation_id = "get_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_webhook_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<EndpointResponse>, ApiError> {
+    let endpoint = state
+        .store
+        .get_webhook_endpoint(caller.tenant_id, id)
+        .await
+        .map_err(not_found_as(id))?;
+    Ok(Json(endpoint.into()))
+}
+
+/// Change a webhook endpoint.
+///
+/// `enabled: false` stops deliveries: events are not queued for a disabled endpoint, and its
+/// pending deliveries wait. `enabled: true` resumes them (also after a 410 disabled it).
+#[utoipa::path(
+    patch,
+    path = "/webhook-endpoints/{id}",
+    tag = "webhook endpoints",
+    operation_id = "update_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    request_body = UpdateEndpointRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The endpoint as changed", body = EndpointResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_webhook_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    AppJson(body): AppJson<UpdateEndpointRequest>,
+) -> Result<Json<EndpointResponse>, ApiError> {
+    let mut errors = Vec::new();
+    let url = match &body.url {
+        Some(url) => check_url(&state, url, &mut errors).await,
+        None => None,
+    };
+    if let Some(Some(types)) = &body.event_types {
+        check_event_types(types, &mut errors);
+    }
+    if let Some(description) = &body.description {
+        check_description(description, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let patch = EndpointPatch {
+        url,
+        description: body.description,
+        event_types: body.event_types.map(dedup),
+        enabled: body.enabled,
+        disabled_reason: (body.enabled == Some(false)).then(|| "disabled_by_caller".to_string()),
+    };
+    let endpoint = state
+        .store
+        .update_webhook_endpoint(caller.tenant_id, id, &patch)
+        .await
+        .map_err(not_found_as(id))?;
+    if endpoint.enabled {
+        // Deliveries that waited while it was disabled may be due.
+        state.relay_wake.notify_one();
+    }
+    Ok(Json(endpoint.into()))
+}
+
+/// Delete a webhook endpoint, with its secrets and delivery log.
+#[utoipa::path(
+    delete,
+    path = "/webhook-endpoints/{id}",
+    tag = "webhook endpoints",
+    operation_id = "delete_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_webhook_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .delete_webhook_endpoint(caller.tenant_id, id)
+        .await
+        .map_err(not_found_as(id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate an endpoint's signing secret.
+///
+/// Returns the new secret once. During the overlap every delivery carries one `v1,` signature
+/// per live secret, so receivers can switch without losing events.
+#[utoipa::path(
+    post,
+    path = "/webhook-endpoints/{id}/rotate-secret",
+    tag = "webhook endpoints",
+    operation_id = "rotate_webhook_secret",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    request_body(content = Option<RotateSecretRequest>, description = "Optional; an empty body keeps the default overlap"),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Rotated", body = RotatedSecretResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `overlap_seconds`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<RotatedSecretResponse>, ApiError> {
+    let request: RotateSecretRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSecretRequest::default()
+    } else {
+        crate::extract::require_json(&headers)?;
+        crate::extract::parse_json(&body)?
+    };
+    let overlap = request.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECS);
+    if overlap > MAX_OVERLAP_SECS {
+        return Err(ApiError::validation(vec![body_error(
+            "overlap_seconds",
+            "out_of_range",
+            format!("must be from 0 to {MAX_OVERLAP_SECS}"),
+        )]));
+    }
+    let secret = signing::new_secret();
+    let previous_secrets_expire_at = state
+        .store
+        .rotate_webhook_secret(caller.tenant_id, id, &secret, Duration::from_secs(overlap))
+        .await
+        .map_err(not_found_as(id))?;
+    Ok(Json(RotatedSecretResponse {
+        secret,
+        previous_secrets_expire_at,
+    }))
+}
+
+async fn with_attempts(
+    state: &AppState,
+    deliveries: Vec<DeliveryRecord>,
+) -> Result<Vec<DeliveryResponse>, ApiError> {
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptRecord>> = Default::default();
+    for attempt in state.store.delivery_attempts(&ids).await? {
+        attempts
+            .entry(attempt.delivery_id)
+            .or_default()
+            .push(attempt);
+    }
+    Ok(deliveries
+        .into_iter()
+        .map(|d| {
+            let mine = attempts.remove(&d.id).unwrap_or_default();
+            DeliveryResponse {
+                id: d.id,
+                endpoint_id: d.endpoint_id,
+                event_id: d.event_id,
+                event_type: d.event_type,
+                status: d.status,
+                attempt_count: d.attempt_count,
+                next_attempt_at: d.next_attempt_at,
+                last_status_code: d.last_status_code,
+                created_at: d.created_at,
+                delivered_at: d.delivered_at,
+                attempts: mine
+                    .into_iter()
+                    .map(|a| AttemptResponse {
+                        number: a.number,
+                        started_at: a.started_at,
+                        finished_at: a.finished_at,
+                        outcome: a.outcome,
+                        status_code: a.status_code,
+                        latency_ms: a.latency_ms,
+                        error: a.error,
+                        response_snippet: a.response_snippet,
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// List an endpoint's deliveries.
+///
+/// Newest first, each with its attempts (status, latency, the start of the answer).
+#[utoipa::path(
+    get,
+    path = "/webhook-endpoints/{id}/deliveries",
+    tag = "webhook endpoints",
+    operation_id = "list_webhook_deliveries",
+    params(("id" = Uuid, Path, description = "Endpoint id"), ListDeliveriesQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "A page of deliveries", body = DeliveryPage),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    AppQuery(query): AppQuery<ListDeliveriesQuery>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
+    state
+        .store
+        .get_webhook_endpoint(caller.tenant_id, id)
+        .await
+        .map_err(not_found_as(id))?;
+    let status = query.status.map(|s| match s {
+        DeliveryStatus::Pending => "pending",
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Failed => "failed",
+    });
+    let (deliveries, more) = state
+        .store
+        .list_deliveries(caller.tenant_id, id, status, page.after, page.limit)
+        .await?;
+    let next_cursor = crate::pagination::next_cursor(more, deliveries.last().map(|d| d.id));
+    Ok(Json(DeliveryPage {
+        items: with_attempts(&state, deliveries).await?,
+        next_cursor,
+    }))
+}
+
+fn delivery_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found("delivery_not_found", format!("no delivery with id {id}"))
+}
+
+/// Checks both ids of a delivery path.
+fn delivery_path(ids: (String, String)) -> Result<(Uuid, Uuid), ApiError> {
+    let parse = |raw: &str, field: &str| {
+        Uuid::parse_str(raw).map_err(|_| {
+            ApiError::validation(vec![FieldError {
+                field: field.to_string(),
+                location: FieldLocation::Path,
+                code: "invalid_uuid".to_string(),
+                message: "must be a UUID".to_string(),
+            }])
+        })
+    };
+    Ok((parse(&ids.0, "id")?, parse(&ids.1, "delivery_id")?))
+}
+
+/// Get one delivery of an endpoint, with its attempts.
+#[utoipa::path(
+    get,
+    path = "/webhook-endpoints/{id}/deliveries/{delivery_id}",
+    tag = "webhook endpoints",
+    operation_id = "get_webhook_delivery",
+    params(
+        ("id" = Uuid, Path, description = "Endpoint id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_webhook_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ids): Path<(String, String)>,
+) -> Result<Json<DeliveryResponse>, ApiError> {
+    let (id, delivery_id) = delivery_path(ids)?;
+    let delivery = state
+        .store
+        .get_delivery(caller.tenant_id, id, delivery_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => delivery_not_found(delivery_id),
+            other => other.into(),
+        })?;
+    let mut one = with_attempts(&state, vec![delivery]).await?;
+    Ok(Json(one.remove(0)))
+}
+
+/// Send a delivery again.
+///
+/// Whatever became of it, the event is sent again now with the same `webhook-id` (receivers
+/// deduplicate on it), and retried on the usual schedule if it fails.
+#[utoipa::path(
+    post,
+    path = "/webhook-endpoints/{id}/deliveries/{delivery_id}/replay",
+    tag = "webhook endpoints",
+    operation_id = "replay_webhook_delivery",
+    params(
+        ("id" = Uuid, Path, description = "Endpoint id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Queued to be sent now", body = DeliveryResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled (`webhook_endpoint_disabled`); enable it first", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn replay_webhook_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ids): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, delivery_id) = delivery_path(ids)?;
+    let outcome = state
+        .store
+        .replay_delivery(caller.tenant_id, id, delivery_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => delivery_not_found(delivery_id),
+            other => other.into(),
+        })?;
+    match outcome {
+        ReplayOutcome::EndpointDisabled => Err(ApiError::conflict(
+            "webhook_endpoint_disabled",
+            "the endpoint is disabled; enable it before replaying its deliveries",
+        )),
+        ReplayOutcome::Replayed(delivery) => {
+            state.relay_wake.notify_one();
+            let mut one = with_attempts(&state, vec![delivery]).await?;
+            Ok((StatusCode::ACCEPTED, Json(one.remove(0))).into_response())
+        }
+    }
+}
