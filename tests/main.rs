@@ -3,10 +3,12 @@
 
 mod auth;
 mod avatars;
+mod events;
 mod generations;
 mod http_errors;
 mod openapi;
 mod operations;
+mod outbound_webhooks;
 mod photos;
 mod swagger_ui;
 mod training_data;

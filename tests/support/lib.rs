@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 pub mod browser;
 pub mod images;
+pub mod receiver;
+pub mod standard_webhooks;
 
 /// A running instance of the service. Stops when dropped.
 pub struct TestApp {
@@ -85,6 +87,15 @@ impl TestApp {
 
     /// An app connected to a fresh fal simulator, with its workers running.
     pub async fn spawn_with_fal(pool: sqlx::PgPool, options: FalOptions) -> Self {
+        Self::spawn_with_fal_and(pool, options, |_| {}).await
+    }
+
+    /// An app connected to a fresh fal simulator, whose settings `configure` adjusts.
+    pub async fn spawn_with_fal_and(
+        pool: sqlx::PgPool,
+        options: FalOptions,
+        configure: impl FnOnce(&mut ServiceSettings),
+    ) -> Self {
         let sim = fal_sim::FalSim::start(options.sim)
             .await
             .expect("fal-sim starts");
@@ -98,10 +109,43 @@ impl TestApp {
         };
         Self::start(
             store::Store::new(pool),
-            |_| {},
+            configure,
             Some((Arc::new(sim), key, training)),
         )
         .await
+    }
+
+    /// A second instance of this service (another replica) on the same database, blob store
+    /// and simulator, with its own port, server and workers. Uses the same API key.
+    pub async fn replica(&self) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let mut app = TestApp {
+            addr: listener.local_addr().expect("local addr"),
+            base_url: String::new(),
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            blobs_dir: tempfile::tempdir().expect("blob dir"),
+            scratch_dir: tempfile::tempdir().expect("scratch dir"),
+            client: self.client.clone(),
+            key: self.key.clone(),
+            sim: self.sim.clone(),
+            settings: self.settings.clone(),
+            training: self.training.clone(),
+            workers: None,
+            shutdown: None,
+            server: None,
+        };
+        app.base_url = format!("http://{}", app.addr);
+        let fal_key = self
+            .sim
+            .as_ref()
+            .and_then(|s| s.default_key())
+            .unwrap_or_default()
+            .to_string();
+        app.serve(listener, &fal_key);
+        app
     }
 
     async fn start(
@@ -153,7 +197,8 @@ impl TestApp {
         app
     }
 
-    /// Serves on `listener` with the app's settings, and starts the workers when fal is set up.
+    /// Serves on `listener` with the app's settings, and starts the workers: all of them when
+    /// fal is set up, the event workers (event sequencer and webhook relay) otherwise.
     fn serve(&mut self, listener: tokio::net::TcpListener, fal_key: &str) {
         let mut state = AppState::new(
             self.store.clone(),
@@ -174,13 +219,17 @@ impl TestApp {
                     reconcile_tick: Duration::from_millis(50),
                 },
             ));
+        } else {
+            self.workers = Some(api::workers::spawn_event_workers(state.clone()));
         }
+        let streams = state.clone();
         let router = api::router(state);
         let (shutdown, stopped) = oneshot::channel::<()>();
         self.shutdown = Some(shutdown);
         self.server = Some(tokio::spawn(async move {
-            api::serve(listener, router, async {
+            api::serve(listener, router, async move {
                 let _ = stopped.await;
+                streams.close_event_streams();
             })
             .await
             .expect("server runs");
