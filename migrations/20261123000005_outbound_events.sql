@@ -57,6 +57,9 @@ CREATE TABLE webhook_deliveries (
     -- Attempts started; also the fence of the attempt in flight: only the relay that started
     -- attempt N may record its outcome on the delivery.
     attempt_count    integer NOT NULL DEFAULT 0,
+    -- Attempts made before the last replay: a replayed delivery gets the whole retry schedule
+    -- again.
+    retry_base       integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz,
     last_status_code integer,
     delivered_at     timestamptz,

@@ -104,11 +104,24 @@ pub struct DueDelivery {
     pub payload: Value,
 }
 
+/// Whether an attempt could start.
+#[derive(Debug, Clone)]
+pub enum AttemptStart {
+    Started(StartedAttempt),
+    /// Another relay holds the endpoint now, or it was disabled.
+    LeaseLost,
+    /// The delivery is no longer due (replayed, delivered or deleted meanwhile).
+    NotDue,
+}
+
 /// An attempt this relay has started and alone may finish.
 #[derive(Debug, Clone)]
 pub struct StartedAttempt {
     pub delivery_id: Uuid,
     pub number: i32,
+    /// 1 for the first try since the delivery was created or last replayed: where the retry
+    /// schedule stands.
+    pub try_number: i32,
     pub url: String,
     /// Every live signing secret, newest first.
     pub secrets: Vec<String>,
@@ -380,7 +393,8 @@ impl Store {
             Some(true) => {}
         }
         let updated = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now()
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),
+                 retry_base = attempt_count
              WHERE tenant_id = $1 AND endpoint_id = $2 AND id = $3",
         )
         .bind(tenant_id.0)
@@ -462,7 +476,7 @@ impl Store {
         claim: &EndpointClaim,
         delivery_id: Uuid,
         lease: Duration,
-    ) -> Result<Option<StartedAttempt>, StoreError> {
+    ) -> Result<AttemptStart, StoreError> {
         let mut tx = self.pool.begin().await?;
         let url: Option<String> = sqlx::query_scalar(
             "UPDATE webhook_endpoints SET relay_lease_until = now() + make_interval(secs => $4)
@@ -477,21 +491,22 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(url) = url else {
-            return Ok(None);
+            return Ok(AttemptStart::LeaseLost);
         };
-        let number: Option<i32> = sqlx::query_scalar(
+        let numbers: Option<(i32, i32)> = sqlx::query_as(
             "UPDATE webhook_deliveries SET attempt_count = attempt_count + 1,
                  next_attempt_at = now() + make_interval(secs => $3)
              WHERE id = $1 AND endpoint_id = $2 AND status = 'pending' AND next_attempt_at <= now()
-             RETURNING attempt_count",
+             RETURNING attempt_count, attempt_count - retry_base",
         )
         .bind(delivery_id)
         .bind(claim.endpoint_id)
         .bind(secs(lease))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(number) = number else {
-            return Ok(None);
+        let Some((number, try_number)) = numbers else {
+            tx.commit().await?;
+            return Ok(AttemptStart::NotDue);
         };
         sqlx::query(
             "UPDATE webhook_attempts SET outcome = 'abandoned', finished_at = now(),
@@ -515,9 +530,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(StartedAttempt {
+        Ok(AttemptStart::Started(StartedAttempt {
             delivery_id,
             number,
+            try_number,
             url,
             secrets,
         }))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rand::Rng;
 use safe_fetch::HeaderMap;
-use store::webhooks::{AttemptResult, DueDelivery, EndpointClaim, NextStep};
+use store::webhooks::{AttemptResult, AttemptStart, DueDelivery, EndpointClaim, NextStep};
 use tokio::task::JoinSet;
 
 use crate::events::signing;
@@ -82,7 +82,7 @@ async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
         for delivery in due {
             match attempt(&state, &claim, &delivery).await {
                 Ok(true) => {}
-                // The lease is gone (another relay holds the endpoint, or it was disabled).
+                // Another relay holds the endpoint now, or it was disabled.
                 Ok(false) => return,
                 Err(error) => {
                     tracing::warn!(delivery = %delivery.id, %error, "recording a delivery attempt");
@@ -96,19 +96,22 @@ async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
     }
 }
 
-/// One attempt. False when this relay no longer holds the endpoint or the delivery is not due.
+/// One attempt, unless the delivery stopped being due. False when this relay no longer holds
+/// the endpoint.
 async fn attempt(
     state: &AppState,
     claim: &EndpointClaim,
     delivery: &DueDelivery,
 ) -> Result<bool, store::StoreError> {
     let settings = state.settings.events;
-    let Some(started) = state
+    let started = match state
         .store
         .start_attempt(claim, delivery.id, settings.relay_lease)
         .await?
-    else {
-        return Ok(false);
+    {
+        AttemptStart::Started(started) => started,
+        AttemptStart::NotDue => return Ok(true),
+        AttemptStart::LeaseLost => return Ok(false),
     };
     let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
     let msg_id = delivery.event_id.to_string();
@@ -145,7 +148,7 @@ async fn attempt(
             } else if status == 410 {
                 NextStep::EndpointGone
             } else {
-                retry_after_failure(started.number, retry_after(&response.headers), settings)
+                retry_after_failure(started.try_number, retry_after(&response.headers), settings)
             };
             (
                 AttemptResult {
@@ -166,7 +169,7 @@ async fn attempt(
                 error: Some(format!("{}: {error}", error.code())),
                 response_snippet: None,
             },
-            retry_after_failure(started.number, None, settings),
+            retry_after_failure(started.try_number, None, settings),
         ),
     };
     state
@@ -196,7 +199,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// What follows failed attempt `number`: the next try on the schedule (scaled, jittered, and
+/// What follows the failed try `number` (counted since creation or the last replay): the next
+/// try on the schedule (scaled, jittered, and
 /// moved later, up to twice the delay, if the receiver asked for more time), or the end.
 fn retry_after_failure(
     number: i32,
