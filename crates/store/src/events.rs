@@ -92,70 +92,28 @@ pub(crate) async fn insert_event(
     Ok(())
 }
 
-/// One sequencer run, holding the sequencer lock until [`SequencerRun::commit`].
-pub struct SequencerRun {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    pub events: Vec<UnsequencedEvent>,
-    last_position: Option<i64>,
-}
-
-impl SequencerRun {
-    /// Gives `event` the next position and its rendered body, and creates a delivery for each
-    /// enabled endpoint of its tenant subscribed to its type.
-    pub async fn sequence(&mut self, event_id: Uuid, payload: &Value) -> Result<(), StoreError> {
-        let (position, tenant_id, event_type): (i64, Uuid, String) = sqlx::query_as(
-            "UPDATE outbox_events SET position = nextval('outbox_position_seq'), payload = $2
-             WHERE id = $1
-             RETURNING position, tenant_id, event_type",
-        )
-        .bind(event_id)
-        .bind(payload)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        let endpoints: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM webhook_endpoints
-             WHERE tenant_id = $1 AND enabled AND (event_types IS NULL OR $2 = ANY(event_types))",
-        )
-        .bind(tenant_id)
-        .bind(&event_type)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        for endpoint in endpoints {
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_position, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, now())
-                 ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-            )
-            .bind(Uuid::now_v7())
-            .bind(tenant_id)
-            .bind(endpoint)
-            .bind(event_id)
-            .bind(position)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        self.last_position = Some(position);
-        Ok(())
-    }
-
-    /// Commits the run and, when it sequenced anything, tells every replica.
-    pub async fn commit(mut self) -> Result<Option<i64>, StoreError> {
-        if let Some(position) = self.last_position {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(EVENTS_CHANNEL)
-                .bind(position.to_string())
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        self.tx.commit().await?;
-        Ok(self.last_position)
-    }
+/// New deliveries as columns, for one `INSERT ... SELECT FROM unnest(...)`.
+#[derive(Default)]
+struct DeliveryColumns {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    endpoints: Vec<Uuid>,
+    events: Vec<Uuid>,
+    positions: Vec<i64>,
 }
 
 impl Store {
-    /// Starts a sequencer run over up to `limit` committed, unsequenced events (oldest first),
-    /// or `None` when there are none. Runs of different replicas wait for each other.
-    pub async fn start_sequencing(&self, limit: i64) -> Result<Option<SequencerRun>, StoreError> {
+    /// Sequences up to `limit` committed, unsequenced events (oldest first) in one
+    /// transaction: gives each the next position and the body `render` makes of it, creates a
+    /// delivery for each enabled endpoint of its tenant subscribed to its type, and announces
+    /// the highest position to every replica. Runs of different replicas wait for each other,
+    /// so positions follow commit order. Returns the highest position, or `None` when there
+    /// was nothing to do.
+    pub async fn sequence_events(
+        &self,
+        limit: i64,
+        render: impl Fn(&UnsequencedEvent) -> Value,
+    ) -> Result<Option<i64>, StoreError> {
         // A cheap look first, so idle replicas do not queue on the lock.
         let any: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM outbox_events WHERE position IS NULL LIMIT 1")
@@ -180,11 +138,70 @@ impl Store {
             tx.commit().await?;
             return Ok(None);
         }
-        Ok(Some(SequencerRun {
-            tx,
-            events,
-            last_position: None,
-        }))
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let payloads: Vec<Value> = events.iter().map(&render).collect();
+        let sequenced: Vec<(Uuid, Uuid, String, i64)> = sqlx::query_as(
+            "UPDATE outbox_events o SET position = s.position, payload = s.payload
+             FROM (SELECT t.id, t.payload, nextval('outbox_position_seq') AS position
+                   FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(id, payload, n)) s
+             WHERE o.id = s.id
+             RETURNING o.id, o.tenant_id, o.event_type, o.position",
+        )
+        .bind(&ids)
+        .bind(&payloads)
+        .fetch_all(&mut *tx)
+        .await?;
+        let tenants: Vec<Uuid> = sequenced.iter().map(|e| e.1).collect();
+        let endpoints: Vec<(Uuid, Uuid, Option<Vec<String>>)> = sqlx::query_as(
+            "SELECT id, tenant_id, event_types FROM webhook_endpoints
+             WHERE enabled AND tenant_id = ANY($1)",
+        )
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut deliveries = DeliveryColumns::default();
+        let mut in_order = sequenced.clone();
+        in_order.sort_by_key(|e| e.3);
+        for (event_id, tenant_id, event_type, position) in &in_order {
+            for (endpoint_id, _, _) in endpoints.iter().filter(|(_, tenant, types)| {
+                tenant == tenant_id
+                    && types
+                        .as_ref()
+                        .is_none_or(|types| types.contains(event_type))
+            }) {
+                deliveries.ids.push(Uuid::now_v7());
+                deliveries.tenants.push(*tenant_id);
+                deliveries.endpoints.push(*endpoint_id);
+                deliveries.events.push(*event_id);
+                deliveries.positions.push(*position);
+            }
+        }
+        if !deliveries.ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_position, next_attempt_at)
+                 SELECT id, tenant_id, endpoint_id, event_id, position, now()
+                 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[])
+                     AS t(id, tenant_id, endpoint_id, event_id, position)
+                 ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+            )
+            .bind(&deliveries.ids)
+            .bind(&deliveries.tenants)
+            .bind(&deliveries.endpoints)
+            .bind(&deliveries.events)
+            .bind(&deliveries.positions)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let highest = in_order.last().map(|e| e.3);
+        if let Some(position) = highest {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(position.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(highest)
     }
 
     /// The position of a tenant's event, for resuming a stream after it.

@@ -50,18 +50,16 @@ async fn run_sequencer(state: AppState) {
 
 /// One batch; true when it sequenced anything.
 async fn sequence_batch(state: &AppState) -> Result<bool, store::StoreError> {
-    let Some(mut run) = state.store.start_sequencing(SEQUENCER_BATCH).await? else {
+    let Some(position) = state
+        .store
+        .sequence_events(SEQUENCER_BATCH, render::render)
+        .await?
+    else {
         return Ok(false);
     };
-    let events = std::mem::take(&mut run.events);
-    for event in &events {
-        run.sequence(event.id, &render::render(event)).await?;
-    }
-    if let Some(position) = run.commit().await? {
-        // Streams and the relay of this process hear it through NOTIFY too; this is sooner.
-        let _ = state.sequenced_events.send(position);
-        state.relay_wake.notify_one();
-    }
+    // Streams and the relay of this process hear it through NOTIFY too; this is sooner.
+    let _ = state.sequenced_events.send(position);
+    state.relay_wake.notify_one();
     Ok(true)
 }
 
