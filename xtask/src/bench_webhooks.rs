@@ -769,8 +769,9 @@ async fn terminal_once(pool: &PgPool, jobs: &[SeedJob]) -> Result<(i64, usize), 
     Ok((ok, ids.len()))
 }
 
-/// Waits (at most two minutes) until the service's custody worker has recorded the models of
-/// every succeeded job, so a run does not start with the previous run's backlog.
+/// Waits (at most two minutes) until the service's follow-up work is done (the custody worker
+/// has recorded the models of every succeeded job that needed it, and the event sequencer has
+/// sequenced every event), so a run does not start with the previous run's backlog.
 /// Returns the backlog it started with.
 async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -778,8 +779,9 @@ async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
     loop {
         interrupted()?;
         let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs
-             WHERE status = 'succeeded' AND (custody_needed OR result_fetch_needed)",
+            "SELECT (SELECT count(*) FROM jobs
+                     WHERE status = 'succeeded' AND (custody_needed OR result_fetch_needed))
+                  + (SELECT count(*) FROM outbox_events WHERE position IS NULL)",
         )
         .fetch_one(pool)
         .await
@@ -789,7 +791,7 @@ async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
             return Ok(backlog);
         }
         if Instant::now() >= deadline {
-            eprintln!("bench: {left} results still waiting for custody; going on");
+            eprintln!("bench: {left} results or events still waiting; going on");
             return Ok(backlog);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -797,11 +799,15 @@ async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
 }
 
 /// The service's per-webhook database work (`job_by_id`, then `apply_webhook` with one
-/// `Completed` event): the same statements in the same order, prepared, with the UPDATE setting
-/// the values a completion sets as literals instead of `coalesce` over bound parameters.
+/// `Completed` event carrying the Pro trainer's finetune id): the same statements in the same
+/// order, prepared, with the UPDATE setting the values a completion sets as literals instead
+/// of `coalesce` over bound parameters. The completion records the model, points the avatar at
+/// it and writes `training.succeeded` to the outbox with a snapshot of the job and the model
+/// (built by PostgreSQL here, by the service in Rust).
 /// The first line stands in for `job_by_id`: it reads the job row by key and, through a shared
 /// sequence, hands each transaction a distinct job and the body fal would have sent for it.
-const PGBENCH_SCRIPT: &str = r#"SELECT q.job_id, q.request_id, q.body_sha256, q.body, q.result, j.webhook_token
+const PGBENCH_SCRIPT: &str = r#"SELECT q.job_id, q.request_id, q.body_sha256, q.body, q.result, j.webhook_token,
+    j.tenant_id, j.avatar_id, j.trigger_phrase
   FROM bench_pgbench_queue q JOIN jobs j ON j.id = q.job_id
   WHERE q.n = (SELECT nextval('bench_pgbench_seq')) \gset
 BEGIN;
@@ -809,13 +815,13 @@ INSERT INTO webhook_inbox (fal_request_id, body_sha256, job_id, fal_status, outc
   VALUES (:request_id, :body_sha256, :job_id, 'OK', 'applied', :body)
   ON CONFLICT (fal_request_id, body_sha256) DO NOTHING
   RETURNING id;
-SELECT status FROM jobs WHERE id = :job_id FOR UPDATE;
+SELECT status, progress FROM jobs WHERE id = :job_id FOR UPDATE;
 UPDATE jobs SET
     status = 'succeeded',
     queue_position = NULL,
     progress = 1.0,
     result = :result,
-    custody_needed = true,
+    custody_needed = false,
     finished_at = now(),
     lease_owner = NULL,
     lease_until = NULL,
@@ -828,6 +834,19 @@ UPDATE jobs SET
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at;
 INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
   VALUES (:job_id, 'completed', 'submitted', 'succeeded', true, 'fal webhook');
+INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
+    artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
+  VALUES (gen_random_uuid(), :tenant_id, :avatar_id, :job_id, 'finetune', :trigger_phrase,
+    NULL, NULL, NULL, NULL, NULL, :result::jsonb ->> 'finetune_id')
+  ON CONFLICT (training_id) DO NOTHING
+  RETURNING id AS model_id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
+    artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id \gset
+UPDATE avatars SET current_model_id = :model_id, status = 'trained', updated_at = now()
+  WHERE id = :avatar_id;
+INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
+  SELECT gen_random_uuid(), j.tenant_id, 'training.succeeded', j.id, j.avatar_id,
+    jsonb_build_object('kind', 'training', 'job', to_jsonb(j) - 'webhook_token', 'model', to_jsonb(m))
+  FROM jobs j JOIN models m ON m.training_id = j.id WHERE j.id = :job_id;
 COMMIT;
 "#;
 
@@ -940,7 +959,7 @@ fn print_table(rows: &[Row]) {
     );
     for row in rows {
         println!(
-            "  {} senders: {:.2} s wall; {} answered 200 but not `applied`; {} jobs waited for custody at its end, drained in {:.1} s; \
+            "  {} senders: {:.2} s wall; {} answered 200 but not `applied`; {} results or events waited for follow-up work at its end, drained in {:.1} s; \
              pgbench processed {} (latency average {}), {} of its jobs succeeded once",
             row.senders,
             row.run.seconds,
@@ -964,7 +983,7 @@ fn print_table(rows: &[Row]) {
         );
         let d = row.drain_cpu;
         println!(
-            "    CPU per callback while custody drained after it: service {:.0} us, PostgreSQL {:.0} us; \
+            "    CPU per callback while follow-up work drained after it: service {:.0} us, PostgreSQL {:.0} us; \
              {:.2} cores busy, {:.2} of them other processes",
             per(d.service),
             per(d.postgres),

@@ -79,6 +79,27 @@ impl Default for TrainingSettings {
     }
 }
 
+/// The model a Pro training's result names, or `None` when the job is not a finetune training
+/// or the result has no finetune id (then the custody worker reports it).
+pub fn finetune_model(job: &JobRecord, result: &Value) -> Option<store::NewModel> {
+    if job.kind() != domain::JobKind::Training
+        || job_params(job)?.trainer().model_type() != domain::ModelType::Finetune
+    {
+        return None;
+    }
+    let output = serde_json::from_value::<fal::models::ProTrainerOutput>(result.clone()).ok()?;
+    Some(store::NewModel {
+        model_type: domain::ModelType::Finetune,
+        trigger_phrase: job.trigger_phrase.clone().unwrap_or_default(),
+        artifact_key: None,
+        artifact_sha256: None,
+        artifact_bytes: None,
+        config_key: None,
+        fal_artifact_url: None,
+        finetune_id: Some(output.finetune_id),
+    })
+}
+
 /// The parameters a job was created with, typed.
 pub fn job_params(job: &JobRecord) -> Option<TrainingParams> {
     let trainer = Trainer::parse(job.trainer.as_deref()?)?;
@@ -169,15 +190,20 @@ pub fn completion_events(
         ..JobChanges::default()
     };
     match outcome {
-        FalOutcome::Succeeded(result) => events.push((
-            JobEvent::Completed,
-            JobChanges {
-                result: Some(result),
-                custody_needed: Some(true),
-                progress: Some(1.0),
-                ..request_known
-            },
-        )),
+        FalOutcome::Succeeded(result) => {
+            // A finetune id is the whole model: recorded now, nothing to keep.
+            let model = finetune_model(job, &result);
+            events.push((
+                JobEvent::Completed,
+                JobChanges {
+                    result: Some(result),
+                    custody_needed: Some(model.is_none()),
+                    progress: Some(1.0),
+                    model,
+                    ..request_known
+                },
+            ))
+        }
         FalOutcome::SucceededWithoutPayload => events.push((
             JobEvent::Completed,
             JobChanges {

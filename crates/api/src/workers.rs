@@ -574,24 +574,15 @@ async fn take_custody(state: &AppState, job: JobRecord) {
     let result = job.result.clone().unwrap_or(Value::Null);
     let trigger_phrase = job.trigger_phrase.clone().unwrap_or_default();
     let model = match params.trainer().model_type() {
-        domain::ModelType::Finetune => {
-            match serde_json::from_value::<fal::models::ProTrainerOutput>(result) {
-                Ok(output) => NewModel {
-                    model_type: domain::ModelType::Finetune,
-                    trigger_phrase,
-                    artifact_key: None,
-                    artifact_sha256: None,
-                    artifact_bytes: None,
-                    config_key: None,
-                    fal_artifact_url: None,
-                    finetune_id: Some(output.finetune_id),
-                },
-                Err(error) => {
-                    tracing::error!(job = %job.id, %error, "the Pro trainer's result has no finetune id");
-                    return;
-                }
+        // Reached after a result fetch (the webhook carried none); with the result in hand the
+        // finetune id is recorded at once.
+        domain::ModelType::Finetune => match training::finetune_model(&job, &result) {
+            Some(model) => model,
+            None => {
+                tracing::error!(job = %job.id, "the Pro trainer's result has no finetune id");
+                return;
             }
-        }
+        },
         domain::ModelType::Lora => {
             let output = match serde_json::from_value::<fal::models::LoraTrainingOutput>(result) {
                 Ok(output) => output,

@@ -113,6 +113,9 @@ pub struct JobChanges {
     pub result_fetch_needed: Option<bool>,
     pub custody_needed: Option<bool>,
     pub next_check_at: Option<DateTime<Utc>>,
+    /// A training's model, when the result itself is the whole model (a Pro finetune id):
+    /// recorded with the transition, so nothing is left for the custody worker.
+    pub model: Option<crate::NewModel>,
 }
 
 /// What applying an event did.
@@ -344,6 +347,9 @@ async fn apply_event_in(
         }
         if let Some(event_type) = training_event_type(&job, to) {
             insert_training_event(tx, &job, event_type, None).await?;
+        }
+        if let (JobStatus::Succeeded, Some(model)) = (to, &changes.model) {
+            crate::models::record_model_in(tx, &job, model).await?;
         }
     } else if job.kind() == JobKind::Training
         && to == JobStatus::InProgress

@@ -18,6 +18,49 @@ pub struct NewModel {
     pub finetune_id: Option<String>,
 }
 
+/// Records the model of the succeeded training `job`, makes it the avatar's current model and
+/// announces `training.succeeded` with it, inside the caller's transaction. A training has at
+/// most one model: a repeat changes nothing.
+pub(crate) async fn record_model_in(
+    conn: &mut sqlx::PgConnection,
+    job: &crate::JobRecord,
+    model: &NewModel,
+) -> Result<(), StoreError> {
+    let recorded: Option<ModelRecord> = sqlx::query_as(
+        "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
+             artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (training_id) DO NOTHING
+         RETURNING id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
+             artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(job.tenant_id)
+    .bind(job.avatar_id)
+    .bind(job.id)
+    .bind(model.model_type.as_str())
+    .bind(&model.trigger_phrase)
+    .bind(&model.artifact_key)
+    .bind(&model.artifact_sha256)
+    .bind(model.artifact_bytes.map(|b| b as i64))
+    .bind(&model.config_key)
+    .bind(&model.fal_artifact_url)
+    .bind(&model.finetune_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE avatars SET current_model_id = $2, status = 'trained', updated_at = now() WHERE id = $1",
+    )
+    .bind(job.avatar_id)
+    .bind(recorded.id)
+    .execute(&mut *conn)
+    .await?;
+    crate::jobs::insert_training_event(conn, job, "training.succeeded", Some(recorded)).await
+}
+
 /// Stored artifacts of a model, for generation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ModelRecord {
@@ -58,53 +101,15 @@ impl Store {
         let Some((tenant_id, avatar_id)) = job else {
             return Ok(false);
         };
-        let model_id: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
-                 artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (training_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(Uuid::now_v7())
-        .bind(tenant_id)
-        .bind(avatar_id)
+        let job: crate::JobRecord = sqlx::query_as(&format!(
+            "SELECT {} FROM jobs WHERE id = $1",
+            crate::jobs::JOB_COLUMNS
+        ))
         .bind(job_id)
-        .bind(model.model_type.as_str())
-        .bind(&model.trigger_phrase)
-        .bind(&model.artifact_key)
-        .bind(&model.artifact_sha256)
-        .bind(model.artifact_bytes.map(|b| b as i64))
-        .bind(&model.config_key)
-        .bind(&model.fal_artifact_url)
-        .bind(&model.finetune_id)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some(model_id) = model_id {
-            sqlx::query(
-                "UPDATE avatars SET current_model_id = $2, status = 'trained', updated_at = now() WHERE id = $1",
-            )
-            .bind(avatar_id)
-            .bind(model_id)
-            .execute(&mut *tx)
-            .await?;
-            let job: crate::JobRecord = sqlx::query_as(&format!(
-                "SELECT {} FROM jobs WHERE id = $1",
-                crate::jobs::JOB_COLUMNS
-            ))
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let model: ModelRecord = sqlx::query_as(
-                "SELECT id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
-                     artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id
-                 FROM models WHERE id = $1",
-            )
-            .bind(model_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            crate::jobs::insert_training_event(&mut tx, &job, "training.succeeded", Some(model))
-                .await?;
-        }
+        debug_assert_eq!((job.tenant_id, job.avatar_id), (tenant_id, avatar_id));
+        record_model_in(&mut tx, &job, model).await?;
         tx.commit().await?;
         Ok(true)
     }
