@@ -1130,3 +1130,133 @@ async fn another_tenants_endpoints_are_not_found_and_get_nothing(pool: PgPool) {
         describe(&receiver.requests())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Generations
+// ---------------------------------------------------------------------------------------------
+
+/// Starts a generation and returns its id.
+async fn start_generation(app: &TestApp, avatar: &str, body: Value) -> String {
+    let response = app
+        .request(Method::POST, &format!("/avatars/{avatar}/generations"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    id_of(&response.json::<Value>().await.unwrap())
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_generation_is_announced_once_when_all_its_items_are_done(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let addrs = vec![receiver.addr()];
+    let app =
+        TestApp::spawn_with_fal_and(pool, FalOptions::default(), move |s| fast_events(s, &addrs))
+            .await;
+    let endpoint = create_endpoint(
+        &app,
+        json!({"url": receiver.url("/hook"),
+               "event_types": ["generation.succeeded", "generation.failed"]}),
+    )
+    .await;
+    let secret = endpoint["secret"].as_str().unwrap().to_string();
+
+    let avatar = app.avatar_with_photos(10).await;
+    let response = app
+        .request(Method::POST, &format!("/avatars/{avatar}/train"))
+        .json(&json!({"preset": "fast"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    wait_json(&app, &format!("/avatars/{avatar}"), "trained", |a| {
+        a["status"] == "trained"
+    })
+    .await;
+
+    // Three prompts finishing at about the same time: one event, after the last of them.
+    let succeeded = start_generation(
+        &app,
+        &avatar,
+        json!({"prompts": ["one", "two", "three"], "num_images": 2}),
+    )
+    .await;
+    let finished = wait_json(
+        &app,
+        &format!("/generations/{succeeded}"),
+        "succeeded",
+        |g| g["status"] == "succeeded",
+    )
+    .await;
+
+    // Every prompt refused by fal: the generation failed.
+    app.sim.as_ref().unwrap().fault_next_requests(
+        1,
+        Some("fal-ai/flux-lora"),
+        fal_sim::RequestFaults {
+            fail: Some(fal_sim::FailSpec {
+                status: 422,
+                error: "The prompt was rejected".into(),
+                error_type: "content_policy_violation".into(),
+                body: Some(
+                    json!({"detail": [{"loc": ["body", "prompt"], "msg": "rejected",
+                                              "type": "content_policy_violation"}]}),
+                ),
+            }),
+            ..fal_sim::RequestFaults::default()
+        },
+    );
+    let failed = start_generation(&app, &avatar, json!({"prompt": "refused"})).await;
+    let failed_view = wait_json(&app, &format!("/generations/{failed}"), "failed", |g| {
+        g["status"] == "failed"
+    })
+    .await;
+
+    let requests = receiver
+        .wait_for("both generations announced", DEADLINE, |requests| {
+            requests.len() >= 2
+        })
+        .await;
+    let about = |id: &str| -> Vec<&Recorded> {
+        requests
+            .iter()
+            .filter(|r| r.json()["data"]["id"] == id)
+            .collect()
+    };
+    let [success] = about(&succeeded)[..] else {
+        panic!(
+            "one event for the succeeded generation: {}",
+            describe(&requests)
+        );
+    };
+    assert_well_formed(success, &secret);
+    assert_eq!(success.json()["type"], "generation.succeeded");
+    assert_eq!(
+        success.json()["data"],
+        finished,
+        "the generation as GET shows it"
+    );
+    assert_eq!(
+        success.json()["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["images"].as_array().unwrap().len())
+            .sum::<usize>(),
+        6
+    );
+    let [failure] = about(&failed)[..] else {
+        panic!(
+            "one event for the failed generation: {}",
+            describe(&requests)
+        );
+    };
+    assert_well_formed(failure, &secret);
+    assert_eq!(failure.json()["type"], "generation.failed");
+    assert_eq!(failure.json()["data"], failed_view);
+    assert_eq!(
+        failure.json()["data"]["items"][0]["error"]["code"],
+        "content_policy_violation"
+    );
+}
