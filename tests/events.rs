@@ -1,12 +1,10 @@
 //! The live event stream `GET /events` (Server-Sent Events), read over real HTTP with a small
 //! parser of the SSE wire format.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use api::ServiceSettings;
-use blackbox::receiver::Receiver;
+use blackbox::receiver::{fast_events, Receiver};
 use blackbox::{problem, TestApp};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -15,14 +13,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn fast_events(settings: &mut ServiceSettings, receivers: &[SocketAddr]) {
-    settings.fetch.allow_http = true;
-    settings.fetch.allowed_private = receivers.to_vec();
-    settings.events.retry_scale = 0.001;
-    settings.events.relay_poll = Duration::from_millis(20);
-    settings.events.sequencer_poll = Duration::from_millis(20);
-}
 
 async fn app(pool: PgPool) -> TestApp {
     TestApp::spawn_with(store::Store::new(pool), |s| fast_events(s, &[])).await

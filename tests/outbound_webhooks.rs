@@ -4,23 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use api::ServiceSettings;
-use blackbox::receiver::{describe, Receiver, Recorded, Reply};
+use blackbox::receiver::{describe, fast_events, Receiver, Recorded, Reply};
 use blackbox::{problem, FalOptions, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Fast event workers, plain http and the receivers' exact addresses allowed.
-fn fast_events(settings: &mut ServiceSettings, receivers: &[SocketAddr]) {
-    settings.fetch.allow_http = true;
-    settings.fetch.allowed_private = receivers.to_vec();
-    settings.events.retry_scale = 0.001;
-    settings.events.relay_poll = Duration::from_millis(20);
-    settings.events.sequencer_poll = Duration::from_millis(20);
-}
 
 async fn app_for(pool: PgPool, receivers: &[&Receiver]) -> TestApp {
     let addrs: Vec<SocketAddr> = receivers.iter().map(|r| r.addr()).collect();

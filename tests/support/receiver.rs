@@ -298,3 +298,13 @@ fn status_response(status: u16) -> Response {
     let status = StatusCode::from_u16(status).expect("valid status");
     (status, format!("receiver says {}", status.as_u16())).into_response()
 }
+
+/// Settings for an app whose events go to test receivers: fast event workers, a tiny retry
+/// schedule, plain http, and the receivers' exact addresses allowed although they are loopback.
+pub fn fast_events(settings: &mut api::ServiceSettings, receivers: &[SocketAddr]) {
+    settings.fetch.allow_http = true;
+    settings.fetch.allowed_private = receivers.to_vec();
+    settings.events.retry_scale = 0.001;
+    settings.events.relay_poll = Duration::from_millis(20);
+    settings.events.sequencer_poll = Duration::from_millis(20);
+}
