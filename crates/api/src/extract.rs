@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::problem::{ApiError, FieldError, FieldLocation};
+use crate::problem::{ApiError, FieldLocation};
 
 /// A JSON body: `application/json` required, syntax errors are 400, shape errors 422 per field.
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,12 +135,7 @@ fn field_error(path: &str, message: &str, location: FieldLocation) -> ApiError {
     } else {
         (parent.to_string(), "invalid_value")
     };
-    ApiError::validation(vec![FieldError {
-        field,
-        location,
-        code: code.to_string(),
-        message,
-    }])
+    ApiError::invalid_field(location, field, code, message)
 }
 
 fn join_path(parent: &str, name: &str) -> String {
@@ -190,6 +185,27 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         uuid::Uuid::parse_str(&raw)
             .map(PathId)
             .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
+    }
+}
+
+/// Two UUID path parameters (a resource and one of its children), by the same rule as
+/// [`PathId`].
+#[derive(Debug, Clone, Copy)]
+pub struct PathIds(pub uuid::Uuid, pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path((first, second)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::not_found("not_found", "no such resource"))?;
+        let parse = |raw: &str| {
+            uuid::Uuid::parse_str(raw)
+                .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
+        };
+        Ok(PathIds(parse(&first)?, parse(&second)?))
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::problem::{ApiError, FieldError, FieldLocation};
+use crate::problem::{ApiError, FieldLocation};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -30,12 +30,7 @@ pub struct Page {
 }
 
 fn query_error(field: &str, code: &str, message: &str) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: field.to_string(),
-        location: FieldLocation::Query,
-        code: code.to_string(),
-        message: message.to_string(),
-    }])
+    ApiError::invalid_field(FieldLocation::Query, field, code, message)
 }
 
 /// Checks the `limit` and `cursor` query parameters.

@@ -125,6 +125,21 @@ impl ApiError {
         error
     }
 
+    /// A 422 about one field.
+    pub fn invalid_field(
+        location: FieldLocation,
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::validation(vec![FieldError {
+            field: field.into(),
+            location,
+            code: code.into(),
+            message: message.into(),
+        }])
+    }
+
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         let mut error = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -188,26 +188,14 @@ impl Store {
 
     /// Every job of a generation (all attempts), by item then attempt.
     pub async fn generation_jobs(&self, generation_id: Uuid) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt"
-        ))
-        .bind(generation_id)
-        .fetch_all(&self.pool)
-        .await?)
+        generation_jobs(&self.pool, generation_id).await
     }
 
     pub async fn generation_images(
         &self,
         generation_id: Uuid,
     ) -> Result<Vec<GenerationImage>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT generation_id, job_id, item_index, image_index, blob_key, content_type, width,
-                 height, bytes, seed, nsfw
-             FROM generation_images WHERE generation_id = $1 ORDER BY item_index, image_index",
-        )
-        .bind(generation_id)
-        .fetch_all(&self.pool)
-        .await?)
+        generation_images(&self.pool, generation_id).await
     }
 
     /// Records a succeeded item's images and clears its custody flag, in one transaction.
@@ -320,11 +308,10 @@ impl Store {
 
     /// A model by id, for the submitter.
     pub async fn model_by_id(&self, id: Uuid) -> Result<Option<crate::ModelRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, avatar_id, training_id, model_type, trigger_phrase, artifact_key, artifact_sha256,
-                 artifact_bytes, config_key, fal_artifact_url, finetune_id
-             FROM models WHERE id = $1",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM models WHERE id = $1",
+            crate::models::MODEL_COLUMNS
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
@@ -369,6 +356,32 @@ impl Store {
     }
 }
 
+async fn generation_jobs(
+    db: impl sqlx::PgExecutor<'_>,
+    generation_id: Uuid,
+) -> Result<Vec<JobRecord>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt"
+    ))
+    .bind(generation_id)
+    .fetch_all(db)
+    .await?)
+}
+
+async fn generation_images(
+    db: impl sqlx::PgExecutor<'_>,
+    generation_id: Uuid,
+) -> Result<Vec<GenerationImage>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT generation_id, job_id, item_index, image_index, blob_key, content_type, width,
+             height, bytes, seed, nsfw
+         FROM generation_images WHERE generation_id = $1 ORDER BY item_index, image_index",
+    )
+    .bind(generation_id)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Writes a `generation.*` event with the generation as the transaction sees it.
 async fn insert_generation_event(
     conn: &mut sqlx::PgConnection,
@@ -381,20 +394,8 @@ async fn insert_generation_event(
     .bind(generation_id)
     .fetch_one(&mut *conn)
     .await?;
-    let jobs: Vec<JobRecord> = sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt"
-    ))
-    .bind(generation_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let images: Vec<GenerationImage> = sqlx::query_as(
-        "SELECT generation_id, job_id, item_index, image_index, blob_key, content_type, width,
-             height, bytes, seed, nsfw
-         FROM generation_images WHERE generation_id = $1 ORDER BY item_index, image_index",
-    )
-    .bind(generation_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let jobs = generation_jobs(&mut *conn, generation_id).await?;
+    let images = generation_images(&mut *conn, generation_id).await?;
     insert_event(
         conn,
         generation.tenant_id,

@@ -18,6 +18,9 @@ pub struct NewModel {
     pub finetune_id: Option<String>,
 }
 
+pub(crate) const MODEL_COLUMNS: &str = "id, avatar_id, training_id, model_type, trigger_phrase, \
+     artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id";
+
 /// Records the model of the succeeded training `job`, makes it the avatar's current model and
 /// announces `training.succeeded` with it, inside the caller's transaction. A training has at
 /// most one model: a repeat changes nothing.
@@ -26,14 +29,13 @@ pub(crate) async fn record_model_in(
     job: &crate::JobRecord,
     model: &NewModel,
 ) -> Result<(), StoreError> {
-    let recorded: Option<ModelRecord> = sqlx::query_as(
+    let recorded: Option<ModelRecord> = sqlx::query_as(&format!(
         "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
              artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (training_id) DO NOTHING
-         RETURNING id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
-             artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id",
-    )
+         RETURNING {MODEL_COLUMNS}"
+    ))
     .bind(Uuid::now_v7())
     .bind(job.tenant_id)
     .bind(job.avatar_id)
@@ -88,27 +90,20 @@ impl Store {
         model: &NewModel,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let job: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
+        let job: Option<crate::JobRecord> = sqlx::query_as(&format!(
             "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
                  lease_until = NULL, updated_at = now()
              WHERE id = $1 AND fence = $2 AND status = 'succeeded'
-             RETURNING tenant_id, avatar_id",
-        )
+             RETURNING {}",
+            crate::jobs::JOB_COLUMNS
+        ))
         .bind(job_id)
         .bind(fence)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((tenant_id, avatar_id)) = job else {
+        let Some(job) = job else {
             return Ok(false);
         };
-        let job: crate::JobRecord = sqlx::query_as(&format!(
-            "SELECT {} FROM jobs WHERE id = $1",
-            crate::jobs::JOB_COLUMNS
-        ))
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        debug_assert_eq!((job.tenant_id, job.avatar_id), (tenant_id, avatar_id));
         record_model_in(&mut tx, &job, model).await?;
         tx.commit().await?;
         Ok(true)
@@ -119,11 +114,9 @@ impl Store {
         &self,
         training_id: Uuid,
     ) -> Result<Option<ModelRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, avatar_id, training_id, model_type, trigger_phrase, artifact_key, artifact_sha256,
-                 artifact_bytes, config_key, fal_artifact_url, finetune_id
-             FROM models WHERE training_id = $1",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MODEL_COLUMNS} FROM models WHERE training_id = $1"
+        ))
         .bind(training_id)
         .fetch_optional(&self.pool)
         .await?)

@@ -29,17 +29,12 @@ pub const EVENT_TYPES: &[&str] = &[
 /// Renders an outbox row. A snapshot this version cannot read (written by a newer one, say)
 /// still yields a body, with the raw snapshot as `data`, so the event is never lost.
 pub fn render(event: &UnsequencedEvent) -> Value {
-    let data = match serde_json::from_value::<EventSnapshot>(event.data.clone()) {
-        Ok(snapshot) => resource(snapshot),
-        Err(error) => {
+    let data = serde_json::from_value::<EventSnapshot>(event.data.clone())
+        .and_then(resource)
+        .unwrap_or_else(|error| {
             tracing::error!(event = %event.id, %error, "unreadable event snapshot");
-            Ok(event.data.clone())
-        }
-    };
-    let data = data.unwrap_or_else(|error| {
-        tracing::error!(event = %event.id, %error, "rendering an event");
-        event.data.clone()
-    });
+            event.data.clone()
+        });
     json!({
         "type": event.event_type,
         "timestamp": event.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),

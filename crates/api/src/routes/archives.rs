@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::AppJson;
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
 use crate::training_data::{self, ArchiveCheckError, ArchiveInspection};
 
@@ -44,12 +44,12 @@ pub async fn inspect_training_archive(
 ) -> Result<Json<ArchiveInspection>, ApiError> {
     match training_data::inspect_archive_url(&state, &body.images_data_url).await {
         Ok(inspection) => Ok(Json(inspection)),
-        Err(ArchiveCheckError::Fetch(error)) => Err(ApiError::validation(vec![FieldError {
-            field: "images_data_url".into(),
-            location: FieldLocation::Body,
-            code: error.code().to_string(),
-            message: error.to_string(),
-        }])),
+        Err(ArchiveCheckError::Fetch(error)) => Err(ApiError::invalid_field(
+            FieldLocation::Body,
+            "images_data_url",
+            error.code(),
+            error.to_string(),
+        )),
         Err(ArchiveCheckError::Archive(error)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "archive_rejected",

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::events::render::EVENT_TYPES;
 use crate::extract::AppQuery;
-use crate::problem::{ApiError, FieldError, FieldLocation};
+use crate::problem::{ApiError, FieldLocation};
 use crate::state::AppState;
 
 /// Events read per query.
@@ -39,15 +39,6 @@ pub struct EventsQuery {
     pub types: Option<String>,
 }
 
-fn invalid(field: &str, location: FieldLocation, code: &str, message: String) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: field.to_string(),
-        location,
-        code: code.to_string(),
-        message,
-    }])
-}
-
 fn parse_types(types: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
     let Some(types) = types else {
         return Ok(None);
@@ -58,19 +49,19 @@ fn parse_types(types: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
         .filter(|t| !t.is_empty())
         .collect();
     if let Some(unknown) = list.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
-        return Err(invalid(
-            "types",
+        return Err(ApiError::invalid_field(
             FieldLocation::Query,
+            "types",
             "unknown_event_type",
             format!("{unknown:?} is not one of {}", EVENT_TYPES.join(", ")),
         ));
     }
     if list.is_empty() {
-        return Err(invalid(
-            "types",
+        return Err(ApiError::invalid_field(
             FieldLocation::Query,
+            "types",
             "empty",
-            "must list at least one type, or be omitted".into(),
+            "must list at least one type, or be omitted",
         ));
     }
     Ok(Some(list))
@@ -87,11 +78,11 @@ async fn start_position(
         return Ok(state.store.latest_event_position().await?);
     };
     let unknown = || {
-        invalid(
-            "Last-Event-ID",
+        ApiError::invalid_field(
             FieldLocation::Header,
+            "Last-Event-ID",
             "unknown_event_id",
-            "is not the id of one of your events".into(),
+            "is not the id of one of your events",
         )
     };
     let id = raw

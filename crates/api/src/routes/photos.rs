@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
 use crate::intake::{self, RejectedFile};
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::routes::avatars::AvatarResponse;
 use crate::state::AppState;
 
@@ -212,12 +212,7 @@ pub async fn add_photos(
 type Batch = (Vec<PhotoRecord>, Vec<RejectedFile>);
 
 fn no_files(location: FieldLocation, field: &str) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: field.to_string(),
-        location,
-        code: "no_files".into(),
-        message: "the request holds no photo".into(),
-    }])
+    ApiError::invalid_field(location, field, "no_files", "the request holds no photo")
 }
 
 /// Streams each multipart file part to a spool file (memory does not grow with the upload) and
@@ -415,12 +410,12 @@ async fn fetch_urls(
     }
     let max = state.settings.photos.max_photos as usize;
     if urls.len() > max {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "urls".into(),
-            location: FieldLocation::Body,
-            code: "too_many".into(),
-            message: format!("at most {max} URLs"),
-        }]));
+        return Err(ApiError::invalid_field(
+            FieldLocation::Body,
+            "urls",
+            "too_many",
+            format!("at most {max} URLs"),
+        ));
     }
     let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
     for url in urls {
@@ -492,13 +487,8 @@ pub async fn list_photos(
 pub async fn delete_photo(
     State(state): State<AppState>,
     caller: Caller,
-    axum::extract::Path((id, photo_id)): axum::extract::Path<(String, String)>,
+    crate::extract::PathIds(id, photo_id): crate::extract::PathIds,
 ) -> Result<StatusCode, ApiError> {
-    let parse = |raw: &str| {
-        Uuid::parse_str(raw)
-            .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
-    };
-    let (id, photo_id) = (parse(&id)?, parse(&photo_id)?);
     let removal = state
         .store
         .delete_photo(

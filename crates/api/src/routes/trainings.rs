@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
 use crate::pagination::PageQuery;
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
 use crate::training;
 
@@ -376,12 +376,12 @@ async fn store_callers_archive(
         match crate::training_data::fetch_and_inspect(state, url).await {
             Ok(checked) => checked,
             Err(crate::training_data::ArchiveCheckError::Fetch(error)) => {
-                return Err(ApiError::validation(vec![FieldError {
-                    field: "images_data_url".into(),
-                    location: FieldLocation::Body,
-                    code: error.code().to_string(),
-                    message: error.to_string(),
-                }]))
+                return Err(ApiError::invalid_field(
+                    FieldLocation::Body,
+                    "images_data_url",
+                    error.code(),
+                    error.to_string(),
+                ))
             }
             Err(crate::training_data::ArchiveCheckError::Archive(error)) => {
                 return Err(ApiError::new(

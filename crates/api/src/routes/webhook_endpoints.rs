@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use domain::{FieldViolation, Violations};
 use serde::{Deserialize, Serialize};
 use store::webhooks::{
     AttemptRecord, DeliveryRecord, EndpointPatch, EndpointRecord, NewEndpoint, ReplayOutcome,
@@ -19,9 +20,9 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::events::render::EVENT_TYPES;
 use crate::events::signing;
-use crate::extract::{AppJson, AppQuery, PathId};
+use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
-use crate::problem::{ApiError, FieldError, FieldLocation, Problem};
+use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
 
 const MAX_URL_CHARS: usize = 2000;
@@ -202,21 +203,12 @@ fn not_found_as(id: Uuid) -> impl Fn(StoreError) -> ApiError {
     }
 }
 
-fn body_error(field: impl Into<String>, code: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        location: FieldLocation::Body,
-        code: code.to_string(),
-        message: message.into(),
-    }
-}
-
 /// Checks a URL as the relay will use it: scheme, userinfo, and every address it names or
 /// resolves to. Delivery checks again on the address actually connected to, since DNS answers
 /// change; this catches mistakes early.
-async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+async fn check_url(state: &AppState, url: &str, errors: &mut Violations) -> Option<String> {
     if url.chars().count() > MAX_URL_CHARS {
-        errors.push(body_error(
+        errors.push(FieldViolation::new(
             "url",
             "too_long",
             format!("must be at most {MAX_URL_CHARS} characters"),
@@ -226,7 +218,7 @@ async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) ->
     let parsed = match state.webhook_fetcher.check_url(url) {
         Ok(parsed) => parsed,
         Err(error) => {
-            errors.push(body_error("url", error.code(), error.to_string()));
+            errors.push(FieldViolation::new("url", error.code(), error.to_string()));
             return None;
         }
     };
@@ -241,7 +233,7 @@ async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) ->
                 .into_iter()
                 .find(|a| safe_fetch::is_forbidden(a.ip()) && !policy.is_excepted(*a))
             {
-                errors.push(body_error(
+                errors.push(FieldViolation::new(
                     "url",
                     "forbidden_address",
                     format!(
@@ -256,9 +248,9 @@ async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) ->
     Some(parsed.to_string())
 }
 
-fn check_event_types(types: &[String], errors: &mut Vec<FieldError>) {
+fn check_event_types(types: &[String], errors: &mut Violations) {
     if types.is_empty() {
-        errors.push(body_error(
+        errors.push(FieldViolation::new(
             "event_types",
             "empty",
             "must list at least one type, or be omitted for every type",
@@ -266,7 +258,7 @@ fn check_event_types(types: &[String], errors: &mut Vec<FieldError>) {
     }
     for (i, name) in types.iter().enumerate() {
         if !EVENT_TYPES.contains(&name.as_str()) {
-            errors.push(body_error(
+            errors.push(FieldViolation::new(
                 format!("event_types[{i}]"),
                 "unknown_event_type",
                 format!("{name:?} is not one of {}", EVENT_TYPES.join(", ")),
@@ -275,12 +267,12 @@ fn check_event_types(types: &[String], errors: &mut Vec<FieldError>) {
     }
 }
 
-fn check_description(description: &Option<String>, errors: &mut Vec<FieldError>) {
+fn check_description(description: &Option<String>, errors: &mut Violations) {
     if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
     {
-        errors.push(body_error(
+        errors.push(FieldViolation::new(
             "description",
             "too_long",
             format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
@@ -324,14 +316,14 @@ pub async fn create_webhook_endpoint(
     caller: Caller,
     AppJson(body): AppJson<CreateEndpointRequest>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
+    let mut errors = Violations::default();
     let url = check_url(&state, &body.url, &mut errors).await;
     if let Some(types) = &body.event_types {
         check_event_types(types, &mut errors);
     }
     check_description(&body.description, &mut errors);
     let Some(url) = url.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::validation(errors));
+        return Err(errors.into());
     };
     let secret = signing::new_secret();
     let endpoint = state
@@ -444,7 +436,7 @@ pub async fn update_webhook_endpoint(
     PathId(id): PathId,
     AppJson(body): AppJson<UpdateEndpointRequest>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
-    let mut errors = Vec::new();
+    let mut errors = Violations::default();
     let url = match &body.url {
         Some(url) => check_url(&state, url, &mut errors).await,
         None => None,
@@ -456,7 +448,7 @@ pub async fn update_webhook_endpoint(
         check_description(description, &mut errors);
     }
     if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
+        return Err(errors.into());
     }
     let patch = EndpointPatch {
         url,
@@ -539,11 +531,12 @@ pub async fn rotate_webhook_secret(
     };
     let overlap = request.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECS);
     if overlap > MAX_OVERLAP_SECS {
-        return Err(ApiError::validation(vec![body_error(
+        return Err(ApiError::invalid_field(
+            FieldLocation::Body,
             "overlap_seconds",
             "out_of_range",
             format!("must be from 0 to {MAX_OVERLAP_SECS}"),
-        )]));
+        ));
     }
     let secret = signing::new_secret();
     let previous_secrets_expire_at = state
@@ -647,23 +640,13 @@ pub async fn list_webhook_deliveries(
     }))
 }
 
-fn delivery_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("delivery_not_found", format!("no delivery with id {id}"))
-}
-
-/// Checks both ids of a delivery path.
-fn delivery_path(ids: (String, String)) -> Result<(Uuid, Uuid), ApiError> {
-    let parse = |raw: &str, field: &str| {
-        Uuid::parse_str(raw).map_err(|_| {
-            ApiError::validation(vec![FieldError {
-                field: field.to_string(),
-                location: FieldLocation::Path,
-                code: "invalid_uuid".to_string(),
-                message: "must be a UUID".to_string(),
-            }])
-        })
-    };
-    Ok((parse(&ids.0, "id")?, parse(&ids.1, "delivery_id")?))
+fn delivery_not_found_as(id: Uuid) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => {
+            ApiError::not_found("delivery_not_found", format!("no delivery with id {id}"))
+        }
+        other => other.into(),
+    }
 }
 
 /// Get one delivery of an endpoint, with its attempts.
@@ -686,17 +669,13 @@ fn delivery_path(ids: (String, String)) -> Result<(Uuid, Uuid), ApiError> {
 pub async fn get_webhook_delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path(ids): Path<(String, String)>,
+    PathIds(id, delivery_id): PathIds,
 ) -> Result<Json<DeliveryResponse>, ApiError> {
-    let (id, delivery_id) = delivery_path(ids)?;
     let delivery = state
         .store
         .get_delivery(caller.tenant_id, id, delivery_id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => delivery_not_found(delivery_id),
-            other => other.into(),
-        })?;
+        .map_err(delivery_not_found_as(delivery_id))?;
     let mut one = with_attempts(&state, vec![delivery]).await?;
     Ok(Json(one.remove(0)))
 }
@@ -725,17 +704,13 @@ pub async fn get_webhook_delivery(
 pub async fn replay_webhook_delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path(ids): Path<(String, String)>,
+    PathIds(id, delivery_id): PathIds,
 ) -> Result<Response, ApiError> {
-    let (id, delivery_id) = delivery_path(ids)?;
     let outcome = state
         .store
         .replay_delivery(caller.tenant_id, id, delivery_id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => delivery_not_found(delivery_id),
-            other => other.into(),
-        })?;
+        .map_err(delivery_not_found_as(delivery_id))?;
     match outcome {
         ReplayOutcome::EndpointDisabled => Err(ApiError::conflict(
             "webhook_endpoint_disabled",
