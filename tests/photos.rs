@@ -467,13 +467,8 @@ async fn an_upload_abandoned_mid_way_is_swept_with_its_blob(pool: PgPool) {
     .unwrap();
     assert_eq!(app.blob_files().len(), 2);
 
-    let state = api::AppState::new(
-        app.store.clone(),
-        app.blobs.clone(),
-        api::ServiceSettings::default(),
-    )
-    .unwrap();
-    api::janitor::run_once(&state).await;
+    let state = app.service();
+    service::workers::janitor::run_once(&state).await;
 
     assert!(!app.blobs.exists(&key).await.unwrap());
     assert_eq!(app.blob_files().len(), 1, "the stored photo stays");

@@ -10,18 +10,13 @@ use zip::write::SimpleFileOptions;
 async fn the_training_archive_holds_the_photos_in_order_with_captions(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let avatar = app.avatar_with_photos(3).await;
-    let state = api::AppState::new(
-        app.store.clone(),
-        app.blobs.clone(),
-        api::ServiceSettings::default(),
-    )
-    .unwrap();
+    let state = app.service();
     let tenant = app.store.find_tenant_by_name("tenant-a").await.unwrap().id;
     let avatar_id = domain::AvatarId(avatar.parse().unwrap());
 
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.zip");
-    let summary = api::training_data::build_training_archive(
+    let summary = service::training_data::build_training_archive(
         &state,
         tenant,
         avatar_id,
@@ -60,7 +55,7 @@ async fn the_training_archive_holds_the_photos_in_order_with_captions(pool: PgPo
 
     // The same photos give the same archive.
     let second = dir.path().join("second.zip");
-    api::training_data::build_training_archive(
+    service::training_data::build_training_archive(
         &state,
         tenant,
         avatar_id,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use api::training::TrainingSettings;
-use api::{AppState, ServiceSettings};
+use api::application::{Application, Resources};
+use api::Settings;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -32,9 +32,7 @@ pub struct TestApp {
     pub key: String,
     /// The fal simulator this app talks to, when started with one.
     pub sim: Option<Arc<fal_sim::FalSim>>,
-    settings: ServiceSettings,
-    training: Option<TrainingSettings>,
-    workers: Option<api::workers::Workers>,
+    settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -60,15 +58,13 @@ impl Default for FalOptions {
     }
 }
 
-fn fal_runtime(sim: &fal_sim::FalSim, key: &str) -> api::fal_runtime::FalRuntime {
-    let mut settings = api::Config::from_lookup(|_| None)
-        .expect("default config")
-        .fal;
+fn fal_link(sim: &fal_sim::FalSim, key: &str) -> service::fal_link::FalLink {
+    let mut settings = api::Config::default().fal;
     settings.queue_url = sim.queue_url().to_string();
     settings.rest_url = sim.rest_url().to_string();
     settings.cdn_url = sim.cdn_url().to_string();
     settings.jwks_url = sim.jwks_url().to_string();
-    api::fal_runtime::FalRuntime::new(&settings, secrecy::SecretString::from(key.to_string()))
+    service::fal_link::FalLink::new(&settings, secrecy::SecretString::from(key.to_string()))
         .expect("fal client")
 }
 
@@ -78,10 +74,7 @@ impl TestApp {
     }
 
     /// An app whose settings `configure` adjusts from the defaults.
-    pub async fn spawn_with(
-        store: store::Store,
-        configure: impl FnOnce(&mut ServiceSettings),
-    ) -> Self {
+    pub async fn spawn_with(store: store::Store, configure: impl FnOnce(&mut Settings)) -> Self {
         Self::start(store, configure, None).await
     }
 
@@ -94,7 +87,7 @@ impl TestApp {
     pub async fn spawn_with_fal_and(
         pool: sqlx::PgPool,
         options: FalOptions,
-        configure: impl FnOnce(&mut ServiceSettings),
+        configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let sim = fal_sim::FalSim::start(options.sim)
             .await
@@ -102,15 +95,14 @@ impl TestApp {
         let key = options
             .key
             .unwrap_or_else(|| sim.default_key().expect("default key").to_string());
-        let training = TrainingSettings {
-            status_check_interval: options.status_check_interval,
-            timeout: options.training_timeout,
-            ..TrainingSettings::default()
-        };
         Self::start(
             store::Store::new(pool),
-            configure,
-            Some((Arc::new(sim), key, training)),
+            |settings| {
+                settings.jobs.status_check_interval = options.status_check_interval;
+                settings.jobs.timeout = options.training_timeout;
+                configure(settings);
+            },
+            Some((Arc::new(sim), key)),
         )
         .await
     }
@@ -132,8 +124,6 @@ impl TestApp {
             key: self.key.clone(),
             sim: self.sim.clone(),
             settings: self.settings.clone(),
-            training: self.training.clone(),
-            workers: None,
             shutdown: None,
             server: None,
         };
@@ -150,23 +140,25 @@ impl TestApp {
 
     async fn start(
         store: store::Store,
-        configure: impl FnOnce(&mut ServiceSettings),
-        fal: Option<(Arc<fal_sim::FalSim>, String, TrainingSettings)>,
+        configure: impl FnOnce(&mut Settings),
+        fal: Option<(Arc<fal_sim::FalSim>, String)>,
     ) -> Self {
         let blobs_dir = tempfile::tempdir().expect("blob dir");
         let scratch_dir = tempfile::tempdir().expect("scratch dir");
         let blobs = store::BlobStore::local(blobs_dir.path()).expect("blob store");
-        let mut settings = ServiceSettings {
+        let mut settings = Settings {
             scratch_dir: scratch_dir.path().to_path_buf(),
-            ..ServiceSettings::default()
+            ..Settings::default()
         };
+        settings.workers.idle_poll = Duration::from_millis(50);
+        settings.workers.reconcile_tick = Duration::from_millis(50);
         configure(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
-        let (sim, key, training) = match fal {
-            Some((sim, key, training)) => (Some(sim), key, Some(training)),
-            None => (None, String::new(), None),
+        let (sim, key) = match fal {
+            Some((sim, key)) => (Some(sim), key),
+            None => (None, String::new()),
         };
         let mut app = TestApp {
             addr: listener.local_addr().expect("local addr"),
@@ -183,8 +175,6 @@ impl TestApp {
             key: String::new(),
             sim,
             settings,
-            training,
-            workers: None,
             shutdown: None,
             server: None,
         };
@@ -197,39 +187,23 @@ impl TestApp {
         app
     }
 
-    /// Serves on `listener` with the app's settings, and starts the workers: all of them when
-    /// fal is set up, the event workers (event sequencer and webhook relay) otherwise.
+    /// Serves on `listener` with the app's settings, with every worker running (the job
+    /// workers only when fal is set up), as `avatars serve` does.
     fn serve(&mut self, listener: tokio::net::TcpListener, fal_key: &str) {
-        let mut state = AppState::new(
-            self.store.clone(),
-            self.blobs.clone(),
-            self.settings.clone(),
-        )
-        .expect("app state");
-        if let (Some(sim), Some(training)) = (&self.sim, &self.training) {
-            let training = TrainingSettings {
-                public_base_url: Some(self.base_url.clone()),
-                ..training.clone()
-            };
-            state = state.with_fal(Some(fal_runtime(sim, fal_key)), training);
-            self.workers = Some(api::workers::spawn(
-                state.clone(),
-                api::workers::WorkerIntervals {
-                    idle_poll: Duration::from_millis(50),
-                    reconcile_tick: Duration::from_millis(50),
-                },
-            ));
-        } else {
-            self.workers = Some(api::workers::spawn_event_workers(state.clone()));
-        }
-        let streams = state.clone();
-        let router = api::router(state);
+        let mut settings = self.settings.clone();
+        settings.jobs.public_base_url = Some(self.base_url.clone());
+        let resources = Resources {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            fal: self.sim.as_ref().map(|sim| fal_link(sim, fal_key)),
+            listener,
+        };
+        let app = Application::build(settings, resources).expect("the application builds");
         let (shutdown, stopped) = oneshot::channel::<()>();
         self.shutdown = Some(shutdown);
         self.server = Some(tokio::spawn(async move {
-            api::serve(listener, router, async move {
+            app.run_until_stopped(async move {
                 let _ = stopped.await;
-                streams.close_event_streams();
             })
             .await
             .expect("server runs");
@@ -239,7 +213,6 @@ impl TestApp {
     /// Stops this process's server and workers and starts new ones on the same address,
     /// database, blob store and simulator: a restart of the service.
     pub async fn restart(mut self) -> Self {
-        self.workers = None;
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -265,6 +238,19 @@ impl TestApp {
             .await
             .expect("create key");
         key.expose_secret().to_string()
+    }
+
+    /// The application layer on this app's database, blobs and settings, for tests that call
+    /// a use case or worker step directly.
+    pub fn service(&self) -> service::Service {
+        service::Service::new(
+            self.store.clone(),
+            self.blobs.clone(),
+            self.settings.clone(),
+            None,
+            api::event_bodies::render,
+        )
+        .expect("the service builds")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -356,7 +342,6 @@ impl TestApp {
 
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
-        self.workers = None;
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

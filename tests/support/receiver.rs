@@ -301,7 +301,7 @@ fn status_response(status: u16) -> Response {
 
 /// Settings for an app whose events go to test receivers: fast event workers, a tiny retry
 /// schedule, plain http, and the receivers' exact addresses allowed although they are loopback.
-pub fn fast_events(settings: &mut api::ServiceSettings, receivers: &[SocketAddr]) {
+pub fn fast_events(settings: &mut api::Settings, receivers: &[SocketAddr]) {
     settings.fetch.allow_http = true;
     settings.fetch.allowed_private = receivers.to_vec();
     settings.events.retry_scale = 0.001;

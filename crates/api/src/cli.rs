@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::config::{Config, ConfigError};
-use crate::state::AppState;
+use service::{Config, ConfigError, Settings};
+
+use crate::application::{Application, Resources};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,9 +123,6 @@ fn require_database(config: &Config, command: &str) -> Result<store::Store, anyh
     })
 }
 
-/// How often abandoned uploads and deleted blobs are cleaned up.
-pub(crate) const JANITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The blob store named by `STORAGE_URL`, or a local directory.
 pub(crate) fn blob_store(
     config: &Config,
@@ -142,21 +140,8 @@ pub(crate) fn blob_store(
     Ok(blobs)
 }
 
-pub(crate) fn app_state(
-    config: &Config,
-    store: store::Store,
-    blobs: store::BlobStore,
-    fal: Option<crate::fal_runtime::FalRuntime>,
-) -> anyhow::Result<AppState> {
-    Ok(
-        AppState::new(store, blobs, crate::ServiceSettings::from_config(config))
-            .context("building the URL fetcher")?
-            .with_fal(fal, crate::training::TrainingSettings::from_config(config)),
-    )
-}
-
 /// The fal connection of `avatars serve`: required key and public URL.
-fn production_fal(config: &Config) -> anyhow::Result<Option<crate::fal_runtime::FalRuntime>> {
+fn production_fal(config: &Config) -> anyhow::Result<Option<service::fal_link::FalLink>> {
     let Some(key) = config.fal.key.clone() else {
         tracing::warn!("FAL_KEY is not set: trainings and generations will be refused");
         return Ok(None);
@@ -168,7 +153,7 @@ fn production_fal(config: &Config) -> anyhow::Result<Option<crate::fal_runtime::
         }
         .into());
     }
-    crate::fal_runtime::FalRuntime::new(&config.fal, key)
+    service::fal_link::FalLink::new(&config.fal, key)
         .map(Some)
         .map_err(|e| {
             ConfigError {
@@ -199,19 +184,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", config.bind_addr))?;
             tracing::info!(addr = %config.bind_addr, "serving");
-            let blobs = blob_store(&config, std::path::Path::new("data/blobs"))?;
-            let fal = production_fal(&config)?;
-            let state = app_state(&config, store.clone(), blobs, fal)?;
-            let janitor = tokio::spawn(crate::janitor::run(state.clone(), JANITOR_INTERVAL));
-            let workers = crate::workers::spawn(state.clone(), Default::default());
-            let streams = state.clone();
-            crate::serve(listener, crate::router(state), async move {
-                crate::shutdown_signal().await;
-                streams.close_event_streams();
-            })
-            .await?;
-            drop(workers);
-            janitor.abort();
+            let resources = Resources {
+                store: store.clone(),
+                blobs: blob_store(&config, std::path::Path::new("data/blobs"))?,
+                fal: production_fal(&config)?,
+                listener,
+            };
+            Application::build(Settings::from_config(&config), resources)?
+                .run_until_stopped(crate::shutdown_signal())
+                .await?;
             store.pool().close().await;
             Ok(())
         }

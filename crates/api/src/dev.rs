@@ -7,7 +7,9 @@ use anyhow::Context;
 use pgcluster::{Cluster, ClusterOptions};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Config;
+use service::{Config, Settings};
+
+use crate::application::{Application, Resources};
 
 const DEV_TENANT: &str = "dev";
 const DEV_DATABASE: &str = "avatars";
@@ -60,7 +62,7 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
     }
     // fal-sim stands in for fal unless a real key is configured.
     let (fal, sim) = match config.fal.key.clone() {
-        Some(key) => (crate::fal_runtime::FalRuntime::new(&config.fal, key)?, None),
+        Some(key) => (service::fal_link::FalLink::new(&config.fal, key)?, None),
         None => {
             let sim = fal_sim::FalSim::start(fal_sim::SimConfig {
                 time_factor: DEV_SIM_TIME_FACTOR,
@@ -78,27 +80,21 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
                 sim.queue_url()
             );
             (
-                crate::fal_runtime::FalRuntime::new(&config.fal, key)?,
+                service::fal_link::FalLink::new(&config.fal, key)?,
                 Some(sim),
             )
         }
     };
     println!();
-    let blobs = crate::cli::blob_store(&config, &data_dir.join("blobs"))?;
-    let state = crate::cli::app_state(&config, store.clone(), blobs, Some(fal))?;
-    let janitor = tokio::spawn(crate::janitor::run(
-        state.clone(),
-        crate::cli::JANITOR_INTERVAL,
-    ));
-    let workers = crate::workers::spawn(state.clone(), Default::default());
-    let streams = state.clone();
-    crate::serve(listener, crate::router(state), async move {
-        crate::shutdown_signal().await;
-        streams.close_event_streams();
-    })
-    .await?;
-    drop(workers);
-    janitor.abort();
+    let resources = Resources {
+        store: store.clone(),
+        blobs: crate::cli::blob_store(&config, &data_dir.join("blobs"))?,
+        fal: Some(fal),
+        listener,
+    };
+    Application::build(Settings::from_config(&config), resources)?
+        .run_until_stopped(crate::shutdown_signal())
+        .await?;
     if let Some(sim) = sim {
         sim.shutdown().await;
     }

@@ -1,17 +1,14 @@
-//! The avatars HTTP service.
+//! The avatars HTTP service: routes, extractors, authentication, the OpenAPI document,
+//! problem+json, and the `avatars` binary. Use cases live in the `service` crate.
 
 pub mod app;
+pub mod application;
 pub mod auth;
 pub mod cli;
-pub mod config;
 mod dev;
-pub mod events;
+pub mod event_bodies;
 pub mod extract;
-pub mod fal_runtime;
-pub mod generation;
 pub mod idempotency;
-pub mod intake;
-pub mod janitor;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
@@ -19,10 +16,9 @@ pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
-pub mod training;
-pub mod training_data;
-pub mod workers;
+pub mod views;
 
 pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
-pub use config::{Config, EventSettings, HttpLimits};
-pub use state::{AppState, ServiceSettings};
+pub use application::Application;
+pub use service::{Config, Settings};
+pub use state::AppState;

@@ -193,37 +193,63 @@ impl ApiError {
     }
 }
 
+impl From<service::InputLocation> for FieldLocation {
+    fn from(location: service::InputLocation) -> Self {
+        match location {
+            service::InputLocation::Body => FieldLocation::Body,
+            service::InputLocation::Query => FieldLocation::Query,
+            service::InputLocation::Path => FieldLocation::Path,
+            service::InputLocation::Header => FieldLocation::Header,
+        }
+    }
+}
+
+/// The one mapping from the application's errors to HTTP.
+impl From<service::ServiceError> for ApiError {
+    fn from(error: service::ServiceError) -> Self {
+        use service::ErrorKind;
+        let parts = error.into_parts();
+        let status = match parts.kind {
+            ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut api = ApiError::new(status, parts.code, parts.detail);
+        api.0.errors = parts
+            .violations
+            .into_iter()
+            .map(|v| FieldError {
+                field: v.field,
+                location: v.location.into(),
+                code: v.code,
+                message: v.message,
+            })
+            .collect();
+        api.0.extensions = parts.extensions;
+        api.0.source = parts.source;
+        if let Some(after) = parts.retry_after {
+            api = api.with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        api
+    }
+}
+
 impl From<domain::Violations> for ApiError {
     fn from(violations: domain::Violations) -> Self {
-        ApiError::validation(
-            violations
-                .0
-                .into_iter()
-                .map(|v| FieldError {
-                    field: v.field,
-                    location: FieldLocation::Body,
-                    code: v.code.to_string(),
-                    message: v.message,
-                })
-                .collect(),
-        )
+        service::ServiceError::from(violations).into()
     }
 }
 
 impl From<store::StoreError> for ApiError {
     fn from(error: store::StoreError) -> Self {
-        use store::StoreError;
-        match error {
-            StoreError::NotFound => ApiError::not_found("not_found", "no such resource"),
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => ApiError::unavailable(
-                "database_unavailable",
-                "the database is unreachable; retry later",
-            )
-            .with_source(error),
-            other => ApiError::internal(other),
-        }
+        service::ServiceError::from(error).into()
     }
 }
 

@@ -7,7 +7,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::LogFormat;
+use service::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=info";
 

@@ -42,7 +42,15 @@ async fn api_keys_and_webhook_tokens_never_reach_the_logs() {
         store::Store::connect_lazy(&format!("postgres://nobody@127.0.0.1:{port}/none"), 1).unwrap();
     let blobs_dir = std::env::temp_dir().join(format!("avatars-log-test-{}", std::process::id()));
     let blobs = store::BlobStore::local(&blobs_dir).unwrap();
-    let state = api::AppState::new(store, blobs, api::ServiceSettings::default()).unwrap();
+    let service = service::Service::new(
+        store,
+        blobs,
+        service::Settings::default(),
+        None,
+        api::event_bodies::render,
+    )
+    .unwrap();
+    let state = api::AppState::new(service);
     let router = api::router(state);
 
     let request = Request::get("/avatars")

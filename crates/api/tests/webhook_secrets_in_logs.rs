@@ -63,21 +63,22 @@ async fn webhook_secrets_never_reach_the_logs(pool: sqlx::PgPool) {
     let store = store::Store::new(pool);
     let blobs_dir = tempfile::tempdir().unwrap();
     let blobs = store::BlobStore::local(blobs_dir.path()).unwrap();
-    let mut settings = api::ServiceSettings::default();
+    let mut settings = service::Settings::default();
     settings.fetch.allow_http = true;
     settings.fetch.allowed_private = vec![hook];
     settings.events.retry_scale = 0.0001;
     settings.events.relay_poll = Duration::from_millis(20);
     settings.events.sequencer_poll = Duration::from_millis(20);
-    let state = api::AppState::new(store.clone(), blobs, settings).unwrap();
-    let _workers = api::workers::spawn_event_workers(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(
+    let resources = api::application::Resources {
+        store: store.clone(),
+        blobs,
+        fal: None,
         listener,
-        api::router(state),
-        std::future::pending(),
-    ));
+    };
+    let app = api::Application::build(settings, resources).unwrap();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     let (_, key) = api::auth::create_api_key(&store, "tenant", "test")
         .await
         .unwrap();

@@ -30,6 +30,17 @@ impl StoreError {
         StoreError::Database(error)
     }
 
+    /// The database could not be reached (pool exhausted or closed, connection lost): a
+    /// condition to retry, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        )
+    }
+
     pub fn is_conflict_on(&self, name: &str) -> bool {
         matches!(self, StoreError::Conflict { constraint } if constraint == name)
     }

@@ -13,6 +13,7 @@ mod generations;
 mod idempotency;
 mod jobs;
 mod models;
+pub mod notifications;
 mod photos;
 mod readiness;
 mod tenants;

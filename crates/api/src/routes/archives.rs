@@ -10,7 +10,9 @@ use crate::auth::Caller;
 use crate::extract::AppJson;
 use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
-use crate::training_data::{self, ArchiveCheckError, ArchiveInspection};
+use service::training_data::{self, ArchiveCheckError};
+
+use crate::views::archives::ArchiveInspection;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +45,7 @@ pub async fn inspect_training_archive(
     AppJson(body): AppJson<InspectArchiveRequest>,
 ) -> Result<Json<ArchiveInspection>, ApiError> {
     match training_data::inspect_archive_url(&state, &body.images_data_url).await {
-        Ok(inspection) => Ok(Json(inspection)),
+        Ok(inspection) => Ok(Json(inspection.into())),
         Err(ArchiveCheckError::Fetch(error)) => Err(ApiError::invalid_field(
             FieldLocation::Body,
             "images_data_url",

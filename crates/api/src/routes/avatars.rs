@@ -431,8 +431,7 @@ pub async fn delete_avatar(
         .active_trainings(caller.tenant_id, AvatarId(id))
         .await?
     {
-        if let Err(error) =
-            crate::training::cancel_job(&state, &job, "the avatar was deleted").await
+        if let Err(error) = service::jobs::cancel_job(&state, &job, "the avatar was deleted").await
         {
             tracing::warn!(training = %job.id, ?error, "cancelling a training of a deleted avatar");
         }
@@ -443,7 +442,7 @@ pub async fn delete_avatar(
         .await
     {
         Ok(()) => {
-            crate::janitor::purge_deleted_blobs(&state).await;
+            service::workers::janitor::purge_deleted_blobs(&state).await;
             Ok(StatusCode::NO_CONTENT)
         }
         Err(StoreError::NotFound) => Err(avatar_not_found(id)),

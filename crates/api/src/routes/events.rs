@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::events::render::EVENT_TYPES;
+use crate::event_bodies::EVENT_TYPES;
 use crate::extract::AppQuery;
 use crate::problem::{ApiError, FieldLocation};
 use crate::state::AppState;

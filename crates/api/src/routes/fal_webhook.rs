@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
-use crate::training::{self, FalOutcome};
+use service::jobs::{self, FalOutcome};
 
 /// The largest callback accepted.
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
@@ -103,7 +103,7 @@ pub async fn fal_webhook(
                 .fal_request_id
                 .as_deref()
                 .is_none_or(|known| known == request_id);
-            if training::token_matches(token, &candidate.webhook_token) && same_request {
+            if jobs::token_matches(token, &candidate.webhook_token) && same_request {
                 job = Some(candidate);
             }
         }
@@ -130,12 +130,14 @@ pub async fn fal_webhook(
                 }
                 (fal::WebhookStatus::Ok, _) => FalOutcome::SucceededWithoutPayload,
                 (fal::WebhookStatus::Error, result) => {
-                    let (code, message) =
-                        training::failure_code(payload.error.as_deref(), result.as_ref());
+                    let (code, message) = service::fal_errors::failure_code(
+                        payload.error.as_deref(),
+                        result.as_ref(),
+                    );
                     FalOutcome::Failed { code, message }
                 }
             };
-            training::completion_events(job, &request_id, outcome)
+            jobs::completion_events(job, &request_id, outcome)
         }
         None => Vec::new(),
     };
@@ -154,7 +156,7 @@ pub async fn fal_webhook(
     };
     state.work.notify_waiters();
     if let Some(generation) = job.as_ref().and_then(|j| j.generation_id) {
-        crate::generation::announce(&state, generation);
+        service::generation_items::announce(&state, generation);
     }
     Ok(Json(WebhookAck {
         outcome: outcome.to_string(),

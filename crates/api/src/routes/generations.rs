@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
-use crate::generation::{generation_status, item_finished, latest_attempts};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
-use crate::training;
+use service::generation_items::{generation_status, item_finished, latest_attempts};
+use service::jobs;
 
 /// The longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 2000;
@@ -305,7 +305,7 @@ async fn start_generation(
         Err(StoreError::NotFound) => return Err(avatar_not_found(avatar_id.0)),
         Err(error) => return Err(error.into()),
     };
-    let settings = &state.training;
+    let settings = &state.settings.jobs;
     let mut violations = Violations::default();
     let prompts: Vec<(String, String)> = match (&request.prompt, &request.prompts) {
         (Some(_), Some(_)) => {
@@ -569,7 +569,7 @@ async fn start_generation(
                 params,
                 trigger_phrase: trigger.clone(),
                 estimated_cost_usd: Some(plan.cost_per_prompt),
-                webhook_token: training::new_webhook_token(),
+                webhook_token: jobs::new_webhook_token(),
             }
         })
         .collect();
@@ -610,7 +610,7 @@ async fn start_generation(
     state.work.notify_waiters();
     let mut status = StatusCode::ACCEPTED;
     if let Some(wait) = wait {
-        if crate::generation::wait_finished(state, generation.id, wait).await {
+        if service::generation_items::wait_finished(state, generation.id, wait).await {
             status = StatusCode::OK;
         }
     }

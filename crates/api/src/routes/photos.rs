@@ -16,10 +16,10 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
-use crate::intake::{self, RejectedFile};
 use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::routes::avatars::AvatarResponse;
 use crate::state::AppState;
+use service::photos::{self, RejectedFile};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Warning {
@@ -76,7 +76,7 @@ impl From<PhotoRecord> for PhotoResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PhotoBatchReport {
     pub accepted: Vec<PhotoResponse>,
-    pub rejected: Vec<RejectedFile>,
+    pub rejected: Vec<crate::views::archives::RejectedFile>,
     /// The avatar after the batch: `photo_count` and `status` (`ready` once trainable).
     pub avatar: AvatarResponse,
     pub min_photos: u32,
@@ -157,7 +157,7 @@ pub async fn add_photos(
         Err(error) => return Err(error.into()),
     };
     if avatar.status == domain::AvatarStatus::Training {
-        return Err(intake::avatar_training());
+        return Err(photos::avatar_training().into());
     }
     let content_type = request
         .headers()
@@ -201,7 +201,7 @@ pub async fn add_photos(
     let avatar = state.store.get_avatar(caller.tenant_id, avatar_id).await?;
     let report = PhotoBatchReport {
         accepted: accepted.into_iter().map(Into::into).collect(),
-        rejected,
+        rejected: rejected.into_iter().map(Into::into).collect(),
         avatar: avatar.into(),
         min_photos: state.settings.photos.min_photos,
         max_photos: state.settings.photos.max_photos,
@@ -292,7 +292,7 @@ async fn upload_parts(
             )));
             continue;
         }
-        let inspection = intake::inspect(state, spool.path().to_path_buf());
+        let inspection = photos::inspect(state, spool.path().to_path_buf());
         pending.push_back(Pending::Inspecting(file_name, spool, inspection));
         while pending
             .iter()
@@ -353,7 +353,7 @@ async fn settle_next(
     match pending.pop_front() {
         Some(Pending::Decided(rejection)) => rejected.push(rejection),
         Some(Pending::Inspecting(file_name, spool, inspection)) => {
-            match intake::admit(
+            match photos::admit(
                 state,
                 caller.tenant_id,
                 avatar_id,
@@ -427,7 +427,7 @@ async fn fetch_urls(
                 continue;
             }
         }
-        match intake::ingest_file(state, caller.tenant_id, avatar_id, &url, spool.path()).await? {
+        match photos::ingest_file(state, caller.tenant_id, avatar_id, &url, spool.path()).await? {
             Ok(photo) => accepted.push(photo),
             Err(rejection) => rejected.push(rejection),
         }
@@ -500,11 +500,11 @@ pub async fn delete_photo(
         .await?;
     match removal {
         PhotoRemoval::Removed(_) => {
-            crate::janitor::purge_deleted_blobs(&state).await;
+            service::workers::janitor::purge_deleted_blobs(&state).await;
             Ok(StatusCode::NO_CONTENT)
         }
         PhotoRemoval::AvatarNotFound => Err(avatar_not_found(id)),
         PhotoRemoval::PhotoNotFound => Err(photo_not_found(photo_id)),
-        PhotoRemoval::AvatarBusy(_) => Err(intake::avatar_training()),
+        PhotoRemoval::AvatarBusy(_) => Err(photos::avatar_training().into()),
     }
 }

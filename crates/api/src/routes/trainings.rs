@@ -18,7 +18,7 @@ use crate::extract::{parse_json, AppQuery, PathId};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
-use crate::training;
+use service::jobs;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -218,7 +218,7 @@ async fn create_training(
         Err(StoreError::NotFound) => return Err(avatar_not_found(avatar_id.0)),
         Err(error) => return Err(error.into()),
     };
-    let settings = &state.training;
+    let settings = &state.settings.jobs;
     let mut violations = Violations::default();
     let preset = match request.preset.as_deref() {
         None => Some(PresetName::default()),
@@ -330,8 +330,8 @@ async fn create_training(
         trigger_phrase,
         input_blob_key: input_blob_key.clone(),
         estimated_cost_usd: domain::estimate_training_cost(&params, &settings.prices),
-        webhook_token: training::new_webhook_token(),
-        deadline_at: training::deadline_from_now(settings),
+        webhook_token: jobs::new_webhook_token(),
+        deadline_at: jobs::deadline_from_now(settings),
     };
     let job = match state.store.insert_training(&new).await {
         Ok(job) => job,
@@ -373,9 +373,9 @@ async fn store_callers_archive(
     url: &str,
 ) -> Result<String, ApiError> {
     let (inspection, scratch, path) =
-        match crate::training_data::fetch_and_inspect(state, url).await {
+        match service::training_data::fetch_and_inspect(state, url).await {
             Ok(checked) => checked,
-            Err(crate::training_data::ArchiveCheckError::Fetch(error)) => {
+            Err(service::training_data::ArchiveCheckError::Fetch(error)) => {
                 return Err(ApiError::invalid_field(
                     FieldLocation::Body,
                     "images_data_url",
@@ -383,7 +383,7 @@ async fn store_callers_archive(
                     error.to_string(),
                 ))
             }
-            Err(crate::training_data::ArchiveCheckError::Archive(error)) => {
+            Err(service::training_data::ArchiveCheckError::Archive(error)) => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "archive_unusable",
@@ -525,7 +525,7 @@ pub async fn cancel_training(
         // The worker owns an upload; it sees the request before submitting, or cancels on fal
         // right after.
         JobStatus::Uploading => job,
-        _ => training::cancel_job(&state, &job, "cancelled by the caller").await?,
+        _ => jobs::cancel_job(&state, &job, "cancelled by the caller").await?,
     };
     Ok((
         StatusCode::ACCEPTED,
@@ -590,7 +590,7 @@ pub struct PresetsResponse {
     )
 )]
 pub async fn list_presets(State(state): State<AppState>, _caller: Caller) -> Json<PresetsResponse> {
-    let settings = &state.training;
+    let settings = &state.settings.jobs;
     let training = domain::training_presets(&settings.portrait_defaults)
         .into_iter()
         .map(|preset| TrainingPresetResponse {

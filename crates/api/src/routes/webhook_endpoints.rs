@@ -18,12 +18,12 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::events::render::EVENT_TYPES;
-use crate::events::signing;
+use crate::event_bodies::EVENT_TYPES;
 use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, FieldLocation, Problem};
 use crate::state::AppState;
+use service::events::signing;
 
 const MAX_URL_CHARS: usize = 2000;
 const MAX_DESCRIPTION_CHARS: usize = 500;

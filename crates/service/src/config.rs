@@ -163,6 +163,13 @@ impl Default for HttpLimits {
     }
 }
 
+/// Every setting at its default: what an empty environment gives.
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).expect("the defaults are valid")
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())

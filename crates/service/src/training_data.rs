@@ -5,9 +5,8 @@ use std::path::Path;
 
 use domain::{AvatarId, TenantId};
 use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::state::AppState;
+use crate::context::Service;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingDataError {
@@ -29,29 +28,29 @@ pub enum TrainingDataError {
 /// applied, with a caption file per image carrying `caption` when given. Photos are copied from
 /// the blob store to a scratch directory one by one, so memory stays flat.
 pub async fn build_training_archive(
-    state: &AppState,
+    service: &Service,
     tenant_id: TenantId,
     avatar_id: AvatarId,
     caption: Option<String>,
     destination: &Path,
 ) -> Result<media::TrainingArchiveSummary, TrainingDataError> {
-    let photos = state
+    let photos = service
         .store
         .list_photos(tenant_id, avatar_id)
         .await?
         .ok_or(TrainingDataError::AvatarNotFound)?;
     let scratch = tempfile::Builder::new()
         .prefix("avatars-archive-")
-        .tempdir_in(&state.settings.scratch_dir)?;
+        .tempdir_in(&service.settings.scratch_dir)?;
     let mut sources = Vec::with_capacity(photos.len());
     for (index, photo) in photos.iter().enumerate() {
         let path = scratch.path().join(format!("{index:04}"));
-        state.blobs.get_to_file(&photo.blob_key, &path).await?;
+        service.blobs.get_to_file(&photo.blob_key, &path).await?;
         sources.push((path, media_format(photo.format), photo.orientation));
     }
     let options = media::TrainingArchiveOptions {
         caption,
-        rules: state.photo_rules(),
+        rules: service.photo_rules(),
         ..media::TrainingArchiveOptions::default()
     };
     let destination = destination.to_path_buf();
@@ -79,18 +78,18 @@ fn media_format(format: domain::PhotoFormat) -> media::PhotoFormat {
 }
 
 /// An image found in a caller's archive.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ArchiveImage {
     pub entry_name: String,
     pub format: String,
     pub width: u32,
     pub height: u32,
     pub bytes: u64,
-    pub warnings: Vec<crate::routes::photos::Warning>,
+    pub warnings: Vec<domain::PhotoWarning>,
 }
 
 /// An entry of a caller's archive that fal must not be given.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ArchiveEntryProblem {
     pub entry_name: String,
     /// e.g. `unsafe_path`, `symlink`, `nested_archive`, `corrupt_image`, `duplicate_photo`.
@@ -99,7 +98,7 @@ pub struct ArchiveEntryProblem {
 }
 
 /// What a caller's training archive holds, and whether it can be trained from.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ArchiveInspection {
     /// True when every entry is acceptable and the image count is within the limits.
     pub usable: bool,
@@ -130,10 +129,10 @@ pub enum ArchiveCheckError {
 /// Fetches a caller's archive through the safe fetcher and inspects it: every entry checked
 /// by the photo rules, exact duplicates refused, near-duplicates flagged.
 pub async fn inspect_archive_url(
-    state: &AppState,
+    service: &Service,
     url: &str,
 ) -> Result<ArchiveInspection, ArchiveCheckError> {
-    fetch_and_inspect(state, url)
+    fetch_and_inspect(service, url)
         .await
         .map(|(inspection, ..)| inspection)
 }
@@ -141,15 +140,15 @@ pub async fn inspect_archive_url(
 /// Like [`inspect_archive_url`], also handing back the fetched file and the scratch directory
 /// holding it (removed when dropped).
 pub async fn fetch_and_inspect(
-    state: &AppState,
+    service: &Service,
     url: &str,
 ) -> Result<(ArchiveInspection, tempfile::TempDir, std::path::PathBuf), ArchiveCheckError> {
     let scratch = tempfile::Builder::new()
         .prefix("avatars-byo-")
-        .tempdir_in(&state.settings.scratch_dir)?;
+        .tempdir_in(&service.settings.scratch_dir)?;
     let archive = scratch.path().join("archive.zip");
-    state.archive_fetcher.fetch_to_file(url, &archive).await?;
-    let rules = state.photo_rules();
+    service.archive_fetcher.fetch_to_file(url, &archive).await?;
+    let rules = service.photo_rules();
     let limits = media::ArchiveLimits::default();
     let inspected = archive.clone();
     let report =
@@ -157,7 +156,7 @@ pub async fn fetch_and_inspect(
             .await?
             .map_err(ArchiveCheckError::Archive)?;
 
-    let set_rules = state.photo_set_rules();
+    let set_rules = service.photo_set_rules();
     let mut images: Vec<ArchiveImage> = Vec::new();
     let mut rejected: Vec<ArchiveEntryProblem> = report
         .rejected
@@ -179,10 +178,10 @@ pub async fn fetch_and_inspect(
             });
             continue;
         }
-        let mut warnings: Vec<crate::routes::photos::Warning> = inspection
+        let mut warnings: Vec<domain::PhotoWarning> = inspection
             .warnings
             .iter()
-            .map(|w| crate::routes::photos::Warning {
+            .map(|w| domain::PhotoWarning {
                 code: w.code.to_string(),
                 message: w.message.clone(),
             })
@@ -192,7 +191,7 @@ pub async fn fetch_and_inspect(
             .find(|(_, _, hash)| media::is_near_duplicate(*hash, inspection.perceptual_hash))
         {
             let warning = media::PhotoWarning::near_duplicate(other);
-            warnings.push(crate::routes::photos::Warning {
+            warnings.push(domain::PhotoWarning {
                 code: warning.code.to_string(),
                 message: warning.message,
             });

@@ -9,7 +9,7 @@ use store::JobRecord;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::context::Service;
 
 /// An item is finished when its job is terminal and nothing is left to do for it: its images
 /// are in our storage, or it failed for good (not awaiting a resubmit).
@@ -56,14 +56,14 @@ pub fn generation_status(items: &[&JobRecord]) -> &'static str {
 }
 
 /// Tells waiters in this process that an item of `generation_id` finished.
-pub fn announce(state: &AppState, generation_id: Uuid) {
+pub fn announce(service: &Service, generation_id: Uuid) {
     // No receiver is normal: nobody is waiting.
-    let _ = state.generation_events.send(generation_id);
+    let _ = service.generation_events.send(generation_id);
 }
 
 /// Whether every item of the generation is finished.
-async fn finished(state: &AppState, generation_id: Uuid) -> bool {
-    match state.store.generation_jobs(generation_id).await {
+async fn finished(service: &Service, generation_id: Uuid) -> bool {
+    match service.store.generation_jobs(generation_id).await {
         Ok(jobs) => {
             let items = latest_attempts(jobs);
             !items.is_empty() && items.iter().all(|(job, _)| item_finished(job))
@@ -77,12 +77,12 @@ async fn finished(state: &AppState, generation_id: Uuid) -> bool {
 
 /// Waits up to `wait` for the generation to finish: woken by announcements, never by polling
 /// the database. True when it finished in time.
-pub async fn wait_finished(state: &AppState, generation_id: Uuid, wait: Duration) -> bool {
+pub async fn wait_finished(service: &Service, generation_id: Uuid, wait: Duration) -> bool {
     // Subscribe before the first look, so a completion between the two is not missed.
-    let mut events = state.generation_events.subscribe();
+    let mut events = service.generation_events.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if finished(state, generation_id).await {
+        if finished(service, generation_id).await {
             return true;
         }
         loop {
@@ -93,29 +93,5 @@ pub async fn wait_finished(state: &AppState, generation_id: Uuid, wait: Duration
                 Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
             }
         }
-    }
-}
-
-/// Forwards Postgres notifications of finished items (from any replica) to this process's
-/// waiters, reconnecting after errors.
-pub async fn forward_notifications(state: AppState) {
-    loop {
-        match state.store.listen_generations().await {
-            Ok(mut listener) => loop {
-                match listener.recv().await {
-                    Ok(notification) => {
-                        if let Ok(id) = Uuid::parse_str(notification.payload()) {
-                            announce(&state, id);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "generation notifications interrupted");
-                        break;
-                    }
-                }
-            },
-            Err(error) => tracing::warn!(%error, "listening for generation notifications"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -25,7 +25,7 @@ impl FalHealth {
 }
 
 #[derive(Clone)]
-pub struct FalRuntime {
+pub struct FalLink {
     pub client: fal::FalClient,
     pub verifier: Arc<fal::Verifier>,
     pub health: Arc<FalHealth>,
@@ -45,7 +45,7 @@ fn url(variable: &'static str, value: &str) -> Result<url::Url, FalSetupError> {
     })
 }
 
-impl FalRuntime {
+impl FalLink {
     /// A client for `key` at the configured base URLs.
     pub fn new(settings: &FalSettings, key: SecretString) -> Result<Self, FalSetupError> {
         let mut config = fal::FalConfig::new(key).with_base_urls(

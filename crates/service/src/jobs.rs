@@ -10,12 +10,17 @@ use serde_json::Value;
 use store::{JobChanges, JobRecord};
 use uuid::Uuid;
 
-use crate::problem::ApiError;
-use crate::state::AppState;
+use crate::context::Service;
+use crate::error::ServiceError;
 
-/// Training behaviour from the configuration.
+/// How long a worker owns a job; longer than any single fal call it makes.
+const JOB_LEASE: Duration = Duration::from_secs(600);
+/// A generation item's budget, from creation.
+const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How jobs (trainings and generations) behave, from the configuration.
 #[derive(Debug, Clone)]
-pub struct TrainingSettings {
+pub struct JobSettings {
     pub selection: domain::TrainerSelection,
     pub portrait_defaults: domain::PortraitDefaults,
     pub prices: domain::TrainingPrices,
@@ -32,7 +37,7 @@ pub struct TrainingSettings {
     pub generation_prices: domain::GenerationPrices,
 }
 
-impl TrainingSettings {
+impl JobSettings {
     pub fn from_config(config: &crate::Config) -> Self {
         let mut selection = domain::TrainerSelection {
             auto: config.fal.auto_model_selection,
@@ -54,28 +59,18 @@ impl TrainingSettings {
             prices: config.fal.prices.clone(),
             timeout: config.fal.training_timeout,
             status_check_interval: config.fal.status_check_interval,
-            lease: Duration::from_secs(600),
+            lease: JOB_LEASE,
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
-            ..Self::default()
+            generation_timeout: GENERATION_TIMEOUT,
+            generation_prices: domain::GenerationPrices::default(),
         }
     }
 }
 
-impl Default for TrainingSettings {
+impl Default for JobSettings {
     fn default() -> Self {
-        Self {
-            selection: domain::TrainerSelection::default(),
-            portrait_defaults: domain::PortraitDefaults::default(),
-            prices: domain::TrainingPrices::default(),
-            timeout: Duration::from_secs(1800),
-            status_check_interval: Duration::from_secs(30),
-            lease: Duration::from_secs(600),
-            public_base_url: None,
-            generation_max_prompts: 10,
-            generation_timeout: Duration::from_secs(600),
-            generation_prices: domain::GenerationPrices::default(),
-        }
+        Self::from_config(&crate::Config::default())
     }
 }
 
@@ -116,56 +111,6 @@ pub enum FalOutcome {
         message: String,
     },
 }
-
-/// Maps a fal error text and payload to our stable error code.
-pub fn failure_code(error: Option<&str>, payload: Option<&Value>) -> (String, String) {
-    let message = error
-        .unwrap_or("fal reported the request as failed")
-        .to_string();
-    let detail = payload.and_then(|p| p.get("detail"));
-    // fal reports rejected input as a validation list (FastAPI's `detail` array); any other
-    // failure is the model's or the runner's.
-    let code = match detail.and_then(Value::as_array) {
-        Some(issues) => issue_code(issues.iter().map(|issue| {
-            (
-                issue
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                issue.get("loc").cloned().unwrap_or(Value::Null),
-            )
-        })),
-        None => "fal_failed",
-    };
-    let message = match detail {
-        Some(Value::String(text)) if text != &message => format!("{message}: {text}"),
-        Some(Value::String(_)) | None => message,
-        Some(other) => format!("{message}: {other}"),
-    };
-    (code.to_string(), message)
-}
-
-/// The stable code of fal's validation issues (`(type, loc)` pairs): a content-policy block,
-/// a LoRA fal could not fetch (its CDN copy expired), or any other rejected input.
-pub fn issue_code<'a>(issues: impl IntoIterator<Item = (&'a str, Value)>) -> &'static str {
-    let mut code = "fal_rejected_input";
-    for (kind, loc) in issues {
-        if kind == "content_policy_violation" {
-            return "content_policy_violation";
-        }
-        let about_loras = loc
-            .as_array()
-            .is_some_and(|parts| parts.iter().any(|p| p == "loras"));
-        if kind == "file_download_error" && about_loras {
-            code = LORA_UNAVAILABLE;
-        }
-    }
-    code
-}
-
-/// fal could not fetch a generation's LoRA: the request certainly failed, so it may be sent
-/// again with our own copy of the LoRA.
-pub const LORA_UNAVAILABLE: &str = "lora_unavailable";
 
 /// The events that record a finished request: a job still waiting for its submit to be
 /// recorded learns its request id first.
@@ -217,7 +162,7 @@ pub fn completion_events(
             JobChanges {
                 // Marks the item for the custody worker, which re-uploads the LoRA and
                 // resubmits it once.
-                custody_needed: (code == LORA_UNAVAILABLE
+                custody_needed: (code == crate::fal_errors::LORA_UNAVAILABLE
                     && job.kind() == domain::JobKind::Generation
                     && job.attempt < 2)
                     .then_some(true),
@@ -233,25 +178,25 @@ pub fn completion_events(
 /// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
 /// the request already completed, its result wins.
 pub async fn cancel_job(
-    state: &AppState,
+    service: &Service,
     job: &JobRecord,
     cause: &str,
-) -> Result<JobRecord, ApiError> {
+) -> Result<JobRecord, ServiceError> {
     let status = job.status();
     if status.is_terminal() {
         return Ok(job.clone());
     }
-    let request = request_ref(state, job);
-    if let (Some(fal), Some(request)) = (state.fal.as_ref(), request) {
+    let request = request_ref(service, job);
+    if let (Some(fal), Some(request)) = (service.fal.as_ref(), request) {
         match fal.client.cancel(&request).await {
             Ok(fal::CancelOutcome::CancellationRequested) => {}
             Ok(fal::CancelOutcome::AlreadyCompleted) => {
-                reconcile_job(state, job, None).await;
-                return reload(state, job.id).await;
+                reconcile_job(service, job, None).await;
+                return reload(service, job.id).await;
             }
             Err(fal::FalError::NotFound { .. }) => {}
             Err(error) => {
-                return Err(ApiError::unavailable(
+                return Err(ServiceError::unavailable(
                     "fal_unavailable",
                     "fal could not be reached to cancel the request; retry later",
                 )
@@ -259,7 +204,7 @@ pub async fn cancel_job(
             }
         }
     }
-    state
+    service
         .store
         .apply_event(
             job.id,
@@ -273,18 +218,18 @@ pub async fn cancel_job(
             cause,
         )
         .await?;
-    reload(state, job.id).await
+    reload(service, job.id).await
 }
 
-async fn reload(state: &AppState, id: Uuid) -> Result<JobRecord, ApiError> {
-    state.store.job_by_id(id).await?.ok_or_else(|| {
-        ApiError::not_found("training_not_found", format!("no training with id {id}"))
+async fn reload(service: &Service, id: Uuid) -> Result<JobRecord, ServiceError> {
+    service.store.job_by_id(id).await?.ok_or_else(|| {
+        ServiceError::not_found("training_not_found", format!("no training with id {id}"))
     })
 }
 
 /// The fal URLs of a submitted job, from what submit returned or, when only the request id is
 /// known, from fal's URL rule.
-pub fn request_ref(state: &AppState, job: &JobRecord) -> Option<fal::RequestRef> {
+pub fn request_ref(service: &Service, job: &JobRecord) -> Option<fal::RequestRef> {
     let request_id = job.fal_request_id.as_deref()?;
     let parse = |u: &Option<String>| u.as_deref().and_then(|u| url::Url::parse(u).ok());
     match (
@@ -298,7 +243,7 @@ pub fn request_ref(state: &AppState, job: &JobRecord) -> Option<fal::RequestRef>
             response_url,
             cancel_url,
         }),
-        _ => state
+        _ => service
             .fal
             .as_ref()?
             .client
@@ -309,11 +254,11 @@ pub fn request_ref(state: &AppState, job: &JobRecord) -> Option<fal::RequestRef>
 
 /// Asks fal where a submitted job stands and applies the answer. `fence` is the reconciler's
 /// lease; `None` from request handlers.
-pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>) {
-    let Some(fal) = state.fal.as_ref() else {
+pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64>) {
+    let Some(fal) = service.fal.as_ref() else {
         return;
     };
-    let Some(request) = request_ref(state, job) else {
+    let Some(request) = request_ref(service, job) else {
         return;
     };
     let status = match fal.client.status(&request, true).await {
@@ -324,7 +269,7 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
         }
     };
     let apply = |event: JobEvent, changes: JobChanges| async move {
-        if let Err(error) = state
+        if let Err(error) = service
             .store
             .apply_event(job.id, event, fence, &changes, "status lookup")
             .await
@@ -361,11 +306,12 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
             let outcome = match fal.client.result(&request).await {
                 Ok(result) if error.is_none() => FalOutcome::Succeeded(result),
                 Ok(result) => {
-                    let (code, message) = failure_code(error.as_deref(), Some(&result));
+                    let (code, message) =
+                        crate::fal_errors::failure_code(error.as_deref(), Some(&result));
                     FalOutcome::Failed { code, message }
                 }
                 Err(fal::FalError::Validation { issues, .. }) => FalOutcome::Failed {
-                    code: issue_code(
+                    code: crate::fal_errors::issue_code(
                         issues
                             .iter()
                             .map(|i| (i.kind.as_str(), Value::from(i.loc.clone()))),
@@ -392,12 +338,12 @@ pub async fn reconcile_job(state: &AppState, job: &JobRecord, fence: Option<i64>
 }
 
 /// Applies a terminal "timed out" after cancelling on fal.
-pub async fn time_out(state: &AppState, job: &JobRecord, fence: i64) {
-    if let (Some(fal), Some(request)) = (state.fal.as_ref(), request_ref(state, job)) {
+pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
+    if let (Some(fal), Some(request)) = (service.fal.as_ref(), request_ref(service, job)) {
         match fal.client.cancel(&request).await {
             Ok(fal::CancelOutcome::AlreadyCompleted) => {
                 // fal finished meanwhile: the result wins over the deadline.
-                reconcile_job(state, job, Some(fence)).await;
+                reconcile_job(service, job, Some(fence)).await;
                 return;
             }
             Ok(fal::CancelOutcome::CancellationRequested) | Err(fal::FalError::NotFound { .. }) => {
@@ -407,7 +353,7 @@ pub async fn time_out(state: &AppState, job: &JobRecord, fence: i64) {
             }
         }
     }
-    let outcome = state
+    let outcome = service
         .store
         .apply_event(
             job.id,
@@ -452,44 +398,6 @@ pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseEr
     Ok(url)
 }
 
-pub fn deadline_from_now(settings: &TrainingSettings) -> chrono::DateTime<Utc> {
+pub fn deadline_from_now(settings: &JobSettings) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn fal_validation_issues_map_to_stable_codes() {
-        let code = |body: Value| failure_code(Some("rejected"), Some(&body)).0;
-        assert_eq!(
-            code(
-                json!({"detail": [{"loc": ["body", "prompt"], "type": "content_policy_violation"}]})
-            ),
-            "content_policy_violation"
-        );
-        assert_eq!(
-            code(
-                json!({"detail": [{"loc": ["body", "loras", 0, "path"], "type": "file_download_error"}]})
-            ),
-            LORA_UNAVAILABLE
-        );
-        // A training archive fal cannot fetch is not a LoRA problem.
-        assert_eq!(
-            code(
-                json!({"detail": [{"loc": ["body", "images_data_url"], "type": "file_download_error"}]})
-            ),
-            "fal_rejected_input"
-        );
-        assert_eq!(
-            code(json!({"detail": [{"loc": ["body", "seed"], "type": "value_error"}]})),
-            "fal_rejected_input"
-        );
-        assert_eq!(
-            code(json!({"detail": "Runner disconnected", "error_type": "runner_disconnected"})),
-            "fal_failed"
-        );
-    }
 }

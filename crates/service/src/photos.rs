@@ -8,13 +8,12 @@ use std::path::Path;
 use domain::{AvatarId, PhotoFormat, PhotoWarning, TenantId};
 use serde::Serialize;
 use store::{NewPhoto, PhotoRecord, Reservation};
-use utoipa::ToSchema;
 
-use crate::problem::ApiError;
-use crate::state::AppState;
+use crate::context::Service;
+use crate::error::ServiceError;
 
 /// A file the service refused, and why.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RejectedFile {
     /// The uploaded file's name, or the URL it was fetched from.
     pub file_name: String,
@@ -44,36 +43,36 @@ fn format_of(format: media::PhotoFormat) -> PhotoFormat {
 /// Checks the file at `path` and, when it passes, adds it to the avatar's set.
 /// `Ok(Err(_))` is a refusal of this one file; `Err(_)` stops the whole request.
 pub async fn ingest_file(
-    state: &AppState,
+    service: &Service,
     tenant_id: TenantId,
     avatar_id: AvatarId,
     file_name: &str,
     path: &Path,
-) -> Result<Result<PhotoRecord, RejectedFile>, ApiError> {
-    let inspection = inspect(state, path.to_path_buf());
-    admit(state, tenant_id, avatar_id, file_name, path, inspection).await
+) -> Result<Result<PhotoRecord, RejectedFile>, ServiceError> {
+    let inspection = inspect(service, path.to_path_buf());
+    admit(service, tenant_id, avatar_id, file_name, path, inspection).await
 }
 
 /// The photo checks of one file, on a blocking thread (decoding is CPU work). Returns a handle
 /// so a batch can check the next file while this one is being admitted.
 pub fn inspect(
-    state: &AppState,
+    service: &Service,
     path: std::path::PathBuf,
 ) -> tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>> {
-    let rules = state.photo_rules();
+    let rules = service.photo_rules();
     tokio::task::spawn_blocking(move || media::inspect_photo_path(&path, &rules))
 }
 
 /// Adds an inspected file to the avatar's set: reserve, store the bytes, count.
 pub async fn admit(
-    state: &AppState,
+    service: &Service,
     tenant_id: TenantId,
     avatar_id: AvatarId,
     file_name: &str,
     path: &Path,
     inspection: tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>,
-) -> Result<Result<PhotoRecord, RejectedFile>, ApiError> {
-    let inspection = match inspection.await.map_err(ApiError::internal)? {
+) -> Result<Result<PhotoRecord, RejectedFile>, ServiceError> {
+    let inspection = match inspection.await.map_err(ServiceError::internal)? {
         Ok(inspection) => inspection,
         Err(media::InspectError::Rejected(rejection)) => {
             return Ok(Err(RejectedFile::new(
@@ -82,7 +81,7 @@ pub async fn admit(
                 rejection.message(),
             )))
         }
-        Err(media::InspectError::Io(error)) => return Err(ApiError::internal(error)),
+        Err(media::InspectError::Io(error)) => return Err(ServiceError::internal(error)),
     };
     let new = NewPhoto {
         file_name: file_name.to_string(),
@@ -102,15 +101,15 @@ pub async fn admit(
             })
             .collect(),
     };
-    let rules = state.photo_set_rules();
-    let photo = match state
+    let rules = service.photo_set_rules();
+    let photo = match service
         .store
         .reserve_photo(tenant_id, avatar_id, new, rules, media::is_near_duplicate)
         .await?
     {
         Reservation::Reserved(photo) => photo,
         Reservation::AvatarNotFound => {
-            return Err(ApiError::not_found(
+            return Err(ServiceError::not_found(
                 "avatar_not_found",
                 format!("no avatar with id {avatar_id}"),
             ))
@@ -133,24 +132,24 @@ pub async fn admit(
             )))
         }
     };
-    if let Err(error) = state.blobs.put_file(&photo.blob_key, path).await {
-        state.store.discard_pending_photo(photo.id).await?;
-        crate::janitor::purge_deleted_blobs(state).await;
-        return Err(ApiError::unavailable(
+    if let Err(error) = service.blobs.put_file(&photo.blob_key, path).await {
+        service.store.discard_pending_photo(photo.id).await?;
+        crate::workers::janitor::purge_deleted_blobs(service).await;
+        return Err(ServiceError::unavailable(
             "storage_unavailable",
             "the photo could not be stored; retry later",
         )
         .with_source(error));
     }
-    state
+    service
         .store
         .mark_photo_stored(tenant_id, avatar_id, photo.id, rules)
         .await?;
     Ok(Ok(photo))
 }
 
-pub fn avatar_training() -> ApiError {
-    ApiError::conflict(
+pub fn avatar_training() -> ServiceError {
+    ServiceError::conflict(
         "avatar_training",
         "the avatar is training; its photo set cannot change until the training ends",
     )

@@ -14,8 +14,8 @@ use safe_fetch::HeaderMap;
 use store::webhooks::{AttemptResult, AttemptStart, DueDelivery, EndpointClaim, NextStep};
 use tokio::task::JoinSet;
 
+use crate::context::Service;
 use crate::events::signing;
-use crate::state::AppState;
 
 /// Delays after failed attempts 1..=7 (Standard Webhooks' and Svix's schedule); the 8th
 /// failure is final.
@@ -39,20 +39,20 @@ const BATCH: i64 = 20;
 /// The longest response text kept in the delivery log.
 const SNIPPET_CHARS: usize = 1000;
 
-pub async fn run(state: AppState) {
-    let settings = state.settings.events;
+pub async fn run(service: Service) {
+    let settings = service.settings.events;
     let mut running = JoinSet::new();
     loop {
         let room = settings.relay_concurrency.saturating_sub(running.len());
         if room > 0 {
-            match state
+            match service
                 .store
-                .claim_endpoints(state.worker_id, settings.relay_lease, room as i64)
+                .claim_endpoints(service.worker_id, settings.relay_lease, room as i64)
                 .await
             {
                 Ok(claims) => {
                     for claim in claims {
-                        running.spawn(deliver_to_endpoint(state.clone(), claim));
+                        running.spawn(deliver_to_endpoint(service.clone(), claim));
                     }
                 }
                 Err(error) => tracing::warn!(%error, "claiming webhook endpoints"),
@@ -60,16 +60,16 @@ pub async fn run(state: AppState) {
         }
         tokio::select! {
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            _ = state.relay_wake.notified() => {}
+            _ = service.relay_wake.notified() => {}
             _ = tokio::time::sleep(settings.relay_poll) => {}
         }
     }
 }
 
 /// Sends the claimed endpoint's due deliveries in event order, then gives the endpoint up.
-async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
+async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
     loop {
-        let due = match state.store.due_deliveries(&claim, BATCH).await {
+        let due = match service.store.due_deliveries(&claim, BATCH).await {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(endpoint = %claim.endpoint_id, %error, "reading due deliveries");
@@ -80,7 +80,7 @@ async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
             break;
         }
         for delivery in due {
-            match attempt(&state, &claim, &delivery).await {
+            match attempt(&service, &claim, &delivery).await {
                 Ok(true) => {}
                 // Another relay holds the endpoint now, or it was disabled.
                 Ok(false) => return,
@@ -91,7 +91,7 @@ async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
             }
         }
     }
-    if let Err(error) = state.store.release_endpoint(&claim).await {
+    if let Err(error) = service.store.release_endpoint(&claim).await {
         tracing::warn!(endpoint = %claim.endpoint_id, %error, "releasing a webhook endpoint");
     }
 }
@@ -99,12 +99,12 @@ async fn deliver_to_endpoint(state: AppState, claim: EndpointClaim) {
 /// One attempt, unless the delivery stopped being due. False when this relay no longer holds
 /// the endpoint.
 async fn attempt(
-    state: &AppState,
+    service: &Service,
     claim: &EndpointClaim,
     delivery: &DueDelivery,
 ) -> Result<bool, store::StoreError> {
-    let settings = state.settings.events;
-    let started = match state
+    let settings = service.settings.events;
+    let started = match service
         .store
         .start_attempt(claim, delivery.id, settings.relay_lease)
         .await?
@@ -130,7 +130,7 @@ async fn attempt(
         }
     }
     let sent_at = Instant::now();
-    let response = state
+    let response = service
         .webhook_fetcher
         .post(&started.url, headers, body.into())
         .await;
@@ -172,7 +172,7 @@ async fn attempt(
             retry_after_failure(started.try_number, None, settings),
         ),
     };
-    state
+    service
         .store
         .finish_attempt(claim, delivery.id, started.number, &result, next)
         .await?;

@@ -1,0 +1,263 @@
+//! The one error type of the application layer, and the one way a job fails.
+//!
+//! A [`ServiceError`] says what went wrong in the caller's terms (a kind, a stable code, words
+//! and the fields at fault); the HTTP layer maps its kind to a status once. A worker that gives
+//! up on a job records a [`JobFailure`].
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// What kind of failure, independent of any transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is wrong; `violations` name the fields.
+    Invalid,
+    /// The input is well-formed but not acceptable as a whole (bad request).
+    BadRequest,
+    NotFound,
+    /// The resource's state does not allow it now.
+    Conflict,
+    /// The input is larger than allowed.
+    TooLarge,
+    /// A dependency is down; retry later.
+    Unavailable,
+    /// A bug or an unexpected failure; logged, never explained to the caller.
+    Internal,
+}
+
+/// Where a rejected field was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLocation {
+    Body,
+    Query,
+    Path,
+    Header,
+}
+
+/// One rejected input field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub location: InputLocation,
+    pub code: String,
+    pub message: String,
+}
+
+/// The error of every use case (boxed: it travels in every `Result`).
+#[derive(Debug)]
+pub struct ServiceError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    kind: ErrorKind,
+    code: &'static str,
+    detail: String,
+    violations: Vec<Violation>,
+    extensions: Map<String, Value>,
+    retry_after: Option<Duration>,
+    source: Option<anyhow::Error>,
+}
+
+impl ServiceError {
+    pub fn new(kind: ErrorKind, code: &'static str, detail: impl Into<String>) -> Self {
+        Self(Box::new(Inner {
+            kind,
+            code,
+            detail: detail.into(),
+            violations: Vec::new(),
+            extensions: Map::new(),
+            retry_after: None,
+            source: None,
+        }))
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, code, detail)
+    }
+
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, code, detail)
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, code, detail)
+    }
+
+    pub fn too_large(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, code, detail)
+    }
+
+    pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, code, detail)
+    }
+
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        Self::new(
+            ErrorKind::Internal,
+            "internal_error",
+            "the service failed to handle this request; it has been logged",
+        )
+        .with_source(source)
+    }
+
+    /// A 'validation failed' error naming every field at fault.
+    pub fn invalid(violations: Vec<Violation>) -> Self {
+        let detail = match violations.as_slice() {
+            [one] => format!("`{}` {}", one.field, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        let mut error = Self::new(ErrorKind::Invalid, "validation_failed", detail);
+        error.0.violations = violations;
+        error
+    }
+
+    /// Invalid input in one field.
+    pub fn invalid_field(
+        location: InputLocation,
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::invalid(vec![Violation {
+            field: field.into(),
+            location,
+            code: code.into(),
+            message: message.into(),
+        }])
+    }
+
+    pub fn with_extension(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.extensions.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.0.retry_after = Some(after);
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.0.source = Some(source.into());
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.0.detail
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.0.violations
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.0.retry_after
+    }
+
+    pub fn source(&self) -> Option<&anyhow::Error> {
+        self.0.source.as_ref()
+    }
+
+    /// Takes the parts a transport renders.
+    pub fn into_parts(self) -> ErrorParts {
+        let inner = *self.0;
+        ErrorParts {
+            kind: inner.kind,
+            code: inner.code,
+            detail: inner.detail,
+            violations: inner.violations,
+            extensions: inner.extensions,
+            retry_after: inner.retry_after,
+            source: inner.source,
+        }
+    }
+}
+
+/// A [`ServiceError`] taken apart.
+#[derive(Debug)]
+pub struct ErrorParts {
+    pub kind: ErrorKind,
+    pub code: &'static str,
+    pub detail: String,
+    pub violations: Vec<Violation>,
+    pub extensions: Map<String, Value>,
+    pub retry_after: Option<Duration>,
+    pub source: Option<anyhow::Error>,
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.detail)
+    }
+}
+
+impl From<domain::Violations> for ServiceError {
+    fn from(violations: domain::Violations) -> Self {
+        Self::invalid(
+            violations
+                .0
+                .into_iter()
+                .map(|v| Violation {
+                    field: v.field,
+                    location: InputLocation::Body,
+                    code: v.code.to_string(),
+                    message: v.message,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<store::StoreError> for ServiceError {
+    fn from(error: store::StoreError) -> Self {
+        use store::StoreError;
+        match error {
+            StoreError::NotFound => Self::not_found("not_found", "no such resource"),
+            error if error.is_unavailable() => Self::unavailable(
+                "database_unavailable",
+                "the database is unreachable; retry later",
+            )
+            .with_source(error),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Why a worker gave up on a job: the stable code and words the job's caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub code: String,
+    pub message: String,
+}
+
+impl JobFailure {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The job changes that record this failure.
+    pub fn changes(self) -> store::JobChanges {
+        store::JobChanges {
+            error_code: Some(self.code),
+            error_message: Some(self.message),
+            ..store::JobChanges::default()
+        }
+    }
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}

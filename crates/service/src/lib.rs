@@ -1,0 +1,22 @@
+//! The avatars application layer: every use case (avatars, photos, trainings, generations,
+//! webhook endpoints, deletion, fal webhook intake) and every background worker (submitter,
+//! reconciler, custody, sequencer, relay, janitor).
+//!
+//! It speaks in domain types and [`ServiceError`]; it knows nothing of HTTP. The `api` crate
+//! parses requests, calls one function here and renders the result.
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod events;
+pub mod fal_errors;
+pub mod fal_link;
+pub mod generation_items;
+pub mod jobs;
+pub mod photos;
+pub mod training_data;
+pub mod workers;
+
+pub use config::{Config, ConfigError};
+pub use context::{Service, Settings};
+pub use error::{ErrorKind, InputLocation, JobFailure, ServiceError, Violation};

@@ -1,0 +1,280 @@
+//! Custody: results fetched and artifacts (LoRA weights, generated images) copied from fal's
+//! CDN into our storage, because fal's copies expire.
+
+use std::time::Duration;
+
+use domain::{JobKind, JobStatus};
+use futures_util::StreamExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use store::{JobRecord, NewModel};
+use tokio::io::AsyncWriteExt;
+
+use super::defer;
+use super::submitter::{generation_model, upload_lora};
+use crate::context::Service;
+use crate::fal_link::FalLink;
+use crate::jobs;
+
+/// Fetches a missing result and copies a LoRA's files into our storage (fal's CDN copy
+/// expires), then records the model.
+pub(super) async fn take_custody(service: &Service, job: JobRecord) {
+    let fence = job.fence;
+    let Some(fal) = service.fal.as_ref() else {
+        return;
+    };
+    if job.kind() == JobKind::Generation && job.status() == JobStatus::Failed {
+        resubmit_with_our_lora(service, fal, job).await;
+        return;
+    }
+    let mut job = job;
+    if job.result_fetch_needed {
+        let Some(request) = jobs::request_ref(service, &job) else {
+            return;
+        };
+        match fal.client.result(&request).await {
+            Ok(result) => {
+                if let Err(error) = service
+                    .store
+                    .store_fetched_result(job.id, fence, &result)
+                    .await
+                {
+                    tracing::warn!(job = %job.id, %error, "storing a fetched result");
+                    return;
+                }
+                job.result = Some(result);
+            }
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "fetching a result; will retry");
+                defer(service, &job, Duration::from_secs(10)).await;
+                return;
+            }
+        }
+    }
+    if job.kind() == JobKind::Generation {
+        keep_images(service, fal, job).await;
+        return;
+    }
+    let Some(params) = jobs::job_params(&job) else {
+        return;
+    };
+    let result = job.result.clone().unwrap_or(Value::Null);
+    let trigger_phrase = job.trigger_phrase.clone().unwrap_or_default();
+    let model = match params.trainer().model_type() {
+        // Reached after a result fetch (the webhook carried none); with the result in hand the
+        // finetune id is recorded at once.
+        domain::ModelType::Finetune => match jobs::finetune_model(&job, &result) {
+            Some(model) => model,
+            None => {
+                tracing::error!(job = %job.id, "the Pro trainer's result has no finetune id");
+                return;
+            }
+        },
+        domain::ModelType::Lora => {
+            let output = match serde_json::from_value::<fal::models::LoraTrainingOutput>(result) {
+                Ok(output) => output,
+                Err(error) => {
+                    tracing::error!(job = %job.id, %error, "the LoRA trainer's result has no weights file");
+                    return;
+                }
+            };
+            let prefix = format!("tenants/{}/models/{}", job.tenant_id, job.id);
+            let weights_key = format!("{prefix}/pytorch_lora_weights.safetensors");
+            let (sha256, bytes) = match copy_to_blob(
+                service,
+                fal,
+                &output.diffusers_lora_file.url,
+                &weights_key,
+            )
+            .await
+            {
+                Ok(copied) => copied,
+                Err(error) => {
+                    tracing::warn!(job = %job.id, %error, "copying the LoRA weights; will retry");
+                    defer(service, &job, Duration::from_secs(10)).await;
+                    return;
+                }
+            };
+            let config_key = match &output.config_file {
+                Some(file) => {
+                    let key = format!("{prefix}/config.json");
+                    match copy_to_blob(service, fal, &file.url, &key).await {
+                        Ok(_) => Some(key),
+                        Err(error) => {
+                            tracing::warn!(job = %job.id, %error, "copying the LoRA config; will retry");
+                            defer(service, &job, Duration::from_secs(10)).await;
+                            return;
+                        }
+                    }
+                }
+                None => None,
+            };
+            NewModel {
+                model_type: domain::ModelType::Lora,
+                trigger_phrase,
+                artifact_key: Some(weights_key),
+                artifact_sha256: Some(sha256),
+                artifact_bytes: Some(bytes),
+                config_key,
+                fal_artifact_url: Some(output.diffusers_lora_file.url.clone()),
+                finetune_id: None,
+            }
+        }
+    };
+    if let Err(error) = service.store.complete_training(job.id, fence, &model).await {
+        tracing::warn!(job = %job.id, %error, "recording the model");
+    }
+}
+
+/// Streams a file from fal's CDN into the blob store, hashing it on the way.
+pub(super) async fn copy_to_blob(
+    service: &Service,
+    fal: &FalLink,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<(String, u64)> {
+    let url = url::Url::parse(url)?;
+    let mut stream = fal.client.download(&url).await?;
+    let scratch = tempfile::Builder::new()
+        .prefix("avatars-artifact-")
+        .tempfile_in(&service.settings.scratch_dir)?;
+    let mut file = tokio::fs::File::from_std(scratch.reopen()?);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    service.blobs.put_file(key, scratch.path()).await?;
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// A LoRA item failed because fal could not fetch the LoRA (its CDN copy expired). That
+/// request certainly failed, so sending it again cannot double anything: upload our own copy,
+/// remember its URL on the model, and create the next attempt.
+pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job: JobRecord) {
+    let model = match generation_model(service, &job).await {
+        Ok(model) => model,
+        Err((_, message)) => {
+            tracing::warn!(job = %job.id, message, "no model to resubmit with");
+            give_up(service, &job).await;
+            return;
+        }
+    };
+    let url = match upload_lora(service, fal, &model).await {
+        Ok(url) => url,
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "re-uploading the LoRA; will retry");
+            defer(service, &job, Duration::from_secs(10)).await;
+            return;
+        }
+    };
+    match service
+        .store
+        .resubmit_generation_item(
+            job.id,
+            job.fence,
+            model.id,
+            &url,
+            &jobs::new_webhook_token(),
+        )
+        .await
+    {
+        Ok(Some(next)) => {
+            tracing::info!(job = %job.id, next = %next, "resubmitting with the re-uploaded LoRA");
+            service.work.notify_waiters();
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "recording a resubmit"),
+    }
+}
+
+pub(super) async fn give_up(service: &Service, job: &JobRecord) {
+    match service
+        .store
+        .finish_generation_item(job.id, job.fence)
+        .await
+    {
+        Ok(true) => {
+            if let Some(generation) = job.generation_id {
+                crate::generation_items::announce(service, generation);
+            }
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "closing a generation item"),
+    }
+}
+
+/// Copies a succeeded item's images from fal's CDN into our storage and records them.
+pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord) {
+    let Some(generation_id) = job.generation_id else {
+        return;
+    };
+    let result = job.result.clone().unwrap_or(Value::Null);
+    let output = match serde_json::from_value::<fal::models::ImagesOutput>(result) {
+        Ok(output) => output,
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "the generation's result has no images");
+            give_up(service, &job).await;
+            return;
+        }
+    };
+    let item = job.item_index.unwrap_or(0);
+    let mut images = Vec::with_capacity(output.images.len());
+    for (index, image) in output.images.iter().enumerate() {
+        let content_type = image
+            .content_type
+            .clone()
+            .filter(|t| t.starts_with("image/"))
+            .unwrap_or_else(|| {
+                if image.url.ends_with(".png") {
+                    "image/png".into()
+                } else {
+                    "image/jpeg".into()
+                }
+            });
+        let extension = match content_type.as_str() {
+            "image/png" => "png",
+            "image/webp" => "webp",
+            _ => "jpg",
+        };
+        let key = format!(
+            "tenants/{}/generations/{generation_id}/{item}-{index}.{extension}",
+            job.tenant_id
+        );
+        let bytes = match copy_to_blob(service, fal, &image.url, &key).await {
+            Ok((_, bytes)) => bytes,
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "copying a generated image; will retry");
+                defer(service, &job, Duration::from_secs(10)).await;
+                return;
+            }
+        };
+        images.push(store::GenerationImage {
+            generation_id,
+            job_id: job.id,
+            item_index: item,
+            image_index: index as i32,
+            blob_key: key,
+            content_type,
+            width: image.width.map(|w| w as i32),
+            height: image.height.map(|h| h as i32),
+            bytes: bytes as i64,
+            seed: output.seed.map(|s| s.to_string()),
+            nsfw: output.has_nsfw_concepts.get(index).copied(),
+        });
+    }
+    match service
+        .store
+        .complete_generation_item(job.id, job.fence, &images)
+        .await
+    {
+        Ok(true) => crate::generation_items::announce(service, generation_id),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(job = %job.id, %error, "recording generated images"),
+    }
+}

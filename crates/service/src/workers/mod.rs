@@ -1,0 +1,145 @@
+//! Background workers: the submitter (pending jobs -> fal), the reconciler (overdue webhooks,
+//! deadlines, progress), custody (results and artifacts into our storage), the event workers
+//! and the janitor. Each claims work with a lease and a fencing token, so any number of
+//! replicas can run them.
+
+mod custody;
+pub mod janitor;
+mod reconciler;
+mod submitter;
+
+use std::future::Future;
+use std::time::Duration;
+
+use domain::JobEvent;
+use store::{JobChanges, JobRecord};
+use tokio::task::JoinHandle;
+
+use crate::context::Service;
+
+/// How often idle workers look for work they were not woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIntervals {
+    pub idle_poll: Duration,
+    pub reconcile_tick: Duration,
+    /// Between clean-up rounds (abandoned uploads, deleted blobs).
+    pub janitor: Duration,
+}
+
+impl Default for WorkerIntervals {
+    fn default() -> Self {
+        Self {
+            idle_poll: Duration::from_secs(1),
+            reconcile_tick: Duration::from_secs(1),
+            janitor: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The running workers; dropping this stops them.
+pub struct Workers {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for handle in &self.handles {
+            handle.abort();
+        }
+    }
+}
+
+/// Starts every worker of this process: the job workers when fal is configured, the event
+/// workers and the janitor always.
+pub fn spawn(service: Service) -> Workers {
+    let intervals = service.settings.workers;
+    let mut handles = crate::events::spawn(service.clone());
+    handles.push(tokio::spawn(janitor::run(
+        service.clone(),
+        intervals.janitor,
+    )));
+    if service.fal.is_some() {
+        handles.push(tokio::spawn(claim_loop(
+            service.clone(),
+            "claiming a job to submit",
+            |service| async move {
+                let job = service
+                    .store
+                    .claim_upload(service.worker_id, service.settings.jobs.lease)
+                    .await?;
+                Ok(job.map(|job| (service, job)))
+            },
+            |(service, job)| async move { submitter::submit(&service, job).await },
+        )));
+        handles.push(tokio::spawn(claim_loop(
+            service.clone(),
+            "claiming a result to keep",
+            |service| async move {
+                let job = service
+                    .store
+                    .claim_custody(service.worker_id, service.settings.jobs.lease)
+                    .await?;
+                Ok(job.map(|job| (service, job)))
+            },
+            |(service, job)| async move { custody::take_custody(&service, job).await },
+        )));
+        handles.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(intervals.reconcile_tick);
+            loop {
+                ticker.tick().await;
+                reconciler::reconcile_due(&service).await;
+            }
+        }));
+    }
+    Workers { handles }
+}
+
+/// Claims and handles work until none is left, then waits for a wake-up or the idle poll.
+async fn claim_loop<C, CF, W, H, HF>(service: Service, what: &'static str, claim: C, handle: H)
+where
+    C: Fn(Service) -> CF,
+    CF: Future<Output = Result<Option<W>, store::StoreError>>,
+    H: Fn(W) -> HF,
+    HF: Future<Output = ()>,
+{
+    loop {
+        loop {
+            match claim(service.clone()).await {
+                Ok(Some(work)) => handle(work).await,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, what);
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = service.work.notified() => {},
+            _ = tokio::time::sleep(service.settings.workers.idle_poll) => {},
+        }
+    }
+}
+
+pub(crate) async fn record(
+    service: &Service,
+    job: &JobRecord,
+    event: JobEvent,
+    fence: i64,
+    changes: JobChanges,
+    cause: &str,
+) {
+    if let Err(error) = service
+        .store
+        .apply_event(job.id, event, Some(fence), &changes, cause)
+        .await
+    {
+        tracing::warn!(job = %job.id, %error, cause, "recording a job event");
+    }
+}
+
+/// Gives the job back for a later attempt (nothing was sent to fal).
+pub(crate) async fn defer(service: &Service, job: &JobRecord, after: Duration) {
+    if let Err(error) = service.store.defer_lease(job.id, job.fence, after).await {
+        tracing::warn!(job = %job.id, %error, "deferring a job");
+    }
+}

@@ -1,0 +1,434 @@
+//! The submitter: pending jobs -> fal. A submit is sent at most once: the job is marked
+//! before the request leaves, so a crash after that is an unknown outcome, never a retry.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use domain::{JobEvent, JobKind, Trainer, TrainingParams};
+use serde_json::{json, Value};
+use store::{JobChanges, JobRecord};
+
+use super::{defer, record};
+use crate::context::Service;
+use crate::error::JobFailure;
+use crate::fal_link::FalLink;
+use crate::jobs;
+
+/// Uploads the training data and submits the job to fal. The submit is sent at most once: the
+/// job is marked before it leaves, so a crash after that is an unknown outcome, not a retry.
+pub(super) async fn submit(service: &Service, job: JobRecord) {
+    let fence = job.fence;
+    if job.cancel_requested_at.is_some() {
+        record(
+            service,
+            &job,
+            JobEvent::Cancelled,
+            fence,
+            JobFailure::new("cancelled", "cancelled before submission").changes(),
+            "cancel requested",
+        )
+        .await;
+        return;
+    }
+    let (Some(fal), Some(base)) = (
+        service.fal.as_ref(),
+        service.settings.jobs.public_base_url.as_deref(),
+    ) else {
+        record(
+            service,
+            &job,
+            JobEvent::SubmitRejected,
+            fence,
+            JobFailure::new("fal_not_configured", "the service has no fal connection").changes(),
+            "no fal",
+        )
+        .await;
+        return;
+    };
+    if job.kind() == JobKind::Generation {
+        submit_generation(service, fal, base, job).await;
+        return;
+    }
+    let Some(params) = jobs::job_params(&job) else {
+        record(
+            service,
+            &job,
+            JobEvent::SubmitRejected,
+            fence,
+            JobFailure::new("invalid_job", "the job's parameters cannot be read").changes(),
+            "bad params",
+        )
+        .await;
+        return;
+    };
+    let scratch = match tempfile::Builder::new()
+        .prefix("avatars-submit-")
+        .tempdir_in(&service.settings.scratch_dir)
+    {
+        Ok(dir) => dir,
+        Err(error) => {
+            tracing::error!(%error, "creating a scratch directory");
+            defer(service, &job, Duration::from_secs(10)).await;
+            return;
+        }
+    };
+    let archive = scratch.path().join("training.zip");
+    if let Err((code, message)) = prepare_archive(service, &job, &archive).await {
+        record(
+            service,
+            &job,
+            JobEvent::SubmitRejected,
+            fence,
+            JobFailure::new(code, message).changes(),
+            "training data",
+        )
+        .await;
+        return;
+    }
+    let lifecycle = fal::ObjectLifecycle::expires_after(
+        service.settings.jobs.timeout + Duration::from_secs(3600),
+    );
+    let uploaded = match fal
+        .client
+        .upload_file(&archive, "application/zip", Some(&lifecycle))
+        .await
+    {
+        Ok(uploaded) => uploaded,
+        Err(error @ (fal::FalError::Unauthorized { .. } | fal::FalError::BillingLocked { .. })) => {
+            let code = crate::fal_errors::rejection_code(&error);
+            fal.health.set_key_rejected(code == "fal_unauthorized");
+            record(
+                service,
+                &job,
+                JobEvent::SubmitRejected,
+                fence,
+                JobFailure::new(code, error.to_string()).changes(),
+                "upload refused",
+            )
+            .await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "uploading the training archive; will retry");
+            defer(service, &job, Duration::from_secs(10)).await;
+            return;
+        }
+    };
+    drop(scratch);
+    let kind = match job.avatar_id {
+        Some(avatar) => service
+            .store
+            .get_avatar(domain::TenantId(job.tenant_id), domain::AvatarId(avatar))
+            .await
+            .map(|a| a.kind)
+            .ok(),
+        None => None,
+    };
+    let input = fal_input(&job, &params, uploaded.file_url.as_str(), kind);
+    if params.trainer() == Trainer::Pro {
+        tracing::warn!(job = %job.id, "submitting to fal-ai/flux-pro-trainer, which fal has deprecated");
+    }
+    send(service, fal, base, &job, &input).await;
+}
+
+/// Submits `input` for `job` (at most once: the submit is marked before it leaves) and records
+/// the outcome.
+pub(super) async fn send(
+    service: &Service,
+    fal: &FalLink,
+    base: &str,
+    job: &JobRecord,
+    input: &Value,
+) {
+    let fence = job.fence;
+    let job = job.clone();
+    let webhook = match jobs::webhook_url(base, &job) {
+        Ok(url) => url,
+        Err(error) => {
+            record(
+                service,
+                &job,
+                JobEvent::SubmitRejected,
+                fence,
+                JobFailure::new("invalid_public_base_url", error.to_string()).changes(),
+                "webhook url",
+            )
+            .await;
+            return;
+        }
+    };
+    match service.store.mark_submit_started(job.id, fence).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Lost the lease, or a cancel arrived: the reloaded job says which.
+            if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
+                if current.cancel_requested_at.is_some() && current.fence == fence {
+                    record(
+                        service,
+                        &current,
+                        JobEvent::Cancelled,
+                        fence,
+                        JobFailure::new("cancelled", "cancelled before submission").changes(),
+                        "cancel requested",
+                    )
+                    .await;
+                }
+            }
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(job = %job.id, %error, "marking the submit");
+            return;
+        }
+    }
+    let options = fal::SubmitOptions {
+        webhook_url: Some(webhook),
+        ..fal::SubmitOptions::default()
+    };
+    let next_check = Utc::now()
+        + chrono::Duration::from_std(service.settings.jobs.status_check_interval)
+            .unwrap_or_default();
+    match fal.client.submit(&job.endpoint, input, &options).await {
+        Ok(submitted) => {
+            fal.health.set_key_rejected(false);
+            record(
+                service,
+                &job,
+                JobEvent::Submitted,
+                fence,
+                JobChanges {
+                    fal_request_id: Some(submitted.request_id.clone()),
+                    status_url: Some(submitted.status_url.to_string()),
+                    response_url: Some(submitted.response_url.to_string()),
+                    cancel_url: Some(submitted.cancel_url.to_string()),
+                    queue_position: submitted.queue_position.map(|p| p as i32),
+                    next_check_at: Some(next_check),
+                    ..JobChanges::default()
+                },
+                "fal accepted the submit",
+            )
+            .await;
+            // A cancel that arrived while the submit was in flight is carried out now.
+            if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
+                if current.cancel_requested_at.is_some() && !current.status().is_terminal() {
+                    if let Err(error) =
+                        jobs::cancel_job(service, &current, "cancelled by the caller").await
+                    {
+                        tracing::warn!(job = %job.id, ?error, "cancelling after submit");
+                    }
+                }
+            }
+        }
+        Err(fal::SubmitError::NotAccepted(error)) => {
+            let code = crate::fal_errors::rejection_code(&error);
+            fal.health.set_key_rejected(code == "fal_unauthorized");
+            record(
+                service,
+                &job,
+                JobEvent::SubmitRejected,
+                fence,
+                JobFailure::new(code, error.to_string()).changes(),
+                "fal refused the submit",
+            )
+            .await;
+        }
+        Err(fal::SubmitError::OutcomeUnknown { request_id, cause }) => {
+            let changes = JobChanges {
+                fal_request_id: request_id,
+                next_check_at: Some(next_check),
+                ..JobFailure::new(
+                    "submit_unknown",
+                    format!("fal may or may not have accepted the submit: {cause}"),
+                )
+                .changes()
+            };
+            record(
+                service,
+                &job,
+                JobEvent::SubmitOutcomeUnknown,
+                fence,
+                changes,
+                "submit outcome unknown",
+            )
+            .await;
+        }
+    }
+}
+
+/// Writes the archive fal trains from: the caller's own (checked at request time) or one built
+/// from the avatar's photos.
+pub(super) async fn prepare_archive(
+    service: &Service,
+    job: &JobRecord,
+    path: &std::path::Path,
+) -> Result<(), (&'static str, String)> {
+    if let Some(key) = &job.input_blob_key {
+        return service
+            .blobs
+            .get_to_file(key, path)
+            .await
+            .map(|_| ())
+            .map_err(|e| ("training_data_unavailable", e.to_string()));
+    }
+    let Some(avatar) = job.avatar_id else {
+        return Err(("avatar_deleted", "the avatar was deleted".to_string()));
+    };
+    let tenant = domain::TenantId(job.tenant_id);
+    let photos = service
+        .store
+        .list_photos(tenant, domain::AvatarId(avatar))
+        .await
+        .map_err(|e| ("training_data_unavailable", e.to_string()))?
+        .unwrap_or_default();
+    let rules = service.photo_set_rules();
+    if !rules.is_trainable(photos.len() as u32) {
+        return Err((
+            "photo_set_not_trainable",
+            format!(
+                "{} photos; a training needs {} to {}",
+                photos.len(),
+                rules.min_photos,
+                rules.max_photos
+            ),
+        ));
+    }
+    crate::training_data::build_training_archive(
+        service,
+        tenant,
+        domain::AvatarId(avatar),
+        job.trigger_phrase.clone(),
+        path,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| ("training_data_unavailable", e.to_string()))
+}
+
+/// The input fal's trainer expects.
+pub(super) fn fal_input(
+    job: &JobRecord,
+    params: &TrainingParams,
+    data_url: &str,
+    kind: Option<domain::AvatarKind>,
+) -> Value {
+    let mut input = params.to_json();
+    let trigger = job.trigger_phrase.clone().unwrap_or_default();
+    match params.trainer() {
+        Trainer::Portrait => {
+            input.insert("images_data_url".into(), json!(data_url));
+            input.insert("trigger_phrase".into(), json!(trigger));
+        }
+        Trainer::FastLora => {
+            input.insert("images_data_url".into(), json!(data_url));
+            input.insert("trigger_word".into(), json!(trigger));
+        }
+        Trainer::Pro => {
+            input.insert("data_url".into(), json!(data_url));
+            input.insert("trigger_word".into(), json!(trigger));
+            input.insert(
+                "finetune_comment".into(),
+                json!(format!("avatars training {}", job.id)),
+            );
+            input.insert(
+                "mode".into(),
+                json!(kind.map(|k| k.as_str()).unwrap_or("general")),
+            );
+        }
+    }
+    Value::Object(input)
+}
+
+/// Submits one generation item: the stored fal input, with the model's current LoRA URL.
+pub(super) async fn submit_generation(
+    service: &Service,
+    fal: &FalLink,
+    base: &str,
+    job: JobRecord,
+) {
+    let fence = job.fence;
+    let mut input = job.params.clone();
+    if job.endpoint == domain::LORA_GENERATION_ENDPOINT {
+        let model = match generation_model(service, &job).await {
+            Ok(model) => model,
+            Err((code, message)) => {
+                record(
+                    service,
+                    &job,
+                    JobEvent::SubmitRejected,
+                    fence,
+                    JobFailure::new(code, message).changes(),
+                    "no model",
+                )
+                .await;
+                return;
+            }
+        };
+        let url = match model.fal_artifact_url.clone() {
+            Some(url) => url,
+            None => match upload_lora(service, fal, &model).await {
+                Ok(url) => url,
+                Err(error) => {
+                    tracing::warn!(job = %job.id, %error, "uploading the LoRA; will retry");
+                    defer(service, &job, Duration::from_secs(10)).await;
+                    return;
+                }
+            },
+        };
+        if let Some(lora) = input
+            .get_mut("loras")
+            .and_then(Value::as_array_mut)
+            .and_then(|loras| loras.first_mut())
+        {
+            lora["path"] = json!(url);
+        }
+    }
+    send(service, fal, base, &job, &input).await;
+}
+
+/// The model a generation item uses.
+pub(super) async fn generation_model(
+    service: &Service,
+    job: &JobRecord,
+) -> Result<store::ModelRecord, (&'static str, String)> {
+    let generation = match job.generation_id {
+        Some(id) => service.store.generation_by_id(id).await.ok().flatten(),
+        None => None,
+    };
+    let model_id = generation.and_then(|g| g.model_id);
+    let model = match model_id {
+        Some(id) => service
+            .store
+            .model_by_id(id)
+            .await
+            .map_err(|e| ("model_unavailable", e.to_string()))?,
+        None => None,
+    };
+    model.ok_or_else(|| {
+        (
+            "model_deleted",
+            "the avatar's model was deleted".to_string(),
+        )
+    })
+}
+
+/// Uploads our copy of the model's LoRA to fal storage and returns its URL.
+pub(super) async fn upload_lora(
+    service: &Service,
+    fal: &FalLink,
+    model: &store::ModelRecord,
+) -> anyhow::Result<String> {
+    let key = model
+        .artifact_key
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("the model has no stored LoRA"))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("avatars-lora-")
+        .tempfile_in(&service.settings.scratch_dir)?;
+    service.blobs.get_to_file(key, scratch.path()).await?;
+    let uploaded = fal
+        .client
+        .upload_file(scratch.path(), "application/octet-stream", None)
+        .await?;
+    Ok(uploaded.file_url.to_string())
+}
