@@ -125,6 +125,17 @@ impl Service {
         self.streams_closing.subscribe()
     }
 
+    /// The fal connection and the URL fal calls back, or why paid work cannot start.
+    pub fn require_fal(&self) -> Result<(&FalLink, &str), crate::ServiceError> {
+        match (&self.fal, self.settings.jobs.public_base_url.as_deref()) {
+            (Some(fal), Some(base)) => Ok((fal, base)),
+            _ => Err(crate::ServiceError::unavailable(
+                "fal_not_configured",
+                "this service has no fal connection (FAL_KEY and PUBLIC_BASE_URL); trainings and generations cannot start",
+            )),
+        }
+    }
+
     pub fn photo_set_rules(&self) -> domain::PhotoSetRules {
         domain::PhotoSetRules {
             min_photos: self.settings.photos.min_photos,

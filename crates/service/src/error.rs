@@ -181,6 +181,43 @@ impl ServiceError {
     }
 }
 
+/// The errors every use case names the same way.
+impl ServiceError {
+    pub fn avatar_not_found(id: impl std::fmt::Display) -> Self {
+        Self::not_found("avatar_not_found", format!("no avatar with id {id}"))
+    }
+
+    pub fn photo_not_found(id: impl std::fmt::Display) -> Self {
+        Self::not_found("photo_not_found", format!("no photo with id {id}"))
+    }
+
+    pub fn training_not_found(id: impl std::fmt::Display) -> Self {
+        Self::not_found("training_not_found", format!("no training with id {id}"))
+    }
+
+    pub fn generation_not_found(id: impl std::fmt::Display) -> Self {
+        Self::not_found(
+            "generation_not_found",
+            format!("no generation with id {id}"),
+        )
+    }
+
+    pub fn webhook_endpoint_not_found(id: impl std::fmt::Display) -> Self {
+        Self::not_found(
+            "webhook_endpoint_not_found",
+            format!("no webhook endpoint with id {id}"),
+        )
+    }
+
+    /// The avatar's photo set is frozen while it trains.
+    pub fn avatar_training() -> Self {
+        Self::conflict(
+            "avatar_training",
+            "the avatar is training; its photo set cannot change until the training ends",
+        )
+    }
+}
+
 /// A [`ServiceError`] taken apart.
 #[derive(Debug)]
 pub struct ErrorParts {

@@ -109,12 +109,9 @@ pub async fn admit(
     {
         Reservation::Reserved(photo) => photo,
         Reservation::AvatarNotFound => {
-            return Err(ServiceError::not_found(
-                "avatar_not_found",
-                format!("no avatar with id {avatar_id}"),
-            ))
+            return Err(ServiceError::avatar_not_found(avatar_id))
         }
-        Reservation::AvatarBusy(_) => return Err(avatar_training()),
+        Reservation::AvatarBusy(_) => return Err(ServiceError::avatar_training()),
         Reservation::LimitReached { max } => {
             return Ok(Err(RejectedFile::new(
                 file_name,
@@ -146,11 +143,4 @@ pub async fn admit(
         .mark_photo_stored(tenant_id, avatar_id, photo.id, rules)
         .await?;
     Ok(Ok(photo))
-}
-
-pub fn avatar_training() -> ServiceError {
-    ServiceError::conflict(
-        "avatar_training",
-        "the avatar is training; its photo set cannot change until the training ends",
-    )
 }

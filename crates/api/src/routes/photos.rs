@@ -157,7 +157,7 @@ pub async fn add_photos(
         Err(error) => return Err(error.into()),
     };
     if avatar.status == domain::AvatarStatus::Training {
-        return Err(photos::avatar_training().into());
+        return Err(service::ServiceError::avatar_training().into());
     }
     let content_type = request
         .headers()
@@ -505,6 +505,6 @@ pub async fn delete_photo(
         }
         PhotoRemoval::AvatarNotFound => Err(avatar_not_found(id)),
         PhotoRemoval::PhotoNotFound => Err(photo_not_found(photo_id)),
-        PhotoRemoval::AvatarBusy(_) => Err(photos::avatar_training().into()),
+        PhotoRemoval::AvatarBusy(_) => Err(service::ServiceError::avatar_training().into()),
     }
 }
