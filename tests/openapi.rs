@@ -56,6 +56,35 @@ fn every_operation_is_documented_with_errors_and_security() {
     );
 }
 
+/// The schema a `$ref` names, or the schema itself.
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference
+                .strip_prefix("#/components/schemas/")
+                .expect("a component reference");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// Swagger UI offers a file picker for the photo upload, and the JSON alternative stays.
+#[test]
+fn the_photo_upload_is_documented_as_files() {
+    let spec: Value = serde_json::from_str(&api::openapi_json()).unwrap();
+    let content = &spec["paths"]["/avatars/{id}/photos"]["post"]["requestBody"]["content"];
+    let form = resolve(&spec, &content["multipart/form-data"]["schema"]);
+    assert_eq!(form["type"], "object", "{form}");
+    let files = &form["properties"]["files"];
+    assert_eq!(files["type"], "array", "{files}");
+    assert_eq!(files["items"]["type"], "string", "{files}");
+    assert_eq!(files["items"]["format"], "binary", "{files}");
+    let urls = resolve(&spec, &content["application/json"]["schema"]);
+    assert_eq!(urls["properties"]["urls"]["type"], "array", "{urls}");
+    assert_eq!(urls["properties"]["urls"]["items"]["type"], "string");
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn the_served_spec_is_the_generated_one(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

@@ -88,6 +88,15 @@ pub struct PhotoList {
     pub items: Vec<PhotoResponse>,
 }
 
+/// Photo files, uploaded as `multipart/form-data`.
+#[derive(Debug, ToSchema)]
+pub struct PhotoUpload {
+    /// One file part per photo (JPEG, PNG or WebP). Any part name is accepted; `files` is the
+    /// conventional one.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub files: Vec<Vec<u8>>,
+}
+
 /// Photos to fetch from the caller's own storage instead of uploading them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,8 +137,8 @@ fn spool_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
     request_body(
         description = "Photo files as multipart/form-data, or `{\"urls\": [...]}` as JSON",
         content(
+            (PhotoUpload = "multipart/form-data"),
             (PhotoUrls = "application/json"),
-            (String = "multipart/form-data"),
         )
     ),
     security(("api_key" = [])),
