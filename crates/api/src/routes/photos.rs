@@ -42,6 +42,7 @@ pub struct PhotoResponse {
     pub id: Uuid,
     pub file_name: String,
     /// `jpeg`, `png` or `webp`, from the file's bytes.
+    #[schema(value_type = crate::openapi::PhotoFormat)]
     pub format: String,
     /// As stored, before EXIF orientation.
     pub width: u32,
