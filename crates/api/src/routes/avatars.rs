@@ -116,7 +116,7 @@ pub struct UpdateAvatarRequest {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TrainedModel {
     /// `lora` (a weights file we keep) or `finetune` (a fal finetune id).
-    #[schema(example = "lora")]
+    #[schema(value_type = crate::openapi::ModelType)]
     pub model_type: String,
     pub trigger_phrase: String,
     pub trained_at: DateTime<Utc>,

@@ -36,6 +36,7 @@ pub struct EventsQuery {
     /// Only events about this training or generation.
     pub job_id: Option<Uuid>,
     /// Only these types, comma-separated, e.g. `training.succeeded,training.failed`.
+    #[param(value_type = Option<Vec<crate::openapi::EventType>>, style = Form, explode = false)]
     pub types: Option<String>,
 }
 

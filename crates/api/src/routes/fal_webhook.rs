@@ -35,6 +35,7 @@ pub struct WebhookTarget {
 pub struct WebhookAck {
     /// `applied`, `ignored` (late, duplicate or out of order), `duplicate`, or
     /// `unknown_request` (kept for reconciliation).
+    #[schema(value_type = crate::openapi::CallbackOutcome)]
     pub outcome: String,
 }
 

@@ -40,11 +40,13 @@ pub struct GenerateRequest {
     /// `prompts`, not both.
     pub prompts: Option<Vec<String>>,
     /// `fast`, `balanced` (default), `quality`, `ultra` or `portrait`.
+    #[schema(value_type = Option<crate::openapi::GenerationPreset>)]
     pub preset: Option<String>,
     /// Images per prompt, 1-4 (default 1).
     pub num_images: Option<u32>,
     /// `1:1`, `3:4`, `4:3`, `9:16`, `16:9`, `2:3`, `3:2`, `21:9` or `9:21`; the preset's size
     /// when absent.
+    #[schema(value_type = Option<crate::openapi::AspectRatio>)]
     pub aspect_ratio: Option<String>,
     /// Exact width in pixels, 256-2048, with `height` (LoRA avatars only).
     pub width: Option<u32>,
@@ -53,6 +55,7 @@ pub struct GenerateRequest {
     /// Makes the output reproducible; every prompt of a batch uses it.
     pub seed: Option<u64>,
     /// `jpeg` (default) or `png`.
+    #[schema(value_type = Option<crate::openapi::OutputFormat>)]
     pub output_format: Option<String>,
     /// The LoRA's scale, 0-4, overriding the preset (LoRA avatars).
     pub lora_scale: Option<f64>,
@@ -61,6 +64,7 @@ pub struct GenerateRequest {
     /// fal's safety checker (default on).
     pub enable_safety_checker: Option<bool>,
     /// `1` (strictest) to `6` (finetuned avatars).
+    #[schema(value_type = Option<crate::openapi::SafetyTolerance>)]
     pub safety_tolerance: Option<String>,
 }
 
@@ -94,6 +98,7 @@ pub struct GenerationItem {
     /// The prompt sent to fal (with the trigger phrase).
     pub prompt: String,
     /// The job's status: `pending` ... `succeeded`, `failed`, `cancelled`, `timed_out`.
+    #[schema(value_type = crate::openapi::JobStatus)]
     pub status: String,
     /// False while images are still being copied or a resubmit is due.
     pub finished: bool,
@@ -109,11 +114,14 @@ pub struct GenerationResponse {
     pub id: Uuid,
     pub avatar_id: Option<Uuid>,
     /// `pending`, `in_progress`, `succeeded`, `failed` or `partially_succeeded`.
+    #[schema(value_type = crate::openapi::GenerationStatus)]
     pub status: String,
     /// `lora` or `finetune`.
+    #[schema(value_type = crate::openapi::ModelType)]
     pub model_type: String,
     /// The fal endpoint.
     pub endpoint: String,
+    #[schema(value_type = crate::openapi::GenerationPreset)]
     pub preset: String,
     pub num_images: i32,
     /// The request as understood (sizes resolved, overrides applied).

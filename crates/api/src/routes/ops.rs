@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthStatus {
-    #[schema(example = "ok")]
+    #[schema(value_type = crate::openapi::HealthState)]
     pub status: String,
 }
 

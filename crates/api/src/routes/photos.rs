@@ -42,6 +42,7 @@ pub struct PhotoResponse {
     pub id: Uuid,
     pub file_name: String,
     /// `jpeg`, `png` or `webp`, from the file's bytes.
+    #[schema(value_type = crate::openapi::PhotoFormat)]
     pub format: String,
     /// As stored, before EXIF orientation.
     pub width: u32,
@@ -88,6 +89,15 @@ pub struct PhotoList {
     pub items: Vec<PhotoResponse>,
 }
 
+/// Photo files, uploaded as `multipart/form-data`.
+#[derive(Debug, ToSchema)]
+pub struct PhotoUpload {
+    /// One file part per photo (JPEG, PNG or WebP). Any part name is accepted; `files` is the
+    /// conventional one.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub files: Vec<Vec<u8>>,
+}
+
 /// Photos to fetch from the caller's own storage instead of uploading them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,8 +138,8 @@ fn spool_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
     request_body(
         description = "Photo files as multipart/form-data, or `{\"urls\": [...]}` as JSON",
         content(
+            (PhotoUpload = "multipart/form-data"),
             (PhotoUrls = "application/json"),
-            (String = "multipart/form-data"),
         )
     ),
     security(("api_key" = [])),

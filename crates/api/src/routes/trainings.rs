@@ -24,9 +24,11 @@ use service::jobs;
 #[serde(deny_unknown_fields)]
 pub struct TrainRequest {
     /// `fast`, `balanced` (default) or `quality`.
+    #[schema(value_type = Option<crate::openapi::TrainingPreset>)]
     pub preset: Option<String>,
     /// `portrait`, `pro` or `fast_lora`; chosen from the avatar's kind when absent and
     /// automatic selection is on.
+    #[schema(value_type = Option<crate::openapi::Trainer>)]
     pub trainer: Option<String>,
     /// Trainer parameters overriding the preset (e.g. `{"steps": 1200}`), checked against the
     /// trainer's schema.
@@ -50,6 +52,7 @@ pub struct TrainingError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrainingModel {
     /// `lora` or `finetune`.
+    #[schema(value_type = crate::openapi::ModelType)]
     pub model_type: String,
     pub trigger_phrase: String,
     /// SHA-256 of the LoRA weights kept by the service.
@@ -65,10 +68,13 @@ pub struct TrainingResponse {
     /// `pending`, `uploading`, `submitted`, `in_progress`, `submit_unknown` (fal may or may not
     /// have the request; resolved by its callback, a status lookup or the deadline; never
     /// resubmitted), `succeeded`, `failed`, `cancelled`, `timed_out`.
+    #[schema(value_type = crate::openapi::JobStatus)]
     pub status: String,
+    #[schema(value_type = Option<crate::openapi::Trainer>)]
     pub trainer: Option<String>,
     /// The fal endpoint.
     pub endpoint: String,
+    #[schema(value_type = Option<crate::openapi::TrainingPreset>)]
     pub preset: Option<String>,
     /// The effective parameters sent to fal.
     #[schema(value_type = Object)]
@@ -536,10 +542,13 @@ pub async fn cancel_training(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrainingPresetResponse {
+    #[schema(value_type = crate::openapi::Trainer)]
     pub trainer: String,
+    #[schema(value_type = crate::openapi::TrainingPreset)]
     pub preset: String,
     pub endpoint: String,
     /// `lora` or `finetune`.
+    #[schema(value_type = crate::openapi::ModelType)]
     pub model_type: String,
     #[schema(value_type = Object)]
     pub parameters: Value,
@@ -552,11 +561,13 @@ pub struct TrainingPresetResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GenerationPresetResponse {
+    #[schema(value_type = crate::openapi::GenerationPreset)]
     pub preset: String,
     pub lora_endpoint: String,
     pub finetune_endpoint: String,
     pub num_inference_steps: u32,
     pub guidance_scale: f64,
+    #[schema(value_type = crate::openapi::ImageSize)]
     pub image_size: String,
     pub width: u32,
     pub height: u32,

@@ -40,6 +40,7 @@ pub struct CreateEndpointRequest {
     /// address.
     pub url: String,
     /// The event types to send (see `EndpointResponse.event_types`); every type when absent.
+    #[schema(value_type = Option<Vec<crate::openapi::EventType>>)]
     pub event_types: Option<Vec<String>>,
     pub description: Option<String>,
 }
@@ -50,7 +51,7 @@ pub struct UpdateEndpointRequest {
     pub url: Option<String>,
     /// `null` subscribes to every type.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<crate::openapi::EventType>>)]
     pub event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -84,9 +85,11 @@ pub struct EndpointResponse {
     /// `training.succeeded`, `training.failed`, `training.cancelled`, `training.timed_out`,
     /// `generation.queued`, `generation.succeeded`, `generation.failed`, `avatar.deleted`;
     /// `null` means every type.
+    #[schema(value_type = Option<Vec<crate::openapi::EventType>>)]
     pub event_types: Option<Vec<String>>,
     pub enabled: bool,
     /// `gone` (the endpoint answered 410) or `disabled_by_caller`.
+    #[schema(value_type = Option<crate::openapi::DisabledReason>)]
     pub disabled_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -137,6 +140,7 @@ pub struct AttemptResponse {
     pub finished_at: Option<DateTime<Utc>>,
     /// `in_flight`, `succeeded`, `failed`, or `abandoned` (the sender stopped before recording
     /// the outcome; the event is sent again with the same `webhook-id`).
+    #[schema(value_type = crate::openapi::AttemptOutcome)]
     pub outcome: String,
     pub status_code: Option<i32>,
     pub latency_ms: Option<i32>,
@@ -151,8 +155,10 @@ pub struct DeliveryResponse {
     pub endpoint_id: Uuid,
     /// The `webhook-id` header: the same on every attempt and replay.
     pub event_id: Uuid,
+    #[schema(value_type = crate::openapi::EventType)]
     pub event_type: String,
     /// `pending`, `delivered` or `failed` (retries exhausted, or the endpoint is gone).
+    #[schema(value_type = DeliveryStatus)]
     pub status: String,
     pub attempt_count: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
