@@ -108,9 +108,7 @@ pub async fn admit(
         .await?
     {
         Reservation::Reserved(photo) => photo,
-        Reservation::AvatarNotFound => {
-            return Err(ServiceError::avatar_not_found(avatar_id))
-        }
+        Reservation::AvatarNotFound => return Err(ServiceError::avatar_not_found(avatar_id)),
         Reservation::AvatarBusy(_) => return Err(ServiceError::avatar_training()),
         Reservation::LimitReached { max } => {
             return Ok(Err(RejectedFile::new(

@@ -81,7 +81,6 @@ fn media_format(format: domain::PhotoFormat) -> media::PhotoFormat {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchiveImage {
     pub entry_name: String,
-    #[schema(value_type = crate::openapi::PhotoFormat)]
     pub format: String,
     pub width: u32,
     pub height: u32,

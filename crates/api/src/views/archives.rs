@@ -34,6 +34,7 @@ impl From<service::photos::RejectedFile> for RejectedFile {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ArchiveImage {
     pub entry_name: String,
+    #[schema(value_type = crate::openapi::PhotoFormat)]
     pub format: String,
     pub width: u32,
     pub height: u32,
