@@ -73,3 +73,20 @@ impl Application {
         served
     }
 }
+
+/// The blob store named by `STORAGE_URL`, or a local directory.
+pub fn blob_store(
+    config: &service::Config,
+    default_dir: &std::path::Path,
+) -> anyhow::Result<store::BlobStore> {
+    let blobs = match &config.storage_url {
+        Some(url) => store::BlobStore::from_url(url).map_err(|e| service::ConfigError {
+            variable: "STORAGE_URL",
+            problem: e.to_string(),
+        })?,
+        None => store::BlobStore::local(default_dir)
+            .with_context(|| format!("creating the blob directory {}", default_dir.display()))?,
+    };
+    tracing::info!(location = blobs.description(), "blob storage");
+    Ok(blobs)
+}

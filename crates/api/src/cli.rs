@@ -123,23 +123,6 @@ fn require_database(config: &Config, command: &str) -> Result<store::Store, anyh
     })
 }
 
-/// The blob store named by `STORAGE_URL`, or a local directory.
-pub(crate) fn blob_store(
-    config: &Config,
-    default_dir: &std::path::Path,
-) -> anyhow::Result<store::BlobStore> {
-    let blobs = match &config.storage_url {
-        Some(url) => store::BlobStore::from_url(url).map_err(|e| ConfigError {
-            variable: "STORAGE_URL",
-            problem: e.to_string(),
-        })?,
-        None => store::BlobStore::local(default_dir)
-            .with_context(|| format!("creating the blob directory {}", default_dir.display()))?,
-    };
-    tracing::info!(location = blobs.description(), "blob storage");
-    Ok(blobs)
-}
-
 /// The fal connection of `avatars serve`: required key and public URL.
 fn production_fal(config: &Config) -> anyhow::Result<Option<service::fal_link::FalLink>> {
     let Some(key) = config.fal.key.clone() else {
@@ -186,7 +169,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             tracing::info!(addr = %config.bind_addr, "serving");
             let resources = Resources {
                 store: store.clone(),
-                blobs: blob_store(&config, std::path::Path::new("data/blobs"))?,
+                blobs: crate::application::blob_store(&config, std::path::Path::new("data/blobs"))?,
                 fal: production_fal(&config)?,
                 listener,
             };

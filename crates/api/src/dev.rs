@@ -88,7 +88,7 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
     println!();
     let resources = Resources {
         store: store.clone(),
-        blobs: crate::cli::blob_store(&config, &data_dir.join("blobs"))?,
+        blobs: crate::application::blob_store(&config, &data_dir.join("blobs"))?,
         fal: Some(fal),
         listener,
     };
