@@ -177,6 +177,7 @@ pub fn completion_events(
 
 /// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
 /// the request already completed, its result wins.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub async fn cancel_job(
     service: &Service,
     job: &JobRecord,
@@ -254,6 +255,7 @@ pub fn request_ref(service: &Service, job: &JobRecord) -> Option<fal::RequestRef
 
 /// Asks fal where a submitted job stands and applies the answer. `fence` is the reconciler's
 /// lease; `None` from request handlers.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64>) {
     let Some(fal) = service.fal.as_ref() else {
         return;
@@ -264,7 +266,7 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
     let status = match fal.client.status(&request, true).await {
         Ok(status) => status,
         Err(error) => {
-            tracing::warn!(job = %job.id, %error, "status lookup failed");
+            tracing::warn!(%error, "status lookup failed");
             return;
         }
     };
@@ -274,7 +276,7 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
             .apply_event(job.id, event, fence, &changes, "status lookup")
             .await
         {
-            tracing::warn!(job = %job.id, %error, "recording a status lookup");
+            tracing::warn!(%error, "recording a status lookup");
         }
     };
     match status {
@@ -326,7 +328,7 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
                     message: format!("{detail} ({})", error_type.unwrap_or_default()),
                 },
                 Err(error) => {
-                    tracing::warn!(job = %job.id, %error, "result lookup failed");
+                    tracing::warn!(%error, "result lookup failed");
                     return;
                 }
             };
@@ -338,6 +340,7 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
 }
 
 /// Applies a terminal "timed out" after cancelling on fal.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
     if let (Some(fal), Some(request)) = (service.fal.as_ref(), request_ref(service, job)) {
         match fal.client.cancel(&request).await {
@@ -349,7 +352,7 @@ pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
             Ok(fal::CancelOutcome::CancellationRequested) | Err(fal::FalError::NotFound { .. }) => {
             }
             Err(error) => {
-                tracing::warn!(job = %job.id, %error, "cancelling a timed-out job on fal")
+                tracing::warn!(%error, "cancelling a timed-out job on fal")
             }
         }
     }
@@ -371,7 +374,7 @@ pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
         )
         .await;
     if let Err(error) = outcome {
-        tracing::warn!(job = %job.id, %error, "recording a timeout");
+        tracing::warn!(%error, "recording a timeout");
     }
 }
 

@@ -67,12 +67,13 @@ pub async fn run(service: Service) {
 }
 
 /// Sends the claimed endpoint's due deliveries in event order, then gives the endpoint up.
+#[tracing::instrument(skip_all, fields(endpoint_id = %claim.endpoint_id, fence = claim.fence))]
 async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
     loop {
         let due = match service.store.due_deliveries(&claim, BATCH).await {
             Ok(due) => due,
             Err(error) => {
-                tracing::warn!(endpoint = %claim.endpoint_id, %error, "reading due deliveries");
+                tracing::warn!(%error, "reading due deliveries");
                 break;
             }
         };
@@ -92,7 +93,7 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
         }
     }
     if let Err(error) = service.store.release_endpoint(&claim).await {
-        tracing::warn!(endpoint = %claim.endpoint_id, %error, "releasing a webhook endpoint");
+        tracing::warn!(%error, "releasing a webhook endpoint");
     }
 }
 

@@ -18,6 +18,7 @@ use crate::jobs;
 
 /// Fetches a missing result and copies a LoRA's files into our storage (fal's CDN copy
 /// expires), then records the model.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub(super) async fn take_custody(service: &Service, job: JobRecord) {
     let fence = job.fence;
     let Some(fal) = service.fal.as_ref() else {
@@ -39,13 +40,13 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
                     .store_fetched_result(job.id, fence, &result)
                     .await
                 {
-                    tracing::warn!(job = %job.id, %error, "storing a fetched result");
+                    tracing::warn!(%error, "storing a fetched result");
                     return;
                 }
                 job.result = Some(result);
             }
             Err(error) => {
-                tracing::warn!(job = %job.id, %error, "fetching a result; will retry");
+                tracing::warn!(%error, "fetching a result; will retry");
                 defer(service, &job, Duration::from_secs(10)).await;
                 return;
             }
@@ -66,7 +67,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
         domain::ModelType::Finetune => match jobs::finetune_model(&job, &result) {
             Some(model) => model,
             None => {
-                tracing::error!(job = %job.id, "the Pro trainer's result has no finetune id");
+                tracing::error!("the Pro trainer's result has no finetune id");
                 return;
             }
         },
@@ -74,34 +75,30 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
             let output = match serde_json::from_value::<fal::models::LoraTrainingOutput>(result) {
                 Ok(output) => output,
                 Err(error) => {
-                    tracing::error!(job = %job.id, %error, "the LoRA trainer's result has no weights file");
+                    tracing::error!(%error, "the LoRA trainer's result has no weights file");
                     return;
                 }
             };
             let prefix = format!("tenants/{}/models/{}", job.tenant_id, job.id);
             let weights_key = format!("{prefix}/pytorch_lora_weights.safetensors");
-            let (sha256, bytes) = match copy_to_blob(
-                service,
-                fal,
-                &output.diffusers_lora_file.url,
-                &weights_key,
-            )
-            .await
-            {
-                Ok(copied) => copied,
-                Err(error) => {
-                    tracing::warn!(job = %job.id, %error, "copying the LoRA weights; will retry");
-                    defer(service, &job, Duration::from_secs(10)).await;
-                    return;
-                }
-            };
+            let (sha256, bytes) =
+                match copy_to_blob(service, fal, &output.diffusers_lora_file.url, &weights_key)
+                    .await
+                {
+                    Ok(copied) => copied,
+                    Err(error) => {
+                        tracing::warn!(%error, "copying the LoRA weights; will retry");
+                        defer(service, &job, Duration::from_secs(10)).await;
+                        return;
+                    }
+                };
             let config_key = match &output.config_file {
                 Some(file) => {
                     let key = format!("{prefix}/config.json");
                     match copy_to_blob(service, fal, &file.url, &key).await {
                         Ok(_) => Some(key),
                         Err(error) => {
-                            tracing::warn!(job = %job.id, %error, "copying the LoRA config; will retry");
+                            tracing::warn!(%error, "copying the LoRA config; will retry");
                             defer(service, &job, Duration::from_secs(10)).await;
                             return;
                         }
@@ -122,7 +119,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
         }
     };
     if let Err(error) = service.store.complete_training(job.id, fence, &model).await {
-        tracing::warn!(job = %job.id, %error, "recording the model");
+        tracing::warn!(%error, "recording the model");
     }
 }
 
@@ -160,7 +157,7 @@ pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job
     let model = match generation_model(service, &job).await {
         Ok(model) => model,
         Err((_, message)) => {
-            tracing::warn!(job = %job.id, message, "no model to resubmit with");
+            tracing::warn!(message, "no model to resubmit with");
             give_up(service, &job).await;
             return;
         }
@@ -168,7 +165,7 @@ pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job
     let url = match upload_lora(service, fal, &model).await {
         Ok(url) => url,
         Err(error) => {
-            tracing::warn!(job = %job.id, %error, "re-uploading the LoRA; will retry");
+            tracing::warn!(%error, "re-uploading the LoRA; will retry");
             defer(service, &job, Duration::from_secs(10)).await;
             return;
         }
@@ -185,11 +182,11 @@ pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job
         .await
     {
         Ok(Some(next)) => {
-            tracing::info!(job = %job.id, next = %next, "resubmitting with the re-uploaded LoRA");
+            tracing::info!(next = %next, "resubmitting with the re-uploaded LoRA");
             service.work.notify_waiters();
         }
         Ok(None) => {}
-        Err(error) => tracing::warn!(job = %job.id, %error, "recording a resubmit"),
+        Err(error) => tracing::warn!(%error, "recording a resubmit"),
     }
 }
 
@@ -205,7 +202,7 @@ pub(super) async fn give_up(service: &Service, job: &JobRecord) {
             }
         }
         Ok(false) => {}
-        Err(error) => tracing::warn!(job = %job.id, %error, "closing a generation item"),
+        Err(error) => tracing::warn!(%error, "closing a generation item"),
     }
 }
 
@@ -218,7 +215,7 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
     let output = match serde_json::from_value::<fal::models::ImagesOutput>(result) {
         Ok(output) => output,
         Err(error) => {
-            tracing::error!(job = %job.id, %error, "the generation's result has no images");
+            tracing::error!(%error, "the generation's result has no images");
             give_up(service, &job).await;
             return;
         }
@@ -249,7 +246,7 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
         let bytes = match copy_to_blob(service, fal, &image.url, &key).await {
             Ok((_, bytes)) => bytes,
             Err(error) => {
-                tracing::warn!(job = %job.id, %error, "copying a generated image; will retry");
+                tracing::warn!(%error, "copying a generated image; will retry");
                 defer(service, &job, Duration::from_secs(10)).await;
                 return;
             }
@@ -275,6 +272,6 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
     {
         Ok(true) => crate::generation_items::announce(service, generation_id),
         Ok(false) => {}
-        Err(error) => tracing::warn!(job = %job.id, %error, "recording generated images"),
+        Err(error) => tracing::warn!(%error, "recording generated images"),
     }
 }

@@ -133,13 +133,13 @@ pub(crate) async fn record(
         .apply_event(job.id, event, Some(fence), &changes, cause)
         .await
     {
-        tracing::warn!(job = %job.id, %error, cause, "recording a job event");
+        tracing::warn!(%error, cause, "recording a job event");
     }
 }
 
 /// Gives the job back for a later attempt (nothing was sent to fal).
 pub(crate) async fn defer(service: &Service, job: &JobRecord, after: Duration) {
     if let Err(error) = service.store.defer_lease(job.id, job.fence, after).await {
-        tracing::warn!(job = %job.id, %error, "deferring a job");
+        tracing::warn!(%error, "deferring a job");
     }
 }

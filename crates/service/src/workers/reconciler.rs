@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use domain::{JobEvent, JobStatus};
+use store::JobRecord;
 
 use super::record;
 use crate::context::Service;
@@ -27,28 +28,34 @@ pub(super) async fn reconcile_due(service: &Service) {
         }
     };
     for job in jobs {
-        let fence = job.fence;
-        let past_deadline = job.deadline_at.is_some_and(|d| d <= Utc::now());
-        if past_deadline {
-            jobs::time_out(service, &job, fence).await;
-        } else if job.status() == JobStatus::Uploading {
-            // Its worker died after sending the submit: fal may have the request.
-            record(
-                service,
-                &job,
-                JobEvent::SubmitOutcomeUnknown,
-                fence,
-                JobFailure::new(
-                    "submit_unknown",
-                    "the worker stopped after sending the submit",
-                )
-                .changes(),
-                "submit interrupted",
-            )
-            .await;
-        } else {
-            jobs::reconcile_job(service, &job, Some(fence)).await;
-        }
-        let _ = service.store.release_lease(job.id, fence).await;
+        check(service, &job).await;
     }
+}
+
+/// One overdue job: timed out, interrupted mid-submit, or looked up at fal.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
+async fn check(service: &Service, job: &JobRecord) {
+    let fence = job.fence;
+    let past_deadline = job.deadline_at.is_some_and(|d| d <= Utc::now());
+    if past_deadline {
+        jobs::time_out(service, job, fence).await;
+    } else if job.status() == JobStatus::Uploading {
+        // Its worker died after sending the submit: fal may have the request.
+        record(
+            service,
+            job,
+            JobEvent::SubmitOutcomeUnknown,
+            fence,
+            JobFailure::new(
+                "submit_unknown",
+                "the worker stopped after sending the submit",
+            )
+            .changes(),
+            "submit interrupted",
+        )
+        .await;
+    } else {
+        jobs::reconcile_job(service, job, Some(fence)).await;
+    }
+    let _ = service.store.release_lease(job.id, fence).await;
 }

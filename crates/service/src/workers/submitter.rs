@@ -17,6 +17,7 @@ use crate::jobs;
 
 /// Uploads the training data and submits the job to fal. The submit is sent at most once: the
 /// job is marked before it leaves, so a crash after that is an unknown outcome, not a retry.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub(super) async fn submit(service: &Service, job: JobRecord) {
     let fence = job.fence;
     if job.cancel_requested_at.is_some() {
@@ -110,7 +111,7 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
             return;
         }
         Err(error) => {
-            tracing::warn!(job = %job.id, %error, "uploading the training archive; will retry");
+            tracing::warn!(%error, "uploading the training archive; will retry");
             defer(service, &job, Duration::from_secs(10)).await;
             return;
         }
@@ -127,7 +128,7 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
     };
     let input = fal_input(&job, &params, uploaded.file_url.as_str(), kind);
     if params.trainer() == Trainer::Pro {
-        tracing::warn!(job = %job.id, "submitting to fal-ai/flux-pro-trainer, which fal has deprecated");
+        tracing::warn!("submitting to fal-ai/flux-pro-trainer, which fal has deprecated");
     }
     send(service, fal, base, &job, &input).await;
 }
@@ -178,7 +179,7 @@ pub(super) async fn send(
             return;
         }
         Err(error) => {
-            tracing::warn!(job = %job.id, %error, "marking the submit");
+            tracing::warn!(%error, "marking the submit");
             return;
         }
     }
@@ -215,7 +216,7 @@ pub(super) async fn send(
                     if let Err(error) =
                         jobs::cancel_job(service, &current, "cancelled by the caller").await
                     {
-                        tracing::warn!(job = %job.id, ?error, "cancelling after submit");
+                        tracing::warn!(?error, "cancelling after submit");
                     }
                 }
             }
@@ -369,7 +370,7 @@ pub(super) async fn submit_generation(
             None => match upload_lora(service, fal, &model).await {
                 Ok(url) => url,
                 Err(error) => {
-                    tracing::warn!(job = %job.id, %error, "uploading the LoRA; will retry");
+                    tracing::warn!(%error, "uploading the LoRA; will retry");
                     defer(service, &job, Duration::from_secs(10)).await;
                     return;
                 }
