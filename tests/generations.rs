@@ -14,20 +14,14 @@ async fn get(app: &TestApp, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Waits until the generation satisfies `done` (checked every 50 ms, up to a deadline).
+/// Waits until the generation satisfies `done`.
 async fn wait_generation(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let current = get(app, &format!("/generations/{id}")).await;
-        if done(&current) {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "generation never got there: {current:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_json(
+        &format!("/generations/{id}"),
+        "the awaited generation state",
+        done,
+    )
+    .await
 }
 
 fn finished(generation: &Value) -> bool {
@@ -75,19 +69,10 @@ async fn trained(app: &TestApp, kind: &str) -> Value {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let path = format!("/avatars/{id}");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let current = get(app, &path).await;
-        if current["status"] == "trained" {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never trained: {current:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_json(&format!("/avatars/{id}"), "trained", |avatar| {
+        avatar["status"] == "trained"
+    })
+    .await
 }
 
 /// The fal requests the simulator received for an endpoint, oldest first.

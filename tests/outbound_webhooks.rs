@@ -104,41 +104,27 @@ async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
     }
 }
 
-/// Polls the endpoint's deliveries until `done` holds (deadline [`DEADLINE`]).
+/// Waits until the endpoint's deliveries satisfy `done`.
 async fn wait_deliveries(
     app: &TestApp,
     endpoint: &str,
     what: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    app.eventually(what, || async {
         let current = deliveries(app, endpoint).await;
         if done(&current) {
-            return current;
+            Ok(current)
+        } else {
+            Err(format!("deliveries of {endpoint}: {current:#?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deliveries of {endpoint} never became {what}: {current:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
-/// Polls one path until `done` holds on its JSON (deadline [`DEADLINE`]).
+/// Waits until the JSON at `path` satisfies `done`.
 async fn wait_json(app: &TestApp, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let current = get(app, path).await;
-        if done(&current) {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never became {what}: {current:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    app.wait_for_json(path, what, done).await
 }
 
 /// Creates an avatar and returns its id.

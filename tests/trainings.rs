@@ -19,25 +19,15 @@ async fn training(app: &TestApp, id: &str) -> Value {
         .unwrap()
 }
 
-/// Waits until the training satisfies `done` (checked every 50 ms, up to a deadline).
+/// Waits until the training satisfies `done`.
 async fn wait_training(
     app: &TestApp,
     id: &str,
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let current = training(app, id).await;
-        if done(&current) {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "training never became {what}: {current:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_json(&format!("/trainings/{id}"), what, done)
+        .await
 }
 
 async fn start_training(app: &TestApp, avatar: &str, body: Value) -> Value {

@@ -18,6 +18,9 @@ pub mod images;
 pub mod receiver;
 pub mod standard_webhooks;
 
+/// How long a test waits for the service to reach a state before it fails.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A running instance of the service. Stops when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -33,6 +36,8 @@ pub struct TestApp {
     /// The fal simulator this app talks to, when started with one.
     pub sim: Option<Arc<fal_sim::FalSim>>,
     settings: Settings,
+    /// The running application layer, for waiting on what it announces.
+    running: Option<service::Service>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -124,6 +129,7 @@ impl TestApp {
             key: self.key.clone(),
             sim: self.sim.clone(),
             settings: self.settings.clone(),
+            running: None,
             shutdown: None,
             server: None,
         };
@@ -175,6 +181,7 @@ impl TestApp {
             key: String::new(),
             sim,
             settings,
+            running: None,
             shutdown: None,
             server: None,
         };
@@ -199,6 +206,7 @@ impl TestApp {
             listener,
         };
         let app = Application::build(settings, resources).expect("the application builds");
+        self.running = Some(app.service().clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
         self.shutdown = Some(shutdown);
         self.server = Some(tokio::spawn(async move {
@@ -251,6 +259,66 @@ impl TestApp {
             api::event_bodies::render,
         )
         .expect("the service builds")
+    }
+
+    /// Waits until `probe` answers `Ok`, looking again whenever the service sequences an event
+    /// (every job and avatar change does) and at least every 100 ms; after [`WAIT_DEADLINE`]
+    /// fails the test with `what` and the probe's last `Err` (what it saw instead).
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let mut changes = self
+            .running
+            .as_ref()
+            .map(|service| service.sequenced_events.subscribe());
+        let deadline = tokio::time::Instant::now() + WAIT_DEADLINE;
+        loop {
+            let seen = match probe().await {
+                Ok(value) => return value,
+                Err(seen) => seen,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {what}; last seen: {seen}"
+            );
+            let change = async {
+                match changes.as_mut() {
+                    Some(changes) => {
+                        let _ = changes.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // Not every change is an event (delivery attempts, custody): look again soon anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(100), change).await;
+        }
+    }
+
+    /// Waits until the JSON at `path` (read with the default key) satisfies `done`.
+    pub async fn wait_for_json(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.eventually(what, || async {
+            let current: Value = self
+                .request(reqwest::Method::GET, path)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if done(&current) {
+                Ok(current)
+            } else {
+                Err(format!("{path}: {current:#}"))
+            }
+        })
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
