@@ -8,7 +8,6 @@ pub mod janitor;
 mod reconciler;
 mod submitter;
 
-use std::future::Future;
 use std::time::Duration;
 
 use domain::JobEvent;
@@ -59,30 +58,9 @@ pub fn spawn(service: Service) -> Workers {
         intervals.janitor,
     )));
     if service.fal.is_some() {
-        handles.push(tokio::spawn(claim_loop(
-            service.clone(),
-            "claiming a job to submit",
-            |service| async move {
-                let job = service
-                    .store
-                    .claim_upload(service.worker_id, service.settings.jobs.lease)
-                    .await?;
-                Ok(job.map(|job| (service, job)))
-            },
-            |(service, job)| async move { submitter::submit(&service, job).await },
-        )));
-        handles.push(tokio::spawn(claim_loop(
-            service.clone(),
-            "claiming a result to keep",
-            |service| async move {
-                let job = service
-                    .store
-                    .claim_custody(service.worker_id, service.settings.jobs.lease)
-                    .await?;
-                Ok(job.map(|job| (service, job)))
-            },
-            |(service, job)| async move { custody::take_custody(&service, job).await },
-        )));
+        for queue in [JobQueue::Submit, JobQueue::Custody] {
+            handles.push(tokio::spawn(drain(service.clone(), queue)));
+        }
         handles.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(intervals.reconcile_tick);
             loop {
@@ -94,21 +72,31 @@ pub fn spawn(service: Service) -> Workers {
     Workers { handles }
 }
 
-/// Claims and handles work until none is left, then waits for a wake-up or the idle poll.
-async fn claim_loop<C, CF, W, H, HF>(service: Service, what: &'static str, claim: C, handle: H)
-where
-    C: Fn(Service) -> CF,
-    CF: Future<Output = Result<Option<W>, store::StoreError>>,
-    H: Fn(W) -> HF,
-    HF: Future<Output = ()>,
-{
+/// The work the job workers claim, each under a lease.
+#[derive(Debug, Clone, Copy)]
+enum JobQueue {
+    /// Pending jobs to upload and submit.
+    Submit,
+    /// Results to fetch and artifacts to copy into our storage.
+    Custody,
+}
+
+/// Claims and handles the queue's jobs until none is left, then waits for a wake-up or the
+/// idle poll.
+async fn drain(service: Service, queue: JobQueue) {
+    let (worker, lease) = (service.worker_id, service.settings.jobs.lease);
     loop {
         loop {
-            match claim(service.clone()).await {
-                Ok(Some(work)) => handle(work).await,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%error, what);
+            let claimed = match queue {
+                JobQueue::Submit => service.store.claim_upload(worker, lease).await,
+                JobQueue::Custody => service.store.claim_custody(worker, lease).await,
+            };
+            match (claimed, queue) {
+                (Ok(Some(job)), JobQueue::Submit) => submitter::submit(&service, job).await,
+                (Ok(Some(job)), JobQueue::Custody) => custody::take_custody(&service, job).await,
+                (Ok(None), _) => break,
+                (Err(error), _) => {
+                    tracing::warn!(%error, ?queue, "claiming a job");
                     break;
                 }
             }

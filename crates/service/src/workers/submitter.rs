@@ -97,17 +97,7 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
     {
         Ok(uploaded) => uploaded,
         Err(error @ (fal::FalError::Unauthorized { .. } | fal::FalError::BillingLocked { .. })) => {
-            let code = crate::fal_errors::rejection_code(&error);
-            fal.health.set_key_rejected(code == "fal_unauthorized");
-            record(
-                service,
-                &job,
-                JobEvent::SubmitRejected,
-                fence,
-                JobFailure::new(code, error.to_string()).changes(),
-                "upload refused",
-            )
-            .await;
+            refused(service, fal, &job, &error, "upload refused").await;
             return;
         }
         Err(error) => {
@@ -222,17 +212,7 @@ pub(super) async fn send(
             }
         }
         Err(fal::SubmitError::NotAccepted(error)) => {
-            let code = crate::fal_errors::rejection_code(&error);
-            fal.health.set_key_rejected(code == "fal_unauthorized");
-            record(
-                service,
-                &job,
-                JobEvent::SubmitRejected,
-                fence,
-                JobFailure::new(code, error.to_string()).changes(),
-                "fal refused the submit",
-            )
-            .await;
+            refused(service, fal, &job, &error, "fal refused the submit").await;
         }
         Err(fal::SubmitError::OutcomeUnknown { request_id, cause }) => {
             let changes = JobChanges {
@@ -432,4 +412,27 @@ pub(super) async fn upload_lora(
         .upload_file(scratch.path(), "application/octet-stream", None)
         .await?;
     Ok(uploaded.file_url.to_string())
+}
+
+/// fal certainly refused the job (nothing runs there): it fails with fal's reason, and a
+/// refused key is remembered for `/readyz`.
+async fn refused(
+    service: &Service,
+    fal: &FalLink,
+    job: &JobRecord,
+    error: &fal::FalError,
+    cause: &str,
+) {
+    let code = crate::fal_errors::rejection_code(error);
+    fal.health.set_key_rejected(code == "fal_unauthorized");
+    let failure = JobFailure::new(code, error.to_string());
+    record(
+        service,
+        job,
+        JobEvent::SubmitRejected,
+        job.fence,
+        failure.changes(),
+        cause,
+    )
+    .await;
 }
