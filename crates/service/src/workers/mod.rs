@@ -131,3 +131,14 @@ pub(crate) async fn defer(service: &Service, job: &JobRecord, after: Duration) {
         tracing::warn!(%error, "deferring a job");
     }
 }
+
+/// Ends the job with `failure` through `event`, under the job's own fence.
+pub(crate) async fn fail(
+    service: &Service,
+    job: &JobRecord,
+    event: JobEvent,
+    failure: crate::JobFailure,
+    cause: &str,
+) {
+    record(service, job, event, job.fence, failure.changes(), cause).await;
+}

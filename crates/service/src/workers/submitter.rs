@@ -9,7 +9,7 @@ use domain::{JobEvent, JobKind, Trainer, TrainingParams};
 use serde_json::{json, Value};
 use store::{JobChanges, JobRecord};
 
-use super::{defer, record};
+use super::{defer, fail, record};
 use crate::context::Service;
 use crate::error::JobFailure;
 use crate::fal_link::FalLink;
@@ -19,14 +19,12 @@ use crate::jobs;
 /// job is marked before it leaves, so a crash after that is an unknown outcome, not a retry.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub(super) async fn submit(service: &Service, job: JobRecord) {
-    let fence = job.fence;
     if job.cancel_requested_at.is_some() {
-        record(
+        fail(
             service,
             &job,
             JobEvent::Cancelled,
-            fence,
-            JobFailure::new("cancelled", "cancelled before submission").changes(),
+            JobFailure::new("cancelled", "cancelled before submission"),
             "cancel requested",
         )
         .await;
@@ -36,12 +34,11 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
         service.fal.as_ref(),
         service.settings.jobs.public_base_url.as_deref(),
     ) else {
-        record(
+        fail(
             service,
             &job,
             JobEvent::SubmitRejected,
-            fence,
-            JobFailure::new("fal_not_configured", "the service has no fal connection").changes(),
+            JobFailure::new("fal_not_configured", "the service has no fal connection"),
             "no fal",
         )
         .await;
@@ -52,12 +49,11 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
         return;
     }
     let Some(params) = jobs::job_params(&job) else {
-        record(
+        fail(
             service,
             &job,
             JobEvent::SubmitRejected,
-            fence,
-            JobFailure::new("invalid_job", "the job's parameters cannot be read").changes(),
+            JobFailure::new("invalid_job", "the job's parameters cannot be read"),
             "bad params",
         )
         .await;
@@ -76,12 +72,11 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
     };
     let archive = scratch.path().join("training.zip");
     if let Err((code, message)) = prepare_archive(service, &job, &archive).await {
-        record(
+        fail(
             service,
             &job,
             JobEvent::SubmitRejected,
-            fence,
-            JobFailure::new(code, message).changes(),
+            JobFailure::new(code, message),
             "training data",
         )
         .await;
@@ -137,12 +132,11 @@ pub(super) async fn send(
     let webhook = match jobs::webhook_url(base, &job) {
         Ok(url) => url,
         Err(error) => {
-            record(
+            fail(
                 service,
                 &job,
                 JobEvent::SubmitRejected,
-                fence,
-                JobFailure::new("invalid_public_base_url", error.to_string()).changes(),
+                JobFailure::new("invalid_public_base_url", error.to_string()),
                 "webhook url",
             )
             .await;
@@ -155,12 +149,11 @@ pub(super) async fn send(
             // Lost the lease, or a cancel arrived: the reloaded job says which.
             if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
                 if current.cancel_requested_at.is_some() && current.fence == fence {
-                    record(
+                    fail(
                         service,
                         &current,
                         JobEvent::Cancelled,
-                        fence,
-                        JobFailure::new("cancelled", "cancelled before submission").changes(),
+                        JobFailure::new("cancelled", "cancelled before submission"),
                         "cancel requested",
                     )
                     .await;
@@ -327,18 +320,16 @@ pub(super) async fn submit_generation(
     base: &str,
     job: JobRecord,
 ) {
-    let fence = job.fence;
     let mut input = job.params.clone();
     if job.endpoint == domain::LORA_GENERATION_ENDPOINT {
         let model = match generation_model(service, &job).await {
             Ok(model) => model,
             Err((code, message)) => {
-                record(
+                fail(
                     service,
                     &job,
                     JobEvent::SubmitRejected,
-                    fence,
-                    JobFailure::new(code, message).changes(),
+                    JobFailure::new(code, message),
                     "no model",
                 )
                 .await;
