@@ -1195,3 +1195,67 @@ async fn a_webhook_arriving_before_the_request_id_was_stored_completes_the_job(p
         ]
     );
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_job_row_with_an_unknown_status_or_kind_fails_loudly_when_read(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let avatar = app
+        .create_avatar(json!({"name": "corrupt", "kind": "character"}))
+        .await;
+    // Rows the schema would refuse: written as by a newer version, or by hand.
+    sqlx::query(
+        "ALTER TABLE jobs DROP CONSTRAINT jobs_status_check, DROP CONSTRAINT jobs_kind_check",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = |kind: &'static str, status: &'static str| {
+        let pool = pool.clone();
+        let avatar = avatar["id"].as_str().unwrap().to_string();
+        async move {
+            let id = uuid::Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset,
+                     params, trigger_phrase, webhook_token)
+                 SELECT $1, tenant_id, id, $2, $3, 'portrait', 'fal-ai/flux-lora-portrait-trainer',
+                     'balanced', '{}', trigger_phrase, 'tok'
+                 FROM avatars WHERE id = $4::uuid",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(status)
+            .bind(avatar)
+            .execute(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let bad_status = insert("training", "exploded").await;
+    let bad_kind = insert("mystery", "failed").await;
+
+    for (id, column, value) in [
+        (bad_status, "status", "exploded"),
+        (bad_kind, "kind", "mystery"),
+    ] {
+        match app.store.job_by_id(id).await {
+            Err(store::StoreError::CorruptRow {
+                table,
+                column: got_column,
+                value: got_value,
+            }) => {
+                assert_eq!(table, "jobs");
+                assert_eq!(got_column, column);
+                assert_eq!(got_value, value);
+            }
+            other => panic!("reading a job with {column} {value:?} gave {other:?}"),
+        }
+        // Never read as some default (a failed training, say): the caller sees an error.
+        let response = app
+            .request(Method::GET, &format!("/trainings/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500, "{column} {value:?}");
+    }
+}

@@ -3,6 +3,8 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::photos::PhotoSetRules;
+use crate::training::JobStatus;
 use crate::validation::{FieldViolation, Violations};
 
 /// What an avatar depicts; it decides which trainer suits it.
@@ -77,6 +79,40 @@ impl AvatarStatus {
     pub fn allows_trigger_phrase_change(self) -> bool {
         matches!(self, Self::Draft | Self::Ready)
     }
+
+    /// THE avatar's transition function: its status after `change`.
+    pub fn after(self, change: AvatarChange) -> AvatarStatus {
+        match change {
+            // Only an untrained avatar moves between draft and ready with its photo count.
+            AvatarChange::PhotosChanged { count, rules } => match self {
+                Self::Draft | Self::Ready => rules.untrained_status(count),
+                other => other,
+            },
+            AvatarChange::TrainingStarted => Self::Training,
+            AvatarChange::TrainingSucceeded => Self::Trained,
+            AvatarChange::TrainingEnded { status, has_model } => match self {
+                // A failed retraining leaves a trained avatar trained: its old model works.
+                Self::Training if has_model => Self::Trained,
+                Self::Training if status == JobStatus::Cancelled => Self::Cancelled,
+                Self::Training => Self::Failed,
+                other => other,
+            },
+        }
+    }
+}
+
+/// Something that happened to an avatar that may move its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AvatarChange {
+    /// Its set now holds `count` stored photos.
+    PhotosChanged { count: u32, rules: PhotoSetRules },
+    /// A training of it was created.
+    TrainingStarted,
+    /// A training's model is in custody and is now its current model.
+    TrainingSucceeded,
+    /// A training ended without a model (`status`: failed, cancelled or timed out);
+    /// `has_model` tells whether an earlier training's model is still its current one.
+    TrainingEnded { status: JobStatus, has_model: bool },
 }
 
 fn has_control_chars(value: &str) -> bool {
@@ -308,6 +344,66 @@ mod tests {
             AvatarStatus::Cancelled,
         ] {
             assert!(!status.allows_trigger_phrase_change());
+        }
+    }
+
+    fn rules() -> PhotoSetRules {
+        PhotoSetRules::default()
+    }
+
+    #[test]
+    fn photos_move_only_an_untrained_avatar_between_draft_and_ready() {
+        use AvatarStatus as S;
+        let rules = rules();
+        let enough = rules.min_photos;
+        let photos = |count| AvatarChange::PhotosChanged { count, rules };
+        assert_eq!(S::Draft.after(photos(enough)), S::Ready);
+        assert_eq!(S::Ready.after(photos(enough - 1)), S::Draft);
+        assert_eq!(S::Draft.after(photos(0)), S::Draft);
+        for status in [S::Training, S::Trained, S::Failed, S::Cancelled] {
+            assert_eq!(status.after(photos(0)), status);
+            assert_eq!(status.after(photos(enough)), status);
+        }
+    }
+
+    #[test]
+    fn a_training_start_and_success_decide_alone() {
+        for status in AvatarStatus::ALL {
+            assert_eq!(
+                status.after(AvatarChange::TrainingStarted),
+                AvatarStatus::Training
+            );
+            assert_eq!(
+                status.after(AvatarChange::TrainingSucceeded),
+                AvatarStatus::Trained
+            );
+        }
+    }
+
+    #[test]
+    fn a_training_that_ends_without_a_model() {
+        use AvatarStatus as S;
+        let ended = |status, has_model| AvatarChange::TrainingEnded { status, has_model };
+        assert_eq!(
+            S::Training.after(ended(JobStatus::Failed, false)),
+            S::Failed
+        );
+        assert_eq!(
+            S::Training.after(ended(JobStatus::TimedOut, false)),
+            S::Failed
+        );
+        assert_eq!(
+            S::Training.after(ended(JobStatus::Cancelled, false)),
+            S::Cancelled
+        );
+        // A retraining that fails keeps the working model.
+        for status in [JobStatus::Failed, JobStatus::Cancelled, JobStatus::TimedOut] {
+            assert_eq!(S::Training.after(ended(status, true)), S::Trained);
+        }
+        // An avatar no longer training is left as it is.
+        for avatar in [S::Draft, S::Ready, S::Trained, S::Failed, S::Cancelled] {
+            assert_eq!(avatar.after(ended(JobStatus::Failed, false)), avatar);
+            assert_eq!(avatar.after(ended(JobStatus::Cancelled, true)), avatar);
         }
     }
 

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::training::cost::round_usd;
+use crate::training::JobStatus;
+use crate::EventType;
 
 /// Generation with LoRA weights (portrait and fast trainers).
 pub const LORA_GENERATION_ENDPOINT: &str = "fal-ai/flux-lora";
@@ -260,9 +262,95 @@ pub fn prompt_with_trigger(prompt: &str, trigger: &str) -> String {
     }
 }
 
+/// Where one attempt of a generation item stands, as far as finishing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemState {
+    pub status: JobStatus,
+    /// Its images are still to be copied into our storage, or (failed) it awaits a resubmit.
+    pub custody_needed: bool,
+    /// Its result is still to be fetched from fal.
+    pub result_fetch_needed: bool,
+}
+
+/// THE rule of a finished item: its job is terminal and nothing is left to do for it (its
+/// images are in our storage, or it failed for good, not awaiting a resubmit).
+pub fn item_finished(item: ItemState) -> bool {
+    item.status.is_terminal() && !item.custody_needed && !item.result_fetch_needed
+}
+
+/// What a generation announces once the latest attempts of its items are `items`: nothing
+/// while any is unfinished, then `generation.succeeded` when any image was made and
+/// `generation.failed` otherwise.
+pub fn settled_event(items: &[ItemState]) -> Option<EventType> {
+    if !items.iter().copied().all(item_finished) {
+        return None;
+    }
+    Some(
+        if items.iter().any(|item| item.status == JobStatus::Succeeded) {
+            EventType::GenerationSucceeded
+        } else {
+            EventType::GenerationFailed
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(status: JobStatus, custody_needed: bool, result_fetch_needed: bool) -> ItemState {
+        ItemState {
+            status,
+            custody_needed,
+            result_fetch_needed,
+        }
+    }
+
+    #[test]
+    fn an_item_is_finished_when_terminal_and_nothing_is_left_to_do() {
+        for status in JobStatus::ALL {
+            assert_eq!(
+                item_finished(item(status, false, false)),
+                status.is_terminal(),
+                "{status:?}"
+            );
+            assert!(!item_finished(item(status, true, false)));
+            assert!(!item_finished(item(status, false, true)));
+        }
+    }
+
+    #[test]
+    fn a_generation_settles_when_every_item_is_finished() {
+        use JobStatus as S;
+        assert_eq!(
+            settled_event(&[
+                item(S::Succeeded, false, false),
+                item(S::InProgress, false, false)
+            ]),
+            None
+        );
+        assert_eq!(
+            settled_event(&[
+                item(S::Succeeded, true, false),
+                item(S::Failed, false, false)
+            ]),
+            None
+        );
+        assert_eq!(
+            settled_event(&[
+                item(S::Succeeded, false, false),
+                item(S::Failed, false, false)
+            ]),
+            Some(EventType::GenerationSucceeded)
+        );
+        assert_eq!(
+            settled_event(&[
+                item(S::Cancelled, false, false),
+                item(S::TimedOut, false, false)
+            ]),
+            Some(EventType::GenerationFailed)
+        );
+    }
 
     #[test]
     fn aspect_ratios_map_to_flux_lora_sizes() {

@@ -4,8 +4,12 @@ pub mod avatar;
 pub mod validation;
 
 pub use avatar::{
-    Avatar, AvatarKind, AvatarName, AvatarStatus, NewAvatar, OwnerRef, TrainedModel, TriggerPhrase,
+    Avatar, AvatarChange, AvatarKind, AvatarName, AvatarStatus, NewAvatar, OwnerRef, TrainedModel,
+    TriggerPhrase,
 };
+pub mod delivery;
+pub mod event;
+pub use event::EventType;
 pub use validation::{FieldViolation, Violations};
 pub mod ids;
 pub use ids::{ApiKeyId, AvatarId, PhotoId, TenantId};
@@ -15,13 +19,14 @@ pub mod generation;
 pub mod training;
 pub use generation::{
     estimate_finetune_generation_cost, estimate_lora_generation_cost, generation_preset,
-    generation_presets, GenerationPreset, GenerationPresetName, GenerationPrices, ImageSizePreset,
-    FINETUNE_GENERATION_ENDPOINT, LORA_GENERATION_ENDPOINT,
+    generation_presets, item_finished, settled_event, GenerationPreset, GenerationPresetName,
+    GenerationPrices, ImageSizePreset, ItemState, FINETUNE_GENERATION_ENDPOINT,
+    LORA_GENERATION_ENDPOINT,
 };
 pub use training::{
-    adapt_to_kind, allowed_from, estimate_training_cost, progress_from_logs, resolve_params,
-    resolve_params_for_kind, select_trainer, target, training_preset, training_presets, transition,
-    FastLoraParams, FinetuneType, JobEvent, JobKind, JobStatus, ModelType, PortraitDefaults,
-    PortraitParams, PresetName, ProParams, ProPriority, Trainer, TrainerSelection, TrainingParams,
-    TrainingPreset, TrainingPrices, Transition,
+    adapt_to_kind, allowed_from, estimate_training_cost, progress_from_logs, progress_step_crossed,
+    resolve_params, resolve_params_for_kind, select_trainer, target, training_preset,
+    training_presets, transition, FastLoraParams, FinetuneType, JobEvent, JobKind, JobStatus,
+    ModelType, PortraitDefaults, PortraitParams, PresetName, ProParams, ProPriority, Trainer,
+    TrainerSelection, TrainingParams, TrainingPreset, TrainingPrices, Transition,
 };

@@ -11,10 +11,9 @@ use uuid::Uuid;
 
 use crate::context::Service;
 
-/// An item is finished when its job is terminal and nothing is left to do for it: its images
-/// are in our storage, or it failed for good (not awaiting a resubmit).
+/// Whether the item's job is finished (the domain's rule).
 pub fn item_finished(job: &JobRecord) -> bool {
-    job.status().is_terminal() && !job.custody_needed && !job.result_fetch_needed
+    domain::item_finished(job.item_state())
 }
 
 /// The latest attempt of each item, in item order (`jobs` ordered by item, then attempt).

@@ -1,7 +1,14 @@
 use chrono::{DateTime, Utc};
-use domain::{Avatar, AvatarId, AvatarKind, AvatarStatus, NewAvatar, TenantId};
+use domain::{
+    Avatar, AvatarChange, AvatarId, AvatarKind, AvatarStatus, EventType, ModelType, NewAvatar,
+    TenantId,
+};
+use sqlx::PgConnection;
 
-use crate::{Store, StoreError};
+use crate::error::StoreError;
+use crate::events::{insert_event, EventSnapshot};
+use crate::records::{parse_column, split_page};
+use crate::Store;
 
 /// The unique index that keeps trigger phrases distinct within a tenant.
 pub const TRIGGER_PHRASE_CONSTRAINT: &str = "avatars_tenant_trigger_phrase_key";
@@ -62,43 +69,86 @@ impl TryFrom<AvatarRow> for Avatar {
     type Error = StoreError;
 
     fn try_from(row: AvatarRow) -> Result<Self, StoreError> {
-        // The table's CHECK constraints make these unreachable unless the schema and the code
-        // disagree; report that as a decode error rather than panicking.
-        let corrupt = |column: &str, value: &str| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("avatars.{column} holds unknown value {value:?}").into(),
-            ))
+        let model = match (row.model_id, row.model_type.as_deref()) {
+            (Some(id), Some(model_type)) => Some(domain::TrainedModel {
+                id,
+                model_type: parse_column("models", "model_type", model_type, ModelType::parse)?,
+                trigger_phrase: row.model_trigger_phrase.unwrap_or_default(),
+                training_id: row.model_training_id.unwrap_or_default(),
+                artifact_sha256: row.model_artifact_sha256,
+                artifact_bytes: row.model_artifact_bytes.map(|b| b as u64),
+                finetune_id: row.model_finetune_id,
+                trained_at: row.model_trained_at.unwrap_or(row.created_at),
+            }),
+            _ => None,
         };
         Ok(Avatar {
             id: AvatarId(row.id),
             tenant_id: TenantId(row.tenant_id),
-            kind: AvatarKind::parse(&row.kind).ok_or_else(|| corrupt("kind", &row.kind))?,
-            status: AvatarStatus::parse(&row.status)
-                .ok_or_else(|| corrupt("status", &row.status))?,
+            kind: parse_column("avatars", "kind", &row.kind, AvatarKind::parse)?,
+            status: parse_column("avatars", "status", &row.status, AvatarStatus::parse)?,
             name: row.name,
             owner_ref: row.owner_ref,
             trigger_phrase: row.trigger_phrase,
             photo_count: u32::try_from(row.photo_count).unwrap_or(0),
-            model: match (
-                row.model_id,
-                row.model_type.as_deref().and_then(domain::ModelType::parse),
-            ) {
-                (Some(id), Some(model_type)) => Some(domain::TrainedModel {
-                    id,
-                    model_type,
-                    trigger_phrase: row.model_trigger_phrase.unwrap_or_default(),
-                    training_id: row.model_training_id.unwrap_or_default(),
-                    artifact_sha256: row.model_artifact_sha256,
-                    artifact_bytes: row.model_artifact_bytes.map(|b| b as u64),
-                    finetune_id: row.model_finetune_id,
-                    trained_at: row.model_trained_at.unwrap_or(row.created_at),
-                }),
-                _ => None,
-            },
+            model,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
     }
+}
+
+/// What an avatar's status transition reads of its row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockedAvatar {
+    pub status: AvatarStatus,
+    pub has_model: bool,
+}
+
+/// Reads and locks (until the transaction ends) what the avatar's status transition needs:
+/// every change of status reads the row this way, asks the domain, and writes the verdict.
+pub(crate) async fn lock_avatar(
+    conn: &mut PgConnection,
+    tenant_id: TenantId,
+    id: AvatarId,
+) -> Result<Option<LockedAvatar>, StoreError> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT status, current_model_id IS NOT NULL FROM avatars
+         WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(tenant_id.0)
+    .bind(id.0)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(status, has_model)| {
+        Ok(LockedAvatar {
+            status: parse_column("avatars", "status", &status, AvatarStatus::parse)?,
+            has_model,
+        })
+    })
+    .transpose()
+}
+
+/// Moves the avatar's status as the domain decides for `change` (made from its locked row).
+/// Nothing is written when the status stays; a missing avatar is left alone.
+pub(crate) async fn change_avatar_status(
+    conn: &mut PgConnection,
+    tenant_id: TenantId,
+    id: AvatarId,
+    change: impl FnOnce(&LockedAvatar) -> AvatarChange,
+) -> Result<(), StoreError> {
+    let Some(avatar) = lock_avatar(conn, tenant_id, id).await? else {
+        return Ok(());
+    };
+    let verdict = avatar.status.after(change(&avatar));
+    if verdict != avatar.status {
+        sqlx::query("UPDATE avatars SET status = $2, updated_at = now() WHERE id = $1")
+            .bind(id.0)
+            .bind(verdict.as_str())
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether the tenant has this avatar (lists of its children tell "none" from "no avatar").
@@ -114,6 +164,33 @@ pub(crate) async fn avatar_exists(
             .fetch_optional(pool)
             .await?;
     Ok(found.is_some())
+}
+
+/// A page of an avatar's rows (trainings, generations), newest first: `sql` selects them
+/// `WHERE tenant_id = $1 AND avatar_id = $2 AND ($3::uuid IS NULL OR id < $3) ... LIMIT $4`.
+/// `None` when the avatar does not exist.
+pub(crate) async fn avatar_page<T>(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    after: Option<uuid::Uuid>,
+    limit: u32,
+) -> Result<Option<(Vec<T>, bool)>, StoreError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    if !avatar_exists(pool, tenant_id, avatar_id).await? {
+        return Ok(None);
+    }
+    let rows: Vec<T> = sqlx::query_as(sql)
+        .bind(tenant_id.0)
+        .bind(avatar_id.0)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await?;
+    Ok(Some(split_page(rows, limit)))
 }
 
 pub(crate) async fn fetch_avatar(
@@ -191,10 +268,9 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let has_more = rows.len() > limit as usize;
+        let (rows, has_more) = split_page(rows, limit);
         let avatars = rows
             .into_iter()
-            .take(limit as usize)
             .map(Avatar::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((avatars, has_more))
@@ -215,13 +291,20 @@ impl Store {
                  trigger_phrase = coalesce($4, trigger_phrase),
                  updated_at = now()
              WHERE tenant_id = $1 AND id = $2
-               AND ($4::text IS NULL OR status IN ('draft', 'ready'))
+               AND ($4::text IS NULL OR status = ANY($5))
              RETURNING id",
         )
         .bind(tenant_id.0)
         .bind(id.0)
         .bind(patch.name.as_ref().map(|n| n.as_str()))
         .bind(patch.trigger_phrase.as_ref().map(|t| t.as_str()))
+        .bind(
+            AvatarStatus::ALL
+                .into_iter()
+                .filter(|status| status.allows_trigger_phrase_change())
+                .map(AvatarStatus::as_str)
+                .collect::<Vec<_>>(),
+        )
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_write)?;
@@ -267,13 +350,13 @@ impl Store {
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        crate::events::insert_event(
+        insert_event(
             &mut tx,
             tenant_id.0,
-            "avatar.deleted",
+            EventType::AvatarDeleted,
             None,
             Some(id.0),
-            &crate::events::EventSnapshot::Avatar {
+            &EventSnapshot::Avatar {
                 avatar: Box::new(avatar),
             },
         )

@@ -3,13 +3,18 @@
 //! time, and read back by webhook deliveries and event streams.
 
 use chrono::{DateTime, Utc};
+use domain::EventType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::generations::{GenerationImage, GenerationRecord};
-use crate::{JobRecord, ModelRecord, Store, StoreError};
+use crate::error::StoreError;
+use crate::records::{
+    generation_by_id, generation_images, generation_jobs, GenerationImage, GenerationRecord,
+    JobRecord, ModelRecord,
+};
+use crate::Store;
 
 /// The channel on which the sequencer announces newly sequenced events (payload: the highest
 /// position), to every replica's event streams and relays.
@@ -71,7 +76,7 @@ pub struct EventFilter {
 pub(crate) async fn insert_event(
     conn: &mut PgConnection,
     tenant_id: Uuid,
-    event_type: &str,
+    event_type: EventType,
     job_id: Option<Uuid>,
     avatar_id: Option<Uuid>,
     snapshot: &EventSnapshot,
@@ -83,13 +88,60 @@ pub(crate) async fn insert_event(
     )
     .bind(Uuid::now_v7())
     .bind(tenant_id)
-    .bind(event_type)
+    .bind(event_type.as_str())
     .bind(job_id)
     .bind(avatar_id)
     .bind(data)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Writes a `training.*` event with the training as the caller's transaction left it.
+pub(crate) async fn insert_training_event(
+    conn: &mut PgConnection,
+    job: &JobRecord,
+    event_type: EventType,
+    model: Option<ModelRecord>,
+) -> Result<(), StoreError> {
+    insert_event(
+        conn,
+        job.tenant_id,
+        event_type,
+        Some(job.id),
+        job.avatar_id,
+        &EventSnapshot::Training {
+            job: Box::new(job.clone()),
+            model,
+        },
+    )
+    .await
+}
+
+/// Writes a `generation.*` event with the generation as the transaction sees it.
+pub(crate) async fn insert_generation_event(
+    conn: &mut PgConnection,
+    generation_id: Uuid,
+    event_type: EventType,
+) -> Result<(), StoreError> {
+    let generation = generation_by_id(&mut *conn, generation_id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let jobs = generation_jobs(&mut *conn, generation_id).await?;
+    let images = generation_images(&mut *conn, generation_id).await?;
+    insert_event(
+        conn,
+        generation.tenant_id,
+        event_type,
+        Some(generation.id),
+        generation.avatar_id,
+        &EventSnapshot::Generation {
+            generation,
+            jobs,
+            images,
+        },
+    )
+    .await
 }
 
 /// New deliveries as columns, for one `INSERT ... SELECT FROM unnest(...)`.

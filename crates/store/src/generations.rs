@@ -2,32 +2,25 @@
 //! for them.
 
 use chrono::{DateTime, Utc};
-use domain::{AvatarId, TenantId};
+use domain::{
+    item_finished, settled_event, AvatarId, EventType, ItemState, JobKind, JobStatus, ModelType,
+    TenantId,
+};
 use serde_json::Value;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::events::{insert_event, EventSnapshot};
-use crate::jobs::{notify_generation, JOB_COLUMNS};
-use crate::{JobRecord, Store, StoreError};
+use crate::avatars::avatar_page;
+use crate::error::StoreError;
+use crate::events::insert_generation_event;
+use crate::records::{
+    generation_by_id, generation_images, generation_jobs, parse_column, record_created, tenant_row,
+    GenerationImage, GenerationRecord, JobRecord, GENERATION_COLUMNS, JOB_COLUMNS,
+};
+use crate::Store;
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct GenerationRecord {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub avatar_id: Option<Uuid>,
-    pub model_id: Option<Uuid>,
-    pub model_type: String,
-    pub endpoint: String,
-    pub preset: String,
-    pub num_images: i32,
-    pub request: Value,
-    pub estimated_cost_usd: Option<f64>,
-    pub created_at: DateTime<Utc>,
-}
-
-const GENERATION_COLUMNS: &str =
-    "id, tenant_id, avatar_id, model_id, model_type, endpoint, preset, \
-    num_images, request, estimated_cost_usd, created_at";
+/// The channel on which a finished generation item is announced (payload: generation id).
+pub const GENERATION_CHANNEL: &str = "avatars_generation_items";
 
 /// A generation to create.
 #[derive(Debug, Clone)]
@@ -36,7 +29,7 @@ pub struct NewGeneration {
     pub tenant_id: TenantId,
     pub avatar_id: AvatarId,
     pub model_id: Uuid,
-    pub model_type: String,
+    pub model_type: ModelType,
     pub endpoint: String,
     pub preset: String,
     pub num_images: u32,
@@ -57,22 +50,6 @@ pub struct NewGenerationItem {
     pub webhook_token: String,
 }
 
-/// An image copied into our storage.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct GenerationImage {
-    pub generation_id: Uuid,
-    pub job_id: Uuid,
-    pub item_index: i32,
-    pub image_index: i32,
-    pub blob_key: String,
-    pub content_type: String,
-    pub width: Option<i32>,
-    pub height: Option<i32>,
-    pub bytes: i64,
-    pub seed: Option<String>,
-    pub nsfw: Option<bool>,
-}
-
 impl Store {
     /// Creates the generation and one pending job per prompt, in one transaction.
     pub async fn insert_generation(
@@ -90,7 +67,7 @@ impl Store {
         .bind(new.tenant_id.0)
         .bind(new.avatar_id.0)
         .bind(new.model_id)
-        .bind(&new.model_type)
+        .bind(new.model_type.as_str())
         .bind(&new.endpoint)
         .bind(&new.preset)
         .bind(new.num_images as i32)
@@ -103,7 +80,7 @@ impl Store {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                      trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index)
-                 VALUES ($1, $2, $3, 'generation', 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(item.job_id)
             .bind(new.tenant_id.0)
@@ -117,18 +94,14 @@ impl Store {
             .bind(new.deadline_at)
             .bind(new.id)
             .bind(index as i32)
+            .bind(JobKind::Generation.as_str())
+            .bind(JobStatus::Pending.as_str())
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_write)?;
-            sqlx::query(
-                "INSERT INTO job_events (job_id, event, to_status, applied, cause)
-                 VALUES ($1, 'created', 'pending', true, 'generation requested')",
-            )
-            .bind(item.job_id)
-            .execute(&mut *tx)
-            .await?;
+            record_created(&mut tx, item.job_id, "generation requested").await?;
         }
-        insert_generation_event(&mut tx, new.id, "generation.queued").await?;
+        insert_generation_event(&mut tx, new.id, EventType::GenerationQueued).await?;
         tx.commit().await?;
         Ok(generation)
     }
@@ -139,24 +112,20 @@ impl Store {
         tenant_id: TenantId,
         id: Uuid,
     ) -> Result<GenerationRecord, StoreError> {
-        sqlx::query_as(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id.0)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        tenant_row(
+            &self.pool,
+            &format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations WHERE tenant_id = $1 AND id = $2"
+            ),
+            tenant_id,
+            id,
+        )
+        .await
     }
 
     /// Any generation, for workers.
     pub async fn generation_by_id(&self, id: Uuid) -> Result<Option<GenerationRecord>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        generation_by_id(&self.pool, id).await
     }
 
     /// A page of an avatar's generations, newest first. `None` when the avatar does not exist.
@@ -167,23 +136,19 @@ impl Store {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Option<(Vec<GenerationRecord>, bool)>, StoreError> {
-        if !crate::avatars::avatar_exists(&self.pool, tenant_id, avatar_id).await? {
-            return Ok(None);
-        }
-        let mut rows: Vec<GenerationRecord> = sqlx::query_as(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations
-             WHERE tenant_id = $1 AND avatar_id = $2 AND ($3::uuid IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(tenant_id.0)
-        .bind(avatar_id.0)
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        Ok(Some((rows, more)))
+        avatar_page(
+            &self.pool,
+            &format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations
+                 WHERE tenant_id = $1 AND avatar_id = $2 AND ($3::uuid IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            tenant_id,
+            avatar_id,
+            after,
+            limit,
+        )
+        .await
     }
 
     /// Every job of a generation (all attempts), by item then attempt.
@@ -207,17 +172,14 @@ impl Store {
         images: &[GenerationImage],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let job: Option<(Uuid, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
-            "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
-                 lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = 'succeeded'
-             RETURNING tenant_id, avatar_id, generation_id",
-        )
-        .bind(job_id)
-        .bind(fence)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((_, _, Some(generation_id))) = job else {
+        let job = clear_item_flags(&mut tx, job_id, fence, Some(JobStatus::Succeeded)).await?;
+        let Some(
+            job @ JobRecord {
+                generation_id: Some(generation_id),
+                ..
+            },
+        ) = job
+        else {
             return Ok(false);
         };
         for image in images {
@@ -241,8 +203,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        notify_generation(&mut tx, generation_id).await?;
-        settle_generation(&mut tx, generation_id).await?;
+        announce_if_finished(&mut tx, &job).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -262,10 +223,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let cleared = sqlx::query(
             "UPDATE jobs SET custody_needed = false, lease_owner = NULL, lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = 'failed' AND custody_needed",
+             WHERE id = $1 AND fence = $2 AND status = $3 AND custody_needed",
         )
         .bind(job_id)
         .bind(fence)
+        .bind(JobStatus::Failed.as_str())
         .execute(&mut *tx)
         .await?;
         if cleared.rows_affected() != 1 {
@@ -281,7 +243,7 @@ impl Store {
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                  trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id,
                  item_index, attempt)
-             SELECT $2, tenant_id, avatar_id, kind, 'pending', endpoint, preset, params, trigger_phrase,
+             SELECT $2, tenant_id, avatar_id, kind, $4, endpoint, preset, params, trigger_phrase,
                  estimated_cost_usd, $3, now() + (deadline_at - created_at), generation_id,
                  item_index, attempt + 1
              FROM jobs WHERE id = $1
@@ -291,36 +253,20 @@ impl Store {
         .bind(job_id)
         .bind(next)
         .bind(webhook_token)
+        .bind(JobStatus::Pending.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(id) = inserted {
-            sqlx::query(
-                "INSERT INTO job_events (job_id, event, to_status, applied, cause)
-                 VALUES ($1, 'created', 'pending', true, 'resubmitted with a re-uploaded LoRA')",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            record_created(&mut tx, id, "resubmitted with a re-uploaded LoRA").await?;
         }
         tx.commit().await?;
         Ok(inserted)
     }
 
-    /// A model by id, for the submitter.
-    pub async fn model_by_id(&self, id: Uuid) -> Result<Option<crate::ModelRecord>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {} FROM models WHERE id = $1",
-            crate::models::MODEL_COLUMNS
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
     /// Waits for notifications of finished generation items from any replica.
     pub async fn listen_generations(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-        listener.listen(crate::jobs::GENERATION_CHANNEL).await?;
+        listener.listen(GENERATION_CHANNEL).await?;
         Ok(listener)
     }
 }
@@ -334,90 +280,61 @@ impl Store {
         fence: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let generation: Option<Option<Uuid>> = sqlx::query_scalar(
-            "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
-                 lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND fence = $2
-             RETURNING generation_id",
-        )
-        .bind(job_id)
-        .bind(fence)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(generation) = generation else {
+        let Some(job) = clear_item_flags(&mut tx, job_id, fence, None).await? else {
             return Ok(false);
         };
-        if let Some(generation) = generation {
-            notify_generation(&mut tx, generation).await?;
-            settle_generation(&mut tx, generation).await?;
-        }
+        announce_if_finished(&mut tx, &job).await?;
         tx.commit().await?;
         Ok(true)
     }
 }
 
-async fn generation_jobs(
-    db: impl sqlx::PgExecutor<'_>,
-    generation_id: Uuid,
-) -> Result<Vec<JobRecord>, StoreError> {
+/// Clears a leased item's custody and fetch flags (and its lease), when the job is `status`
+/// (any, with `None`). `None` when the lease was lost.
+async fn clear_item_flags(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    fence: i64,
+    status: Option<JobStatus>,
+) -> Result<Option<JobRecord>, StoreError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt"
+        "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
+             lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND fence = $2 AND ($3::text IS NULL OR status = $3)
+         RETURNING {JOB_COLUMNS}"
     ))
-    .bind(generation_id)
-    .fetch_all(db)
+    .bind(job_id)
+    .bind(fence)
+    .bind(status.map(JobStatus::as_str))
+    .fetch_optional(conn)
     .await?)
 }
 
-async fn generation_images(
-    db: impl sqlx::PgExecutor<'_>,
-    generation_id: Uuid,
-) -> Result<Vec<GenerationImage>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT generation_id, job_id, item_index, image_index, blob_key, content_type, width,
-             height, bytes, seed, nsfw
-         FROM generation_images WHERE generation_id = $1 ORDER BY item_index, image_index",
-    )
-    .bind(generation_id)
-    .fetch_all(db)
-    .await?)
+/// When `job` (as its transaction left it) is a generation item the domain calls finished:
+/// wakes callers waiting on its generation, in this replica or another, and settles the
+/// generation.
+pub(crate) async fn announce_if_finished(
+    conn: &mut PgConnection,
+    job: &JobRecord,
+) -> Result<(), StoreError> {
+    let Some(generation_id) = job.generation_id else {
+        return Ok(());
+    };
+    if !item_finished(job.item_state()) {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(GENERATION_CHANNEL)
+        .bind(generation_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    settle_generation(conn, generation_id).await
 }
 
-/// Writes a `generation.*` event with the generation as the transaction sees it.
-async fn insert_generation_event(
-    conn: &mut sqlx::PgConnection,
-    generation_id: Uuid,
-    event_type: &str,
-) -> Result<(), StoreError> {
-    let generation: GenerationRecord = sqlx::query_as(&format!(
-        "SELECT {GENERATION_COLUMNS} FROM generations WHERE id = $1"
-    ))
-    .bind(generation_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let jobs = generation_jobs(&mut *conn, generation_id).await?;
-    let images = generation_images(&mut *conn, generation_id).await?;
-    insert_event(
-        conn,
-        generation.tenant_id,
-        event_type,
-        Some(generation.id),
-        generation.avatar_id,
-        &EventSnapshot::Generation {
-            generation,
-            jobs,
-            images,
-        },
-    )
-    .await
-}
-
-/// Announces a generation whose every item is finished (`generation.succeeded` when any image
-/// was made, `generation.failed` otherwise), once. Called by every transaction that finishes
-/// an item: the generation row's lock orders them, so the last one sees all the others.
-pub(crate) async fn settle_generation(
-    conn: &mut sqlx::PgConnection,
-    generation_id: Uuid,
-) -> Result<(), StoreError> {
+/// Announces a generation whose every item is finished, once, with the event the domain
+/// decides. Called by every transaction that finishes an item: the generation row's lock
+/// orders them, so the last one sees all the others.
+async fn settle_generation(conn: &mut PgConnection, generation_id: Uuid) -> Result<(), StoreError> {
     let unsettled: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM generations WHERE id = $1 AND settled_at IS NULL FOR UPDATE",
     )
@@ -428,27 +345,29 @@ pub(crate) async fn settle_generation(
         return Ok(());
     }
     // The latest attempt of each item decides; a superseded attempt is history.
-    let (open, succeeded): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
-                                    OR custody_needed OR result_fetch_needed),
-                count(*) FILTER (WHERE status = 'succeeded')
-         FROM (SELECT DISTINCT ON (item_index) status, custody_needed, result_fetch_needed
-               FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt DESC) latest",
+    let latest: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT DISTINCT ON (item_index) status, custody_needed, result_fetch_needed
+         FROM jobs WHERE generation_id = $1 ORDER BY item_index, attempt DESC",
     )
     .bind(generation_id)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    if open > 0 {
+    let items = latest
+        .into_iter()
+        .map(|(status, custody_needed, result_fetch_needed)| {
+            Ok(ItemState {
+                status: parse_column("jobs", "status", &status, JobStatus::parse)?,
+                custody_needed,
+                result_fetch_needed,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let Some(event_type) = settled_event(&items) else {
         return Ok(());
-    }
+    };
     sqlx::query("UPDATE generations SET settled_at = now() WHERE id = $1")
         .bind(generation_id)
         .execute(&mut *conn)
         .await?;
-    let event_type = if succeeded > 0 {
-        "generation.succeeded"
-    } else {
-        "generation.failed"
-    };
     insert_generation_event(conn, generation_id, event_type).await
 }

@@ -1,83 +1,39 @@
 //! Jobs sent to fal, their transitions, leases, and the webhook inbox.
 //!
-//! A job's status changes only through [`Store::apply_event`], which turns the domain's
-//! transition function into one conditional `UPDATE ... WHERE status = ANY(allowed)`: Postgres
-//! decides races, and an event that no longer applies is recorded as ignored.
+//! A job's status changes only in [`apply_event_in`]: it reads the job's status under a row
+//! lock, asks the domain's transition function what the event does, and writes the verdict
+//! with an `UPDATE ... WHERE status = <the status the domain decided from>` that only guards
+//! it. An event the domain ignores is recorded as ignored, with the domain's reason.
 
 use chrono::{DateTime, Utc};
-use domain::{AvatarId, JobEvent, JobKind, JobStatus, TenantId};
+use domain::{
+    allowed_from, progress_step_crossed, transition, AvatarChange, AvatarId, EventType, JobEvent,
+    JobKind, JobStatus, TenantId, Transition,
+};
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::avatars::{avatar_page, change_avatar_status};
+use crate::error::StoreError;
+use crate::events::insert_training_event;
+use crate::generations::announce_if_finished;
+use crate::models::{record_model_in, NewModel};
+use crate::records::{
+    job_by_id, record_created, tenant_row, JobRecord, JobStatusColumn, JOB_COLUMNS,
+};
+use crate::Store;
 
 /// The unique index allowing one live training per avatar.
 pub const ONE_ACTIVE_TRAINING: &str = "jobs_one_active_training_per_avatar";
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct JobRecord {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub avatar_id: Option<Uuid>,
-    pub kind: String,
-    pub status: String,
-    pub trainer: Option<String>,
-    pub endpoint: String,
-    pub preset: Option<String>,
-    pub params: Value,
-    pub trigger_phrase: Option<String>,
-    pub input_blob_key: Option<String>,
-    pub estimated_cost_usd: Option<f64>,
-    /// Never leaves the service: not even in event snapshots.
-    #[serde(skip, default)]
-    pub webhook_token: String,
-    pub fal_request_id: Option<String>,
-    pub status_url: Option<String>,
-    pub response_url: Option<String>,
-    pub cancel_url: Option<String>,
-    pub queue_position: Option<i32>,
-    pub progress: Option<f64>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub result: Option<Value>,
-    pub result_fetch_needed: bool,
-    pub custody_needed: bool,
-    pub fence: i64,
-    pub submit_started_at: Option<DateTime<Utc>>,
-    pub next_check_at: Option<DateTime<Utc>>,
-    pub check_failures: i32,
-    pub deadline_at: Option<DateTime<Utc>>,
-    pub cancel_requested_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub submitted_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// The generation an item belongs to (generation jobs only).
-    pub generation_id: Option<Uuid>,
-    /// The prompt's position in its generation.
-    pub item_index: Option<i32>,
-    /// 1, or 2 for a generation item resubmitted after fal could not fetch the LoRA.
-    pub attempt: i32,
+/// Why an event the domain would apply changed nothing: the caller's lease is stale.
+const REASON_STALE_FENCE: &str = "stale fence: another worker owns the job";
+
+/// The statuses' names, to bind as a `text[]`.
+fn names(statuses: impl IntoIterator<Item = JobStatus>) -> Vec<&'static str> {
+    statuses.into_iter().map(JobStatus::as_str).collect()
 }
-
-impl JobRecord {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).unwrap_or(JobStatus::Failed)
-    }
-
-    pub fn kind(&self) -> JobKind {
-        JobKind::parse(&self.kind).unwrap_or(JobKind::Training)
-    }
-}
-
-pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params, \
-    trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url, \
-    response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
-    result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
-    deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
-    generation_id, item_index, attempt";
 
 /// A training to create.
 #[derive(Debug, Clone)]
@@ -115,7 +71,7 @@ pub struct JobChanges {
     pub next_check_at: Option<DateTime<Utc>>,
     /// A training's model, when the result itself is the whole model (a Pro finetune id):
     /// recorded with the transition, so nothing is left for the custody worker.
-    pub model: Option<crate::NewModel>,
+    pub model: Option<NewModel>,
 }
 
 /// What applying an event did.
@@ -149,7 +105,7 @@ pub enum WebhookOutcome {
     Processed(EventOutcome),
 }
 
-pub(crate) async fn record_event(
+async fn record_event(
     conn: &mut PgConnection,
     job_id: Uuid,
     event: JobEvent,
@@ -173,68 +129,40 @@ pub(crate) async fn record_event(
     Ok(())
 }
 
-/// The channel on which a finished generation item is announced (payload: generation id).
-pub const GENERATION_CHANNEL: &str = "avatars_generation_items";
-
-pub(crate) async fn notify_generation(
-    conn: &mut PgConnection,
-    generation_id: Uuid,
-) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(GENERATION_CHANNEL)
-        .bind(generation_id.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A lease taken with a transition: a worker claiming the job.
+struct Claim {
+    owner: Uuid,
+    lease: std::time::Duration,
 }
 
-/// The event a training's move to `to` announces. Success is announced only once the model is
-/// in the service's custody (`complete_training`).
-fn training_event_type(job: &JobRecord, to: JobStatus) -> Option<&'static str> {
-    if job.kind() != JobKind::Training {
-        return None;
-    }
-    Some(match to {
-        JobStatus::Submitted => "training.submitted",
-        JobStatus::InProgress => "training.started",
-        JobStatus::Failed => "training.failed",
-        JobStatus::Cancelled => "training.cancelled",
-        JobStatus::TimedOut => "training.timed_out",
-        _ => return None,
+/// Records that `event` changed nothing, and why.
+async fn ignore(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    event: JobEvent,
+    from: JobStatus,
+    reason: &str,
+    cause: &str,
+) -> Result<EventOutcome, StoreError> {
+    record_event(
+        conn,
+        job_id,
+        event,
+        Some(from),
+        None,
+        false,
+        &format!("{cause}; ignored: {reason}"),
+    )
+    .await?;
+    Ok(EventOutcome::Ignored {
+        status: from,
+        reason: reason.to_string(),
     })
 }
 
-/// Progress in tenths: `training.progress` is announced once per step, not per log line.
-fn progress_step(progress: Option<f64>) -> i64 {
-    progress.map_or(0, |p| (p.clamp(0.0, 1.0) * 10.0).floor() as i64)
-}
-
-pub(crate) async fn insert_training_event(
-    conn: &mut PgConnection,
-    job: &JobRecord,
-    event_type: &str,
-    model: Option<crate::ModelRecord>,
-) -> Result<(), StoreError> {
-    crate::events::insert_event(
-        conn,
-        job.tenant_id,
-        event_type,
-        Some(job.id),
-        job.avatar_id,
-        &crate::events::EventSnapshot::Training {
-            job: Box::new(job.clone()),
-            model,
-        },
-    )
-    .await
-}
-
-fn statuses(list: &[JobStatus]) -> Vec<String> {
-    list.iter().map(|s| s.as_str().to_string()).collect()
-}
-
-/// Applies `event` inside `tx`: the conditional update, the event record, the avatar's side of
-/// a finished training, and the caller-visible event.
+/// Applies `event` inside `tx`: the domain's verdict, the guarded update, the event record,
+/// the avatar's side of a finished training, and the caller-visible event. With `claim`, the
+/// update also leases the job to the claimer under a new fence.
 async fn apply_event_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
@@ -242,18 +170,26 @@ async fn apply_event_in(
     fence: Option<i64>,
     changes: &JobChanges,
     cause: &str,
+    claim: Option<Claim>,
 ) -> Result<EventOutcome, StoreError> {
-    let current: Option<(String, Option<f64>)> =
-        sqlx::query_as("SELECT status, progress FROM jobs WHERE id = $1 FOR UPDATE")
+    let current: Option<(JobStatusColumn, Option<f64>, i64)> =
+        sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
             .bind(job_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let Some((current, old_progress)) = current else {
+    let Some((from, old_progress, current_fence)) = current else {
         return Ok(EventOutcome::NotFound);
     };
-    let from = JobStatus::parse(&current).unwrap_or(JobStatus::Failed);
-    let to = domain::target(event);
-    let allowed = statuses(&domain::allowed_from(event));
+    let from = JobStatus::from(from);
+    let to = match transition(from, event) {
+        Transition::Apply { to } => to,
+        Transition::Ignore { reason } => {
+            return ignore(tx, job_id, event, from, reason, cause).await;
+        }
+    };
+    if fence.is_some_and(|fence| fence != current_fence) {
+        return ignore(tx, job_id, event, from, REASON_STALE_FENCE, cause).await;
+    }
     let row: Option<JobRecord> = sqlx::query_as(&format!(
         "UPDATE jobs SET
              status = $2,
@@ -261,7 +197,7 @@ async fn apply_event_in(
              status_url = coalesce($6, status_url),
              response_url = coalesce($7, response_url),
              cancel_url = coalesce($8, cancel_url),
-             queue_position = CASE WHEN $19 THEN NULL ELSE coalesce($9, queue_position) END,
+             queue_position = CASE WHEN $18 THEN NULL ELSE coalesce($9, queue_position) END,
              progress = coalesce($10, progress),
              error_code = coalesce($11, error_code),
              error_message = coalesce($12, error_message),
@@ -269,18 +205,21 @@ async fn apply_event_in(
              result_fetch_needed = coalesce($14, result_fetch_needed),
              custody_needed = coalesce($15, custody_needed),
              next_check_at = coalesce($16, next_check_at),
-             submitted_at = CASE WHEN $2 = 'submitted' THEN coalesce(submitted_at, now()) ELSE submitted_at END,
-             started_at = CASE WHEN $2 = 'in_progress' THEN coalesce(started_at, now()) ELSE started_at END,
+             submitted_at = CASE WHEN $19 THEN coalesce(submitted_at, now()) ELSE submitted_at END,
+             started_at = CASE WHEN $20 THEN coalesce(started_at, now()) ELSE started_at END,
              finished_at = CASE WHEN $17 THEN now() ELSE finished_at END,
-             lease_owner = CASE WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_owner END,
-             lease_until = CASE WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_until END,
+             lease_owner = CASE WHEN $21::uuid IS NOT NULL THEN $21
+                                WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_owner END,
+             lease_until = CASE WHEN $21::uuid IS NOT NULL THEN now() + make_interval(secs => $22::float8)
+                                WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_until END,
+             fence = CASE WHEN $21::uuid IS NOT NULL THEN fence + 1 ELSE fence END,
              updated_at = now()
-         WHERE id = $1 AND status = ANY($3) AND ($4::bigint IS NULL OR fence = $4) AND $18
+         WHERE id = $1 AND status = $3 AND ($4::bigint IS NULL OR fence = $4)
          RETURNING {JOB_COLUMNS}"
     ))
     .bind(job_id)
     .bind(to.as_str())
-    .bind(&allowed)
+    .bind(from.as_str())
     .bind(fence)
     .bind(&changes.fal_request_id)
     .bind(&changes.status_url)
@@ -295,67 +234,47 @@ async fn apply_event_in(
     .bind(changes.custody_needed)
     .bind(changes.next_check_at)
     .bind(to.is_terminal())
-    .bind(matches!(domain::transition(from, event), domain::Transition::Apply { .. }))
     .bind(changes.clear_queue_position)
+    .bind(to == JobStatus::Submitted)
+    .bind(to == JobStatus::InProgress)
+    .bind(claim.as_ref().map(|claim| claim.owner))
+    .bind(claim.as_ref().map(|claim| claim.lease.as_secs_f64()))
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from_write)?;
     let Some(job) = row else {
-        let reason = match domain::transition(from, event) {
-            domain::Transition::Ignore { reason } => reason.to_string(),
-            domain::Transition::Apply { .. } => {
-                "stale fence: another worker owns the job".to_string()
-            }
-        };
-        record_event(
-            tx,
-            job_id,
-            event,
-            Some(from),
-            None,
-            false,
-            &format!("{cause}; ignored: {reason}"),
-        )
-        .await?;
-        return Ok(EventOutcome::Ignored {
-            status: from,
-            reason,
-        });
+        // The row lock makes this unreachable: the guard is a guard.
+        return ignore(tx, job_id, event, from, REASON_STALE_FENCE, cause).await;
     };
-    if from != to {
-        record_event(tx, job_id, event, Some(from), Some(to), true, cause).await?;
-        if job.kind() == JobKind::Training && to.is_terminal() && to != JobStatus::Succeeded {
-            // A failed retraining leaves a trained avatar trained: its old model still works.
-            sqlx::query(
-                "UPDATE avatars SET
-                     status = CASE WHEN current_model_id IS NOT NULL THEN 'trained'
-                                   WHEN $2 = 'cancelled' THEN 'cancelled' ELSE 'failed' END,
-                     updated_at = now()
-                 WHERE id = $1 AND status = 'training'",
-            )
-            .bind(job.avatar_id)
-            .bind(to.as_str())
-            .execute(&mut **tx)
+    if from == to {
+        if job.kind == JobKind::Training
+            && to == JobStatus::InProgress
+            && progress_step_crossed(old_progress, job.progress)
+        {
+            insert_training_event(tx, &job, EventType::TrainingProgress, None).await?;
+        }
+        return Ok(EventOutcome::Applied(Box::new(job)));
+    }
+    record_event(tx, job_id, event, Some(from), Some(to), true, cause).await?;
+    if job.kind == JobKind::Training && to.is_terminal() && to != JobStatus::Succeeded {
+        if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
+            change_avatar_status(tx, TenantId(job.tenant_id), avatar_id, |avatar| {
+                AvatarChange::TrainingEnded {
+                    status: to,
+                    has_model: avatar.has_model,
+                }
+            })
             .await?;
         }
-        if let (Some(generation), true) = (job.generation_id, to.is_terminal()) {
-            if !job.custody_needed && !job.result_fetch_needed {
-                // Wakes callers waiting on the generation, in this replica or another.
-                notify_generation(tx, generation).await?;
-                crate::generations::settle_generation(tx, generation).await?;
-            }
-        }
-        if let Some(event_type) = training_event_type(&job, to) {
+    }
+    announce_if_finished(tx, &job).await?;
+    if job.kind == JobKind::Training {
+        if let Some(event_type) = EventType::training_entered(to) {
             insert_training_event(tx, &job, event_type, None).await?;
         }
-        if let (JobStatus::Succeeded, Some(model)) = (to, &changes.model) {
-            crate::models::record_model_in(tx, &job, model).await?;
-        }
-    } else if job.kind() == JobKind::Training
-        && to == JobStatus::InProgress
-        && progress_step(job.progress) > progress_step(old_progress)
-    {
-        insert_training_event(tx, &job, "training.progress", None).await?;
+    }
+    if let (JobStatus::Succeeded, Some(model)) = (to, &changes.model) {
+        record_model_in(tx, &job, model).await?;
     }
     Ok(EventOutcome::Applied(Box::new(job)))
 }
@@ -368,7 +287,7 @@ impl Store {
         let job: JobRecord = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
                  trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, deadline_at)
-             VALUES ($1, $2, $3, 'training', 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(new.id)
@@ -383,46 +302,35 @@ impl Store {
         .bind(new.estimated_cost_usd)
         .bind(&new.webhook_token)
         .bind(new.deadline_at)
+        .bind(JobKind::Training.as_str())
+        .bind(JobStatus::Pending.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
-        sqlx::query(
-            "INSERT INTO job_events (job_id, event, to_status, applied, cause)
-             VALUES ($1, 'created', 'pending', true, 'training requested')",
-        )
-        .bind(job.id)
-        .execute(&mut *tx)
+        record_created(&mut tx, job.id, "training requested").await?;
+        change_avatar_status(&mut tx, new.tenant_id, new.avatar_id, |_| {
+            AvatarChange::TrainingStarted
+        })
         .await?;
-        sqlx::query("UPDATE avatars SET status = 'training', updated_at = now() WHERE id = $1 AND tenant_id = $2")
-            .bind(new.avatar_id.0)
-            .bind(new.tenant_id.0)
-            .execute(&mut *tx)
-            .await?;
-        insert_training_event(&mut tx, &job, "training.queued", None).await?;
+        insert_training_event(&mut tx, &job, EventType::TrainingQueued, None).await?;
         tx.commit().await?;
         Ok(job)
     }
 
     /// A tenant's job.
     pub async fn get_job(&self, tenant_id: TenantId, id: Uuid) -> Result<JobRecord, StoreError> {
-        sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id.0)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        tenant_row(
+            &self.pool,
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await
     }
 
     /// Any job, for workers and webhooks (which are not tenant-scoped requests).
     pub async fn job_by_id(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        job_by_id(&self.pool, id).await
     }
 
     pub async fn job_by_request_id(
@@ -445,23 +353,21 @@ impl Store {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Option<(Vec<JobRecord>, bool)>, StoreError> {
-        if !crate::avatars::avatar_exists(&self.pool, tenant_id, avatar_id).await? {
-            return Ok(None);
-        }
-        let mut rows: Vec<JobRecord> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE tenant_id = $1 AND avatar_id = $2 AND kind = 'training' AND ($3::uuid IS NULL OR id < $3)
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(tenant_id.0)
-        .bind(avatar_id.0)
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        Ok(Some((rows, more)))
+        let training = JobKind::Training.as_str();
+        avatar_page(
+            &self.pool,
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE tenant_id = $1 AND avatar_id = $2 AND kind = '{training}'
+                   AND ($3::uuid IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            tenant_id,
+            avatar_id,
+            after,
+            limit,
+        )
+        .await
     }
 
     /// The avatar's live trainings (to cancel them when it is deleted).
@@ -472,11 +378,12 @@ impl Store {
     ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE tenant_id = $1 AND avatar_id = $2 AND kind = 'training'
-               AND status IN ('pending', 'uploading', 'submitted', 'in_progress', 'submit_unknown')"
+             WHERE tenant_id = $1 AND avatar_id = $2 AND kind = $3 AND status = ANY($4)"
         ))
         .bind(tenant_id.0)
         .bind(avatar_id.0)
+        .bind(JobKind::Training.as_str())
+        .bind(names(JobStatus::ALL.into_iter().filter(|s| s.is_active())))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -492,7 +399,7 @@ impl Store {
         cause: &str,
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let outcome = apply_event_in(&mut tx, job_id, event, fence, changes, cause).await?;
+        let outcome = apply_event_in(&mut tx, job_id, event, fence, changes, cause, None).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -532,7 +439,8 @@ impl Store {
         let mut last = EventOutcome::NotFound;
         let mut any_applied = false;
         for (event, changes) in events {
-            last = apply_event_in(&mut tx, job_id, *event, None, changes, "fal webhook").await?;
+            last =
+                apply_event_in(&mut tx, job_id, *event, None, changes, "fal webhook", None).await?;
             any_applied |= matches!(last, EventOutcome::Applied(_));
         }
         if !any_applied {
@@ -547,45 +455,50 @@ impl Store {
 
     /// Claims the oldest pending job (pending -> uploading) for `owner` until the lease ends, or
     /// re-claims an upload whose worker died before sending the submit. Returns it with its new
-    /// fence.
+    /// fence. The claim is a transition like any other: the domain decides it.
     pub async fn claim_upload(
         &self,
         owner: Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<JobRecord> = sqlx::query_as(&format!(
-            "UPDATE jobs SET status = 'uploading', lease_owner = $1,
-                 lease_until = now() + make_interval(secs => $2), fence = fence + 1, updated_at = now()
-             WHERE id = (
-                 SELECT id FROM jobs
-                 WHERE (status = 'pending' AND cancel_requested_at IS NULL)
-                    OR (status = 'uploading' AND submit_started_at IS NULL AND lease_until < now())
-                 ORDER BY created_at
-                 FOR UPDATE SKIP LOCKED
-                 LIMIT 1)
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(lease.as_secs_f64())
+        let candidate: Option<(Uuid, JobStatusColumn)> = sqlx::query_as(
+            "SELECT id, status FROM jobs
+             WHERE (status = ANY($1) AND cancel_requested_at IS NULL)
+                OR (status = ANY($2) AND submit_started_at IS NULL AND lease_until < now())
+             ORDER BY created_at
+             FOR UPDATE SKIP LOCKED
+             LIMIT 1",
+        )
+        .bind(names(allowed_from(JobEvent::UploadStarted)))
+        .bind(names(allowed_from(JobEvent::UploadReclaimed)))
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(job) = &row {
-            if job.fence == 1 {
-                record_event(
-                    &mut tx,
-                    job.id,
-                    JobEvent::UploadStarted,
-                    Some(JobStatus::Pending),
-                    Some(JobStatus::Uploading),
-                    true,
-                    "worker claimed the job",
-                )
-                .await?;
-            }
-        }
+        let Some((id, status)) = candidate else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let event = if allowed_from(JobEvent::UploadStarted).contains(&JobStatus::from(status)) {
+            JobEvent::UploadStarted
+        } else {
+            JobEvent::UploadReclaimed
+        };
+        let claim = Claim { owner, lease };
+        let outcome = apply_event_in(
+            &mut tx,
+            id,
+            event,
+            None,
+            &JobChanges::default(),
+            "worker claimed the job",
+            Some(claim),
+        )
+        .await?;
         tx.commit().await?;
-        Ok(row)
+        Ok(match outcome {
+            EventOutcome::Applied(job) => Some(*job),
+            EventOutcome::Ignored { .. } | EventOutcome::NotFound => None,
+        })
     }
 
     /// Notes, before the submit leaves, that it is about to: from here on a crash means the
@@ -593,10 +506,11 @@ impl Store {
     pub async fn mark_submit_started(&self, job_id: Uuid, fence: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE jobs SET submit_started_at = now(), updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = 'uploading' AND cancel_requested_at IS NULL",
+             WHERE id = $1 AND fence = $2 AND status = $3 AND cancel_requested_at IS NULL",
         )
         .bind(job_id)
         .bind(fence)
+        .bind(JobStatus::Uploading.as_str())
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -616,9 +530,9 @@ impl Store {
                  fence = fence + 1, next_check_at = now() + make_interval(secs => $3)
              WHERE id IN (
                  SELECT id FROM jobs
-                 WHERE ((status IN ('submitted', 'in_progress', 'submit_unknown') AND next_check_at <= now())
-                     OR (status = 'uploading' AND submit_started_at IS NOT NULL AND lease_until < now())
-                     OR (status IN ('submitted', 'in_progress', 'submit_unknown', 'uploading') AND deadline_at <= now()))
+                 WHERE ((status = ANY($5) AND next_check_at <= now())
+                     OR (status = $6 AND submit_started_at IS NOT NULL AND lease_until < now())
+                     OR (status = ANY($7) AND deadline_at <= now()))
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY next_check_at NULLS FIRST
                  FOR UPDATE SKIP LOCKED
@@ -629,6 +543,10 @@ impl Store {
         .bind(lease.as_secs_f64())
         .bind(next_check_in.as_secs_f64())
         .bind(limit)
+        // At fal: where its result can arrive.
+        .bind(names(allowed_from(JobEvent::Completed)))
+        .bind(JobStatus::Uploading.as_str())
+        .bind(names(allowed_from(JobEvent::TimedOut)))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -673,9 +591,9 @@ impl Store {
             "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), fence = fence + 1
              WHERE id = (
                  SELECT id FROM jobs
-                 WHERE ((custody_needed OR result_fetch_needed) AND status = 'succeeded'
+                 WHERE ((custody_needed OR result_fetch_needed) AND status = $3
                         -- a generation item to resubmit with a re-uploaded LoRA
-                        OR (custody_needed AND status = 'failed' AND kind = 'generation'))
+                        OR (custody_needed AND status = $4 AND kind = $5))
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY updated_at
                  FOR UPDATE SKIP LOCKED
@@ -684,6 +602,9 @@ impl Store {
         ))
         .bind(owner)
         .bind(lease.as_secs_f64())
+        .bind(JobStatus::Succeeded.as_str())
+        .bind(JobStatus::Failed.as_str())
+        .bind(JobKind::Generation.as_str())
         .fetch_optional(&self.pool)
         .await?)
     }

@@ -16,6 +16,7 @@ mod models;
 pub mod notifications;
 mod photos;
 mod readiness;
+mod records;
 mod tenants;
 pub mod webhooks;
 
@@ -23,15 +24,15 @@ pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobStore};
 pub use error::StoreError;
-pub use generations::{GenerationImage, GenerationRecord, NewGeneration, NewGenerationItem};
+pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
 pub use idempotency::IdempotencyClaim;
 pub use jobs::{
-    EventOutcome, JobChanges, JobRecord, NewTraining, WebhookDelivery, WebhookOutcome,
-    GENERATION_CHANNEL, ONE_ACTIVE_TRAINING,
+    EventOutcome, JobChanges, NewTraining, WebhookDelivery, WebhookOutcome, ONE_ACTIVE_TRAINING,
 };
-pub use models::{ModelRecord, NewModel};
+pub use models::NewModel;
 pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
+pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
 pub use tenants::Tenant;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -1,9 +1,14 @@
 //! Trained models: created when a training's artifacts are in our custody.
 
-use domain::ModelType;
+use domain::{AvatarChange, AvatarId, EventType, JobStatus, ModelType, TenantId};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::avatars::lock_avatar;
+use crate::error::StoreError;
+use crate::events::insert_training_event;
+use crate::records::{JobRecord, ModelRecord, JOB_COLUMNS, MODEL_COLUMNS};
+use crate::Store;
 
 /// A model to record for a finished training.
 #[derive(Debug, Clone)]
@@ -18,15 +23,12 @@ pub struct NewModel {
     pub finetune_id: Option<String>,
 }
 
-pub(crate) const MODEL_COLUMNS: &str = "id, avatar_id, training_id, model_type, trigger_phrase, \
-     artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id";
-
-/// Records the model of the succeeded training `job`, makes it the avatar's current model and
-/// announces `training.succeeded` with it, inside the caller's transaction. A training has at
-/// most one model: a repeat changes nothing.
+/// Records the model of the succeeded training `job`, makes it the avatar's current model (in
+/// the status the domain gives a trained avatar) and announces `training.succeeded` with it,
+/// inside the caller's transaction. A training has at most one model: a repeat changes nothing.
 pub(crate) async fn record_model_in(
-    conn: &mut sqlx::PgConnection,
-    job: &crate::JobRecord,
+    conn: &mut PgConnection,
+    job: &JobRecord,
     model: &NewModel,
 ) -> Result<(), StoreError> {
     let recorded: Option<ModelRecord> = sqlx::query_as(&format!(
@@ -53,30 +55,25 @@ pub(crate) async fn record_model_in(
     let Some(recorded) = recorded else {
         return Ok(());
     };
-    sqlx::query(
-        "UPDATE avatars SET current_model_id = $2, status = 'trained', updated_at = now() WHERE id = $1",
-    )
-    .bind(job.avatar_id)
-    .bind(recorded.id)
-    .execute(&mut *conn)
-    .await?;
-    crate::jobs::insert_training_event(conn, job, "training.succeeded", Some(recorded)).await
-}
-
-/// Stored artifacts of a model, for generation.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct ModelRecord {
-    pub id: Uuid,
-    pub avatar_id: Option<Uuid>,
-    pub training_id: Uuid,
-    pub model_type: String,
-    pub trigger_phrase: String,
-    pub artifact_key: Option<String>,
-    pub artifact_sha256: Option<String>,
-    pub artifact_bytes: Option<i64>,
-    pub config_key: Option<String>,
-    pub fal_artifact_url: Option<String>,
-    pub finetune_id: Option<String>,
+    if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
+        if let Some(avatar) = lock_avatar(conn, TenantId(job.tenant_id), avatar_id).await? {
+            sqlx::query(
+                "UPDATE avatars SET current_model_id = $2, status = $3, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(avatar_id.0)
+            .bind(recorded.id)
+            .bind(
+                avatar
+                    .status
+                    .after(AvatarChange::TrainingSucceeded)
+                    .as_str(),
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    insert_training_event(conn, job, EventType::TrainingSucceeded, Some(recorded)).await
 }
 
 impl Store {
@@ -90,15 +87,15 @@ impl Store {
         model: &NewModel,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let job: Option<crate::JobRecord> = sqlx::query_as(&format!(
+        let job: Option<JobRecord> = sqlx::query_as(&format!(
             "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
                  lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = 'succeeded'
-             RETURNING {}",
-            crate::jobs::JOB_COLUMNS
+             WHERE id = $1 AND fence = $2 AND status = $3
+             RETURNING {JOB_COLUMNS}"
         ))
         .bind(job_id)
         .bind(fence)
+        .bind(JobStatus::Succeeded.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {
@@ -120,5 +117,15 @@ impl Store {
         .bind(training_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// A model by id, for the submitter.
+    pub async fn model_by_id(&self, id: Uuid) -> Result<Option<ModelRecord>, StoreError> {
+        Ok(
+            sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM models WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }

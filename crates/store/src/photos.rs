@@ -1,10 +1,14 @@
 use chrono::{DateTime, Utc};
 use domain::{
-    Avatar, AvatarId, AvatarStatus, PhotoFormat, PhotoId, PhotoSetRules, PhotoWarning, TenantId,
+    Avatar, AvatarChange, AvatarId, AvatarStatus, PhotoFormat, PhotoId, PhotoSetRules,
+    PhotoWarning, TenantId,
 };
 use sqlx::{Postgres, Transaction};
 
-use crate::{Store, StoreError};
+use crate::avatars::{avatar_exists, fetch_avatar, lock_avatar};
+use crate::error::StoreError;
+use crate::records::parse_column;
+use crate::Store;
 
 /// A photo as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,11 +96,7 @@ impl TryFrom<PhotoRow> for PhotoRecord {
         Ok(PhotoRecord {
             id: PhotoId(row.id),
             avatar_id: AvatarId(row.avatar_id),
-            format: PhotoFormat::parse(&row.format).ok_or_else(|| {
-                StoreError::Database(sqlx::Error::Decode(
-                    format!("photos.format holds unknown value {:?}", row.format).into(),
-                ))
-            })?,
+            format: parse_column("photos", "format", &row.format, PhotoFormat::parse)?,
             file_name: row.file_name,
             width: row.width as u32,
             height: row.height as u32,
@@ -117,27 +117,24 @@ pub fn photo_blob_key(tenant_id: TenantId, avatar_id: AvatarId, photo_id: PhotoI
     format!("tenants/{tenant_id}/avatars/{avatar_id}/photos/{photo_id}")
 }
 
-/// Locks the avatar row so concurrent changes to its photo set are serialised.
-async fn lock_avatar(
+/// Locks the tenant's avatar row so concurrent changes to its photo set are serialised.
+async fn lock_tenant_avatar(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: TenantId,
     avatar_id: AvatarId,
 ) -> Result<Option<AvatarStatus>, StoreError> {
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM avatars WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-    )
-    .bind(tenant_id.0)
-    .bind(avatar_id.0)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(status.and_then(|s| AvatarStatus::parse(&s)))
+    Ok(lock_avatar(tx, tenant_id, avatar_id)
+        .await?
+        .map(|avatar| avatar.status))
 }
 
-/// Recounts the stored photos and moves an untrained avatar between `draft` and `ready`.
+/// Recounts the stored photos and gives the avatar (locked, in `status`) the status the domain
+/// decides for the new count.
 async fn refresh_photo_count(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: TenantId,
     avatar_id: AvatarId,
+    status: AvatarStatus,
     rules: PhotoSetRules,
 ) -> Result<Avatar, StoreError> {
     let count: i64 =
@@ -146,19 +143,18 @@ async fn refresh_photo_count(
             .fetch_one(&mut **tx)
             .await?;
     let count = count as u32;
+    let verdict = status.after(AvatarChange::PhotosChanged { count, rules });
     sqlx::query(
-        "UPDATE avatars SET photo_count = $3,
-             status = CASE WHEN status IN ('draft', 'ready') THEN $4 ELSE status END,
-             updated_at = now()
+        "UPDATE avatars SET photo_count = $3, status = $4, updated_at = now()
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant_id.0)
     .bind(avatar_id.0)
     .bind(count as i32)
-    .bind(rules.untrained_status(count).as_str())
+    .bind(verdict.as_str())
     .execute(&mut **tx)
     .await?;
-    crate::avatars::fetch_avatar(tx, tenant_id, avatar_id).await
+    fetch_avatar(tx, tenant_id, avatar_id).await
 }
 
 impl Store {
@@ -175,7 +171,7 @@ impl Store {
         is_near_duplicate: impl Fn(u64, u64) -> bool,
     ) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(status) = lock_avatar(&mut tx, tenant_id, avatar_id).await? else {
+        let Some(status) = lock_tenant_avatar(&mut tx, tenant_id, avatar_id).await? else {
             return Ok(Reservation::AvatarNotFound);
         };
         if status == AvatarStatus::Training {
@@ -244,7 +240,7 @@ impl Store {
         rules: PhotoSetRules,
     ) -> Result<Avatar, StoreError> {
         let mut tx = self.pool.begin().await?;
-        lock_avatar(&mut tx, tenant_id, avatar_id)
+        let status = lock_tenant_avatar(&mut tx, tenant_id, avatar_id)
             .await?
             .ok_or(StoreError::NotFound)?;
         let updated = sqlx::query(
@@ -258,7 +254,7 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let avatar = refresh_photo_count(&mut tx, tenant_id, avatar_id, rules).await?;
+        let avatar = refresh_photo_count(&mut tx, tenant_id, avatar_id, status, rules).await?;
         tx.commit().await?;
         Ok(avatar)
     }
@@ -287,7 +283,7 @@ impl Store {
         tenant_id: TenantId,
         avatar_id: AvatarId,
     ) -> Result<Option<Vec<PhotoRecord>>, StoreError> {
-        if !crate::avatars::avatar_exists(&self.pool, tenant_id, avatar_id).await? {
+        if !avatar_exists(&self.pool, tenant_id, avatar_id).await? {
             return Ok(None);
         }
         let rows: Vec<PhotoRow> = sqlx::query_as(&format!(
@@ -313,7 +309,7 @@ impl Store {
         rules: PhotoSetRules,
     ) -> Result<PhotoRemoval, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(status) = lock_avatar(&mut tx, tenant_id, avatar_id).await? else {
+        let Some(status) = lock_tenant_avatar(&mut tx, tenant_id, avatar_id).await? else {
             return Ok(PhotoRemoval::AvatarNotFound);
         };
         if status == AvatarStatus::Training {
@@ -335,7 +331,7 @@ impl Store {
         if removed.is_none() {
             return Ok(PhotoRemoval::PhotoNotFound);
         }
-        let avatar = refresh_photo_count(&mut tx, tenant_id, avatar_id, rules).await?;
+        let avatar = refresh_photo_count(&mut tx, tenant_id, avatar_id, status, rules).await?;
         tx.commit().await?;
         Ok(PhotoRemoval::Removed(Box::new(avatar)))
     }

@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::delivery::{AttemptOutcome, DeliveryStatus};
 use domain::TenantId;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::error::StoreError;
+use crate::records::{split_page, tenant_row};
+pub use crate::records::{AttemptRecord, DeliveryRecord};
+use crate::Store;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct EndpointRecord {
@@ -49,37 +53,10 @@ pub struct EndpointPatch {
     pub disabled_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct DeliveryRecord {
-    pub id: Uuid,
-    pub endpoint_id: Uuid,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub status: String,
-    pub attempt_count: i32,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub last_status_code: Option<i32>,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
 const DELIVERY_SELECT: &str = "SELECT d.id, d.endpoint_id, d.event_id, e.event_type, d.status, \
      d.attempt_count, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at, \
      d.last_status_code, d.created_at, d.delivered_at \
      FROM webhook_deliveries d JOIN outbox_events e ON e.id = d.event_id";
-
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct AttemptRecord {
-    pub delivery_id: Uuid,
-    pub number: i32,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
-    pub status_code: Option<i32>,
-    pub latency_ms: Option<i32>,
-    pub error: Option<String>,
-    pub response_snippet: Option<String>,
-}
 
 /// What became of a replay request.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,14 +163,15 @@ impl Store {
         tenant_id: TenantId,
         id: Uuid,
     ) -> Result<EndpointRecord, StoreError> {
-        sqlx::query_as(&format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id.0)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        tenant_row(
+            &self.pool,
+            &format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"
+            ),
+            tenant_id,
+            id,
+        )
+        .await
     }
 
     /// One page of a tenant's endpoints, newest first, and whether more follow.
@@ -203,7 +181,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<(Vec<EndpointRecord>, bool), StoreError> {
-        let mut rows: Vec<EndpointRecord> = sqlx::query_as(&format!(
+        let rows: Vec<EndpointRecord> = sqlx::query_as(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
              WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id < $2)
              ORDER BY id DESC LIMIT $3"
@@ -213,9 +191,7 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        Ok((rows, more))
+        Ok(split_page(rows, limit))
     }
 
     pub async fn update_webhook_endpoint(
@@ -321,7 +297,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<(Vec<DeliveryRecord>, bool), StoreError> {
-        let mut rows: Vec<DeliveryRecord> = sqlx::query_as(&format!(
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(&format!(
             "{DELIVERY_SELECT}
              WHERE d.tenant_id = $1 AND d.endpoint_id = $2
                AND ($3::text IS NULL OR d.status = $3)
@@ -335,9 +311,7 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        Ok((rows, more))
+        Ok(split_page(rows, limit))
     }
 
     pub async fn get_delivery(
@@ -557,11 +531,14 @@ impl Store {
         )
         .bind(delivery_id)
         .bind(number)
-        .bind(if result.succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        })
+        .bind(
+            if result.succeeded {
+                AttemptOutcome::Succeeded
+            } else {
+                AttemptOutcome::Failed
+            }
+            .as_str(),
+        )
         .bind(result.status_code.map(i32::from))
         .bind(i32::try_from(result.latency_ms).unwrap_or(i32::MAX))
         .bind(&result.error)
@@ -569,9 +546,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let (status, next_attempt_at) = match next {
-            NextStep::Delivered => ("delivered", None),
-            NextStep::RetryAt(at) => ("pending", Some(at)),
-            NextStep::Failed | NextStep::EndpointGone => ("failed", None),
+            NextStep::Delivered => (DeliveryStatus::Delivered, None),
+            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+            NextStep::Failed | NextStep::EndpointGone => (DeliveryStatus::Failed, None),
         };
         sqlx::query(
             "UPDATE webhook_deliveries SET status = $3, next_attempt_at = coalesce($4, next_attempt_at),
@@ -581,7 +558,7 @@ impl Store {
         )
         .bind(delivery_id)
         .bind(number)
-        .bind(status)
+        .bind(status.as_str())
         .bind(next_attempt_at)
         .bind(result.status_code.map(i32::from))
         .execute(&mut *tx)

@@ -175,14 +175,14 @@ pub fn render_generation(
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                status: job.status.clone(),
+                status: job.status.as_str().to_string(),
                 finished: item_finished(&job),
                 attempts,
                 fal_request_id: job.fal_request_id.clone(),
                 error: job
                     .error_code
                     .clone()
-                    .filter(|_| job.status != "succeeded")
+                    .filter(|_| job.status != domain::JobStatus::Succeeded)
                     .map(|code| GenerationError {
                         code,
                         message: job.error_message.clone().unwrap_or_default(),
@@ -211,7 +211,7 @@ pub fn render_generation(
         id: generation.id,
         avatar_id: generation.avatar_id,
         status: status.to_string(),
-        model_type: generation.model_type,
+        model_type: generation.model_type.as_str().to_string(),
         endpoint: generation.endpoint,
         preset: generation.preset,
         num_images: generation.num_images,
@@ -603,7 +603,7 @@ async fn start_generation(
         tenant_id: caller.tenant_id,
         avatar_id,
         model_id: model.id,
-        model_type: plan.model_type.as_str().to_string(),
+        model_type: plan.model_type,
         endpoint: plan.endpoint.to_string(),
         preset: preset.name.as_str().to_string(),
         num_images,

@@ -113,7 +113,7 @@ pub async fn training_response(
 /// The training as callers see it, from its row and (once in custody) its model.
 pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> TrainingResponse {
     let model = model.map(|m| TrainingModel {
-        model_type: m.model_type,
+        model_type: m.model_type.as_str().to_string(),
         trigger_phrase: m.trigger_phrase,
         artifact_sha256: m.artifact_sha256,
         artifact_bytes: m.artifact_bytes,
@@ -128,7 +128,7 @@ pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> Tra
     TrainingResponse {
         id: job.id,
         avatar_id: job.avatar_id,
-        status: job.status,
+        status: job.status.as_str().to_string(),
         trainer: job.trainer,
         endpoint: job.endpoint,
         preset: job.preset,
@@ -522,9 +522,9 @@ pub async fn cancel_training(
     if job.status().is_terminal() {
         return Err(ApiError::conflict(
             "training_finished",
-            format!("the training already ended as {}", job.status),
+            format!("the training already ended as {}", job.status.as_str()),
         )
-        .with_extension("training_status", job.status.clone()));
+        .with_extension("training_status", job.status.as_str()));
     }
     let job = state.store.request_cancel(caller.tenant_id, id).await?;
     let job = match job.status() {

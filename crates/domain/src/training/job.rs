@@ -97,6 +97,9 @@ impl JobStatus {
 pub enum JobEvent {
     /// A worker claimed a pending job.
     UploadStarted,
+    /// A worker claimed an upload whose worker died before sending the submit: the job stays
+    /// uploading, under a new lease.
+    UploadReclaimed,
     /// fal accepted the submit, or a status lookup found a request whose submit was unknown.
     Submitted,
     /// The submit failed in a way that leaves its outcome unknown (timeout, dropped connection).
@@ -118,8 +121,9 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
-    pub const ALL: [JobEvent; 10] = [
+    pub const ALL: [JobEvent; 11] = [
         Self::UploadStarted,
+        Self::UploadReclaimed,
         Self::Submitted,
         Self::SubmitOutcomeUnknown,
         Self::SubmitRejected,
@@ -134,6 +138,7 @@ impl JobEvent {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UploadStarted => "upload_started",
+            Self::UploadReclaimed => "upload_reclaimed",
             Self::Submitted => "submitted",
             Self::SubmitOutcomeUnknown => "submit_outcome_unknown",
             Self::SubmitRejected => "submit_rejected",
@@ -171,7 +176,7 @@ pub fn target(event: JobEvent) -> JobStatus {
     use JobEvent as E;
     use JobStatus as S;
     match event {
-        E::UploadStarted => S::Uploading,
+        E::UploadStarted | E::UploadReclaimed => S::Uploading,
         E::Submitted | E::Queued => S::Submitted,
         E::SubmitOutcomeUnknown => S::SubmitUnknown,
         E::SubmitRejected | E::FalFailed => S::Failed,
@@ -189,6 +194,7 @@ pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
     use JobStatus as S;
     match event {
         E::UploadStarted => vec![S::Pending],
+        E::UploadReclaimed => vec![S::Uploading],
         E::Submitted => vec![S::Uploading, S::SubmitUnknown],
         E::SubmitOutcomeUnknown | E::SubmitRejected => vec![S::Uploading],
         E::Queued => vec![S::Submitted, S::SubmitUnknown],
@@ -224,6 +230,11 @@ pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
         (E::UploadStarted, S::Pending) => apply,
         (E::UploadStarted, S::Uploading) => ignore(REASON_DUPLICATE),
         (E::UploadStarted, _) => ignore(REASON_STALE),
+
+        // A new lease on an abandoned upload: a self-loop.
+        (E::UploadReclaimed, S::Uploading) => apply,
+        (E::UploadReclaimed, S::Pending) => ignore(REASON_PREMATURE),
+        (E::UploadReclaimed, _) => ignore(REASON_STALE),
 
         (E::Submitted, S::Uploading | S::SubmitUnknown) => apply,
         (E::Submitted, S::Submitted) => ignore(REASON_DUPLICATE),
@@ -332,8 +343,9 @@ mod tests {
         // One row per event: the outcome from pending, uploading, submitted, in_progress,
         // submit_unknown ('A' applies; otherwise the ignore reason's first letter:
         // 'd'uplicate, 's'tale, 'p'remature).
-        let table: [(JobEvent, &str); 10] = [
+        let table: [(JobEvent, &str); 11] = [
             (E::UploadStarted, "Adsss"),
+            (E::UploadReclaimed, "pAsss"),
             (E::Submitted, "pAdsA"),
             (E::SubmitOutcomeUnknown, "pAssd"),
             (E::SubmitRejected, "pAsss"),
@@ -371,6 +383,10 @@ mod tests {
         assert_eq!(
             transition(S::Submitted, E::Queued),
             Transition::Apply { to: S::Submitted }
+        );
+        assert_eq!(
+            transition(S::Uploading, E::UploadReclaimed),
+            Transition::Apply { to: S::Uploading }
         );
     }
 

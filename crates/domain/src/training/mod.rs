@@ -22,6 +22,6 @@ pub use params::{
 pub use presets::{
     training_preset, training_presets, PortraitDefaults, PresetName, TrainingPreset,
 };
-pub use progress::progress_from_logs;
+pub use progress::{progress_from_logs, progress_step_crossed};
 pub use selection::{adapt_to_kind, pro_mode, select_trainer, TrainerSelection};
 pub use trainer::{ModelType, Trainer};

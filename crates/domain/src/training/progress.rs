@@ -11,6 +11,16 @@ pub fn progress_from_logs<'a>(lines: impl IntoIterator<Item = &'a str>) -> Optio
         .map(|(done, total)| (done as f64 / total as f64).min(1.0))
 }
 
+/// Progress in tenths: a training's progress is announced once per tenth, not per log line.
+fn progress_step(progress: Option<f64>) -> i64 {
+    progress.map_or(0, |p| (p.clamp(0.0, 1.0) * 10.0).floor() as i64)
+}
+
+/// Whether moving from `before` to `after` crosses into a new tenth (and so is announced).
+pub fn progress_step_crossed(before: Option<f64>, after: Option<f64>) -> bool {
+    progress_step(after) > progress_step(before)
+}
+
 /// The last step counter in one line, as (done, total).
 fn progress_in_line(line: &str) -> Option<(u64, u64)> {
     let lower = line.to_ascii_lowercase();
@@ -111,6 +121,16 @@ fn separator(bytes: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_is_announced_once_per_tenth() {
+        assert!(progress_step_crossed(None, Some(0.1)));
+        assert!(!progress_step_crossed(None, Some(0.09)));
+        assert!(!progress_step_crossed(Some(0.31), Some(0.39)));
+        assert!(progress_step_crossed(Some(0.39), Some(0.4)));
+        assert!(!progress_step_crossed(Some(0.5), Some(0.2)));
+        assert!(!progress_step_crossed(Some(1.0), Some(1.5)));
+    }
 
     fn progress(lines: &[&str]) -> Option<f64> {
         progress_from_logs(lines.iter().copied())
