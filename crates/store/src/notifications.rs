@@ -29,7 +29,7 @@ impl Notifications {
                 crate::events::EVENTS_CHANNEL => {
                     payload.parse().ok().map(Notification::EventsSequenced)
                 }
-                crate::jobs::GENERATION_CHANNEL => uuid::Uuid::parse_str(payload)
+                crate::generations::GENERATION_CHANNEL => uuid::Uuid::parse_str(payload)
                     .ok()
                     .map(Notification::GenerationItemFinished),
                 _ => None,
@@ -48,7 +48,7 @@ impl Store {
         listener
             .listen_all([
                 crate::events::EVENTS_CHANNEL,
-                crate::jobs::GENERATION_CHANNEL,
+                crate::generations::GENERATION_CHANNEL,
             ])
             .await?;
         Ok(Notifications { listener })
