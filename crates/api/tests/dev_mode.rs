@@ -96,6 +96,17 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         .await
         .unwrap();
     assert_eq!(uploaded.status(), 201);
+    // Listen for the training's end before starting it, so the wait is on the service's own
+    // announcement.
+    let mut events = client
+        .get(format!(
+            "{base}/events?avatar_id={id}&types=training.succeeded,training.failed"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
     let training: serde_json::Value = client
         .post(format!("{base}/avatars/{id}/train"))
         .bearer_auth(&key)
@@ -110,40 +121,46 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         "{base}/trainings/{}",
         training["id"].as_str().expect("training started")
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let current: serde_json::Value = client
-            .get(&training_url)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if current["model"].is_object() {
-            break;
+    let announced = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut received = String::new();
+        while !received.contains("\n\n") || !received.contains("data:") {
+            match events.chunk().await.unwrap() {
+                Some(chunk) => received.push_str(&String::from_utf8_lossy(&chunk)),
+                None => break,
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the dev training never finished: {current:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        received
+    })
+    .await
+    .expect("the dev training ends within two minutes");
+    assert!(
+        announced.contains("training.succeeded"),
+        "the dev training succeeded: {announced}"
+    );
+    let current: serde_json::Value = client
+        .get(&training_url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(current["model"].is_object(), "{current:#}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "avatars dev exits after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("avatars dev exits after SIGTERM")
+    .unwrap()
+    .unwrap();
     assert!(status.success(), "{status:?}");
     // A cleanly stopped PostgreSQL removes its pid file.
     assert!(

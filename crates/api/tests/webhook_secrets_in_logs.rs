@@ -25,17 +25,20 @@ impl Write for Captured {
 }
 
 /// A receiver that fails every other call, so both the failure and the success paths log.
-async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<u32>>) {
-    let calls = Arc::new(Mutex::new(0u32));
-    let counter = calls.clone();
+async fn receiver() -> (std::net::SocketAddr, tokio::sync::watch::Receiver<u32>) {
+    let (counter, calls) = tokio::sync::watch::channel(0u32);
+    let counter = Arc::new(counter);
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move || {
             let counter = counter.clone();
             async move {
-                let mut calls = counter.lock().unwrap();
-                *calls += 1;
-                if *calls % 2 == 1 {
+                let mut calls = 0;
+                counter.send_modify(|count| {
+                    *count += 1;
+                    calls = *count;
+                });
+                if calls % 2 == 1 {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::NO_CONTENT
@@ -59,7 +62,7 @@ async fn webhook_secrets_never_reach_the_logs(pool: sqlx::PgPool) {
         .with_writer(move || writer.clone())
         .init();
 
-    let (hook, calls) = receiver().await;
+    let (hook, mut calls) = receiver().await;
     let store = store::Store::new(pool);
     let blobs_dir = tempfile::tempdir().unwrap();
     let blobs = store::BlobStore::local(blobs_dir.path()).unwrap();
@@ -127,11 +130,10 @@ async fn webhook_secrets_never_reach_the_logs(pool: sqlx::PgPool) {
         assert_eq!(deleted.status(), 204);
     }
     // Two events, each failing once then delivered: four calls.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while *calls.lock().unwrap() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "deliveries stalled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), calls.wait_for(|count| *count >= 4))
+        .await
+        .expect("deliveries stalled")
+        .unwrap();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
