@@ -815,7 +815,7 @@ INSERT INTO webhook_inbox (fal_request_id, body_sha256, job_id, fal_status, outc
   VALUES (:request_id, :body_sha256, :job_id, 'OK', 'applied', :body)
   ON CONFLICT (fal_request_id, body_sha256) DO NOTHING
   RETURNING id;
-SELECT status, progress FROM jobs WHERE id = :job_id FOR UPDATE;
+SELECT status, progress, fence FROM jobs WHERE id = :job_id FOR UPDATE;
 UPDATE jobs SET
     status = 'succeeded',
     queue_position = NULL,
@@ -826,7 +826,7 @@ UPDATE jobs SET
     lease_owner = NULL,
     lease_until = NULL,
     updated_at = now()
-  WHERE id = :job_id AND status = ANY('{submitted,in_progress,submit_unknown}'::text[])
+  WHERE id = :job_id AND status = 'submitted'
   RETURNING id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
     trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url,
     response_url, cancel_url, queue_position, progress, error_code, error_message, result,
@@ -841,6 +841,8 @@ INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_p
   ON CONFLICT (training_id) DO NOTHING
   RETURNING id AS model_id, avatar_id, training_id, model_type, trigger_phrase, artifact_key,
     artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id \gset
+SELECT status, current_model_id IS NOT NULL FROM avatars
+  WHERE tenant_id = :tenant_id AND id = :avatar_id FOR UPDATE;
 UPDATE avatars SET current_model_id = :model_id, status = 'trained', updated_at = now()
   WHERE id = :avatar_id;
 INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)

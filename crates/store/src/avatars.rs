@@ -166,12 +166,12 @@ pub(crate) async fn avatar_exists(
     Ok(found.is_some())
 }
 
-/// A page of an avatar's rows (trainings, generations), newest first: `sql` selects them
-/// `WHERE tenant_id = $1 AND avatar_id = $2 AND ($3::uuid IS NULL OR id < $3) ... LIMIT $4`.
-/// `None` when the avatar does not exist.
+/// A page of an avatar's rows (trainings, generations) matching `filter` (`""` or `AND ...`),
+/// newest first; `source` is `<columns> FROM <table>`. `None` when the avatar does not exist.
 pub(crate) async fn avatar_page<T>(
     pool: &sqlx::PgPool,
-    sql: &str,
+    source: &str,
+    filter: &str,
     tenant_id: TenantId,
     avatar_id: AvatarId,
     after: Option<uuid::Uuid>,
@@ -183,7 +183,12 @@ where
     if !avatar_exists(pool, tenant_id, avatar_id).await? {
         return Ok(None);
     }
-    let rows: Vec<T> = sqlx::query_as(sql)
+    let sql = format!(
+        "SELECT {source}
+         WHERE tenant_id = $1 AND avatar_id = $2 {filter} AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    );
+    let rows: Vec<T> = sqlx::query_as(&sql)
         .bind(tenant_id.0)
         .bind(avatar_id.0)
         .bind(after)

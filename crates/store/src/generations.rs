@@ -138,11 +138,8 @@ impl Store {
     ) -> Result<Option<(Vec<GenerationRecord>, bool)>, StoreError> {
         avatar_page(
             &self.pool,
-            &format!(
-                "SELECT {GENERATION_COLUMNS} FROM generations
-                 WHERE tenant_id = $1 AND avatar_id = $2 AND ($3::uuid IS NULL OR id < $3)
-                 ORDER BY id DESC LIMIT $4"
-            ),
+            &format!("{GENERATION_COLUMNS} FROM generations"),
+            "",
             tenant_id,
             avatar_id,
             after,

@@ -5,7 +5,31 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::error::StoreError;
+use crate::records::parse_column;
+use crate::Store;
+
+/// Where a key's request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    InFlight,
+    Done,
+}
+
+impl KeyState {
+    const ALL: [KeyState; 2] = [Self::InFlight, Self::Done];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InFlight => "in_flight",
+            Self::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Option<KeyState> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdempotencyClaim {
@@ -45,11 +69,12 @@ impl Store {
     ) -> Result<IdempotencyClaim, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (tenant_id, key, request_hash, state)
-             VALUES ($1, $2, $3, 'in_flight') ON CONFLICT (tenant_id, key) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, key) DO NOTHING",
         )
         .bind(tenant_id)
         .bind(key)
         .bind(request_hash)
+        .bind(KeyState::InFlight.as_str())
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -73,7 +98,7 @@ impl Store {
         if hash != request_hash {
             return Ok(IdempotencyClaim::Mismatch);
         }
-        if state == "done" {
+        if parse_column("idempotency_keys", "state", &state, KeyState::parse)? == KeyState::Done {
             return Ok(IdempotencyClaim::Done {
                 status: status.unwrap_or(200) as u16,
                 body: body.unwrap_or(Value::Null),
@@ -83,12 +108,13 @@ impl Store {
         if stale {
             let taken = sqlx::query(
                 "UPDATE idempotency_keys SET created_at = now()
-                 WHERE tenant_id = $1 AND key = $2 AND state = 'in_flight'
+                 WHERE tenant_id = $1 AND key = $2 AND state = $4
                    AND created_at < now() - make_interval(secs => $3)",
             )
             .bind(tenant_id)
             .bind(key)
             .bind(stale_after.as_secs_f64())
+            .bind(KeyState::InFlight.as_str())
             .execute(&self.pool)
             .await?;
             if taken.rows_affected() == 1 {
@@ -108,7 +134,7 @@ impl Store {
         headers: &Value,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = $4,
+            "UPDATE idempotency_keys SET state = $6, response_status = $3, response_body = $4,
                  response_headers = $5
              WHERE tenant_id = $1 AND key = $2",
         )
@@ -117,6 +143,7 @@ impl Store {
         .bind(i32::from(status))
         .bind(body)
         .bind(headers)
+        .bind(KeyState::Done.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -128,11 +155,14 @@ impl Store {
         tenant_id: Uuid,
         key: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND state = 'in_flight'")
-            .bind(tenant_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND state = $3",
+        )
+        .bind(tenant_id)
+        .bind(key)
+        .bind(KeyState::InFlight.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -356,12 +356,8 @@ impl Store {
         let training = JobKind::Training.as_str();
         avatar_page(
             &self.pool,
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs
-                 WHERE tenant_id = $1 AND avatar_id = $2 AND kind = '{training}'
-                   AND ($3::uuid IS NULL OR id < $3)
-                 ORDER BY id DESC LIMIT $4"
-            ),
+            &format!("{JOB_COLUMNS} FROM jobs"),
+            &format!("AND kind = '{training}'"),
             tenant_id,
             avatar_id,
             after,

@@ -187,8 +187,8 @@ pub fn target(event: JobEvent) -> JobStatus {
     }
 }
 
-/// The source states from which `event` applies, for a conditional SQL update
-/// (`UPDATE ... SET status = target WHERE status = ANY(allowed_from)`).
+/// The source states from which `event` applies: where to look for the jobs an event could
+/// move (a worker's claim, say). Whether it applies to one job is [`transition`]'s to say.
 pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
     use JobEvent as E;
     use JobStatus as S;
