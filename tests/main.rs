@@ -3,6 +3,7 @@
 
 mod auth;
 mod avatars;
+mod connections;
 mod events;
 mod generations;
 mod http_errors;

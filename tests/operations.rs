@@ -119,3 +119,35 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
         "{text}"
     );
 }
+
+/// Invented methods and paths never become label values: a client cannot grow the metric
+/// series without bound.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn metric_labels_stay_bounded_under_invented_methods_and_paths(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        app.client
+            .request(method, app.url(&format!("/random-{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(!text.contains("/random-"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            r#"http_requests_total{method="other",route="unmatched",status="404"} 20"#
+        )),
+        "{text}"
+    );
+}

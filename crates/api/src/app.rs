@@ -1,13 +1,10 @@
 //! The router: one function builds it for the server, the tests and the spec generator, so the
 //! served routes and the documented routes are the same.
 
-use std::future::Future;
-
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Request, StatusCode};
 use axum::middleware;
 use axum::Router;
-use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -172,17 +169,6 @@ async fn deadline(
         Ok(response) => response,
         Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Completes on SIGTERM or Ctrl-C.

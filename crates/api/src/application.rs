@@ -64,7 +64,9 @@ impl Application {
     ) -> std::io::Result<()> {
         let workers = service::workers::spawn(self.state.service.clone());
         let streams = self.state.service.clone();
-        let served = crate::serve(self.listener, crate::router(self.state), async move {
+        let limits = self.state.settings.http;
+        let router = crate::router(self.state);
+        let served = crate::serve(self.listener, router, limits, async move {
             shutdown.await;
             streams.close_event_streams();
         })

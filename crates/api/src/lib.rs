@@ -14,11 +14,13 @@ pub mod openapi;
 pub mod pagination;
 pub mod problem;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod views;
 
-pub use app::{openapi, openapi_json, router, serve, shutdown_signal};
+pub use app::{openapi, openapi_json, router, shutdown_signal};
 pub use application::Application;
+pub use server::serve;
 pub use service::{Config, Settings};
 pub use state::AppState;

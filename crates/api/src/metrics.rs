@@ -89,6 +89,26 @@ impl HttpMetrics {
     }
 }
 
+/// The method as a label: the standard ones by name, anything else `other`, so a client
+/// inventing methods cannot create label series without bound.
+fn method_label(method: &axum::http::Method) -> String {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    if known.contains(method) {
+        method.as_str().to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 /// Counts every request and times it, labelled by its matched route.
 pub async fn track(
     State(metrics): State<std::sync::Arc<HttpMetrics>>,
@@ -96,7 +116,7 @@ pub async fn track(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()

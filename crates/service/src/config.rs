@@ -152,6 +152,11 @@ impl Default for FetchSettings {
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection is kept waiting for its next request.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -159,6 +164,8 @@ impl Default for HttpLimits {
         Self {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -208,6 +215,12 @@ impl Config {
                 request_timeout: env
                     .seconds("REQUEST_TIMEOUT", 1, 3600)?
                     .unwrap_or(http_defaults.request_timeout),
+                header_read_timeout: env
+                    .seconds("HTTP_HEADER_READ_TIMEOUT", 1, 300)?
+                    .unwrap_or(http_defaults.header_read_timeout),
+                max_connections: env
+                    .parse_range("HTTP_MAX_CONNECTIONS", 1, 1_000_000)?
+                    .unwrap_or(http_defaults.max_connections),
             },
             photos: {
                 let defaults = PhotoSettings::default();
