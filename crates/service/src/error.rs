@@ -268,6 +268,19 @@ impl From<store::StoreError> for ServiceError {
     }
 }
 
+impl ServiceError {
+    /// Maps a store error, naming a missing row with `not_found` (e.g.
+    /// [`ServiceError::avatar_not_found`]).
+    pub fn missing_as(
+        not_found: impl FnOnce() -> ServiceError,
+    ) -> impl FnOnce(store::StoreError) -> ServiceError {
+        move |error| match error {
+            store::StoreError::NotFound => not_found(),
+            other => other.into(),
+        }
+    }
+}
+
 /// Why a worker gave up on a job: the stable code and words the job's caller sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFailure {

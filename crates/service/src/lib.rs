@@ -5,8 +5,10 @@
 //! It speaks in domain types and [`ServiceError`]; it knows nothing of HTTP. The `api` crate
 //! parses requests, calls one function here and renders the result.
 
+pub mod avatars;
 pub mod config;
 pub mod context;
+pub mod deletion;
 pub mod error;
 pub mod events;
 pub mod fal_errors;
