@@ -10,21 +10,7 @@ use crate::routes::avatars::AvatarResponse;
 use crate::routes::generations::render_generation;
 use crate::routes::trainings::render_training;
 
-/// Every event type the service emits, for validation and documentation.
-pub const EVENT_TYPES: &[&str] = &[
-    "training.queued",
-    "training.submitted",
-    "training.started",
-    "training.progress",
-    "training.succeeded",
-    "training.failed",
-    "training.cancelled",
-    "training.timed_out",
-    "generation.queued",
-    "generation.succeeded",
-    "generation.failed",
-    "avatar.deleted",
-];
+pub use service::events::EVENT_TYPES;
 
 /// Renders an outbox row. A snapshot this version cannot read (written by a newer one, say)
 /// still yields a body, with the raw snapshot as `data`, so the event is never lost.

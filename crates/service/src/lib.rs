@@ -17,6 +17,7 @@ pub mod generation_items;
 pub mod jobs;
 pub mod photos;
 pub mod training_data;
+pub mod webhook_endpoints;
 pub mod workers;
 
 pub use config::{Config, ConfigError};

@@ -21,6 +21,22 @@ use crate::context::Service;
 /// resources owns their shapes, so it supplies this when it builds the [`Service`].
 pub type EventBodies = fn(&store::events::UnsequencedEvent) -> serde_json::Value;
 
+/// Every event type the service emits, for validation and documentation.
+pub const EVENT_TYPES: &[&str] = &[
+    "training.queued",
+    "training.submitted",
+    "training.started",
+    "training.progress",
+    "training.succeeded",
+    "training.failed",
+    "training.cancelled",
+    "training.timed_out",
+    "generation.queued",
+    "generation.succeeded",
+    "generation.failed",
+    "avatar.deleted",
+];
+
 /// Events sequenced in one transaction at most.
 const SEQUENCER_BATCH: i64 = 500;
 
