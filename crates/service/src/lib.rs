@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod deletion;
 pub mod error;
+pub mod event_streams;
 pub mod events;
 pub mod fal_errors;
 pub mod fal_link;
