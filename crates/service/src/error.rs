@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Invalid,
     /// The input is well-formed but not acceptable as a whole (bad request).
     BadRequest,
+    /// The caller's credentials (a signature, say) are missing or do not verify.
+    Unauthenticated,
     NotFound,
     /// The resource's state does not allow it now.
     Conflict,

@@ -14,6 +14,7 @@ pub mod event_streams;
 pub mod events;
 pub mod fal_errors;
 pub mod fal_link;
+pub mod fal_webhook;
 pub mod generation_items;
 pub mod jobs;
 pub mod photos;
