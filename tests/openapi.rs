@@ -116,7 +116,7 @@ fn closed_value_sets_are_documented_as_enums() {
         ]
         .map(domain::PhotoFormat::as_str),
     );
-    let event_types = strings(api::event_bodies::EVENT_TYPES.iter().copied());
+    let event_types = strings(domain::EventType::NAMES.iter().copied());
     let expected: Vec<(&str, &str, Vec<String>)> = vec![
         ("TrainRequest", "preset", training_presets.clone()),
         ("TrainRequest", "trainer", trainers.clone()),
@@ -205,7 +205,7 @@ fn closed_value_sets_are_documented_as_enums() {
         .expect("the types parameter");
     assert_eq!(
         enum_values(&spec, &types["schema"]),
-        Some(strings(api::event_bodies::EVENT_TYPES.iter().copied())),
+        Some(strings(domain::EventType::NAMES.iter().copied())),
         "{types}"
     );
     assert_eq!(types["explode"], false, "comma-separated: {types}");

@@ -10,8 +10,7 @@ use crate::routes::avatars::AvatarResponse;
 use crate::routes::generations::render_generation;
 use crate::routes::trainings::render_training;
 
-/// Every event type the service emits, for validation and documentation.
-pub const EVENT_TYPES: &[&str] = &domain::EventType::NAMES;
+pub use service::events::EVENT_TYPES;
 
 /// Renders an outbox row. A snapshot this version cannot read (written by a newer one, say)
 /// still yields a body, with the raw snapshot as `data`, so the event is never lost.

@@ -32,6 +32,6 @@ pub use queue::{
 pub use retry::{AttemptFailure, Operation, RetryDecision, RetryPolicies, RetryPolicy};
 pub use storage::{ByteStream, ObjectLifecycle, UploadedFile};
 pub use webhook::{
-    signed_message, VerifiedWebhook, Verifier, VerifierConfig, WebhookBody, WebhookError,
-    WebhookStatus,
+    signed_message, SignatureHeaders, VerifiedWebhook, Verifier, VerifierConfig, WebhookBody,
+    WebhookError, WebhookStatus,
 };

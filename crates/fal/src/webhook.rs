@@ -90,6 +90,43 @@ pub struct VerifiedWebhook {
     pub body: WebhookBody,
 }
 
+/// The signature headers of a callback as received; `None` when absent or not text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignatureHeaders {
+    /// `X-Fal-Webhook-Request-Id`.
+    pub request_id: Option<String>,
+    /// `X-Fal-Webhook-User-Id`.
+    pub user_id: Option<String>,
+    /// `X-Fal-Webhook-Timestamp`.
+    pub timestamp: Option<String>,
+    /// `X-Fal-Webhook-Signature`.
+    pub signature: Option<String>,
+}
+
+impl SignatureHeaders {
+    pub fn from_header_map(headers: &HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            request_id: text(HEADER_REQUEST_ID),
+            user_id: text(HEADER_USER_ID),
+            timestamp: text(HEADER_TIMESTAMP),
+            signature: text(HEADER_SIGNATURE),
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Settings of a [`Verifier`].
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
@@ -180,11 +217,28 @@ impl Verifier {
         headers: &HeaderMap,
         raw_body: &[u8],
     ) -> Result<VerifiedWebhook, WebhookError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.verify_at(headers, raw_body, now).await
+        self.verify_at(headers, raw_body, now_unix()).await
+    }
+
+    /// Verifies a webhook whose signature headers were taken out of the request.
+    pub async fn verify_headers(
+        &self,
+        headers: &SignatureHeaders,
+        raw_body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        fn given<'a>(
+            value: &'a Option<String>,
+            name: &'static str,
+        ) -> Result<&'a str, WebhookError> {
+            value.as_deref().ok_or(WebhookError::MissingHeader(name))
+        }
+        let fields = [
+            given(&headers.request_id, HEADER_REQUEST_ID)?,
+            given(&headers.user_id, HEADER_USER_ID)?,
+            given(&headers.timestamp, HEADER_TIMESTAMP)?,
+            given(&headers.signature, HEADER_SIGNATURE)?,
+        ];
+        self.verify_fields(fields, raw_body, now_unix()).await
     }
 
     /// Verifies a webhook as if the time were `now_unix` (seconds).
@@ -194,11 +248,22 @@ impl Verifier {
         raw_body: &[u8],
         now_unix: i64,
     ) -> Result<VerifiedWebhook, WebhookError> {
-        let request_id = header(headers, HEADER_REQUEST_ID)?;
-        let user_id = header(headers, HEADER_USER_ID)?;
-        let timestamp_text = header(headers, HEADER_TIMESTAMP)?;
-        let signature_hex = header(headers, HEADER_SIGNATURE)?;
+        let fields = [
+            header(headers, HEADER_REQUEST_ID)?,
+            header(headers, HEADER_USER_ID)?,
+            header(headers, HEADER_TIMESTAMP)?,
+            header(headers, HEADER_SIGNATURE)?,
+        ];
+        self.verify_fields(fields, raw_body, now_unix).await
+    }
 
+    /// Verifies the request id, user id, timestamp and signature header values.
+    async fn verify_fields(
+        &self,
+        [request_id, user_id, timestamp_text, signature_hex]: [&str; 4],
+        raw_body: &[u8],
+        now_unix: i64,
+    ) -> Result<VerifiedWebhook, WebhookError> {
         let timestamp: i64 = timestamp_text
             .trim()
             .parse()

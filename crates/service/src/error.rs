@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Invalid,
     /// The input is well-formed but not acceptable as a whole (bad request).
     BadRequest,
+    /// The caller's credentials (a signature, say) are missing or do not verify.
+    Unauthenticated,
     NotFound,
     /// The resource's state does not allow it now.
     Conflict,
@@ -264,6 +266,19 @@ impl From<store::StoreError> for ServiceError {
             )
             .with_source(error),
             other => Self::internal(other),
+        }
+    }
+}
+
+impl ServiceError {
+    /// Maps a store error, naming a missing row with `not_found` (e.g.
+    /// [`ServiceError::avatar_not_found`]).
+    pub fn missing_as(
+        not_found: impl FnOnce() -> ServiceError,
+    ) -> impl FnOnce(store::StoreError) -> ServiceError {
+        move |error| match error {
+            store::StoreError::NotFound => not_found(),
+            other => other.into(),
         }
     }
 }

@@ -5,16 +5,21 @@
 //! It speaks in domain types and [`ServiceError`]; it knows nothing of HTTP. The `api` crate
 //! parses requests, calls one function here and renders the result.
 
+pub mod avatars;
 pub mod config;
 pub mod context;
+pub mod deletion;
 pub mod error;
+pub mod event_streams;
 pub mod events;
 pub mod fal_errors;
 pub mod fal_link;
+pub mod fal_webhook;
 pub mod generation_items;
 pub mod jobs;
 pub mod photos;
 pub mod training_data;
+pub mod webhook_endpoints;
 pub mod workers;
 
 pub use config::{Config, ConfigError};

@@ -3,11 +3,13 @@
 //! counted. Nothing is stored for a rejected file, and a crash mid-way leaves a pending row the
 //! janitor cleans up, never an unknown blob.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
-use domain::{AvatarId, PhotoFormat, PhotoWarning, TenantId};
+use domain::{Avatar, AvatarId, PhotoFormat, PhotoId, PhotoWarning, TenantId};
 use serde::Serialize;
-use store::{NewPhoto, PhotoRecord, Reservation};
+use store::{NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
+use tokio::io::AsyncWriteExt;
 
 use crate::context::Service;
 use crate::error::ServiceError;
@@ -141,4 +143,326 @@ pub async fn admit(
         .mark_photo_stored(tenant_id, avatar_id, photo.id, rules)
         .await?;
     Ok(Ok(photo))
+}
+
+/// A photo check running on a blocking thread.
+type Inspection = tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>;
+
+/// A fresh spool file in the scratch directory, removed when dropped.
+fn spool_file(service: &Service) -> Result<tempfile::NamedTempFile, ServiceError> {
+    tempfile::Builder::new()
+        .prefix("avatars-upload-")
+        .tempfile_in(&service.settings.scratch_dir)
+        .map_err(ServiceError::internal)
+}
+
+fn no_files(field: &str) -> ServiceError {
+    ServiceError::invalid_field(
+        crate::InputLocation::Body,
+        field,
+        "no_files",
+        "the request holds no photo",
+    )
+}
+
+/// What happened to each file of a batch, and the avatar after it.
+#[derive(Debug)]
+pub struct PhotoBatchReport {
+    pub accepted: Vec<PhotoRecord>,
+    pub rejected: Vec<RejectedFile>,
+    /// `photo_count` and `status` (`ready` once trainable) after the batch.
+    pub avatar: Avatar,
+    pub min_photos: u32,
+    pub max_photos: u32,
+}
+
+/// A file of a batch whose outcome is not taken yet.
+enum Pending {
+    Inspecting(String, tempfile::NamedTempFile, Inspection),
+    Decided(RejectedFile),
+}
+
+/// A file being received: its bytes go to a spool file (memory does not grow with the
+/// upload); past the photo size limit they are only counted.
+pub struct IncomingFile {
+    file_name: String,
+    spool: tempfile::NamedTempFile,
+    file: tokio::fs::File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl IncomingFile {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ServiceError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.max_bytes {
+            return Ok(());
+        }
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(ServiceError::internal)
+    }
+}
+
+/// One request's photos for one avatar, uploaded or fetched, taken file by file. Each file is
+/// checked on a blocking thread while the next is received; outcomes are taken in the order
+/// the caller sent the files, so limits and duplicates apply in that order.
+pub struct PhotoBatch {
+    service: Service,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    /// The request field the files came in, named when the request holds none.
+    field: &'static str,
+    files: usize,
+    pending: VecDeque<Pending>,
+    accepted: Vec<PhotoRecord>,
+    rejected: Vec<RejectedFile>,
+    in_flight_limit: usize,
+}
+
+impl PhotoBatch {
+    /// Starts a batch for an avatar that exists and is not training.
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id, avatar_id = %avatar_id))]
+    pub async fn open(
+        service: &Service,
+        tenant_id: TenantId,
+        avatar_id: AvatarId,
+    ) -> Result<Self, ServiceError> {
+        let avatar = crate::avatars::get_avatar(service, tenant_id, avatar_id).await?;
+        if avatar.status == domain::AvatarStatus::Training {
+            return Err(ServiceError::avatar_training());
+        }
+        Ok(Self {
+            service: service.clone(),
+            tenant_id,
+            avatar_id,
+            field: "files",
+            files: 0,
+            pending: VecDeque::new(),
+            accepted: Vec::new(),
+            rejected: Vec::new(),
+            in_flight_limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        })
+    }
+
+    /// The largest upload request: a whole set plus room for the multipart framing.
+    pub fn max_upload_bytes(&self) -> u64 {
+        let photos = self.service.settings.photos;
+        photos
+            .max_photo_bytes
+            .saturating_mul(u64::from(photos.max_photos))
+            + 1024 * 1024
+    }
+
+    /// The name of the next part: the given one, or `part-N`.
+    fn next_name(&mut self, name: Option<&str>) -> String {
+        self.files += 1;
+        name.map(str::to_string)
+            .unwrap_or_else(|| format!("part-{}", self.files))
+    }
+
+    /// Notes a part that is a form field, not a file.
+    pub fn refuse_form_field(&mut self, name: Option<&str>) {
+        let file_name = self.next_name(name);
+        self.pending.push_back(Pending::Decided(RejectedFile::new(
+            &file_name,
+            "not_a_file",
+            "this part is a form field, not a file",
+        )));
+    }
+
+    /// Starts receiving a file; feed it with [`IncomingFile::write`], then [`Self::add`] it.
+    pub fn receive(&mut self, name: Option<&str>) -> Result<IncomingFile, ServiceError> {
+        let file_name = self.next_name(name);
+        let spool = spool_file(&self.service)?;
+        let file = tokio::fs::File::from_std(spool.reopen().map_err(ServiceError::internal)?);
+        Ok(IncomingFile {
+            file_name,
+            spool,
+            file,
+            size: 0,
+            max_bytes: self.service.settings.photos.max_photo_bytes,
+        })
+    }
+
+    /// Adds a received file: refused when too large, else checked while the next arrives.
+    pub async fn add(&mut self, mut incoming: IncomingFile) -> Result<(), ServiceError> {
+        incoming
+            .file
+            .flush()
+            .await
+            .map_err(ServiceError::internal)?;
+        let IncomingFile {
+            file_name,
+            spool,
+            size,
+            max_bytes,
+            ..
+        } = incoming;
+        if size > max_bytes {
+            self.pending.push_back(Pending::Decided(RejectedFile::new(
+                &file_name,
+                "file_too_large",
+                format!(
+                    "the file is larger than the {} MB limit",
+                    max_bytes / (1024 * 1024)
+                ),
+            )));
+            return Ok(());
+        }
+        let inspection = inspect(&self.service, spool.path().to_path_buf());
+        self.pending
+            .push_back(Pending::Inspecting(file_name, spool, inspection));
+        while self.in_flight() >= self.in_flight_limit {
+            self.settle_next().await?;
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Inspecting(..)))
+            .count()
+    }
+
+    /// Takes the oldest pending file's outcome: admits it to the set when its checks passed.
+    async fn settle_next(&mut self) -> Result<(), ServiceError> {
+        let outcome = match self.pending.pop_front() {
+            Some(Pending::Decided(rejection)) => Err(rejection),
+            Some(Pending::Inspecting(file_name, spool, inspection)) => {
+                admit(
+                    &self.service,
+                    self.tenant_id,
+                    self.avatar_id,
+                    &file_name,
+                    spool.path(),
+                    inspection,
+                )
+                .await?
+            }
+            None => return Ok(()),
+        };
+        match outcome {
+            Ok(photo) => self.accepted.push(photo),
+            Err(rejection) => self.rejected.push(rejection),
+        }
+        Ok(())
+    }
+
+    /// Fetches each URL through the safe fetcher into a spool file and adds it.
+    #[tracing::instrument(skip_all, fields(tenant_id = %self.tenant_id, avatar_id = %self.avatar_id))]
+    pub async fn fetch_urls(&mut self, urls: Vec<String>) -> Result<(), ServiceError> {
+        self.field = "urls";
+        if urls.is_empty() {
+            return Err(no_files(self.field));
+        }
+        let max = self.service.settings.photos.max_photos as usize;
+        if urls.len() > max {
+            return Err(ServiceError::invalid_field(
+                crate::InputLocation::Body,
+                "urls",
+                "too_many",
+                format!("at most {max} URLs"),
+            ));
+        }
+        for url in urls {
+            self.files += 1;
+            let spool = spool_file(&self.service)?;
+            let fetched = self
+                .service
+                .photo_fetcher
+                .fetch_to_file(&url, spool.path())
+                .await;
+            let outcome = match fetched {
+                Err(error) => Err(RejectedFile::new(&url, error.code(), error.to_string())),
+                Ok(_) => {
+                    let service = &self.service;
+                    ingest_file(service, self.tenant_id, self.avatar_id, &url, spool.path()).await?
+                }
+            };
+            match outcome {
+                Ok(photo) => self.accepted.push(photo),
+                Err(rejection) => self.rejected.push(rejection),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every outstanding outcome. Fails when the request held no photo, or when every
+    /// file was refused (`photos_rejected`, listing them).
+    #[tracing::instrument(skip_all, fields(tenant_id = %self.tenant_id, avatar_id = %self.avatar_id))]
+    pub async fn finish(mut self) -> Result<PhotoBatchReport, ServiceError> {
+        while !self.pending.is_empty() {
+            self.settle_next().await?;
+        }
+        let only_form_fields = self.rejected.iter().all(|r| r.code == "not_a_file");
+        if self.files == 0 || (self.accepted.is_empty() && only_form_fields) {
+            return Err(no_files(self.field));
+        }
+        if self.accepted.is_empty() {
+            let rejected = serde_json::to_value(&self.rejected).map_err(ServiceError::internal)?;
+            return Err(ServiceError::new(
+                crate::ErrorKind::Invalid,
+                "photos_rejected",
+                format!(
+                    "none of the {} files was accepted; see `rejected`",
+                    self.rejected.len()
+                ),
+            )
+            .with_extension("rejected", rejected));
+        }
+        let avatar = self
+            .service
+            .store
+            .get_avatar(self.tenant_id, self.avatar_id)
+            .await?;
+        let photos = self.service.settings.photos;
+        Ok(PhotoBatchReport {
+            accepted: self.accepted,
+            rejected: self.rejected,
+            avatar,
+            min_photos: photos.min_photos,
+            max_photos: photos.max_photos,
+        })
+    }
+}
+
+/// The avatar's photos, oldest first.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id, avatar_id = %avatar_id))]
+pub async fn list_photos(
+    service: &Service,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+) -> Result<Vec<PhotoRecord>, ServiceError> {
+    service
+        .store
+        .list_photos(tenant_id, avatar_id)
+        .await?
+        .ok_or_else(|| ServiceError::avatar_not_found(avatar_id))
+}
+
+/// Removes a photo from the avatar's set (the avatar goes back to `draft` when its set is no
+/// longer trainable) and purges its blob.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id, avatar_id = %avatar_id, photo_id = %photo_id))]
+pub async fn delete_photo(
+    service: &Service,
+    tenant_id: TenantId,
+    avatar_id: AvatarId,
+    photo_id: PhotoId,
+) -> Result<(), ServiceError> {
+    let removal = service
+        .store
+        .delete_photo(tenant_id, avatar_id, photo_id, service.photo_set_rules())
+        .await?;
+    match removal {
+        PhotoRemoval::Removed(_) => {
+            crate::workers::janitor::purge_deleted_blobs(service).await;
+            Ok(())
+        }
+        PhotoRemoval::AvatarNotFound => Err(ServiceError::avatar_not_found(avatar_id)),
+        PhotoRemoval::PhotoNotFound => Err(ServiceError::photo_not_found(photo_id)),
+        PhotoRemoval::AvatarBusy(_) => Err(ServiceError::avatar_training()),
+    }
 }

@@ -7,6 +7,7 @@ use domain::{AvatarId, TenantId};
 use serde::Serialize;
 
 use crate::context::Service;
+use crate::error::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingDataError {
@@ -126,15 +127,38 @@ pub enum ArchiveCheckError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl ArchiveCheckError {
+    /// The caller's error: an unfetchable `images_data_url` names the fetch failure, an archive
+    /// refused as a whole is `archive_code` with the `reason`.
+    pub fn into_service_error(self, archive_code: &'static str) -> ServiceError {
+        match self {
+            Self::Fetch(error) => ServiceError::invalid_field(
+                crate::InputLocation::Body,
+                "images_data_url",
+                error.code(),
+                error.to_string(),
+            ),
+            Self::Archive(error) => {
+                ServiceError::new(crate::ErrorKind::Invalid, archive_code, error.message())
+                    .with_extension("reason", error.code())
+            }
+            other => ServiceError::internal(other),
+        }
+    }
+}
+
 /// Fetches a caller's archive through the safe fetcher and inspects it: every entry checked
-/// by the photo rules, exact duplicates refused, near-duplicates flagged.
+/// by the photo rules, exact duplicates refused, near-duplicates flagged. Costs nothing on fal.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 pub async fn inspect_archive_url(
     service: &Service,
+    tenant_id: TenantId,
     url: &str,
-) -> Result<ArchiveInspection, ArchiveCheckError> {
+) -> Result<ArchiveInspection, ServiceError> {
     fetch_and_inspect(service, url)
         .await
         .map(|(inspection, ..)| inspection)
+        .map_err(|error| error.into_service_error("archive_rejected"))
 }
 
 /// Like [`inspect_archive_url`], also handing back the fetched file and the scratch directory

@@ -1,16 +1,15 @@
 //! `/training-archives/inspect`: check a caller's own training archive before training on it.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::AppJson;
-use crate::problem::{ApiError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
-use service::training_data::{self, ArchiveCheckError};
+use service::training_data;
 
 use crate::views::archives::ArchiveInspection;
 
@@ -41,23 +40,10 @@ pub struct InspectArchiveRequest {
 )]
 pub async fn inspect_training_archive(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     AppJson(body): AppJson<InspectArchiveRequest>,
 ) -> Result<Json<ArchiveInspection>, ApiError> {
-    match training_data::inspect_archive_url(&state, &body.images_data_url).await {
-        Ok(inspection) => Ok(Json(inspection.into())),
-        Err(ArchiveCheckError::Fetch(error)) => Err(ApiError::invalid_field(
-            FieldLocation::Body,
-            "images_data_url",
-            error.code(),
-            error.to_string(),
-        )),
-        Err(ArchiveCheckError::Archive(error)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "archive_rejected",
-            error.message(),
-        )
-        .with_extension("reason", error.code())),
-        Err(error) => Err(ApiError::internal(error)),
-    }
+    let inspection =
+        training_data::inspect_archive_url(&state, caller.tenant_id, &body.images_data_url).await?;
+    Ok(Json(inspection.into()))
 }

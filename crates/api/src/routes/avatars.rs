@@ -7,7 +7,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::{Avatar, AvatarId, AvatarKind, AvatarStatus, NewAvatar, TriggerPhrase, Violations};
 use serde::{Deserialize, Serialize};
-use store::{AvatarFilter, AvatarPatch, StoreError, TRIGGER_PHRASE_CONSTRAINT};
+use store::{AvatarFilter, AvatarPatch};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -189,50 +189,6 @@ pub struct ListAvatarsQuery {
     pub status: Option<Status>,
 }
 
-/// Generated phrases are random; a collision is rare, several in a row practically impossible.
-const TRIGGER_PHRASE_ATTEMPTS: usize = 5;
-
-fn avatar_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
-}
-
-fn trigger_phrase_taken(phrase: &str) -> ApiError {
-    ApiError::conflict(
-        "trigger_phrase_taken",
-        format!("another avatar of yours already uses the trigger phrase {phrase:?}"),
-    )
-    .with_extension("field", "trigger_phrase")
-}
-
-/// Creates an avatar, generating a unique trigger phrase when none was given.
-pub async fn create(state: &AppState, caller: Caller, new: NewAvatar) -> Result<Avatar, ApiError> {
-    if let Some(phrase) = &new.trigger_phrase {
-        return state
-            .store
-            .insert_avatar(caller.tenant_id, &new, phrase)
-            .await
-            .map_err(|error| match error {
-                e if e.is_conflict_on(TRIGGER_PHRASE_CONSTRAINT) => {
-                    trigger_phrase_taken(phrase.as_str())
-                }
-                e => e.into(),
-            });
-    }
-    for _ in 0..TRIGGER_PHRASE_ATTEMPTS {
-        match state
-            .store
-            .insert_avatar(caller.tenant_id, &new, &TriggerPhrase::generate())
-            .await
-        {
-            Err(e) if e.is_conflict_on(TRIGGER_PHRASE_CONSTRAINT) => continue,
-            result => return result.map_err(Into::into),
-        }
-    }
-    Err(ApiError::internal(anyhow::anyhow!(
-        "no free trigger phrase after {TRIGGER_PHRASE_ATTEMPTS} attempts"
-    )))
-}
-
 /// Create an avatar.
 ///
 /// The avatar starts as `draft`; upload photos to make it `ready` for training.
@@ -265,7 +221,7 @@ pub async fn create_avatar(
         body.owner_ref.as_deref(),
         body.trigger_phrase.as_deref(),
     )?;
-    let avatar = create(&state, caller, new).await?;
+    let avatar = service::avatars::create_avatar(&state, caller.tenant_id, new).await?;
     let location =
         HeaderValue::from_str(&format!("/avatars/{}", avatar.id)).map_err(ApiError::internal)?;
     Ok((
@@ -302,15 +258,14 @@ pub async fn list_avatars(
         owner_ref: query.owner_ref,
         status: query.status.map(Into::into),
     };
-    let (avatars, has_more) = state
-        .store
-        .list_avatars(
-            caller.tenant_id,
-            &filter,
-            page.after.map(AvatarId),
-            page.limit,
-        )
-        .await?;
+    let (avatars, has_more) = service::avatars::list_avatars(
+        &state,
+        caller.tenant_id,
+        &filter,
+        page.after.map(AvatarId),
+        page.limit,
+    )
+    .await?;
     let next_cursor = crate::pagination::next_cursor(has_more, avatars.last().map(|a| a.id.0));
     Ok(Json(AvatarPage {
         items: avatars.into_iter().map(Into::into).collect(),
@@ -337,11 +292,8 @@ pub async fn get_avatar(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Json<AvatarResponse>, ApiError> {
-    match state.store.get_avatar(caller.tenant_id, AvatarId(id)).await {
-        Ok(avatar) => Ok(Json(avatar.into())),
-        Err(StoreError::NotFound) => Err(avatar_not_found(id)),
-        Err(error) => Err(error.into()),
-    }
+    let avatar = service::avatars::get_avatar(&state, caller.tenant_id, AvatarId(id)).await?;
+    Ok(Json(avatar.into()))
 }
 
 /// Update an avatar.
@@ -383,27 +335,9 @@ pub async fn update_avatar(
             .and_then(|t| violations.check(TriggerPhrase::parse("trigger_phrase", t))),
     };
     violations.into_result()?;
-    match state
-        .store
-        .update_avatar(caller.tenant_id, AvatarId(id), &patch)
-        .await
-    {
-        Ok(Some(avatar)) => Ok(Json(avatar.into())),
-        Ok(None) => Err(ApiError::conflict(
-            "trigger_phrase_locked",
-            "the trigger phrase is part of a trained model and can no longer change",
-        )
-        .with_extension("field", "trigger_phrase")),
-        Err(StoreError::NotFound) => Err(avatar_not_found(id)),
-        Err(e) if e.is_conflict_on(TRIGGER_PHRASE_CONSTRAINT) => Err(trigger_phrase_taken(
-            patch
-                .trigger_phrase
-                .as_ref()
-                .map(|t| t.as_str())
-                .unwrap_or_default(),
-        )),
-        Err(error) => Err(error.into()),
-    }
+    let avatar =
+        service::avatars::update_avatar(&state, caller.tenant_id, AvatarId(id), &patch).await?;
+    Ok(Json(avatar.into()))
 }
 
 /// Delete an avatar.
@@ -425,27 +359,6 @@ pub async fn delete_avatar(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    // Running trainings are cancelled on fal first: nobody will want their result.
-    for job in state
-        .store
-        .active_trainings(caller.tenant_id, AvatarId(id))
-        .await?
-    {
-        if let Err(error) = service::jobs::cancel_job(&state, &job, "the avatar was deleted").await
-        {
-            tracing::warn!(training = %job.id, ?error, "cancelling a training of a deleted avatar");
-        }
-    }
-    match state
-        .store
-        .delete_avatar(caller.tenant_id, AvatarId(id))
-        .await
-    {
-        Ok(()) => {
-            service::workers::janitor::purge_deleted_blobs(&state).await;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(StoreError::NotFound) => Err(avatar_not_found(id)),
-        Err(error) => Err(error.into()),
-    }
+    service::deletion::delete_avatar(&state, caller.tenant_id, AvatarId(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

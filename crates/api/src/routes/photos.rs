@@ -1,7 +1,5 @@
 //! `/avatars/{id}/photos`: the avatar's training photos.
 
-use std::collections::VecDeque;
-
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,17 +7,16 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::{AvatarId, PhotoId, PhotoWarning};
 use serde::{Deserialize, Serialize};
-use store::{PhotoRecord, PhotoRemoval, StoreError};
-use tokio::io::AsyncWriteExt;
+use store::PhotoRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
-use crate::problem::{ApiError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::routes::avatars::AvatarResponse;
 use crate::state::AppState;
-use service::photos::{self, RejectedFile};
+use service::photos::{self, PhotoBatch};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Warning {
@@ -106,20 +103,16 @@ pub struct PhotoUrls {
     pub urls: Vec<String>,
 }
 
-fn photo_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("photo_not_found", format!("no photo with id {id}"))
-}
-
-fn avatar_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
-}
-
-/// A fresh spool file in the scratch directory, removed when dropped.
-fn spool_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
-    tempfile::Builder::new()
-        .prefix("avatars-upload-")
-        .tempfile_in(&state.settings.scratch_dir)
-        .map_err(ApiError::internal)
+impl From<photos::PhotoBatchReport> for PhotoBatchReport {
+    fn from(report: photos::PhotoBatchReport) -> Self {
+        Self {
+            accepted: report.accepted.into_iter().map(Into::into).collect(),
+            rejected: report.rejected.into_iter().map(Into::into).collect(),
+            avatar: report.avatar.into(),
+            min_photos: report.min_photos,
+            max_photos: report.max_photos,
+        }
+    }
 }
 
 /// Add photos.
@@ -160,32 +153,20 @@ pub async fn add_photos(
     PathId(id): PathId,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let avatar_id = AvatarId(id);
-    let avatar = match state.store.get_avatar(caller.tenant_id, avatar_id).await {
-        Ok(avatar) => avatar,
-        Err(StoreError::NotFound) => return Err(avatar_not_found(id)),
-        Err(error) => return Err(error.into()),
-    };
-    if avatar.status == domain::AvatarStatus::Training {
-        return Err(service::ServiceError::avatar_training().into());
-    }
+    let mut batch = PhotoBatch::open(&state, caller.tenant_id, AvatarId(id)).await?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let (accepted, rejected) = match essence.as_str() {
-        "multipart/form-data" => {
-            upload_parts(&state, caller, avatar_id, &content_type, request).await?
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match essence.to_ascii_lowercase().as_str() {
+        "multipart/form-data" => upload_parts(&mut batch, &content_type, request).await?,
+        "application/json" => {
+            let PhotoUrls { urls } = read_json(&state, request).await?;
+            batch.fetch_urls(urls).await?;
         }
-        "application/json" => fetch_urls(&state, caller, avatar_id, request).await?,
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -193,47 +174,18 @@ pub async fn add_photos(
                 "send photos as multipart/form-data, or JSON {\"urls\": [...]}",
             ))
         }
-    };
-    if accepted.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "photos_rejected",
-            format!(
-                "none of the {} files was accepted; see `rejected`",
-                rejected.len()
-            ),
-        )
-        .with_extension(
-            "rejected",
-            serde_json::to_value(&rejected).map_err(ApiError::internal)?,
-        ));
     }
-    let avatar = state.store.get_avatar(caller.tenant_id, avatar_id).await?;
-    let report = PhotoBatchReport {
-        accepted: accepted.into_iter().map(Into::into).collect(),
-        rejected: rejected.into_iter().map(Into::into).collect(),
-        avatar: avatar.into(),
-        min_photos: state.settings.photos.min_photos,
-        max_photos: state.settings.photos.max_photos,
-    };
-    Ok((StatusCode::CREATED, Json(report)).into_response())
+    let report = batch.finish().await?;
+    Ok((StatusCode::CREATED, Json(PhotoBatchReport::from(report))).into_response())
 }
 
-type Batch = (Vec<PhotoRecord>, Vec<RejectedFile>);
-
-fn no_files(location: FieldLocation, field: &str) -> ApiError {
-    ApiError::invalid_field(location, field, "no_files", "the request holds no photo")
-}
-
-/// Streams each multipart file part to a spool file (memory does not grow with the upload) and
-/// ingests it before reading the next.
+/// Hands each multipart part to the batch as it streams in: form fields are refused, files
+/// spooled chunk by chunk.
 async fn upload_parts(
-    state: &AppState,
-    caller: Caller,
-    avatar_id: AvatarId,
+    batch: &mut PhotoBatch,
     content_type: &str,
     request: Request,
-) -> Result<Batch, ApiError> {
+) -> Result<(), ApiError> {
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -241,143 +193,24 @@ async fn upload_parts(
             "multipart/form-data needs a boundary parameter",
         )
     })?;
-    let photos = state.settings.photos;
-    // A whole set plus room for the multipart framing; larger requests are refused outright.
-    let whole_limit = photos
-        .max_photo_bytes
-        .saturating_mul(u64::from(photos.max_photos))
-        + 1024 * 1024;
-    let constraints =
-        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(whole_limit));
-    let mut multipart = multer::Multipart::with_constraints(
-        request.into_body().into_data_stream(),
-        boundary,
-        constraints,
-    );
-    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
-    let mut parts = 0usize;
-    // Files are checked on blocking threads while the next part is received; outcomes are
-    // taken in upload order, so limits and duplicates apply as the caller sent the files.
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let in_flight_limit = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Requests larger than a whole set are refused outright.
+    let whole_stream = multer::SizeLimit::new().whole_stream(batch.max_upload_bytes());
+    let constraints = multer::Constraints::new().size_limit(whole_stream);
+    let body = request.into_body().into_data_stream();
+    let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-        parts += 1;
-        let file_name = field
-            .file_name()
-            .or(field.name())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("part-{parts}"));
+        let name = field.file_name().or(field.name()).map(str::to_string);
         if field.file_name().is_none() && field.content_type().is_none() {
             // Drain it: a text field is not a photo.
             while field.chunk().await.map_err(multipart_error)?.is_some() {}
-            pending.push_back(Pending::Decided(RejectedFile::new(
-                &file_name,
-                "not_a_file",
-                "this part is a form field, not a file",
-            )));
+            batch.refuse_form_field(name.as_deref());
             continue;
         }
-        let spool = spool_file(state)?;
-        let mut file = tokio::fs::File::from_std(spool.reopen().map_err(ApiError::internal)?);
-        let mut size = 0u64;
-        let mut too_large = false;
+        let mut file = batch.receive(name.as_deref())?;
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            size += chunk.len() as u64;
-            if size > photos.max_photo_bytes {
-                too_large = true;
-                continue;
-            }
-            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+            file.write(&chunk).await?;
         }
-        file.flush().await.map_err(ApiError::internal)?;
-        drop(file);
-        if too_large {
-            pending.push_back(Pending::Decided(RejectedFile::new(
-                &file_name,
-                "file_too_large",
-                format!(
-                    "the file is larger than the {} MB limit",
-                    photos.max_photo_bytes / (1024 * 1024)
-                ),
-            )));
-            continue;
-        }
-        let inspection = photos::inspect(state, spool.path().to_path_buf());
-        pending.push_back(Pending::Inspecting(file_name, spool, inspection));
-        while pending
-            .iter()
-            .filter(|p| matches!(p, Pending::Inspecting(..)))
-            .count()
-            >= in_flight_limit
-        {
-            settle_next(
-                state,
-                caller,
-                avatar_id,
-                &mut pending,
-                &mut accepted,
-                &mut rejected,
-            )
-            .await?;
-        }
-    }
-    while !pending.is_empty() {
-        settle_next(
-            state,
-            caller,
-            avatar_id,
-            &mut pending,
-            &mut accepted,
-            &mut rejected,
-        )
-        .await?;
-    }
-    if parts == 0 {
-        return Err(no_files(FieldLocation::Body, "files"));
-    }
-    if accepted.is_empty() && rejected.iter().all(|r| r.code == "not_a_file") {
-        return Err(no_files(FieldLocation::Body, "files"));
-    }
-    Ok((accepted, rejected))
-}
-
-/// A file of a batch whose outcome is not taken yet.
-enum Pending {
-    Inspecting(
-        String,
-        tempfile::NamedTempFile,
-        tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>,
-    ),
-    Decided(RejectedFile),
-}
-
-/// Takes the oldest pending file's outcome: admits it to the set when its checks passed.
-async fn settle_next(
-    state: &AppState,
-    caller: Caller,
-    avatar_id: AvatarId,
-    pending: &mut VecDeque<Pending>,
-    accepted: &mut Vec<PhotoRecord>,
-    rejected: &mut Vec<RejectedFile>,
-) -> Result<(), ApiError> {
-    match pending.pop_front() {
-        Some(Pending::Decided(rejection)) => rejected.push(rejection),
-        Some(Pending::Inspecting(file_name, spool, inspection)) => {
-            match photos::admit(
-                state,
-                caller.tenant_id,
-                avatar_id,
-                &file_name,
-                spool.path(),
-                inspection,
-            )
-            .await?
-            {
-                Ok(photo) => accepted.push(photo),
-                Err(rejection) => rejected.push(rejection),
-            }
-        }
-        None => {}
+        batch.add(file).await?;
     }
     Ok(())
 }
@@ -397,13 +230,11 @@ fn multipart_error(error: multer::Error) -> ApiError {
     }
 }
 
-/// Fetches each URL through the safe fetcher into a spool file and ingests it.
-async fn fetch_urls(
+/// Reads a JSON body up to the service's body limit.
+async fn read_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
-    caller: Caller,
-    avatar_id: AvatarId,
     request: Request,
-) -> Result<Batch, ApiError> {
+) -> Result<T, ApiError> {
     let limit = state.settings.http.max_body_bytes;
     let bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
@@ -414,35 +245,7 @@ async fn fetch_urls(
                 "the request body is larger than this endpoint accepts",
             )
         })?;
-    let PhotoUrls { urls } = parse_json(&bytes)?;
-    if urls.is_empty() {
-        return Err(no_files(FieldLocation::Body, "urls"));
-    }
-    let max = state.settings.photos.max_photos as usize;
-    if urls.len() > max {
-        return Err(ApiError::invalid_field(
-            FieldLocation::Body,
-            "urls",
-            "too_many",
-            format!("at most {max} URLs"),
-        ));
-    }
-    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
-    for url in urls {
-        let spool = spool_file(state)?;
-        match state.photo_fetcher.fetch_to_file(&url, spool.path()).await {
-            Ok(_) => {}
-            Err(error) => {
-                rejected.push(RejectedFile::new(&url, error.code(), error.to_string()));
-                continue;
-            }
-        }
-        match photos::ingest_file(state, caller.tenant_id, avatar_id, &url, spool.path()).await? {
-            Ok(photo) => accepted.push(photo),
-            Err(rejection) => rejected.push(rejection),
-        }
-    }
-    Ok((accepted, rejected))
+    parse_json(&bytes)
 }
 
 /// List photos.
@@ -464,11 +267,7 @@ pub async fn list_photos(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Json<PhotoList>, ApiError> {
-    let photos = state
-        .store
-        .list_photos(caller.tenant_id, AvatarId(id))
-        .await?
-        .ok_or_else(|| avatar_not_found(id))?;
+    let photos = photos::list_photos(&state, caller.tenant_id, AvatarId(id)).await?;
     Ok(Json(PhotoList {
         items: photos.into_iter().map(Into::into).collect(),
     }))
@@ -499,22 +298,6 @@ pub async fn delete_photo(
     caller: Caller,
     crate::extract::PathIds(id, photo_id): crate::extract::PathIds,
 ) -> Result<StatusCode, ApiError> {
-    let removal = state
-        .store
-        .delete_photo(
-            caller.tenant_id,
-            AvatarId(id),
-            PhotoId(photo_id),
-            state.photo_set_rules(),
-        )
-        .await?;
-    match removal {
-        PhotoRemoval::Removed(_) => {
-            service::workers::janitor::purge_deleted_blobs(&state).await;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        PhotoRemoval::AvatarNotFound => Err(avatar_not_found(id)),
-        PhotoRemoval::PhotoNotFound => Err(photo_not_found(photo_id)),
-        PhotoRemoval::AvatarBusy(_) => Err(service::ServiceError::avatar_training().into()),
-    }
+    photos::delete_photo(&state, caller.tenant_id, AvatarId(id), PhotoId(photo_id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

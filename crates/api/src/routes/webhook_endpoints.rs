@@ -1,37 +1,22 @@
 //! Tenants' webhook endpoints: where the service sends their events, signed per Standard
 //! Webhooks, and the log of every delivery.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use domain::{FieldViolation, Violations};
 use serde::{Deserialize, Serialize};
-use store::webhooks::{
-    AttemptRecord, DeliveryRecord, EndpointPatch, EndpointRecord, NewEndpoint, ReplayOutcome,
-};
-use store::StoreError;
+use store::webhooks::{AttemptRecord, EndpointRecord};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::event_bodies::EVENT_TYPES;
 use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
-use crate::problem::{ApiError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
-use service::events::signing;
-
-const MAX_URL_CHARS: usize = 2000;
-const MAX_DESCRIPTION_CHARS: usize = 500;
-/// The default and the longest time an old secret keeps signing after a rotation.
-const DEFAULT_OVERLAP_SECS: u64 = 24 * 3600;
-const MAX_OVERLAP_SECS: u64 = 7 * 24 * 3600;
-/// How long a host name may take to resolve when an endpoint is registered.
-const REGISTRATION_DNS_TIMEOUT: Duration = Duration::from_secs(3);
+use service::webhook_endpoints::{self, EndpointChanges, EndpointSpec};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -195,103 +180,38 @@ pub struct ListDeliveriesQuery {
     pub status: Option<DeliveryStatus>,
 }
 
-fn endpoint_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found(
-        "webhook_endpoint_not_found",
-        format!("no webhook endpoint with id {id}"),
-    )
-}
-
-fn not_found_as(id: Uuid) -> impl Fn(StoreError) -> ApiError {
-    move |error| match error {
-        StoreError::NotFound => endpoint_not_found(id),
-        other => other.into(),
-    }
-}
-
-/// Checks a URL as the relay will use it: scheme, userinfo, and every address it names or
-/// resolves to. Delivery checks again on the address actually connected to, since DNS answers
-/// change; this catches mistakes early.
-async fn check_url(state: &AppState, url: &str, errors: &mut Violations) -> Option<String> {
-    if url.chars().count() > MAX_URL_CHARS {
-        errors.push(FieldViolation::new(
-            "url",
-            "too_long",
-            format!("must be at most {MAX_URL_CHARS} characters"),
-        ));
-        return None;
-    }
-    let parsed = match state.webhook_fetcher.check_url(url) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            errors.push(FieldViolation::new("url", error.code(), error.to_string()));
-            return None;
-        }
-    };
-    if let (Some(url::Host::Domain(name)), Some(port)) =
-        (parsed.host(), parsed.port_or_known_default())
-    {
-        let lookup = tokio::net::lookup_host((name.to_string(), port));
-        // A name that does not resolve yet is accepted: the receiver may not be deployed.
-        if let Ok(Ok(addresses)) = tokio::time::timeout(REGISTRATION_DNS_TIMEOUT, lookup).await {
-            let policy = state.webhook_fetcher.policy();
-            if let Some(address) = addresses
-                .into_iter()
-                .find(|a| safe_fetch::is_forbidden(a.ip()) && !policy.is_excepted(*a))
-            {
-                errors.push(FieldViolation::new(
-                    "url",
-                    "forbidden_address",
-                    format!(
-                        "{name} resolves to {}, which is not a public address",
-                        address.ip()
-                    ),
-                ));
-                return None;
-            }
-        }
-    }
-    Some(parsed.to_string())
-}
-
-fn check_event_types(types: &[String], errors: &mut Violations) {
-    if types.is_empty() {
-        errors.push(FieldViolation::new(
-            "event_types",
-            "empty",
-            "must list at least one type, or be omitted for every type",
-        ));
-    }
-    for (i, name) in types.iter().enumerate() {
-        if !EVENT_TYPES.contains(&name.as_str()) {
-            errors.push(FieldViolation::new(
-                format!("event_types[{i}]"),
-                "unknown_event_type",
-                format!("{name:?} is not one of {}", EVENT_TYPES.join(", ")),
-            ));
+impl From<webhook_endpoints::Delivery> for DeliveryResponse {
+    fn from(d: webhook_endpoints::Delivery) -> Self {
+        let webhook_endpoints::Delivery { delivery, attempts } = d;
+        Self {
+            id: delivery.id,
+            endpoint_id: delivery.endpoint_id,
+            event_id: delivery.event_id,
+            event_type: delivery.event_type,
+            status: delivery.status.as_str().to_string(),
+            attempt_count: delivery.attempt_count,
+            next_attempt_at: delivery.next_attempt_at,
+            last_status_code: delivery.last_status_code,
+            created_at: delivery.created_at,
+            delivered_at: delivery.delivered_at,
+            attempts: attempts.into_iter().map(Into::into).collect(),
         }
     }
 }
 
-fn check_description(description: &Option<String>, errors: &mut Violations) {
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
-    {
-        errors.push(FieldViolation::new(
-            "description",
-            "too_long",
-            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        ));
+impl From<AttemptRecord> for AttemptResponse {
+    fn from(a: AttemptRecord) -> Self {
+        Self {
+            number: a.number,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            outcome: a.outcome.as_str().to_string(),
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error: a.error,
+            response_snippet: a.response_snippet,
+        }
     }
-}
-
-fn dedup(types: Option<Vec<String>>) -> Option<Vec<String>> {
-    types.map(|mut t| {
-        t.sort();
-        t.dedup();
-        t
-    })
 }
 
 /// Register a webhook endpoint.
@@ -322,27 +242,13 @@ pub async fn create_webhook_endpoint(
     caller: Caller,
     AppJson(body): AppJson<CreateEndpointRequest>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Violations::default();
-    let url = check_url(&state, &body.url, &mut errors).await;
-    if let Some(types) = &body.event_types {
-        check_event_types(types, &mut errors);
-    }
-    check_description(&body.description, &mut errors);
-    let Some(url) = url.filter(|_| errors.is_empty()) else {
-        return Err(errors.into());
+    let spec = EndpointSpec {
+        url: body.url,
+        event_types: body.event_types,
+        description: body.description,
     };
-    let secret = signing::new_secret();
-    let endpoint = state
-        .store
-        .create_webhook_endpoint(&NewEndpoint {
-            id: Uuid::now_v7(),
-            tenant_id: caller.tenant_id,
-            url,
-            description: body.description,
-            event_types: dedup(body.event_types),
-            secret: secret.clone(),
-        })
-        .await?;
+    let (endpoint, secret) =
+        webhook_endpoints::create_endpoint(&state, caller.tenant_id, spec).await?;
     let location = HeaderValue::from_str(&format!("/webhook-endpoints/{}", endpoint.id))
         .map_err(ApiError::internal)?;
     Ok((
@@ -378,10 +284,8 @@ pub async fn list_webhook_endpoints(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<EndpointPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (endpoints, more) = state
-        .store
-        .list_webhook_endpoints(caller.tenant_id, page.after, page.limit)
-        .await?;
+    let (endpoints, more) =
+        webhook_endpoints::list_endpoints(&state, caller.tenant_id, page.after, page.limit).await?;
     let next_cursor = crate::pagination::next_cursor(more, endpoints.last().map(|e| e.id));
     Ok(Json(EndpointPage {
         items: endpoints.into_iter().map(Into::into).collect(),
@@ -408,11 +312,7 @@ pub async fn get_webhook_endpoint(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Json<EndpointResponse>, ApiError> {
-    let endpoint = state
-        .store
-        .get_webhook_endpoint(caller.tenant_id, id)
-        .await
-        .map_err(not_found_as(id))?;
+    let endpoint = webhook_endpoints::get_endpoint(&state, caller.tenant_id, id).await?;
     Ok(Json(endpoint.into()))
 }
 
@@ -442,36 +342,14 @@ pub async fn update_webhook_endpoint(
     PathId(id): PathId,
     AppJson(body): AppJson<UpdateEndpointRequest>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
-    let mut errors = Violations::default();
-    let url = match &body.url {
-        Some(url) => check_url(&state, url, &mut errors).await,
-        None => None,
-    };
-    if let Some(Some(types)) = &body.event_types {
-        check_event_types(types, &mut errors);
-    }
-    if let Some(description) = &body.description {
-        check_description(description, &mut errors);
-    }
-    if !errors.is_empty() {
-        return Err(errors.into());
-    }
-    let patch = EndpointPatch {
-        url,
+    let changes = EndpointChanges {
+        url: body.url,
+        event_types: body.event_types,
         description: body.description,
-        event_types: body.event_types.map(dedup),
         enabled: body.enabled,
-        disabled_reason: (body.enabled == Some(false)).then(|| "disabled_by_caller".to_string()),
     };
-    let endpoint = state
-        .store
-        .update_webhook_endpoint(caller.tenant_id, id, &patch)
-        .await
-        .map_err(not_found_as(id))?;
-    if endpoint.enabled {
-        // Deliveries that waited while it was disabled may be due.
-        state.relay_wake.notify_one();
-    }
+    let endpoint =
+        webhook_endpoints::update_endpoint(&state, caller.tenant_id, id, changes).await?;
     Ok(Json(endpoint.into()))
 }
 
@@ -494,11 +372,7 @@ pub async fn delete_webhook_endpoint(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_webhook_endpoint(caller.tenant_id, id)
-        .await
-        .map_err(not_found_as(id))?;
+    webhook_endpoints::delete_endpoint(&state, caller.tenant_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -535,70 +409,13 @@ pub async fn rotate_webhook_secret(
         crate::extract::require_json(&headers)?;
         crate::extract::parse_json(&body)?
     };
-    let overlap = request.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECS);
-    if overlap > MAX_OVERLAP_SECS {
-        return Err(ApiError::invalid_field(
-            FieldLocation::Body,
-            "overlap_seconds",
-            "out_of_range",
-            format!("must be from 0 to {MAX_OVERLAP_SECS}"),
-        ));
-    }
-    let secret = signing::new_secret();
-    let previous_secrets_expire_at = state
-        .store
-        .rotate_webhook_secret(caller.tenant_id, id, &secret, Duration::from_secs(overlap))
-        .await
-        .map_err(not_found_as(id))?;
+    let rotated =
+        webhook_endpoints::rotate_secret(&state, caller.tenant_id, id, request.overlap_seconds)
+            .await?;
     Ok(Json(RotatedSecretResponse {
-        secret,
-        previous_secrets_expire_at,
+        secret: rotated.secret,
+        previous_secrets_expire_at: rotated.previous_secrets_expire_at,
     }))
-}
-
-async fn with_attempts(
-    state: &AppState,
-    deliveries: Vec<DeliveryRecord>,
-) -> Result<Vec<DeliveryResponse>, ApiError> {
-    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
-    let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptRecord>> = Default::default();
-    for attempt in state.store.delivery_attempts(&ids).await? {
-        attempts
-            .entry(attempt.delivery_id)
-            .or_default()
-            .push(attempt);
-    }
-    Ok(deliveries
-        .into_iter()
-        .map(|d| {
-            let mine = attempts.remove(&d.id).unwrap_or_default();
-            DeliveryResponse {
-                id: d.id,
-                endpoint_id: d.endpoint_id,
-                event_id: d.event_id,
-                event_type: d.event_type,
-                status: d.status.as_str().to_string(),
-                attempt_count: d.attempt_count,
-                next_attempt_at: d.next_attempt_at,
-                last_status_code: d.last_status_code,
-                created_at: d.created_at,
-                delivered_at: d.delivered_at,
-                attempts: mine
-                    .into_iter()
-                    .map(|a| AttemptResponse {
-                        number: a.number,
-                        started_at: a.started_at,
-                        finished_at: a.finished_at,
-                        outcome: a.outcome.as_str().to_string(),
-                        status_code: a.status_code,
-                        latency_ms: a.latency_ms,
-                        error: a.error,
-                        response_snippet: a.response_snippet,
-                    })
-                    .collect(),
-            }
-        })
-        .collect())
 }
 
 /// List an endpoint's deliveries.
@@ -625,34 +442,26 @@ pub async fn list_webhook_deliveries(
     AppQuery(query): AppQuery<ListDeliveriesQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    state
-        .store
-        .get_webhook_endpoint(caller.tenant_id, id)
-        .await
-        .map_err(not_found_as(id))?;
     let status = query.status.map(|s| match s {
         DeliveryStatus::Pending => "pending",
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Failed => "failed",
     });
-    let (deliveries, more) = state
-        .store
-        .list_deliveries(caller.tenant_id, id, status, page.after, page.limit)
-        .await?;
-    let next_cursor = crate::pagination::next_cursor(more, deliveries.last().map(|d| d.id));
+    let (deliveries, more) = webhook_endpoints::list_deliveries(
+        &state,
+        caller.tenant_id,
+        id,
+        status,
+        page.after,
+        page.limit,
+    )
+    .await?;
+    let next_cursor =
+        crate::pagination::next_cursor(more, deliveries.last().map(|d| d.delivery.id));
     Ok(Json(DeliveryPage {
-        items: with_attempts(&state, deliveries).await?,
+        items: deliveries.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
-}
-
-fn delivery_not_found_as(id: Uuid) -> impl Fn(StoreError) -> ApiError {
-    move |error| match error {
-        StoreError::NotFound => {
-            ApiError::not_found("delivery_not_found", format!("no delivery with id {id}"))
-        }
-        other => other.into(),
-    }
 }
 
 /// Get one delivery of an endpoint, with its attempts.
@@ -677,13 +486,9 @@ pub async fn get_webhook_delivery(
     caller: Caller,
     PathIds(id, delivery_id): PathIds,
 ) -> Result<Json<DeliveryResponse>, ApiError> {
-    let delivery = state
-        .store
-        .get_delivery(caller.tenant_id, id, delivery_id)
-        .await
-        .map_err(delivery_not_found_as(delivery_id))?;
-    let mut one = with_attempts(&state, vec![delivery]).await?;
-    Ok(Json(one.remove(0)))
+    let delivery =
+        webhook_endpoints::get_delivery(&state, caller.tenant_id, id, delivery_id).await?;
+    Ok(Json(delivery.into()))
 }
 
 /// Send a delivery again.
@@ -712,20 +517,7 @@ pub async fn replay_webhook_delivery(
     caller: Caller,
     PathIds(id, delivery_id): PathIds,
 ) -> Result<Response, ApiError> {
-    let outcome = state
-        .store
-        .replay_delivery(caller.tenant_id, id, delivery_id)
-        .await
-        .map_err(delivery_not_found_as(delivery_id))?;
-    match outcome {
-        ReplayOutcome::EndpointDisabled => Err(ApiError::conflict(
-            "webhook_endpoint_disabled",
-            "the endpoint is disabled; enable it before replaying its deliveries",
-        )),
-        ReplayOutcome::Replayed(delivery) => {
-            state.relay_wake.notify_one();
-            let mut one = with_attempts(&state, vec![delivery]).await?;
-            Ok((StatusCode::ACCEPTED, Json(one.remove(0))).into_response())
-        }
-    }
+    let delivery =
+        webhook_endpoints::replay_delivery(&state, caller.tenant_id, id, delivery_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(DeliveryResponse::from(delivery))).into_response())
 }

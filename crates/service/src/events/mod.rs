@@ -21,6 +21,9 @@ use crate::context::Service;
 /// resources owns their shapes, so it supplies this when it builds the [`Service`].
 pub type EventBodies = fn(&store::events::UnsequencedEvent) -> serde_json::Value;
 
+/// Every event type the service emits, for validation and documentation.
+pub const EVENT_TYPES: &[&str] = &domain::EventType::NAMES;
+
 /// Events sequenced in one transaction at most.
 const SEQUENCER_BATCH: i64 = 500;
 

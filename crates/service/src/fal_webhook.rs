@@ -1,0 +1,174 @@
+//! fal's completion callbacks.
+//!
+//! The raw bytes are verified (ED25519 over fal's signed message) before anything is parsed;
+//! the delivery is recorded in the inbox and applied through the one transition function in a
+//! single transaction; success is reported only after the commit, so fal retries anything we
+//! did not durably take.
+
+use sha2::{Digest, Sha256};
+use store::{JobRecord, WebhookDelivery, WebhookOutcome};
+use uuid::Uuid;
+
+use crate::context::Service;
+use crate::error::ServiceError;
+use crate::jobs::{self, FalOutcome};
+
+/// The job a callback names in the URL given to fal at submit.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackTarget {
+    pub job: Option<Uuid>,
+    /// The job's callback token.
+    pub token: Option<String>,
+}
+
+/// What became of a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Applied,
+    /// Late, duplicate or out of order for its job.
+    Ignored,
+    /// The same delivery was recorded before.
+    Duplicate,
+    /// No job matches; kept for reconciliation.
+    UnknownRequest,
+}
+
+impl CallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Duplicate => "duplicate",
+            Self::UnknownRequest => "unknown_request",
+        }
+    }
+}
+
+/// Verifies, records and applies one fal callback.
+#[tracing::instrument(
+    skip_all,
+    fields(
+        job_id = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+        avatar_id = tracing::field::Empty,
+    )
+)]
+pub async fn receive_callback(
+    service: &Service,
+    target: &CallbackTarget,
+    headers: &fal::SignatureHeaders,
+    body: &[u8],
+) -> Result<CallbackOutcome, ServiceError> {
+    let payload = verify(service, headers, body).await?;
+    let request_id = payload.request_id.clone();
+    let job = correlate(service, target, &request_id).await?;
+    if let Some(job) = &job {
+        let span = tracing::Span::current();
+        span.record("job_id", tracing::field::display(job.id));
+        span.record("tenant_id", tracing::field::display(job.tenant_id));
+        span.record("avatar_id", tracing::field::debug(job.avatar_id));
+    }
+    let delivery = WebhookDelivery {
+        fal_request_id: request_id.clone(),
+        body_sha256: hex::encode(Sha256::digest(body)),
+        fal_status: match payload.status {
+            fal::WebhookStatus::Ok => "OK".into(),
+            fal::WebhookStatus::Error => "ERROR".into(),
+        },
+        body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+    };
+    let events = match &job {
+        Some(job) => jobs::completion_events(job, &request_id, fal_outcome(payload)),
+        None => Vec::new(),
+    };
+    let outcome = service
+        .store
+        .apply_webhook(&delivery, job.as_ref().map(|j| j.id), &events)
+        .await?;
+    let outcome = match outcome {
+        WebhookOutcome::Duplicate => CallbackOutcome::Duplicate,
+        WebhookOutcome::UnknownRequest => {
+            tracing::warn!(request_id = %request_id, "fal callback for an unknown request kept for reconciliation");
+            CallbackOutcome::UnknownRequest
+        }
+        WebhookOutcome::Processed(store::EventOutcome::Applied(_)) => CallbackOutcome::Applied,
+        WebhookOutcome::Processed(_) => CallbackOutcome::Ignored,
+    };
+    service.work.notify_waiters();
+    if let Some(generation) = job.as_ref().and_then(|j| j.generation_id) {
+        crate::generation_items::announce(service, generation);
+    }
+    Ok(outcome)
+}
+
+/// Checks fal's signature over the raw bytes, then parses them.
+async fn verify(
+    service: &Service,
+    headers: &fal::SignatureHeaders,
+    body: &[u8],
+) -> Result<fal::WebhookBody, ServiceError> {
+    let Some(fal) = service.fal.as_ref() else {
+        return Err(ServiceError::unavailable(
+            "fal_not_configured",
+            "this service has no fal connection",
+        ));
+    };
+    let verified =
+        fal.verifier
+            .verify_headers(headers, body)
+            .await
+            .map_err(|error| match error {
+                fal::WebhookError::JwksUnavailable(_) => ServiceError::unavailable(
+                    "jwks_unavailable",
+                    "fal's signing keys cannot be fetched now; retry later",
+                )
+                .with_source(error),
+                fal::WebhookError::MalformedBody(_) => {
+                    ServiceError::bad_request("malformed_webhook", "the body is not a fal callback")
+                        .with_source(error)
+                }
+                other => ServiceError::new(
+                    crate::ErrorKind::Unauthenticated,
+                    "invalid_signature",
+                    "the callback's signature is missing, stale or invalid",
+                )
+                .with_source(other),
+            })?;
+    Ok(verified.body)
+}
+
+/// The job a callback is for: by our job id and token first (works before the request id is
+/// stored), then by fal's request id.
+async fn correlate(
+    service: &Service,
+    target: &CallbackTarget,
+    request_id: &str,
+) -> Result<Option<JobRecord>, ServiceError> {
+    if let (Some(id), Some(token)) = (target.job, target.token.as_deref()) {
+        if let Some(candidate) = service.store.job_by_id(id).await? {
+            let same_request = candidate
+                .fal_request_id
+                .as_deref()
+                .is_none_or(|known| known == request_id);
+            if jobs::token_matches(token, &candidate.webhook_token) && same_request {
+                return Ok(Some(candidate));
+            }
+        }
+    }
+    Ok(service.store.job_by_request_id(request_id).await?)
+}
+
+/// What fal reports about the request.
+fn fal_outcome(payload: fal::WebhookBody) -> FalOutcome {
+    match (payload.status, payload.payload) {
+        (fal::WebhookStatus::Ok, Some(result)) if !result.is_null() => {
+            FalOutcome::Succeeded(result)
+        }
+        (fal::WebhookStatus::Ok, _) => FalOutcome::SucceededWithoutPayload,
+        (fal::WebhookStatus::Error, result) => {
+            let (code, message) =
+                crate::fal_errors::failure_code(payload.error.as_deref(), result.as_ref());
+            FalOutcome::Failed { code, message }
+        }
+    }
+}
