@@ -12,9 +12,11 @@ pub mod events;
 pub mod fal_errors;
 pub mod fal_link;
 pub mod generation_items;
+pub mod generations;
 pub mod jobs;
 pub mod photos;
 pub mod training_data;
+pub mod trainings;
 pub mod workers;
 
 pub use config::{Config, ConfigError};
