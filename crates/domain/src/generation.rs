@@ -9,6 +9,9 @@ use crate::training::cost::round_usd;
 use crate::training::JobStatus;
 use crate::EventType;
 
+pub mod request;
+pub use request::{GenerationInput, GenerationRequest, RequestedSize, MAX_PROMPT_CHARS};
+
 /// Generation with LoRA weights (portrait and fast trainers).
 pub const LORA_GENERATION_ENDPOINT: &str = "fal-ai/flux-lora";
 /// Generation with a FLUX.1 [pro] finetune id.
@@ -197,12 +200,6 @@ pub fn estimate_finetune_generation_cost(num_images: u32, prices: &GenerationPri
     round_usd(f64::from(num_images) * prices.finetuned_per_image_usd)
 }
 
-/// The aspect ratios a generation may ask for; `fal-ai/flux-pro/v1.1-ultra-finetuned` takes
-/// them as they are.
-pub const ASPECT_RATIOS: [&str; 9] = [
-    "1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "21:9", "9:21",
-];
-
 /// `image_size` for `fal-ai/flux-lora`: one of fal's named sizes, or exact dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoraImageSize {
@@ -219,36 +216,79 @@ impl LoraImageSize {
     }
 }
 
-/// The flux-lora size for an aspect ratio: fal's named size where one has that ratio, else
-/// about one megapixel in exact dimensions (multiples of 16, as FLUX works in 16-pixel
-/// patches). `None` for a ratio not in [`ASPECT_RATIOS`].
-pub fn lora_size_for_aspect_ratio(ratio: &str) -> Option<LoraImageSize> {
+/// The aspect ratios a generation may ask for (`fal-ai/flux-pro/v1.1-ultra-finetuned` takes
+/// them as they are), each with its flux-lora size: fal's named size where one has that ratio,
+/// else about one megapixel in exact dimensions (multiples of 16, as FLUX works in 16-pixel
+/// patches). The one table both directions are read from.
+const ASPECT_RATIO_SIZES: [(&str, LoraImageSize); 9] = {
     use ImageSizePreset as Size;
     use LoraImageSize::{Exact, Named};
-    Some(match ratio {
-        "1:1" => Named(Size::SquareHd),
-        "3:4" => Named(Size::Portrait4x3),
-        "4:3" => Named(Size::Landscape4x3),
-        "9:16" => Named(Size::Portrait16x9),
-        "16:9" => Named(Size::Landscape16x9),
-        "2:3" => Exact {
-            width: 832,
-            height: 1248,
-        },
-        "3:2" => Exact {
-            width: 1248,
-            height: 832,
-        },
-        "21:9" => Exact {
-            width: 1568,
-            height: 672,
-        },
-        "9:21" => Exact {
-            width: 672,
-            height: 1568,
-        },
-        _ => return None,
-    })
+    [
+        ("1:1", Named(Size::SquareHd)),
+        ("3:4", Named(Size::Portrait4x3)),
+        ("4:3", Named(Size::Landscape4x3)),
+        ("9:16", Named(Size::Portrait16x9)),
+        ("16:9", Named(Size::Landscape16x9)),
+        (
+            "2:3",
+            Exact {
+                width: 832,
+                height: 1248,
+            },
+        ),
+        (
+            "3:2",
+            Exact {
+                width: 1248,
+                height: 832,
+            },
+        ),
+        (
+            "21:9",
+            Exact {
+                width: 1568,
+                height: 672,
+            },
+        ),
+        (
+            "9:21",
+            Exact {
+                width: 672,
+                height: 1568,
+            },
+        ),
+    ]
+};
+
+/// The aspect ratios a generation may ask for, in the table's order.
+pub const ASPECT_RATIOS: [&str; ASPECT_RATIO_SIZES.len()] = {
+    let mut ratios = [""; ASPECT_RATIO_SIZES.len()];
+    let mut i = 0;
+    while i < ratios.len() {
+        ratios[i] = ASPECT_RATIO_SIZES[i].0;
+        i += 1;
+    }
+    ratios
+};
+
+/// The flux-lora size for an aspect ratio; `None` for a ratio not in [`ASPECT_RATIOS`].
+pub fn lora_size_for_aspect_ratio(ratio: &str) -> Option<LoraImageSize> {
+    aspect_ratio_entry(ratio).map(|(_, size)| size)
+}
+
+fn aspect_ratio_entry(ratio: &str) -> Option<(&'static str, LoraImageSize)> {
+    ASPECT_RATIO_SIZES
+        .into_iter()
+        .find(|(known, _)| *known == ratio)
+}
+
+/// The aspect ratio of one of fal's named sizes, read backwards from the same table; `None`
+/// for a named size no ratio maps to (`square`, which `1:1` does not use).
+pub fn aspect_ratio_for_size(size: ImageSizePreset) -> Option<&'static str> {
+    ASPECT_RATIO_SIZES
+        .into_iter()
+        .find(|(_, lora_size)| *lora_size == LoraImageSize::Named(size))
+        .map(|(ratio, _)| ratio)
 }
 
 /// The prompt sent to fal: the trigger phrase first unless the prompt already holds it

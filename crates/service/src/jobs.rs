@@ -223,9 +223,11 @@ pub async fn cancel_job(
 }
 
 async fn reload(service: &Service, id: Uuid) -> Result<JobRecord, ServiceError> {
-    service.store.job_by_id(id).await?.ok_or_else(|| {
-        ServiceError::not_found("training_not_found", format!("no training with id {id}"))
-    })
+    service
+        .store
+        .job_by_id(id)
+        .await?
+        .ok_or_else(|| ServiceError::training_not_found(id))
 }
 
 /// The fal URLs of a submitted job, from what submit returned or, when only the request id is
@@ -403,4 +405,35 @@ pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseEr
 
 pub fn deadline_from_now(settings: &JobSettings) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
+}
+
+/// The tenant's avatar a job is for, or `avatar_not_found`.
+pub(crate) async fn tenant_avatar(
+    service: &Service,
+    tenant: domain::TenantId,
+    avatar_id: domain::AvatarId,
+) -> Result<domain::Avatar, ServiceError> {
+    match service.store.get_avatar(tenant, avatar_id).await {
+        Ok(avatar) => Ok(avatar),
+        Err(store::StoreError::NotFound) => Err(ServiceError::avatar_not_found(avatar_id)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A page of an avatar's records from the store (`None`: no such avatar), each loaded with what
+/// callers see of it, and whether more follow.
+pub(crate) async fn load_page<R, T, Fut>(
+    avatar_id: domain::AvatarId,
+    page: Option<(Vec<R>, bool)>,
+    load: impl Fn(R) -> Fut,
+) -> Result<(Vec<T>, bool), ServiceError>
+where
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let (records, more) = page.ok_or_else(|| ServiceError::avatar_not_found(avatar_id))?;
+    let mut loaded = Vec::with_capacity(records.len());
+    for record in records {
+        loaded.push(load(record).await?);
+    }
+    Ok((loaded, more))
 }

@@ -16,9 +16,11 @@ pub mod fal_errors;
 pub mod fal_link;
 pub mod fal_webhook;
 pub mod generation_items;
+pub mod generations;
 pub mod jobs;
 pub mod photos;
 pub mod training_data;
+pub mod trainings;
 pub mod webhook_endpoints;
 pub mod workers;
 

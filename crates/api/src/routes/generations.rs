@@ -9,12 +9,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use domain::generation::{lora_size_for_aspect_ratio, prompt_with_trigger, LoraImageSize};
-use domain::{AvatarId, GenerationPresetName, ModelType, Violations};
+use domain::generation::GenerationInput;
+use domain::AvatarId;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use store::{GenerationRecord, NewGeneration, NewGenerationItem, StoreError};
+use serde_json::Value;
+use service::generations::{Generation, ImageDownload, Started};
+use store::GenerationRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -24,10 +25,7 @@ use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 use service::generation_items::{generation_status, item_finished, latest_attempts};
-use service::jobs;
 
-/// The longest prompt accepted, in characters.
-pub const MAX_PROMPT_CHARS: usize = 2000;
 /// The longest `Prefer: wait` honoured, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
 
@@ -66,6 +64,26 @@ pub struct GenerateRequest {
     /// `1` (strictest) to `6` (finetuned avatars).
     #[schema(value_type = Option<crate::openapi::SafetyTolerance>)]
     pub safety_tolerance: Option<String>,
+}
+
+impl From<GenerateRequest> for GenerationInput {
+    fn from(request: GenerateRequest) -> Self {
+        GenerationInput {
+            prompt: request.prompt,
+            prompts: request.prompts,
+            preset: request.preset,
+            num_images: request.num_images,
+            aspect_ratio: request.aspect_ratio,
+            width: request.width,
+            height: request.height,
+            seed: request.seed,
+            output_format: request.output_format,
+            lora_scale: request.lora_scale,
+            finetune_strength: request.finetune_strength,
+            enable_safety_checker: request.enable_safety_checker,
+            safety_tolerance: request.safety_tolerance,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,28 +150,9 @@ pub struct GenerationResponse {
     pub created_at: DateTime<Utc>,
 }
 
-fn avatar_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
-}
-
-fn generation_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found(
-        "generation_not_found",
-        format!("no generation with id {id}"),
-    )
-}
-
-fn field(field: &str, code: &'static str, message: impl Into<String>) -> domain::FieldViolation {
-    domain::FieldViolation::new(field, code, message)
-}
-
-pub async fn generation_response(
-    state: &AppState,
-    generation: GenerationRecord,
-) -> Result<GenerationResponse, ApiError> {
-    let jobs = state.store.generation_jobs(generation.id).await?;
-    let images = state.store.generation_images(generation.id).await?;
-    Ok(render_generation(generation, jobs, images))
+/// The generation as callers see it.
+fn generation_view(generation: Generation) -> GenerationResponse {
+    render_generation(generation.record, generation.jobs, generation.images)
 }
 
 /// The generation as callers see it, from its row, its items' jobs and its stored images.
@@ -286,345 +285,28 @@ pub async fn create_generation(
         &headers,
         &format!("POST /avatars/{id}/generations"),
         &body,
-        || start_generation(&state, caller, AvatarId(id), &body, wait),
+        || async {
+            let request: GenerateRequest = parse_json(&body)?;
+            let input = GenerationInput::from(request);
+            let started =
+                service::generations::create(&state, caller.tenant_id, AvatarId(id), &input, wait)
+                    .await?;
+            started_response(started, wait)
+        },
     )
     .await
 }
 
-/// What a request resolves to, per model type.
-struct Plan {
-    endpoint: &'static str,
-    model_type: ModelType,
-    /// fal's input without the prompt.
-    input: Value,
-    cost_per_prompt: f64,
-}
-
-async fn start_generation(
-    state: &AppState,
-    caller: Caller,
-    avatar_id: AvatarId,
-    body: &[u8],
-    wait: Option<Duration>,
-) -> Result<Response, ApiError> {
-    let request: GenerateRequest = parse_json(body)?;
-    let avatar = match state.store.get_avatar(caller.tenant_id, avatar_id).await {
-        Ok(avatar) => avatar,
-        Err(StoreError::NotFound) => return Err(avatar_not_found(avatar_id.0)),
-        Err(error) => return Err(error.into()),
+/// 200 when the generation finished within the wait, else 202; at its Location either way.
+fn started_response(started: Started, wait: Option<Duration>) -> Result<Response, ApiError> {
+    let status = if started.finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
-    let settings = &state.settings.jobs;
-    let mut violations = Violations::default();
-    let prompts: Vec<(String, String)> = match (&request.prompt, &request.prompts) {
-        (Some(_), Some(_)) => {
-            violations.push(field(
-                "prompts",
-                "conflicting_fields",
-                "give prompt or prompts, not both",
-            ));
-            Vec::new()
-        }
-        (None, None) => {
-            violations.push(field("prompt", "required", "give prompt or prompts"));
-            Vec::new()
-        }
-        (Some(prompt), None) => vec![("prompt".to_string(), prompt.clone())],
-        (None, Some(prompts)) => {
-            if prompts.is_empty() || prompts.len() > settings.generation_max_prompts {
-                violations.push(field(
-                    "prompts",
-                    "out_of_range",
-                    format!("must hold 1 to {} prompts", settings.generation_max_prompts),
-                ));
-            }
-            prompts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("prompts[{i}]"), p.clone()))
-                .collect()
-        }
-    };
-    for (name, prompt) in &prompts {
-        let length = prompt.trim().chars().count();
-        if length == 0 {
-            violations.push(field(name, "empty", "must not be empty"));
-        } else if length > MAX_PROMPT_CHARS {
-            violations.push(field(
-                name,
-                "too_long",
-                format!("must be at most {MAX_PROMPT_CHARS} characters"),
-            ));
-        }
-    }
-    let preset = match request.preset.as_deref() {
-        None => Some(GenerationPresetName::default()),
-        Some(name) => violations.check(GenerationPresetName::parse(name).ok_or_else(|| {
-            field(
-                "preset",
-                "invalid_value",
-                "must be fast, balanced, quality, ultra or portrait",
-            )
-        })),
-    };
-    let num_images = request.num_images.unwrap_or(1);
-    if !(1..=4).contains(&num_images) {
-        violations.push(field("num_images", "out_of_range", "must be from 1 to 4"));
-    }
-    if let Some(ratio) = &request.aspect_ratio {
-        if lora_size_for_aspect_ratio(ratio).is_none() {
-            violations.push(field(
-                "aspect_ratio",
-                "invalid_value",
-                format!(
-                    "must be one of {}",
-                    domain::generation::ASPECT_RATIOS.join(", ")
-                ),
-            ));
-        }
-        if request.width.is_some() || request.height.is_some() {
-            violations.push(field(
-                "width",
-                "conflicting_fields",
-                "give aspect_ratio or width and height, not both",
-            ));
-        }
-    }
-    let model = avatar.model.clone();
-    let model_type = model.as_ref().map(|m| m.model_type);
-    match (request.width, request.height) {
-        (None, None) => {}
-        (Some(_), None) => violations.push(field("height", "required", "give it with width")),
-        (None, Some(_)) => violations.push(field("width", "required", "give it with height")),
-        (Some(width), Some(height)) => {
-            for (name, value) in [("width", width), ("height", height)] {
-                if !(256..=2048).contains(&value) {
-                    violations.push(field(name, "out_of_range", "must be from 256 to 2048"));
-                }
-            }
-            if model_type == Some(ModelType::Finetune) {
-                violations.push(field(
-                    "width",
-                    "not_supported",
-                    "finetuned avatars take aspect_ratio, not exact sizes",
-                ));
-            }
-        }
-    }
-    if let Some(format) = &request.output_format {
-        if !["jpeg", "png"].contains(&format.as_str()) {
-            violations.push(field(
-                "output_format",
-                "invalid_value",
-                "must be jpeg or png",
-            ));
-        }
-    }
-    if let Some(seed) = request.seed {
-        // fal validates seeds as signed 64-bit integers.
-        if seed > i64::MAX as u64 {
-            violations.push(field(
-                "seed",
-                "out_of_range",
-                format!("must be at most {}", i64::MAX),
-            ));
-        }
-    }
-    if let Some(scale) = request.lora_scale {
-        if !(0.0..=4.0).contains(&scale) {
-            violations.push(field("lora_scale", "out_of_range", "must be from 0 to 4"));
-        }
-        if model_type == Some(ModelType::Finetune) {
-            violations.push(field(
-                "lora_scale",
-                "not_supported",
-                "finetuned avatars take finetune_strength",
-            ));
-        }
-    }
-    if let Some(strength) = request.finetune_strength {
-        if !(0.0..=2.0).contains(&strength) {
-            violations.push(field(
-                "finetune_strength",
-                "out_of_range",
-                "must be from 0 to 2",
-            ));
-        }
-        if model_type == Some(ModelType::Lora) {
-            violations.push(field(
-                "finetune_strength",
-                "not_supported",
-                "LoRA avatars take lora_scale",
-            ));
-        }
-    }
-    if let Some(tolerance) = &request.safety_tolerance {
-        if !["1", "2", "3", "4", "5", "6"].contains(&tolerance.as_str()) {
-            violations.push(field(
-                "safety_tolerance",
-                "invalid_value",
-                "must be \"1\" to \"6\"",
-            ));
-        } else if model_type == Some(ModelType::Lora) {
-            violations.push(field(
-                "safety_tolerance",
-                "not_supported",
-                "LoRA avatars take enable_safety_checker",
-            ));
-        }
-    }
-    violations.into_result()?;
-    let preset = domain::generation_preset(preset.expect("checked"));
-    let Some(model) = model else {
-        return Err(ApiError::conflict(
-            "avatar_not_trained",
-            "the avatar has no trained model yet; train it first",
-        )
-        .with_extension("avatar_status", avatar.status.as_str()));
-    };
-    if state.fal.is_none() || settings.public_base_url.is_none() {
-        return Err(ApiError::unavailable(
-            "fal_not_configured",
-            "this service has no fal connection (FAL_KEY and PUBLIC_BASE_URL); generations cannot start",
-        ));
-    }
-    let prices = &settings.generation_prices;
-    let plan = match model.model_type {
-        ModelType::Lora => {
-            let size = match (&request.aspect_ratio, request.width, request.height) {
-                (Some(ratio), _, _) => lora_size_for_aspect_ratio(ratio).expect("checked"),
-                (None, Some(width), Some(height)) => LoraImageSize::Exact { width, height },
-                _ => LoraImageSize::Named(preset.image_size),
-            };
-            let (width, height) = size.dimensions();
-            let image_size = match size {
-                LoraImageSize::Named(named) => {
-                    fal::models::ImageSize::Preset(named.as_str().into())
-                }
-                LoraImageSize::Exact { width, height } => fal::models::ImageSize::Custom {
-                    width: Some(width),
-                    height: Some(height),
-                },
-            };
-            let input = fal::models::FluxLoraInput {
-                prompt: String::new(),
-                image_size: Some(image_size),
-                num_inference_steps: Some(preset.num_inference_steps),
-                seed: request.seed,
-                // The URL is the model's at submit time (it changes when re-uploaded).
-                loras: vec![fal::models::LoraWeight {
-                    path: String::new(),
-                    scale: Some(request.lora_scale.unwrap_or(preset.lora_scale)),
-                }],
-                guidance_scale: Some(preset.guidance_scale),
-                num_images: Some(num_images),
-                enable_safety_checker: request.enable_safety_checker,
-                output_format: request.output_format.clone(),
-                ..Default::default()
-            };
-            Plan {
-                endpoint: domain::LORA_GENERATION_ENDPOINT,
-                model_type: ModelType::Lora,
-                input: serde_json::to_value(input).map_err(ApiError::internal)?,
-                cost_per_prompt: domain::estimate_lora_generation_cost(
-                    width, height, num_images, prices,
-                ),
-            }
-        }
-        ModelType::Finetune => {
-            let finetune_id = model_finetune_id(state, model.training_id).await?;
-            let aspect_ratio = request.aspect_ratio.clone().unwrap_or_else(|| {
-                // The preset's size as a ratio: portrait presets stay portrait.
-                match preset.image_size {
-                    domain::ImageSizePreset::Portrait4x3 => "3:4",
-                    domain::ImageSizePreset::Portrait16x9 => "9:16",
-                    domain::ImageSizePreset::Landscape4x3 => "4:3",
-                    domain::ImageSizePreset::Landscape16x9 => "16:9",
-                    _ => "1:1",
-                }
-                .to_string()
-            });
-            let input = fal::models::UltraFinetunedInput {
-                prompt: String::new(),
-                finetune_id,
-                finetune_strength: request
-                    .finetune_strength
-                    .unwrap_or(preset.finetune_strength),
-                aspect_ratio: Some(aspect_ratio),
-                num_images: Some(num_images),
-                seed: request.seed,
-                safety_tolerance: request.safety_tolerance.clone(),
-                output_format: request.output_format.clone(),
-                enable_safety_checker: request.enable_safety_checker,
-                ..Default::default()
-            };
-            Plan {
-                endpoint: domain::FINETUNE_GENERATION_ENDPOINT,
-                model_type: ModelType::Finetune,
-                input: serde_json::to_value(input).map_err(ApiError::internal)?,
-                cost_per_prompt: domain::estimate_finetune_generation_cost(num_images, prices),
-            }
-        }
-    };
-    let generation_id = Uuid::now_v7();
-    let trigger = model.trigger_phrase.clone();
-    let items: Vec<NewGenerationItem> = prompts
-        .iter()
-        .map(|(_, prompt)| {
-            let mut params = plan.input.clone();
-            params["prompt"] = json!(prompt_with_trigger(prompt, &trigger));
-            NewGenerationItem {
-                job_id: Uuid::now_v7(),
-                params,
-                trigger_phrase: trigger.clone(),
-                estimated_cost_usd: Some(plan.cost_per_prompt),
-                webhook_token: jobs::new_webhook_token(),
-            }
-        })
-        .collect();
-    let mut summary = plan.input.clone();
-    if let Some(object) = summary.as_object_mut() {
-        object.remove("prompt");
-        object.remove("loras");
-        object.remove("finetune_id");
-        object.insert(
-            "prompts".into(),
-            json!(prompts.iter().map(|(_, p)| p.trim()).collect::<Vec<_>>()),
-        );
-        if plan.model_type == ModelType::Lora {
-            object.insert(
-                "lora_scale".into(),
-                json!(request.lora_scale.unwrap_or(preset.lora_scale)),
-            );
-        }
-    }
-    let total_cost = (plan.cost_per_prompt * items.len() as f64 * 10_000.0).round() / 10_000.0;
-    let new = NewGeneration {
-        id: generation_id,
-        tenant_id: caller.tenant_id,
-        avatar_id,
-        model_id: model.id,
-        model_type: plan.model_type,
-        endpoint: plan.endpoint.to_string(),
-        preset: preset.name.as_str().to_string(),
-        num_images,
-        request: summary,
-        estimated_cost_usd: Some(total_cost),
-        deadline_at: Utc::now()
-            + chrono::Duration::from_std(settings.generation_timeout)
-                .unwrap_or(chrono::Duration::minutes(10)),
-        items,
-    };
-    let generation = state.store.insert_generation(&new).await?;
-    state.work.notify_waiters();
-    let mut status = StatusCode::ACCEPTED;
-    if let Some(wait) = wait {
-        if service::generation_items::wait_finished(state, generation.id, wait).await {
-            status = StatusCode::OK;
-        }
-    }
-    let location = HeaderValue::from_str(&format!("/generations/{}", generation.id))
-        .map_err(ApiError::internal)?;
-    let body = generation_response(state, generation).await?;
+    let location = format!("/generations/{}", started.generation.record.id);
+    let location = HeaderValue::from_str(&location).map_err(ApiError::internal)?;
+    let body = generation_view(started.generation);
     let mut response = (status, [(header::LOCATION, location)], Json(body)).into_response();
     if let Some(wait) = wait {
         // RFC 7240: say which preference was honoured (and with what cap).
@@ -633,20 +315,6 @@ async fn start_generation(
         }
     }
     Ok(response)
-}
-
-async fn model_finetune_id(state: &AppState, training_id: Uuid) -> Result<String, ApiError> {
-    state
-        .store
-        .model_of_training(training_id)
-        .await?
-        .and_then(|m| m.finetune_id)
-        .ok_or_else(|| {
-            ApiError::conflict(
-                "avatar_not_trained",
-                "the avatar's model has no finetune id",
-            )
-        })
 }
 
 /// Get a generation.
@@ -668,12 +336,8 @@ pub async fn get_generation(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Json<GenerationResponse>, ApiError> {
-    let generation = match state.store.get_generation(caller.tenant_id, id).await {
-        Ok(generation) => generation,
-        Err(StoreError::NotFound) => return Err(generation_not_found(id)),
-        Err(error) => return Err(error.into()),
-    };
-    Ok(Json(generation_response(&state, generation).await?))
+    let generation = service::generations::get(&state, caller.tenant_id, id).await?;
+    Ok(Json(generation_view(generation)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -704,17 +368,19 @@ pub async fn list_generations(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (generations, more) = state
-        .store
-        .list_generations(caller.tenant_id, AvatarId(id), page.after, page.limit)
-        .await?
-        .ok_or_else(|| avatar_not_found(id))?;
-    let next_cursor = crate::pagination::next_cursor(more, generations.last().map(|g| g.id));
-    let mut items = Vec::with_capacity(generations.len());
-    for generation in generations {
-        items.push(generation_response(&state, generation).await?);
-    }
-    Ok(Json(GenerationPage { items, next_cursor }))
+    let (generations, more) = service::generations::list(
+        &state,
+        caller.tenant_id,
+        AvatarId(id),
+        page.after,
+        page.limit,
+    )
+    .await?;
+    let last = generations.last().map(|g| g.record.id);
+    Ok(Json(GenerationPage {
+        next_cursor: crate::pagination::next_cursor(more, last),
+        items: generations.into_iter().map(generation_view).collect(),
+    }))
 }
 
 /// Get a generated image.
@@ -741,35 +407,15 @@ pub async fn get_generation_image(
     caller: Caller,
     axum::extract::Path((id, index)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let not_an_image = || {
-        ApiError::not_found(
-            "image_not_found",
-            format!("no image {index:?} in this generation"),
-        )
-    };
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::not_found("not_found", format!("{id:?} is not a valid id")))?;
-    let n: i32 = index.parse().map_err(|_| not_an_image())?;
-    let generation = match state.store.get_generation(caller.tenant_id, id).await {
-        Ok(generation) => generation,
-        Err(StoreError::NotFound) => return Err(generation_not_found(id)),
-        Err(error) => return Err(error.into()),
-    };
-    let per_item = generation.num_images.max(1);
-    let image = state
-        .store
-        .generation_images(id)
-        .await?
-        .into_iter()
-        .find(|image| image.item_index * per_item + image.image_index == n)
-        .ok_or_else(not_an_image)?;
-    let stream = state.blobs.get_stream(&image.blob_key).await.map_err(|e| {
-        ApiError::unavailable(
-            "storage_unavailable",
-            "the image cannot be read now; retry later",
-        )
-        .with_source(e)
-    })?;
+    let download = service::generations::image(&state, caller.tenant_id, id, &index).await?;
+    image_response(download)
+}
+
+/// The image's bytes, streamed, with its type and length; generated images never change.
+fn image_response(download: ImageDownload) -> Result<Response, ApiError> {
+    let ImageDownload { image, bytes } = download;
     let content_type = HeaderValue::from_str(&image.content_type).map_err(ApiError::internal)?;
     Ok((
         StatusCode::OK,
@@ -781,7 +427,7 @@ pub async fn get_generation_image(
                 HeaderValue::from_static("private, max-age=31536000, immutable"),
             ),
         ],
-        Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other))),
+        Body::from_stream(bytes.map(|chunk| chunk.map_err(std::io::Error::other))),
     )
         .into_response())
 }

@@ -6,19 +6,20 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use domain::{AvatarId, JobStatus, PresetName, Trainer, TriggerPhrase, Violations};
+use domain::training::TrainingInput;
+use domain::{AvatarId, Trainer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use store::{JobRecord, NewTraining, StoreError, ONE_ACTIVE_TRAINING};
+use service::trainings::{GenerationPresetOffer, Training, TrainingPresetOffer};
+use store::JobRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, AppQuery, PathId};
 use crate::pagination::PageQuery;
-use crate::problem::{ApiError, FieldLocation, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
-use service::jobs;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +40,18 @@ pub struct TrainRequest {
     /// Train from your own ZIP of photos instead of the uploaded ones; fetched and checked
     /// before anything is spent.
     pub images_data_url: Option<String>,
+}
+
+impl From<TrainRequest> for TrainingInput {
+    fn from(request: TrainRequest) -> Self {
+        TrainingInput {
+            preset: request.preset,
+            trainer: request.trainer,
+            overrides: request.overrides,
+            trigger_phrase: request.trigger_phrase,
+            images_data_url: request.images_data_url,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,16 +111,9 @@ pub struct TrainingResponse {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-pub async fn training_response(
-    state: &AppState,
-    job: JobRecord,
-) -> Result<TrainingResponse, ApiError> {
-    let model = if job.status() == JobStatus::Succeeded {
-        state.store.model_of_training(job.id).await?
-    } else {
-        None
-    };
-    Ok(render_training(job, model))
+/// The training as callers see it.
+fn training_view(training: Training) -> TrainingResponse {
+    render_training(training.job, training.model)
 }
 
 /// The training as callers see it, from its row and (once in custody) its model.
@@ -153,18 +159,6 @@ pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> Tra
     }
 }
 
-fn avatar_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("avatar_not_found", format!("no avatar with id {id}"))
-}
-
-fn training_not_found(id: Uuid) -> ApiError {
-    ApiError::not_found("training_not_found", format!("no training with id {id}"))
-}
-
-fn field(field: &str, code: &'static str, message: impl Into<String>) -> domain::FieldViolation {
-    domain::FieldViolation::new(field, code, message)
-}
-
 /// Start a training.
 ///
 /// Checks the photo set (or your archive), picks the trainer and preset, stores the job and
@@ -207,219 +201,18 @@ pub async fn train_avatar(
         &headers,
         &format!("POST /avatars/{id}/train"),
         &body,
-        || create_training(&state, caller, AvatarId(id), &body),
+        || async {
+            let request: TrainRequest = parse_json(&body)?;
+            let input = TrainingInput::from(request);
+            let training =
+                service::trainings::create(&state, caller.tenant_id, AvatarId(id), &input).await?;
+            let location = HeaderValue::from_str(&format!("/trainings/{}", training.job.id))
+                .map_err(ApiError::internal)?;
+            let body = Json(training_view(training));
+            Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
+        },
     )
     .await
-}
-
-async fn create_training(
-    state: &AppState,
-    caller: Caller,
-    avatar_id: AvatarId,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let request: TrainRequest = parse_json(body)?;
-    let avatar = match state.store.get_avatar(caller.tenant_id, avatar_id).await {
-        Ok(avatar) => avatar,
-        Err(StoreError::NotFound) => return Err(avatar_not_found(avatar_id.0)),
-        Err(error) => return Err(error.into()),
-    };
-    let settings = &state.settings.jobs;
-    let mut violations = Violations::default();
-    let preset = match request.preset.as_deref() {
-        None => Some(PresetName::default()),
-        Some(name) => violations.check(PresetName::parse(name).ok_or_else(|| {
-            field(
-                "preset",
-                "invalid_value",
-                "must be fast, balanced or quality",
-            )
-        })),
-    };
-    let requested_trainer = match request.trainer.as_deref() {
-        None => None,
-        Some(name) => violations.check(Trainer::parse(name).ok_or_else(|| {
-            field(
-                "trainer",
-                "invalid_value",
-                "must be portrait, pro or fast_lora",
-            )
-        })),
-    };
-    let trigger_phrase = match request.trigger_phrase.as_deref() {
-        None => None,
-        Some(phrase) => violations.check(TriggerPhrase::parse("trigger_phrase", phrase)),
-    };
-    let trainer = if request.trainer.is_some() && requested_trainer.is_none() {
-        None
-    } else {
-        violations.check(domain::select_trainer(
-            &settings.selection,
-            avatar.kind,
-            requested_trainer,
-        ))
-    };
-    let params = match (trainer, preset) {
-        (Some(trainer), Some(preset)) => match domain::resolve_params_for_kind(
-            trainer,
-            preset,
-            avatar.kind,
-            request.overrides.as_ref(),
-            &settings.portrait_defaults,
-        ) {
-            Ok(params) => Some(params),
-            Err(more) => {
-                violations.0.extend(more.0);
-                None
-            }
-        },
-        _ => None,
-    };
-    if let Some(url) = &request.images_data_url {
-        if let Err(error) = state.archive_fetcher.check_url(url) {
-            violations.push(field("images_data_url", error.code(), error.to_string()));
-        }
-    }
-    violations.into_result()?;
-    let (trainer, preset, params) = (
-        trainer.expect("checked"),
-        preset.expect("checked"),
-        params.expect("checked"),
-    );
-    if state.fal.is_none() || settings.public_base_url.is_none() {
-        return Err(ApiError::unavailable(
-            "fal_not_configured",
-            "this service has no fal connection (FAL_KEY and PUBLIC_BASE_URL); trainings cannot start",
-        ));
-    }
-    if avatar.status == domain::AvatarStatus::Training {
-        return Err(training_in_progress());
-    }
-    let job_id = Uuid::now_v7();
-    let input_blob_key = match &request.images_data_url {
-        Some(url) => Some(store_callers_archive(state, caller, job_id, url).await?),
-        None => {
-            let rules = state.photo_set_rules();
-            if !rules.is_trainable(avatar.photo_count) {
-                return Err(ApiError::conflict(
-                    "photo_set_not_trainable",
-                    format!(
-                        "the avatar has {} photos; a training needs {} to {}",
-                        avatar.photo_count, rules.min_photos, rules.max_photos
-                    ),
-                )
-                .with_extension("photo_count", avatar.photo_count)
-                .with_extension("min_photos", rules.min_photos)
-                .with_extension("max_photos", rules.max_photos));
-            }
-            None
-        }
-    };
-    if let Some(deprecation) = trainer.deprecation() {
-        tracing::warn!(
-            trainer = trainer.as_str(),
-            deprecation,
-            "training with a deprecated trainer"
-        );
-    }
-    let trigger_phrase = trigger_phrase
-        .map(|t| t.as_str().to_string())
-        .unwrap_or_else(|| avatar.trigger_phrase.clone());
-    let new = NewTraining {
-        id: job_id,
-        tenant_id: caller.tenant_id,
-        avatar_id,
-        trainer: trainer.as_str().to_string(),
-        endpoint: trainer.endpoint().to_string(),
-        preset: preset.as_str().to_string(),
-        params: Value::Object(params.to_json()),
-        trigger_phrase,
-        input_blob_key: input_blob_key.clone(),
-        estimated_cost_usd: domain::estimate_training_cost(&params, &settings.prices),
-        webhook_token: jobs::new_webhook_token(),
-        deadline_at: jobs::deadline_from_now(settings),
-    };
-    let job = match state.store.insert_training(&new).await {
-        Ok(job) => job,
-        Err(error) => {
-            if let Some(key) = &input_blob_key {
-                let _ = state.blobs.delete(key).await;
-            }
-            if error.is_conflict_on(ONE_ACTIVE_TRAINING) {
-                return Err(training_in_progress());
-            }
-            return Err(error.into());
-        }
-    };
-    state.work.notify_waiters();
-    let location =
-        HeaderValue::from_str(&format!("/trainings/{}", job.id)).map_err(ApiError::internal)?;
-    let body = training_response(state, job).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(body),
-    )
-        .into_response())
-}
-
-fn training_in_progress() -> ApiError {
-    ApiError::conflict(
-        "training_in_progress",
-        "a training of this avatar is already running; wait for it or cancel it",
-    )
-}
-
-/// Fetches and checks a caller's archive and keeps it for the worker, so fal trains on exactly
-/// the bytes that were checked.
-async fn store_callers_archive(
-    state: &AppState,
-    caller: Caller,
-    job_id: Uuid,
-    url: &str,
-) -> Result<String, ApiError> {
-    let (inspection, scratch, path) =
-        match service::training_data::fetch_and_inspect(state, url).await {
-            Ok(checked) => checked,
-            Err(service::training_data::ArchiveCheckError::Fetch(error)) => {
-                return Err(ApiError::invalid_field(
-                    FieldLocation::Body,
-                    "images_data_url",
-                    error.code(),
-                    error.to_string(),
-                ))
-            }
-            Err(service::training_data::ArchiveCheckError::Archive(error)) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "archive_unusable",
-                    error.message(),
-                )
-                .with_extension("reason", error.code()))
-            }
-            Err(error) => return Err(ApiError::internal(error)),
-        };
-    if !inspection.usable {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "archive_unusable",
-            inspection.problems.join("; "),
-        )
-        .with_extension(
-            "inspection",
-            serde_json::to_value(&inspection).map_err(ApiError::internal)?,
-        ));
-    }
-    let key = format!("tenants/{}/jobs/{job_id}/input.zip", caller.tenant_id);
-    state.blobs.put_file(&key, &path).await.map_err(|e| {
-        ApiError::unavailable(
-            "storage_unavailable",
-            "the archive could not be stored; retry later",
-        )
-        .with_source(e)
-    })?;
-    drop(scratch);
-    Ok(key)
 }
 
 /// Get a training.
@@ -441,12 +234,8 @@ pub async fn get_training(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Json<TrainingResponse>, ApiError> {
-    let job = match state.store.get_job(caller.tenant_id, id).await {
-        Ok(job) if job.kind() == domain::JobKind::Training => job,
-        Ok(_) | Err(StoreError::NotFound) => return Err(training_not_found(id)),
-        Err(error) => return Err(error.into()),
-    };
-    Ok(Json(training_response(&state, job).await?))
+    let training = service::trainings::get(&state, caller.tenant_id, id).await?;
+    Ok(Json(training_view(training)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -477,17 +266,19 @@ pub async fn list_trainings(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<TrainingPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (jobs, more) = state
-        .store
-        .list_trainings(caller.tenant_id, AvatarId(id), page.after, page.limit)
-        .await?
-        .ok_or_else(|| avatar_not_found(id))?;
-    let next_cursor = crate::pagination::next_cursor(more, jobs.last().map(|j| j.id));
-    let mut items = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        items.push(training_response(&state, job).await?);
-    }
-    Ok(Json(TrainingPage { items, next_cursor }))
+    let (trainings, more) = service::trainings::list(
+        &state,
+        caller.tenant_id,
+        AvatarId(id),
+        page.after,
+        page.limit,
+    )
+    .await?;
+    let last = trainings.last().map(|t| t.job.id);
+    Ok(Json(TrainingPage {
+        next_cursor: crate::pagination::next_cursor(more, last),
+        items: trainings.into_iter().map(training_view).collect(),
+    }))
 }
 
 /// Cancel a training.
@@ -514,30 +305,8 @@ pub async fn cancel_training(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    let job = match state.store.get_job(caller.tenant_id, id).await {
-        Ok(job) if job.kind() == domain::JobKind::Training => job,
-        Ok(_) | Err(StoreError::NotFound) => return Err(training_not_found(id)),
-        Err(error) => return Err(error.into()),
-    };
-    if job.status().is_terminal() {
-        return Err(ApiError::conflict(
-            "training_finished",
-            format!("the training already ended as {}", job.status.as_str()),
-        )
-        .with_extension("training_status", job.status.as_str()));
-    }
-    let job = state.store.request_cancel(caller.tenant_id, id).await?;
-    let job = match job.status() {
-        // The worker owns an upload; it sees the request before submitting, or cancels on fal
-        // right after.
-        JobStatus::Uploading => job,
-        _ => jobs::cancel_job(&state, &job, "cancelled by the caller").await?,
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(training_response(&state, job).await?),
-    )
-        .into_response())
+    let training = service::trainings::cancel(&state, caller.tenant_id, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(training_view(training))).into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -601,46 +370,54 @@ pub struct PresetsResponse {
     )
 )]
 pub async fn list_presets(State(state): State<AppState>, _caller: Caller) -> Json<PresetsResponse> {
-    let settings = &state.settings.jobs;
-    let training = domain::training_presets(&settings.portrait_defaults)
-        .into_iter()
-        .map(|preset| TrainingPresetResponse {
-            trainer: preset.trainer.as_str().to_string(),
-            preset: preset.name.as_str().to_string(),
-            endpoint: preset.trainer.endpoint().to_string(),
-            model_type: preset.trainer.model_type().as_str().to_string(),
-            estimated_cost_usd: domain::estimate_training_cost(&preset.params, &settings.prices),
-            parameters: Value::Object(preset.params.to_json()),
-            typical_duration_seconds: preset.typical_duration.as_secs(),
-            deprecation: preset.trainer.deprecation().map(str::to_string),
-            description: preset.description.to_string(),
-        })
-        .collect();
-    let prices = domain::GenerationPrices::default();
-    let generation = domain::generation_presets()
-        .into_iter()
-        .map(|preset| {
-            let (width, height) = preset.image_size.dimensions();
-            GenerationPresetResponse {
-                preset: preset.name.as_str().to_string(),
-                lora_endpoint: domain::LORA_GENERATION_ENDPOINT.to_string(),
-                finetune_endpoint: domain::FINETUNE_GENERATION_ENDPOINT.to_string(),
-                num_inference_steps: preset.num_inference_steps,
-                guidance_scale: preset.guidance_scale,
-                image_size: preset.image_size.as_str().to_string(),
-                width,
-                height,
-                lora_scale: preset.lora_scale,
-                finetune_strength: preset.finetune_strength,
-                estimated_lora_cost_usd: domain::estimate_lora_generation_cost(
-                    width, height, 1, &prices,
-                ),
-                estimated_finetune_cost_usd: domain::estimate_finetune_generation_cost(1, &prices),
-            }
-        })
-        .collect();
+    let presets = service::trainings::presets(&state);
     Json(PresetsResponse {
-        training,
-        generation,
+        training: presets
+            .training
+            .into_iter()
+            .map(training_preset_view)
+            .collect(),
+        generation: presets
+            .generation
+            .into_iter()
+            .map(generation_preset_view)
+            .collect(),
     })
+}
+
+fn training_preset_view(offer: TrainingPresetOffer) -> TrainingPresetResponse {
+    let TrainingPresetOffer {
+        preset,
+        estimated_cost_usd,
+    } = offer;
+    TrainingPresetResponse {
+        trainer: preset.trainer.as_str().to_string(),
+        preset: preset.name.as_str().to_string(),
+        endpoint: preset.trainer.endpoint().to_string(),
+        model_type: preset.trainer.model_type().as_str().to_string(),
+        estimated_cost_usd,
+        parameters: Value::Object(preset.params.to_json()),
+        typical_duration_seconds: preset.typical_duration.as_secs(),
+        deprecation: preset.trainer.deprecation().map(str::to_string),
+        description: preset.description.to_string(),
+    }
+}
+
+fn generation_preset_view(offer: GenerationPresetOffer) -> GenerationPresetResponse {
+    let preset = offer.preset;
+    let (width, height) = preset.image_size.dimensions();
+    GenerationPresetResponse {
+        preset: preset.name.as_str().to_string(),
+        lora_endpoint: domain::LORA_GENERATION_ENDPOINT.to_string(),
+        finetune_endpoint: domain::FINETUNE_GENERATION_ENDPOINT.to_string(),
+        num_inference_steps: preset.num_inference_steps,
+        guidance_scale: preset.guidance_scale,
+        image_size: preset.image_size.as_str().to_string(),
+        width,
+        height,
+        lora_scale: preset.lora_scale,
+        finetune_strength: preset.finetune_strength,
+        estimated_lora_cost_usd: offer.estimated_lora_cost_usd,
+        estimated_finetune_cost_usd: offer.estimated_finetune_cost_usd,
+    }
 }

@@ -7,6 +7,7 @@ pub mod overrides;
 pub mod params;
 pub mod presets;
 pub mod progress;
+pub mod request;
 pub mod selection;
 pub mod trainer;
 
@@ -23,5 +24,6 @@ pub use presets::{
     training_preset, training_presets, PortraitDefaults, PresetName, TrainingPreset,
 };
 pub use progress::{progress_from_logs, progress_step_crossed};
+pub use request::{TrainingContext, TrainingInput, TrainingRequest};
 pub use selection::{adapt_to_kind, pro_mode, select_trainer, TrainerSelection};
 pub use trainer::{ModelType, Trainer};
