@@ -6,9 +6,9 @@ use chrono::SecondsFormat;
 use serde_json::{json, Value};
 use store::events::{EventSnapshot, UnsequencedEvent};
 
-use crate::routes::avatars::AvatarResponse;
-use crate::routes::generations::render_generation;
-use crate::routes::trainings::render_training;
+use crate::views::avatars::AvatarResponse;
+use crate::views::generations::render_generation;
+use crate::views::trainings::render_training;
 
 pub use service::events::EVENT_TYPES;
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::routes::photos::Warning;
+use crate::views::photos::Warning;
 
 /// A file the service refused, and why.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -3,3 +3,8 @@
 //! `GET` shows it), so they live here, where non-route code may import them.
 
 pub mod archives;
+pub mod avatars;
+pub mod generations;
+pub mod photos;
+pub mod trainings;
+pub mod webhook_endpoints;
