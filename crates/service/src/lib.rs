@@ -19,6 +19,7 @@ pub mod generation_items;
 pub mod generations;
 pub mod jobs;
 pub mod photos;
+pub mod readiness;
 pub mod training_data;
 pub mod trainings;
 pub mod webhook_endpoints;

@@ -42,29 +42,7 @@ pub async fn healthz() -> Json<HealthStatus> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
-    let reasons: Vec<String> = match state.store.readiness().await {
-        Ok(store::Readiness::Ready) => Vec::new(),
-        Ok(store::Readiness::MigrationsPending(versions)) => vec![format!(
-            "database migrations not applied: {}; run `avatars migrate`",
-            versions
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )],
-        Err(error) => {
-            tracing::warn!(error = %error, "readiness check: database unreachable");
-            vec!["database unreachable".to_string()]
-        }
-    };
-    let mut reasons = reasons;
-    if state
-        .fal
-        .as_ref()
-        .is_some_and(|fal| fal.health.key_rejected())
-    {
-        reasons.push("fal rejected the API key (fal_unauthorized); check FAL_KEY".to_string());
-    }
+    let reasons = service::readiness::not_ready_reasons(&state).await;
     if reasons.is_empty() {
         Ok(Json(HealthStatus {
             status: "ready".into(),
