@@ -1,8 +1,9 @@
 //! The OpenAPI document: pinned metadata here, operations collected from the router.
 
-use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,216 +47,87 @@ impl Modify for BearerAuth {
 }
 
 // Closed value sets the API sends and accepts as strings, documented as enums. The handlers keep
-// their string fields (and their own validation errors); these types only name the values, and
-// serialise exactly as the wire strings.
+// their string fields (and their own validation errors); these types only name the values, taken
+// from the domain's own lists where it has them, so the document cannot drift from the code.
 
-/// Where a training, or a generation's item (one fal request), is: `pending`, `uploading`,
-/// `submitted`, `in_progress`, `submit_unknown` (fal may or may not have the request; resolved
-/// by its callback, a status lookup or the deadline; never resubmitted), then `succeeded`,
-/// `failed`, `cancelled` or `timed_out`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Pending,
-    Uploading,
-    Submitted,
-    InProgress,
-    SubmitUnknown,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
+/// Declares a documentation-only string enum with the given values.
+macro_rules! closed_set {
+    ($($(#[doc = $doc:literal])+ $name:ident = $values:expr;)+) => {$(
+        $(#[doc = $doc])+
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                let description = [$($doc),+].map(str::trim).join("\n");
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some($values))
+                    .description(Some(description))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    )+};
 }
 
-/// A generation's status, from its items': `pending`, `in_progress`, `succeeded`, `failed` (no
-/// item succeeded) or `partially_succeeded`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationStatus {
-    Pending,
-    InProgress,
-    Succeeded,
-    Failed,
-    PartiallySucceeded,
-}
+closed_set! {
+    /// Where a training, or a generation's item (one fal request), is: `pending`, `uploading`,
+    /// `submitted`, `in_progress`, `submit_unknown` (fal may or may not have the request; resolved
+    /// by its callback, a status lookup or the deadline; never resubmitted), then `succeeded`,
+    /// `failed`, `cancelled` or `timed_out`.
+    JobStatus = domain::JobStatus::ALL.map(domain::JobStatus::as_str);
 
-/// A fal trainer: `portrait` (portrait LoRA), `pro` (FLUX.1 [pro] finetune) or `fast_lora`
-/// (general LoRA).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Trainer {
-    Portrait,
-    Pro,
-    FastLora,
-}
+    /// A generation's status, from its items': `pending`, `in_progress`, `succeeded`, `failed` (no
+    /// item succeeded) or `partially_succeeded`.
+    GenerationStatus = ["pending", "in_progress", "succeeded", "failed", "partially_succeeded"];
 
-/// A training preset.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TrainingPreset {
-    Fast,
-    Balanced,
-    Quality,
-}
+    /// A fal trainer: `portrait` (portrait LoRA), `pro` (FLUX.1 [pro] finetune) or `fast_lora`
+    /// (general LoRA).
+    Trainer = domain::Trainer::ALL.map(domain::Trainer::as_str);
 
-/// A generation preset.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationPreset {
-    Fast,
-    Balanced,
-    Quality,
-    Ultra,
-    Portrait,
-}
+    /// A training preset.
+    TrainingPreset = domain::PresetName::ALL.map(domain::PresetName::as_str);
 
-/// What a training produces: `lora` (a weights file the service keeps) or `finetune` (a fal
-/// finetune id).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelType {
-    Lora,
-    Finetune,
-}
+    /// A generation preset.
+    GenerationPreset = domain::GenerationPresetName::ALL.map(domain::GenerationPresetName::as_str);
 
-/// An image format, from the file's bytes.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PhotoFormat {
-    Jpeg,
-    Png,
-    Webp,
-}
+    /// What a training produces: `lora` (a weights file the service keeps) or `finetune` (a fal
+    /// finetune id).
+    ModelType = domain::ModelType::ALL.map(domain::ModelType::as_str);
 
-/// The format of generated images.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
-    Jpeg,
-    Png,
-}
+    /// An image format, from the file's bytes.
+    PhotoFormat = [domain::PhotoFormat::Jpeg, domain::PhotoFormat::Png, domain::PhotoFormat::Webp]
+        .map(domain::PhotoFormat::as_str);
 
-/// The aspect ratio of generated images.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub enum AspectRatio {
-    #[serde(rename = "1:1")]
-    Square,
-    #[serde(rename = "3:4")]
-    Portrait3x4,
-    #[serde(rename = "4:3")]
-    Landscape4x3,
-    #[serde(rename = "9:16")]
-    Portrait9x16,
-    #[serde(rename = "16:9")]
-    Landscape16x9,
-    #[serde(rename = "2:3")]
-    Portrait2x3,
-    #[serde(rename = "3:2")]
-    Landscape3x2,
-    #[serde(rename = "21:9")]
-    Landscape21x9,
-    #[serde(rename = "9:21")]
-    Portrait9x21,
-}
+    /// The format of generated images.
+    OutputFormat = ["jpeg", "png"];
 
-/// fal's safety tolerance for finetuned avatars, `1` (strictest) to `6`, as a string.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub enum SafetyTolerance {
-    #[serde(rename = "1")]
-    One,
-    #[serde(rename = "2")]
-    Two,
-    #[serde(rename = "3")]
-    Three,
-    #[serde(rename = "4")]
-    Four,
-    #[serde(rename = "5")]
-    Five,
-    #[serde(rename = "6")]
-    Six,
-}
+    /// The aspect ratio of generated images.
+    AspectRatio = domain::generation::ASPECT_RATIOS;
 
-/// One of fal's named image sizes.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageSize {
-    Square,
-    SquareHd,
-    #[serde(rename = "portrait_4_3")]
-    Portrait4x3,
-    #[serde(rename = "portrait_16_9")]
-    Portrait16x9,
-    #[serde(rename = "landscape_4_3")]
-    Landscape4x3,
-    #[serde(rename = "landscape_16_9")]
-    Landscape16x9,
-}
+    /// fal's safety tolerance for finetuned avatars, `1` (strictest) to `6`, as a string.
+    SafetyTolerance = ["1", "2", "3", "4", "5", "6"];
 
-/// The type of an event, as sent to webhook endpoints and on the event stream.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub enum EventType {
-    #[serde(rename = "training.queued")]
-    TrainingQueued,
-    #[serde(rename = "training.submitted")]
-    TrainingSubmitted,
-    #[serde(rename = "training.started")]
-    TrainingStarted,
-    #[serde(rename = "training.progress")]
-    TrainingProgress,
-    #[serde(rename = "training.succeeded")]
-    TrainingSucceeded,
-    #[serde(rename = "training.failed")]
-    TrainingFailed,
-    #[serde(rename = "training.cancelled")]
-    TrainingCancelled,
-    #[serde(rename = "training.timed_out")]
-    TrainingTimedOut,
-    #[serde(rename = "generation.queued")]
-    GenerationQueued,
-    #[serde(rename = "generation.succeeded")]
-    GenerationSucceeded,
-    #[serde(rename = "generation.failed")]
-    GenerationFailed,
-    #[serde(rename = "avatar.deleted")]
-    AvatarDeleted,
-}
+    /// One of fal's named image sizes.
+    ImageSize = domain::ImageSizePreset::ALL.map(domain::ImageSizePreset::as_str);
 
-/// The outcome of one delivery attempt: `in_flight`, `succeeded`, `failed`, or `abandoned` (the
-/// sender stopped before recording the outcome; the event is sent again with the same
-/// `webhook-id`).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    InFlight,
-    Succeeded,
-    Failed,
-    Abandoned,
-}
+    /// The type of an event, as sent to webhook endpoints and on the event stream.
+    EventType = domain::EventType::NAMES;
 
-/// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410) or
-/// `disabled_by_caller`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DisabledReason {
-    Gone,
-    DisabledByCaller,
-}
+    /// The outcome of one delivery attempt: `in_flight`, `succeeded`, `failed`, or `abandoned` (the
+    /// sender stopped before recording the outcome; the event is sent again with the same
+    /// `webhook-id`).
+    AttemptOutcome = domain::delivery::AttemptOutcome::ALL.map(domain::delivery::AttemptOutcome::as_str);
 
-/// What became of a fal callback: `applied`, `ignored` (late, duplicate or out of order),
-/// `duplicate`, or `unknown_request` (kept for reconciliation).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CallbackOutcome {
-    Applied,
-    Ignored,
-    Duplicate,
-    UnknownRequest,
-}
+    /// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410) or
+    /// `disabled_by_caller`.
+    DisabledReason = ["gone", "disabled_by_caller"];
 
-/// `ok` from the liveness check, `ready` from the readiness check.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthState {
-    Ok,
-    Ready,
+    /// What became of a fal callback: `applied`, `ignored` (late, duplicate or out of order),
+    /// `duplicate`, or `unknown_request` (kept for reconciliation).
+    CallbackOutcome = ["applied", "ignored", "duplicate", "unknown_request"];
+
+    /// `ok` from the liveness check, `ready` from the readiness check.
+    HealthState = ["ok", "ready"];
 }
