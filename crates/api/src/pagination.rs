@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use serde::Deserialize;
+use service::PageRequest;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -22,19 +23,12 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
-/// A checked page request: how many, and after which id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    pub limit: u32,
-    pub after: Option<Uuid>,
-}
-
 fn query_error(field: &str, code: &str, message: &str) -> ApiError {
     ApiError::invalid_field(FieldLocation::Query, field, code, message)
 }
 
 /// Checks the `limit` and `cursor` query parameters.
-pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<Page, ApiError> {
+pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
         return Err(query_error(
@@ -53,7 +47,18 @@ pub fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<Page, ApiError> 
             )
         })?),
     };
-    Ok(Page { limit, after })
+    Ok(PageRequest { limit, after })
+}
+
+/// A page as callers see it: each item through `view`, and the cursor of the next page when
+/// more follow.
+pub fn render<T, V>(
+    (items, more): (Vec<T>, bool),
+    id: impl Fn(&T) -> Uuid,
+    view: impl FnMut(T) -> V,
+) -> (Vec<V>, Option<String>) {
+    let cursor = next_cursor(more, items.last().map(id));
+    (items.into_iter().map(view).collect(), cursor)
 }
 
 /// The cursor of the page after the one ending with `last`, when more follow.

@@ -58,12 +58,12 @@ pub async fn list_avatars(
     service: &Service,
     tenant_id: TenantId,
     filter: &AvatarFilter,
-    after: Option<AvatarId>,
-    limit: u32,
+    page: crate::PageRequest,
 ) -> Result<(Vec<Avatar>, bool), ServiceError> {
+    let after = page.after.map(AvatarId);
     Ok(service
         .store
-        .list_avatars(tenant_id, filter, after, limit)
+        .list_avatars(tenant_id, filter, after, page.limit)
         .await?)
 }
 

@@ -268,14 +268,12 @@ pub async fn list(
     service: &Service,
     tenant: TenantId,
     avatar_id: AvatarId,
-    after: Option<Uuid>,
-    limit: u32,
+    page: crate::PageRequest,
 ) -> Result<(Vec<Generation>, bool), ServiceError> {
-    let page = service
+    let found = service
         .store
-        .list_generations(tenant, avatar_id, after, limit)
-        .await?;
-    jobs::load_page(avatar_id, page, |record| load(service, record)).await
+        .list_generations(tenant, avatar_id, page.after, page.limit);
+    jobs::load_page(avatar_id, found.await?, |record| load(service, record)).await
 }
 
 /// A stored image, ready to stream.

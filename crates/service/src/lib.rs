@@ -26,5 +26,13 @@ pub mod webhook_endpoints;
 pub mod workers;
 
 pub use config::{Config, ConfigError};
+
+/// Which page of a list: up to `limit` items after the item with id `after` (ids are
+/// time-ordered, so "after" is "older than").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<uuid::Uuid>,
+    pub limit: u32,
+}
 pub use context::{Service, Settings};
 pub use error::{ErrorKind, InputLocation, JobFailure, ServiceError, Violation};

@@ -214,14 +214,12 @@ pub async fn list(
     service: &Service,
     tenant: TenantId,
     avatar_id: AvatarId,
-    after: Option<Uuid>,
-    limit: u32,
+    page: crate::PageRequest,
 ) -> Result<(Vec<Training>, bool), ServiceError> {
-    let page = service
+    let found = service
         .store
-        .list_trainings(tenant, avatar_id, after, limit)
-        .await?;
-    jobs::load_page(avatar_id, page, |job| load(service, job)).await
+        .list_trainings(tenant, avatar_id, page.after, page.limit);
+    jobs::load_page(avatar_id, found.await?, |job| load(service, job)).await
 }
 
 /// Cancels a training: at once when not yet submitted, on fal otherwise. If fal already

@@ -189,13 +189,12 @@ pub async fn create_endpoint(
 pub async fn list_endpoints(
     service: &Service,
     tenant_id: TenantId,
-    after: Option<Uuid>,
-    limit: u32,
+    page: crate::PageRequest,
 ) -> Result<(Vec<EndpointRecord>, bool), ServiceError> {
-    Ok(service
+    let found = service
         .store
-        .list_webhook_endpoints(tenant_id, after, limit)
-        .await?)
+        .list_webhook_endpoints(tenant_id, page.after, page.limit);
+    Ok(found.await?)
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id, endpoint_id = %id))]
@@ -335,13 +334,12 @@ pub async fn list_deliveries(
     tenant_id: TenantId,
     id: Uuid,
     status: Option<&str>,
-    after: Option<Uuid>,
-    limit: u32,
+    page: crate::PageRequest,
 ) -> Result<(Vec<Delivery>, bool), ServiceError> {
     get_endpoint(service, tenant_id, id).await?;
     let (deliveries, more) = service
         .store
-        .list_deliveries(tenant_id, id, status, after, limit)
+        .list_deliveries(tenant_id, id, status, page.after, page.limit)
         .await?;
     Ok((with_attempts(service, deliveries).await?, more))
 }

@@ -123,19 +123,9 @@ pub async fn list_avatars(
         owner_ref: query.owner_ref,
         status: query.status.map(Into::into),
     };
-    let (avatars, has_more) = service::avatars::list_avatars(
-        &state,
-        caller.tenant_id,
-        &filter,
-        page.after.map(AvatarId),
-        page.limit,
-    )
-    .await?;
-    let next_cursor = crate::pagination::next_cursor(has_more, avatars.last().map(|a| a.id.0));
-    Ok(Json(AvatarPage {
-        items: avatars.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let found = service::avatars::list_avatars(&state, caller.tenant_id, &filter, page).await?;
+    let (items, next_cursor) = crate::pagination::render(found, |a| a.id.0, Into::into);
+    Ok(Json(AvatarPage { items, next_cursor }))
 }
 
 /// Get an avatar.

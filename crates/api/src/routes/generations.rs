@@ -224,19 +224,9 @@ pub async fn list_generations(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (generations, more) = service::generations::list(
-        &state,
-        caller.tenant_id,
-        AvatarId(id),
-        page.after,
-        page.limit,
-    )
-    .await?;
-    let last = generations.last().map(|g| g.record.id);
-    Ok(Json(GenerationPage {
-        next_cursor: crate::pagination::next_cursor(more, last),
-        items: generations.into_iter().map(generation_view).collect(),
-    }))
+    let found = service::generations::list(&state, caller.tenant_id, AvatarId(id), page).await?;
+    let (items, next_cursor) = crate::pagination::render(found, |g| g.record.id, generation_view);
+    Ok(Json(GenerationPage { items, next_cursor }))
 }
 
 /// Get a generated image.

@@ -155,19 +155,9 @@ pub async fn list_trainings(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<TrainingPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (trainings, more) = service::trainings::list(
-        &state,
-        caller.tenant_id,
-        AvatarId(id),
-        page.after,
-        page.limit,
-    )
-    .await?;
-    let last = trainings.last().map(|t| t.job.id);
-    Ok(Json(TrainingPage {
-        next_cursor: crate::pagination::next_cursor(more, last),
-        items: trainings.into_iter().map(training_view).collect(),
-    }))
+    let found = service::trainings::list(&state, caller.tenant_id, AvatarId(id), page).await?;
+    let (items, next_cursor) = crate::pagination::render(found, |t| t.job.id, training_view);
+    Ok(Json(TrainingPage { items, next_cursor }))
 }
 
 /// Cancel a training.

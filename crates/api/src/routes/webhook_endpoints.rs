@@ -144,13 +144,9 @@ pub async fn list_webhook_endpoints(
     AppQuery(query): AppQuery<PageQuery>,
 ) -> Result<Json<EndpointPage>, ApiError> {
     let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
-    let (endpoints, more) =
-        webhook_endpoints::list_endpoints(&state, caller.tenant_id, page.after, page.limit).await?;
-    let next_cursor = crate::pagination::next_cursor(more, endpoints.last().map(|e| e.id));
-    Ok(Json(EndpointPage {
-        items: endpoints.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let found = webhook_endpoints::list_endpoints(&state, caller.tenant_id, page).await?;
+    let (items, next_cursor) = crate::pagination::render(found, |e| e.id, Into::into);
+    Ok(Json(EndpointPage { items, next_cursor }))
 }
 
 /// Get a webhook endpoint.
@@ -307,21 +303,10 @@ pub async fn list_webhook_deliveries(
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Failed => "failed",
     });
-    let (deliveries, more) = webhook_endpoints::list_deliveries(
-        &state,
-        caller.tenant_id,
-        id,
-        status,
-        page.after,
-        page.limit,
-    )
-    .await?;
-    let next_cursor =
-        crate::pagination::next_cursor(more, deliveries.last().map(|d| d.delivery.id));
-    Ok(Json(DeliveryPage {
-        items: deliveries.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let found =
+        webhook_endpoints::list_deliveries(&state, caller.tenant_id, id, status, page).await?;
+    let (items, next_cursor) = crate::pagination::render(found, |d| d.delivery.id, Into::into);
+    Ok(Json(DeliveryPage { items, next_cursor }))
 }
 
 /// Get one delivery of an endpoint, with its attempts.
