@@ -11,6 +11,7 @@ mod openapi;
 mod operations;
 mod outbound_webhooks;
 mod photos;
+mod shutdown;
 mod swagger_ui;
 mod training_data;
 mod trainings;

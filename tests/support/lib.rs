@@ -156,6 +156,8 @@ impl TestApp {
             scratch_dir: scratch_dir.path().to_path_buf(),
             ..Settings::default()
         };
+        // Tests stop and restart apps often; the hand-over delay is for load balancers.
+        settings.shutdown.delay = Duration::ZERO;
         settings.workers.idle_poll = Duration::from_millis(50);
         settings.workers.reconcile_tick = Duration::from_millis(50);
         configure(&mut settings);
@@ -406,6 +408,18 @@ impl TestApp {
         let mut out = Vec::new();
         walk(self.blobs_dir.path(), &mut out);
         out
+    }
+
+    /// Sends the stop signal (as SIGTERM does) without waiting for the app to stop.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// This process's identity in the leases it takes.
+    pub fn worker_id(&self) -> uuid::Uuid {
+        self.running.as_ref().expect("the app runs").worker_id
     }
 
     /// Stops the server and waits for it to finish.

@@ -56,38 +56,55 @@ impl Application {
         &self.state.service
     }
 
-    /// Serves and runs the workers until `shutdown` completes; then event streams end,
-    /// in-flight requests finish and the workers stop.
+    /// Serves and runs the workers until `shutdown` completes. Then it hands over: readiness
+    /// turns false and event streams end at once; after `SHUTDOWN_DELAY` the listener closes
+    /// and in-flight requests finish; the job workers finish the job in hand and every lease
+    /// is handed back.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let workers = service::workers::spawn(self.state.service.clone());
-        let streams = self.state.service.clone();
+        let service = self.state.service.clone();
+        let workers = service::workers::spawn(service.clone());
         let limits = self.state.settings.http;
         let router = crate::router(self.state);
+        let stopping = service.clone();
         let served = crate::serve(self.listener, router, limits, async move {
             shutdown.await;
-            streams.close_event_streams();
+            stopping.begin_stopping();
+            tracing::info!("stopping: not ready; the listener closes after SHUTDOWN_DELAY");
+            tokio::time::sleep(stopping.settings.shutdown.delay).await;
         })
         .await;
-        drop(workers);
+        workers.stop(service.settings.shutdown.worker_grace).await;
+        tracing::info!("stopped");
         served
     }
 }
 
-/// The blob store named by `STORAGE_URL`, or a local directory.
+/// The blob store named by `STORAGE_URL`, or (dev mode only) a local directory. Without a
+/// default the variable is required: replicas must share one store, and a local directory
+/// silently would not be shared.
 pub fn blob_store(
     config: &service::Config,
-    default_dir: &std::path::Path,
+    default_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<store::BlobStore> {
-    let blobs = match &config.storage_url {
-        Some(url) => store::BlobStore::from_url(url).map_err(|e| service::ConfigError {
+    let blobs = match (&config.storage_url, default_dir) {
+        (Some(url), _) => store::BlobStore::from_url(url).map_err(|e| service::ConfigError {
             variable: "STORAGE_URL",
             problem: e.to_string(),
         })?,
-        None => store::BlobStore::local(default_dir)
-            .with_context(|| format!("creating the blob directory {}", default_dir.display()))?,
+        (None, Some(dir)) => store::BlobStore::local(dir)
+            .with_context(|| format!("creating the blob directory {}", dir.display()))?,
+        (None, None) => {
+            return Err(service::ConfigError {
+                variable: "STORAGE_URL",
+                problem: "required for `avatars serve`: every replica must use the same store \
+                    (s3://bucket[/prefix], or a directory all replicas share)"
+                    .into(),
+            }
+            .into())
+        }
     };
     tracing::info!(location = blobs.description(), "blob storage");
     Ok(blobs)

@@ -169,7 +169,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             tracing::info!(addr = %config.bind_addr, "serving");
             let resources = Resources {
                 store: store.clone(),
-                blobs: crate::application::blob_store(&config, std::path::Path::new("data/blobs"))?,
+                blobs: crate::application::blob_store(&config, None)?,
                 fal: production_fal(&config)?,
                 listener,
             };

@@ -88,11 +88,14 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
     println!();
     let resources = Resources {
         store: store.clone(),
-        blobs: crate::application::blob_store(&config, &data_dir.join("blobs"))?,
+        blobs: crate::application::blob_store(&config, Some(&data_dir.join("blobs")))?,
         fal: Some(fal),
         listener,
     };
-    Application::build(Settings::from_config(&config), resources)?
+    let mut settings = Settings::from_config(&config);
+    // One process on a laptop: nothing to hand over to, so Ctrl-C stops at once.
+    settings.shutdown.delay = std::time::Duration::ZERO;
+    Application::build(settings, resources)?
         .run_until_stopped(crate::shutdown_signal())
         .await?;
     if let Some(sim) = sim {

@@ -68,6 +68,26 @@ pub struct Config {
     /// Most prompts in one generation request.
     pub generation_max_prompts: usize,
     pub events: EventSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// How a stopping process hands over to the others (SIGTERM in a rolling update).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    /// Between turning not-ready and closing the listener, so load balancers stop sending
+    /// requests before connections are refused.
+    pub delay: Duration,
+    /// How long the job workers may take to finish the job in hand.
+    pub worker_grace: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(5),
+            worker_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How events reach callers: webhook delivery and live streams.
@@ -275,6 +295,17 @@ impl Config {
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
                 .unwrap_or(10),
+            shutdown: {
+                let defaults = ShutdownSettings::default();
+                ShutdownSettings {
+                    delay: env
+                        .seconds_from_zero("SHUTDOWN_DELAY", 300)?
+                        .unwrap_or(defaults.delay),
+                    worker_grace: env
+                        .seconds("SHUTDOWN_WORKER_GRACE", 1, 3600)?
+                        .unwrap_or(defaults.worker_grace),
+                }
+            },
             events: {
                 let defaults = EventSettings::default();
                 let delivery_timeout = env
@@ -438,6 +469,15 @@ impl Env<'_> {
                 |v| v.parse::<u64>().ok().filter(|n| *n >= min && *n <= max),
             )?
             .map(Duration::from_secs))
+    }
+
+    /// Like [`Env::seconds`], where zero is allowed.
+    fn seconds_from_zero(
+        &self,
+        name: &'static str,
+        max: u64,
+    ) -> Result<Option<Duration>, ConfigError> {
+        Ok(self.parse_range(name, 0, max)?.map(Duration::from_secs))
     }
 
     fn boolean(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {

@@ -17,6 +17,7 @@ pub struct Settings {
     pub events: EventSettings,
     pub jobs: JobSettings,
     pub workers: crate::workers::WorkerIntervals,
+    pub shutdown: crate::config::ShutdownSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -30,6 +31,7 @@ impl Settings {
             events: config.events,
             jobs: JobSettings::from_config(config),
             workers: crate::workers::WorkerIntervals::default(),
+            shutdown: config.shutdown,
             scratch_dir: std::env::temp_dir(),
         }
     }
@@ -69,8 +71,9 @@ pub struct Service {
     pub webhook_fetcher: Arc<safe_fetch::SafeFetcher>,
     /// Renders event bodies for the sequencer.
     pub event_bodies: crate::events::EventBodies,
-    /// Set on shutdown: event streams end, so draining connections does not wait for them.
-    streams_closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Set when the process begins to stop: it reports itself not ready, and event streams end
+    /// so draining connections does not wait for them.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Service {
@@ -111,18 +114,24 @@ impl Service {
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
-            streams_closing: Arc::new(tokio::sync::watch::channel(false).0),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
-    /// Ends every event stream of this process (they never end by themselves); clients
-    /// reconnect elsewhere with `Last-Event-ID`.
-    pub fn close_event_streams(&self) {
-        self.streams_closing.send_replace(true);
+    /// Begins a stop: readiness turns false (load balancers send no new requests) and every
+    /// event stream of this process ends (they never end by themselves; clients reconnect
+    /// elsewhere with `Last-Event-ID`).
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
     }
 
-    pub fn closing_streams(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.streams_closing.subscribe()
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Changes when the process begins to stop.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// The fal connection and the URL fal calls back, or why paid work cannot start.

@@ -96,7 +96,7 @@ pub async fn open_feed(
 ) -> Result<Feed, ServiceError> {
     // Subscribed before the first read, so nothing sequenced in between is missed.
     let wake = service.sequenced_events.subscribe();
-    let closing = service.closing_streams();
+    let closing = service.stopping();
     let after = start_position(service, tenant_id, last_event_id).await?;
     Ok(Feed {
         service: service.clone(),

@@ -27,5 +27,8 @@ pub async fn not_ready_reasons(service: &Service) -> Vec<String> {
     {
         reasons.push("fal rejected the API key (fal_unauthorized); check FAL_KEY".to_string());
     }
+    if service.is_stopping() {
+        reasons.push("shutting down".to_string());
+    }
     reasons
 }

@@ -12,6 +12,7 @@ pub mod events;
 mod generations;
 mod idempotency;
 mod jobs;
+mod leases;
 mod models;
 pub mod notifications;
 mod photos;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use domain::JobEvent;
 use store::{JobChanges, JobRecord};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::context::Service;
@@ -35,14 +36,53 @@ impl Default for WorkerIntervals {
     }
 }
 
-/// The running workers; dropping this stops them.
+/// The running workers; dropping this stops them at once, [`Workers::stop`] cleanly.
 pub struct Workers {
-    handles: Vec<JoinHandle<()>>,
+    service: Service,
+    /// The job workers, which finish the job in hand when asked to stop.
+    job_workers: Vec<JoinHandle<()>>,
+    /// Everything else (event workers, janitor): stopped at once, their work is resumable.
+    others: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Stops cleanly: no new work is claimed, each job worker finishes the job in hand (for up
+    /// to `grace`), and every lease this process holds is handed back, so another replica takes
+    /// its work over at once instead of waiting for the leases to run out.
+    pub async fn stop(mut self, grace: Duration) {
+        self.stop.send_replace(true);
+        for handle in self.others.drain(..) {
+            handle.abort();
+        }
+        let mut job_workers = std::mem::take(&mut self.job_workers);
+        let finished = tokio::time::timeout(grace, async {
+            for handle in &mut job_workers {
+                let _ = handle.await;
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("job workers did not finish in time; their jobs go back unfinished");
+            for handle in &job_workers {
+                handle.abort();
+            }
+        }
+        match self
+            .service
+            .store
+            .release_leases(self.service.worker_id)
+            .await
+        {
+            Ok(released) => tracing::info!(released, "leases handed back"),
+            Err(error) => tracing::warn!(%error, "handing back leases; they run out by themselves"),
+        }
+    }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for handle in &self.handles {
+        for handle in self.job_workers.iter().chain(&self.others) {
             handle.abort();
         }
     }
@@ -52,24 +92,38 @@ impl Drop for Workers {
 /// workers and the janitor always.
 pub fn spawn(service: Service) -> Workers {
     let intervals = service.settings.workers;
-    let mut handles = crate::events::spawn(service.clone());
-    handles.push(tokio::spawn(janitor::run(
+    let (stop, stopping) = watch::channel(false);
+    let mut others = crate::events::spawn(service.clone());
+    others.push(tokio::spawn(janitor::run(
         service.clone(),
         intervals.janitor,
     )));
+    let mut job_workers = Vec::new();
     if service.fal.is_some() {
         for queue in [JobQueue::Submit, JobQueue::Custody] {
-            handles.push(tokio::spawn(drain(service.clone(), queue)));
+            job_workers.push(tokio::spawn(drain(
+                service.clone(),
+                queue,
+                stopping.clone(),
+            )));
         }
-        handles.push(tokio::spawn(async move {
+        let (reconciling, mut stopping) = (service.clone(), stopping);
+        job_workers.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(intervals.reconcile_tick);
-            loop {
-                ticker.tick().await;
-                reconciler::reconcile_due(&service).await;
+            while !*stopping.borrow() {
+                tokio::select! {
+                    _ = ticker.tick() => reconciler::reconcile_due(&reconciling).await,
+                    _ = stopping.changed() => {}
+                }
             }
         }));
     }
-    Workers { handles }
+    Workers {
+        service,
+        job_workers,
+        others,
+        stop,
+    }
 }
 
 /// The work the job workers claim, each under a lease.
@@ -83,10 +137,10 @@ enum JobQueue {
 
 /// Claims and handles the queue's jobs until none is left, then waits for a wake-up or the
 /// idle poll.
-async fn drain(service: Service, queue: JobQueue) {
+async fn drain(service: Service, queue: JobQueue, mut stopping: watch::Receiver<bool>) {
     let (worker, lease) = (service.worker_id, service.settings.jobs.lease);
-    loop {
-        loop {
+    while !*stopping.borrow() {
+        while !*stopping.borrow() {
             let claimed = match queue {
                 JobQueue::Submit => service.store.claim_upload(worker, lease).await,
                 JobQueue::Custody => service.store.claim_custody(worker, lease).await,
@@ -104,6 +158,7 @@ async fn drain(service: Service, queue: JobQueue) {
         tokio::select! {
             _ = service.work.notified() => {},
             _ = tokio::time::sleep(service.settings.workers.idle_poll) => {},
+            _ = stopping.changed() => {},
         }
     }
 }

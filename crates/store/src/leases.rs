@@ -1,0 +1,32 @@
+//! Handing back what a stopping process holds.
+
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+impl Store {
+    /// Ends every lease `owner` holds on jobs and webhook endpoints, so other replicas may
+    /// claim that work at once. A job lease is ended rather than cleared: the claims read an
+    /// expired lease as "its worker is gone" (an upload to redo, a submit whose outcome is
+    /// unknown). Returns how many leases were handed back.
+    pub async fn release_leases(&self, owner: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let jobs = sqlx::query(
+            "UPDATE jobs SET lease_until = now() WHERE lease_owner = $1 AND lease_until > now()",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let endpoints = sqlx::query(
+            "UPDATE webhook_endpoints SET relay_owner = NULL, relay_lease_until = NULL
+             WHERE relay_owner = $1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(jobs + endpoints)
+    }
+}

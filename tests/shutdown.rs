@@ -1,0 +1,100 @@
+//! Rolling updates lose nothing: a stopping replica reports itself not ready at once, keeps
+//! answering until its listener closes, and hands back the leases it holds.
+
+use std::time::Duration;
+
+use blackbox::{FalOptions, TestApp};
+use fal_sim::RequestFaults;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_stopping_replica_is_not_ready_at_once_and_answers_until_it_closes(pool: PgPool) {
+    let mut app = TestApp::spawn_with(store::Store::new(pool), |settings| {
+        settings.shutdown.delay = Duration::from_secs(3);
+    })
+    .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    app.begin_stop();
+    let problem = app
+        .eventually("not ready while stopping", || async {
+            let response = app
+                .client
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            if status == 503 {
+                Ok(body)
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        })
+        .await;
+    assert_eq!(problem["code"], "not_ready");
+    assert!(
+        problem["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "shutting down"),
+        "{problem:#}"
+    );
+    // Requests are still served during the hand-over delay.
+    let alive = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), 200);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_clean_stop_hands_back_the_leases_it_holds(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let avatar = app.avatar_with_photos(10).await;
+    app.sim.as_ref().unwrap().fault_next_requests(
+        1,
+        None,
+        RequestFaults {
+            stall: true,
+            ..Default::default()
+        },
+    );
+    let started: Value = app
+        .request(Method::POST, &format!("/avatars/{avatar}/train"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id: uuid::Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    app.wait_for_json(&format!("/trainings/{id}"), "submitted", |t| {
+        t["status"] == "submitted"
+    })
+    .await;
+    // This replica is in the middle of work on the job (a status check, say): it holds the
+    // job's lease for longer than anyone would wait.
+    sqlx::query(
+        "UPDATE jobs SET lease_owner = $2, lease_until = now() + interval '1 hour' WHERE id = $1",
+    )
+    .bind(id)
+    .bind(app.worker_id())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    app.stop().await;
+
+    let handed_back: bool =
+        sqlx::query_scalar("SELECT lease_until <= now() FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(handed_back, "another replica may take the job over at once");
+}
