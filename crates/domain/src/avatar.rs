@@ -4,7 +4,6 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::photos::PhotoSetRules;
-use crate::training::JobStatus;
 use crate::validation::{FieldViolation, Violations};
 
 /// What an avatar depicts; it decides which trainer suits it.
@@ -90,10 +89,13 @@ impl AvatarStatus {
             },
             AvatarChange::TrainingStarted => Self::Training,
             AvatarChange::TrainingSucceeded => Self::Trained,
-            AvatarChange::TrainingEnded { status, has_model } => match self {
+            AvatarChange::TrainingEnded {
+                cancelled,
+                has_model,
+            } => match self {
                 // A failed retraining leaves a trained avatar trained: its old model works.
                 Self::Training if has_model => Self::Trained,
-                Self::Training if status == JobStatus::Cancelled => Self::Cancelled,
+                Self::Training if cancelled => Self::Cancelled,
                 Self::Training => Self::Failed,
                 other => other,
             },
@@ -110,9 +112,9 @@ pub enum AvatarChange {
     TrainingStarted,
     /// A training's model is in custody and is now its current model.
     TrainingSucceeded,
-    /// A training ended without a model (`status`: failed, cancelled or timed out);
-    /// `has_model` tells whether an earlier training's model is still its current one.
-    TrainingEnded { status: JobStatus, has_model: bool },
+    /// A training ended without a model: failed, timed out, or `cancelled`; `has_model`
+    /// tells whether an earlier training's model is still its current one.
+    TrainingEnded { cancelled: bool, has_model: bool },
 }
 
 fn has_control_chars(value: &str) -> bool {
@@ -383,27 +385,21 @@ mod tests {
     #[test]
     fn a_training_that_ends_without_a_model() {
         use AvatarStatus as S;
-        let ended = |status, has_model| AvatarChange::TrainingEnded { status, has_model };
-        assert_eq!(
-            S::Training.after(ended(JobStatus::Failed, false)),
-            S::Failed
-        );
-        assert_eq!(
-            S::Training.after(ended(JobStatus::TimedOut, false)),
-            S::Failed
-        );
-        assert_eq!(
-            S::Training.after(ended(JobStatus::Cancelled, false)),
-            S::Cancelled
-        );
-        // A retraining that fails keeps the working model.
-        for status in [JobStatus::Failed, JobStatus::Cancelled, JobStatus::TimedOut] {
-            assert_eq!(S::Training.after(ended(status, true)), S::Trained);
+        let ended = |cancelled, has_model| AvatarChange::TrainingEnded {
+            cancelled,
+            has_model,
+        };
+        // Failed or timed out.
+        assert_eq!(S::Training.after(ended(false, false)), S::Failed);
+        assert_eq!(S::Training.after(ended(true, false)), S::Cancelled);
+        // A retraining that fails or is cancelled keeps the working model.
+        for cancelled in [false, true] {
+            assert_eq!(S::Training.after(ended(cancelled, true)), S::Trained);
         }
         // An avatar no longer training is left as it is.
         for avatar in [S::Draft, S::Ready, S::Trained, S::Failed, S::Cancelled] {
-            assert_eq!(avatar.after(ended(JobStatus::Failed, false)), avatar);
-            assert_eq!(avatar.after(ended(JobStatus::Cancelled, true)), avatar);
+            assert_eq!(avatar.after(ended(false, false)), avatar);
+            assert_eq!(avatar.after(ended(true, true)), avatar);
         }
     }
 

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings};
 use crate::fal_link::FalLink;
-use crate::jobs::JobSettings;
 
 /// The one settings tree, built from [`Config`]; defaults live in `Config` alone.
 #[derive(Debug, Clone)]
@@ -16,7 +16,7 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub events: EventSettings,
     pub jobs: JobSettings,
-    pub workers: crate::workers::WorkerIntervals,
+    pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
@@ -30,7 +30,7 @@ impl Settings {
             fetch: config.fetch.clone(),
             events: config.events,
             jobs: JobSettings::from_config(config),
-            workers: crate::workers::WorkerIntervals::default(),
+            workers: WorkerIntervals::default(),
             shutdown: config.shutdown,
             scratch_dir: std::env::temp_dir(),
         }
@@ -42,6 +42,90 @@ impl Default for Settings {
         Self::from_config(&Config::default())
     }
 }
+
+/// How long a worker owns a job; longer than any single fal call it makes.
+const JOB_LEASE: Duration = Duration::from_secs(600);
+/// A generation item's budget, from creation.
+const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How jobs (trainings and generations) behave, from the configuration.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub selection: domain::TrainerSelection,
+    pub portrait_defaults: domain::PortraitDefaults,
+    pub prices: domain::TrainingPrices,
+    pub timeout: Duration,
+    pub status_check_interval: Duration,
+    /// How long a worker owns a job; longer than any single fal call it makes.
+    pub lease: Duration,
+    /// Where fal reaches this service (webhooks).
+    pub public_base_url: Option<String>,
+    /// Most prompts in one generation request (`GENERATION_MAX_PROMPTS`).
+    pub generation_max_prompts: usize,
+    /// A generation item's budget, from creation.
+    pub generation_timeout: Duration,
+    pub generation_prices: domain::GenerationPrices,
+}
+
+impl JobSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let mut selection = domain::TrainerSelection {
+            auto: config.fal.auto_model_selection,
+            ..domain::TrainerSelection::default()
+        };
+        for (kind, trainer) in &config.fal.trainer_by_kind {
+            selection = selection.with_override(*kind, *trainer);
+        }
+        let portrait = &config.fal.portrait;
+        Self {
+            selection,
+            portrait_defaults: domain::PortraitDefaults {
+                steps: portrait.steps,
+                learning_rate: portrait.learning_rate,
+                subject_crop: portrait.subject_crop,
+                create_masks: portrait.create_masks,
+                multiresolution: portrait.multiresolution,
+            },
+            prices: config.fal.prices.clone(),
+            timeout: config.fal.training_timeout,
+            status_check_interval: config.fal.status_check_interval,
+            lease: JOB_LEASE,
+            public_base_url: config.public_base_url.clone(),
+            generation_max_prompts: config.generation_max_prompts,
+            generation_timeout: GENERATION_TIMEOUT,
+            generation_prices: domain::GenerationPrices::default(),
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+/// How often idle workers look for work they were not woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIntervals {
+    pub idle_poll: Duration,
+    pub reconcile_tick: Duration,
+    /// Between clean-up rounds (abandoned uploads, deleted blobs).
+    pub janitor: Duration,
+}
+
+impl Default for WorkerIntervals {
+    fn default() -> Self {
+        Self {
+            idle_poll: Duration::from_secs(1),
+            reconcile_tick: Duration::from_secs(1),
+            janitor: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Renders an outbox row as the body callers receive. The transport that documents the
+/// resources owns their shapes, so it supplies this when it builds the [`Service`].
+pub type EventBodies = fn(&store::events::UnsequencedEvent) -> serde_json::Value;
 
 /// What every use case and worker can reach. Cheap to clone.
 #[derive(Clone)]
@@ -70,7 +154,7 @@ pub struct Service {
     /// Delivers webhooks: never follows redirects, bounded by the delivery timeout.
     pub webhook_fetcher: Arc<safe_fetch::SafeFetcher>,
     /// Renders event bodies for the sequencer.
-    pub event_bodies: crate::events::EventBodies,
+    pub event_bodies: EventBodies,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -82,7 +166,7 @@ impl Service {
         blobs: store::BlobStore,
         settings: Settings,
         fal: Option<FalLink>,
-        event_bodies: crate::events::EventBodies,
+        event_bodies: EventBodies,
     ) -> Result<Self, safe_fetch::FetchError> {
         let policy = |max_bytes: u64| safe_fetch::FetchPolicy {
             allow_http: settings.fetch.allow_http,

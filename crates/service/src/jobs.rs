@@ -2,8 +2,6 @@
 //! and cancellation. The workers and the webhook handler call into here, so every path applies
 //! the same rules.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use domain::{JobEvent, JobStatus, Trainer, TrainingParams};
 use serde_json::Value;
@@ -12,67 +10,6 @@ use uuid::Uuid;
 
 use crate::context::Service;
 use crate::error::ServiceError;
-
-/// How long a worker owns a job; longer than any single fal call it makes.
-const JOB_LEASE: Duration = Duration::from_secs(600);
-/// A generation item's budget, from creation.
-const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// How jobs (trainings and generations) behave, from the configuration.
-#[derive(Debug, Clone)]
-pub struct JobSettings {
-    pub selection: domain::TrainerSelection,
-    pub portrait_defaults: domain::PortraitDefaults,
-    pub prices: domain::TrainingPrices,
-    pub timeout: Duration,
-    pub status_check_interval: Duration,
-    /// How long a worker owns a job; longer than any single fal call it makes.
-    pub lease: Duration,
-    /// Where fal reaches this service (webhooks).
-    pub public_base_url: Option<String>,
-    /// Most prompts in one generation request (`GENERATION_MAX_PROMPTS`).
-    pub generation_max_prompts: usize,
-    /// A generation item's budget, from creation.
-    pub generation_timeout: Duration,
-    pub generation_prices: domain::GenerationPrices,
-}
-
-impl JobSettings {
-    pub fn from_config(config: &crate::Config) -> Self {
-        let mut selection = domain::TrainerSelection {
-            auto: config.fal.auto_model_selection,
-            ..domain::TrainerSelection::default()
-        };
-        for (kind, trainer) in &config.fal.trainer_by_kind {
-            selection = selection.with_override(*kind, *trainer);
-        }
-        let portrait = &config.fal.portrait;
-        Self {
-            selection,
-            portrait_defaults: domain::PortraitDefaults {
-                steps: portrait.steps,
-                learning_rate: portrait.learning_rate,
-                subject_crop: portrait.subject_crop,
-                create_masks: portrait.create_masks,
-                multiresolution: portrait.multiresolution,
-            },
-            prices: config.fal.prices.clone(),
-            timeout: config.fal.training_timeout,
-            status_check_interval: config.fal.status_check_interval,
-            lease: JOB_LEASE,
-            public_base_url: config.public_base_url.clone(),
-            generation_max_prompts: config.generation_max_prompts,
-            generation_timeout: GENERATION_TIMEOUT,
-            generation_prices: domain::GenerationPrices::default(),
-        }
-    }
-}
-
-impl Default for JobSettings {
-    fn default() -> Self {
-        Self::from_config(&crate::Config::default())
-    }
-}
 
 /// The model a Pro training's result names, or `None` when the job is not a finetune training
 /// or the result has no finetune id (then the custody worker reports it).
@@ -403,7 +340,7 @@ pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseEr
     Ok(url)
 }
 
-pub fn deadline_from_now(settings: &JobSettings) -> chrono::DateTime<Utc> {
+pub fn deadline_from_now(settings: &crate::context::JobSettings) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
 }
 

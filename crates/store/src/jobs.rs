@@ -260,7 +260,7 @@ async fn apply_event_in(
         if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
             change_avatar_status(tx, TenantId(job.tenant_id), avatar_id, |avatar| {
                 AvatarChange::TrainingEnded {
-                    status: to,
+                    cancelled: to == JobStatus::Cancelled,
                     has_model: avatar.has_model,
                 }
             })

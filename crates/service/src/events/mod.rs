@@ -17,9 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::context::Service;
 
-/// Renders an outbox row as the body callers receive. The transport that documents the
-/// resources owns their shapes, so it supplies this when it builds the [`Service`].
-pub type EventBodies = fn(&store::events::UnsequencedEvent) -> serde_json::Value;
+pub use crate::context::EventBodies;
 
 /// Every event type the service emits, for validation and documentation.
 pub const EVENT_TYPES: &[&str] = &domain::EventType::NAMES;

@@ -16,25 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::context::Service;
-
-/// How often idle workers look for work they were not woken for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerIntervals {
-    pub idle_poll: Duration,
-    pub reconcile_tick: Duration,
-    /// Between clean-up rounds (abandoned uploads, deleted blobs).
-    pub janitor: Duration,
-}
-
-impl Default for WorkerIntervals {
-    fn default() -> Self {
-        Self {
-            idle_poll: Duration::from_secs(1),
-            reconcile_tick: Duration::from_secs(1),
-            janitor: Duration::from_secs(60),
-        }
-    }
-}
+pub use crate::context::WorkerIntervals;
 
 /// The running workers; dropping this stops them at once, [`Workers::stop`] cleanly.
 pub struct Workers {
