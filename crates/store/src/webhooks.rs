@@ -133,8 +133,16 @@ impl Store {
     pub async fn create_webhook_endpoint(
         &self,
         new: &NewEndpoint,
+        max_endpoints: u32,
     ) -> Result<EndpointRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
+        crate::tenants::check_quota(
+            &mut tx,
+            new.tenant_id,
+            crate::Quota::WebhookEndpoints,
+            max_endpoints,
+        )
+        .await?;
         let endpoint: EndpointRecord = sqlx::query_as(&format!(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types)
              VALUES ($1, $2, $3, $4, $5) RETURNING {ENDPOINT_COLUMNS}"
