@@ -218,6 +218,8 @@ pub enum EventType {
     GenerationFailed,
     #[serde(rename = "avatar.deleted")]
     AvatarDeleted,
+    #[serde(rename = "webhook_endpoint.disabled")]
+    WebhookEndpointDisabled,
 }
 
 /// The outcome of one delivery attempt: `in_flight`, `succeeded`, `failed`, or `abandoned` (the
@@ -232,12 +234,13 @@ pub enum AttemptOutcome {
     Abandoned,
 }
 
-/// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410) or
-/// `disabled_by_caller`.
+/// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410), `failing` (every
+/// attempt failed for `WEBHOOK_DISABLE_AFTER`) or `disabled_by_caller`.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DisabledReason {
     Gone,
+    Failing,
     DisabledByCaller,
 }
 

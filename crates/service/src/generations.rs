@@ -71,13 +71,15 @@ pub async fn create(
     tracing::Span::current().record("generation_id", tracing::field::display(new.id));
     let limit = service.settings.tenants.max_active_generations;
     let record = match service.store.insert_generation(&new, limit).await {
-        Err(store::StoreError::QuotaReached { limit }) => return Err(ServiceError::limit_reached(
-            "generation_quota_exceeded",
-            format!(
+        Err(store::StoreError::QuotaReached { limit }) => {
+            return Err(ServiceError::limit_reached(
+                "generation_quota_exceeded",
+                format!(
                 "{limit} generations are already running for this tenant; wait for one to finish"
             ),
-            limit,
-        )),
+                limit,
+            ))
+        }
         other => other?,
     };
     service.work.notify_waiters();

@@ -41,6 +41,9 @@ pub enum EventSnapshot {
     Avatar {
         avatar: Box<domain::Avatar>,
     },
+    WebhookEndpoint {
+        endpoint: Box<crate::webhooks::EndpointRecord>,
+    },
 }
 
 /// An event waiting to be sequenced.

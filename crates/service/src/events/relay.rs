@@ -47,7 +47,12 @@ pub async fn run(service: Service) {
         if room > 0 {
             match service
                 .store
-                .claim_endpoints(service.worker_id, settings.relay_lease, room as i64)
+                .claim_endpoints(
+                    service.worker_id,
+                    settings.relay_lease,
+                    room as i64,
+                    settings.relay_tenant_slots as i64,
+                )
                 .await
             {
                 Ok(claims) => {
@@ -82,9 +87,15 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
         }
         for delivery in due {
             match attempt(&service, &claim, &delivery).await {
-                Ok(true) => {}
+                Ok(Held::Delivered) => {}
+                // A failing endpoint gives its slot up at once: its other deliveries wait for
+                // their turn behind other endpoints rather than each costing a timeout now.
+                Ok(Held::Failed) => {
+                    release(&service, &claim).await;
+                    return;
+                }
                 // Another relay holds the endpoint now, or it was disabled.
-                Ok(false) => return,
+                Ok(Held::Lost) => return,
                 Err(error) => {
                     tracing::warn!(delivery = %delivery.id, %error, "recording a delivery attempt");
                     return;
@@ -92,18 +103,31 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
             }
         }
     }
-    if let Err(error) = service.store.release_endpoint(&claim).await {
+    release(&service, &claim).await;
+}
+
+async fn release(service: &Service, claim: &EndpointClaim) {
+    if let Err(error) = service.store.release_endpoint(claim).await {
         tracing::warn!(%error, "releasing a webhook endpoint");
     }
 }
 
-/// One attempt, unless the delivery stopped being due. False when this relay no longer holds
-/// the endpoint.
+/// How an attempt left the endpoint this relay holds.
+enum Held {
+    /// Delivered, or nothing to do: go on with the next delivery.
+    Delivered,
+    /// The attempt failed: let other endpoints have the slot.
+    Failed,
+    /// Another relay holds the endpoint now, or it was disabled.
+    Lost,
+}
+
+/// One attempt, unless the delivery stopped being due.
 async fn attempt(
     service: &Service,
     claim: &EndpointClaim,
     delivery: &DueDelivery,
-) -> Result<bool, store::StoreError> {
+) -> Result<Held, store::StoreError> {
     let settings = service.settings.events;
     let started = match service
         .store
@@ -111,8 +135,8 @@ async fn attempt(
         .await?
     {
         AttemptStart::Started(started) => started,
-        AttemptStart::NotDue => return Ok(true),
-        AttemptStart::LeaseLost => return Ok(false),
+        AttemptStart::NotDue => return Ok(Held::Delivered),
+        AttemptStart::LeaseLost => return Ok(Held::Lost),
     };
     let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
     let msg_id = delivery.event_id.to_string();
@@ -131,13 +155,31 @@ async fn attempt(
         }
     }
     let sent_at = Instant::now();
-    let response = service
-        .webhook_fetcher
-        .post(&started.url, headers, body.into())
-        .await;
+    // The whole attempt (resolving, connecting, sending, reading) ends by the deadline, whatever
+    // the receiver does, so a black hole costs one timeout per attempt and no more.
+    let response = tokio::time::timeout(
+        settings.delivery_timeout,
+        service
+            .webhook_fetcher
+            .post(&started.url, headers, body.into()),
+    )
+    .await;
     let latency_ms = u32::try_from(sent_at.elapsed().as_millis()).unwrap_or(u32::MAX);
     let (result, next) = match response {
-        Ok(response) => {
+        Err(_elapsed) => (
+            AttemptResult {
+                succeeded: false,
+                status_code: None,
+                latency_ms,
+                error: Some(format!(
+                    "timeout: no answer within {} s",
+                    settings.delivery_timeout.as_secs()
+                )),
+                response_snippet: None,
+            },
+            retry_after_failure(started.try_number, None, settings),
+        ),
+        Ok(Ok(response)) => {
             let status = response.status.as_u16();
             let succeeded = response.status.is_success();
             let snippet: String = String::from_utf8_lossy(&response.body_snippet)
@@ -162,7 +204,7 @@ async fn attempt(
                 next,
             )
         }
-        Err(error) => (
+        Ok(Err(error)) => (
             AttemptResult {
                 succeeded: false,
                 status_code: None,
@@ -173,11 +215,23 @@ async fn attempt(
             retry_after_failure(started.try_number, None, settings),
         ),
     };
+    let succeeded = result.succeeded;
     service
         .store
-        .finish_attempt(claim, delivery.id, started.number, &result, next)
+        .finish_attempt(
+            claim,
+            delivery.id,
+            started.number,
+            &result,
+            next,
+            settings.disable_after,
+        )
         .await?;
-    Ok(true)
+    Ok(if succeeded {
+        Held::Delivered
+    } else {
+        Held::Failed
+    })
 }
 
 fn failure_text(status: u16) -> String {
