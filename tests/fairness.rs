@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use blackbox::receiver::{fast_events, Receiver, Reply};
-use blackbox::{problem, TestApp};
+use blackbox::{problem, FalOptions, TestApp};
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -290,4 +290,126 @@ async fn an_endpoint_failing_for_too_long_is_disabled_with_an_event(pool: PgPool
         .expect("a webhook_endpoint.disabled event");
     assert_eq!(announced["data"]["id"], bad.as_str());
     assert_eq!(announced["data"]["disabled_reason"], "failing");
+}
+
+async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.request(Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+}
+
+fn stall_next_fal_request(app: &TestApp, endpoint: Option<&str>) {
+    app.sim.as_ref().expect("simulator").fault_next_requests(
+        1,
+        endpoint,
+        fal_sim::RequestFaults {
+            stall: true,
+            ..fal_sim::RequestFaults::default()
+        },
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn running_trainings_per_tenant_are_limited(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |s| {
+        s.tenants.max_active_trainings = 1;
+    })
+    .await;
+    let first = app.avatar_with_photos(10).await;
+    let second = app.avatar_with_photos(10).await;
+    stall_next_fal_request(&app, None);
+    let started = post(&app, &format!("/avatars/{first}/train"), json!({})).await;
+    assert_eq!(started.status(), 202);
+    let (status, body) =
+        problem(post(&app, &format!("/avatars/{second}/train"), json!({})).await).await;
+    assert_eq!(status, 429, "{body:#}");
+    assert_eq!(body["code"], "training_quota_exceeded");
+    assert_eq!(body["limit"], 1);
+    let avatar = app
+        .wait_for_json(&format!("/avatars/{second}"), "untouched", |_| true)
+        .await;
+    assert_eq!(
+        avatar["status"], "ready",
+        "the refused training left no trace"
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn running_generations_per_tenant_are_limited(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |s| {
+        s.tenants.max_active_generations = 1;
+    })
+    .await;
+    let avatar = app.avatar_with_photos(10).await;
+    let trained = post(
+        &app,
+        &format!("/avatars/{avatar}/train"),
+        json!({"preset": "fast"}),
+    )
+    .await;
+    assert_eq!(trained.status(), 202);
+    app.wait_for_json(&format!("/avatars/{avatar}"), "trained", |a| {
+        a["status"] == "trained"
+    })
+    .await;
+    let path = format!("/avatars/{avatar}/generations");
+    stall_next_fal_request(&app, Some("fal-ai/flux-lora"));
+    let running = post(&app, &path, json!({"prompt": "x", "preset": "fast"})).await;
+    assert_eq!(running.status(), 202);
+    let running: Value = running.json().await.expect("json");
+    let (status, body) =
+        problem(post(&app, &path, json!({"prompt": "y", "preset": "fast"})).await).await;
+    assert_eq!(status, 429, "{body:#}");
+    assert_eq!(body["code"], "generation_quota_exceeded");
+    assert_eq!(body["limit"], 1);
+    // Once the running one finishes, the tenant may generate again.
+    let generation = running["id"].as_str().expect("id");
+    let request_id = app
+        .wait_for_json(&format!("/generations/{generation}"), "submitted", |g| {
+            g["items"][0]["fal_request_id"].is_string()
+        })
+        .await["items"][0]["fal_request_id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    assert!(app.sim.as_ref().expect("simulator").release(&request_id));
+    app.wait_for_json(&format!("/generations/{generation}"), "finished", |g| {
+        g["status"] == "succeeded"
+    })
+    .await;
+    let again = post(&app, &path, json!({"prompt": "z", "preset": "fast"})).await;
+    assert_eq!(again.status(), 202);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_attempt_that_gets_no_answer_ends_at_the_deadline_and_frees_the_slot(pool: PgPool) {
+    let black_hole = Receiver::start().await;
+    black_hole.set_default(Reply::Hold(200));
+    let app = app_with(pool, &[black_hole.addr()], |s| {
+        s.events.delivery_timeout = Duration::from_secs(1);
+        s.events.relay_lease = Duration::from_secs(2);
+    })
+    .await;
+    let endpoint = endpoint_id(&app, &app.key, &black_hole.url("/hole")).await;
+    an_event(&app, &app.key).await;
+    let deliveries = app
+        .wait_for_json(
+            &format!("/webhook-endpoints/{endpoint}/deliveries"),
+            "a second attempt after the first timed out",
+            |page| page["items"][0]["attempt_count"].as_i64() >= Some(2),
+        )
+        .await;
+    let delivery = deliveries["items"][0]["id"].as_str().expect("id");
+    let detail = app
+        .wait_for_json(
+            &format!("/webhook-endpoints/{endpoint}/deliveries/{delivery}"),
+            "the first attempt recorded",
+            |d| d["attempts"][0]["outcome"] == "failed",
+        )
+        .await;
+    let error = detail["attempts"][0]["error"].as_str().expect("error");
+    assert!(error.starts_with("timeout"), "{error}");
+    black_hole.release();
 }

@@ -168,7 +168,7 @@ fn closed_value_sets_are_documented_as_enums() {
         (
             "EndpointResponse",
             "disabled_reason",
-            strings(["gone", "disabled_by_caller"]),
+            strings(["gone", "failing", "disabled_by_caller"]),
         ),
         ("DeliveryResponse", "event_type", event_types),
         (

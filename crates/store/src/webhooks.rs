@@ -606,10 +606,12 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the endpoint up before the lease ends, so any relay may take it at once.
+    /// Gives the endpoint up before the lease ends, so any relay may take it at once. The lease
+    /// ends now rather than being cleared: claims take the longest-waiting endpoints first, so a
+    /// tenant's endpoints take turns.
     pub async fn release_endpoint(&self, claim: &EndpointClaim) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE webhook_endpoints SET relay_owner = NULL, relay_lease_until = NULL
+            "UPDATE webhook_endpoints SET relay_owner = NULL, relay_lease_until = now()
              WHERE id = $1 AND relay_owner = $2 AND relay_fence = $3",
         )
         .bind(claim.endpoint_id)

@@ -155,31 +155,15 @@ async fn attempt(
         }
     }
     let sent_at = Instant::now();
-    // The whole attempt (resolving, connecting, sending, reading) ends by the deadline, whatever
-    // the receiver does, so a black hole costs one timeout per attempt and no more.
-    let response = tokio::time::timeout(
-        settings.delivery_timeout,
-        service
-            .webhook_fetcher
-            .post(&started.url, headers, body.into()),
-    )
-    .await;
+    // The fetcher's deadline covers the whole attempt (resolving, connecting, sending,
+    // reading), so a black hole costs one `delivery_timeout` per attempt and no more.
+    let response = service
+        .webhook_fetcher
+        .post(&started.url, headers, body.into())
+        .await;
     let latency_ms = u32::try_from(sent_at.elapsed().as_millis()).unwrap_or(u32::MAX);
     let (result, next) = match response {
-        Err(_elapsed) => (
-            AttemptResult {
-                succeeded: false,
-                status_code: None,
-                latency_ms,
-                error: Some(format!(
-                    "timeout: no answer within {} s",
-                    settings.delivery_timeout.as_secs()
-                )),
-                response_snippet: None,
-            },
-            retry_after_failure(started.try_number, None, settings),
-        ),
-        Ok(Ok(response)) => {
+        Ok(response) => {
             let status = response.status.as_u16();
             let succeeded = response.status.is_success();
             let snippet: String = String::from_utf8_lossy(&response.body_snippet)
@@ -204,7 +188,7 @@ async fn attempt(
                 next,
             )
         }
-        Ok(Err(error)) => (
+        Err(error) => (
             AttemptResult {
                 succeeded: false,
                 status_code: None,
