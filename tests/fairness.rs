@@ -250,9 +250,15 @@ async fn black_holed_endpoints_of_one_tenant_do_not_hold_up_another(pool: PgPool
         .await;
     let other = app.new_key("tenant-b").await;
     endpoint_id(&app, &other, &healthy.url("/b")).await;
+    let sent = std::time::Instant::now();
     an_event(&app, &other).await;
     // Delivered while every attempt to the black hole is still waiting for its answer.
     healthy.wait_for_requests_to("/b", 1, DEADLINE).await;
+    println!(
+        "another tenant's delivery arrived {:?} after its event, beside {} held attempts",
+        sent.elapsed(),
+        black_hole.requests().len()
+    );
     let slots = app.running().settings.events.relay_tenant_slots;
     assert!(
         black_hole.requests().len() <= slots,
