@@ -48,6 +48,14 @@ fn every_operation_is_documented_with_errors_and_security() {
                     "{method} {path}"
                 );
             }
+            if operation["security"][0]["api_key"].is_array() {
+                let limited = &operation["responses"]["429"];
+                assert_eq!(
+                    limited["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{method} {path} documents its 429"
+                );
+            }
         }
     }
     assert_eq!(
@@ -168,7 +176,7 @@ fn closed_value_sets_are_documented_as_enums() {
         (
             "EndpointResponse",
             "disabled_reason",
-            strings(["gone", "disabled_by_caller"]),
+            strings(["gone", "failing", "disabled_by_caller"]),
         ),
         ("DeliveryResponse", "event_type", event_types),
         (

@@ -159,6 +159,9 @@ impl TestApp {
         // Tests stop and restart apps often; the hand-over delay is for load balancers.
         settings.shutdown.delay = Duration::ZERO;
         settings.workers.idle_poll = Duration::from_millis(50);
+        // Tests drive the API far faster than a client would; those about limits set them.
+        settings.tenants.key_requests_per_second = 100_000;
+        settings.tenants.key_request_burst = 100_000;
         settings.workers.reconcile_tick = Duration::from_millis(50);
         configure(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -248,6 +251,11 @@ impl TestApp {
             .await
             .expect("create key");
         key.expose_secret().to_string()
+    }
+
+    /// The running application layer, to look at what it holds in memory.
+    pub fn running(&self) -> &service::Service {
+        self.running.as_ref().expect("the app is running")
     }
 
     /// The application layer on this app's database, blobs and settings, for tests that call

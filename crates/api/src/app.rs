@@ -76,7 +76,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the service.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    crate::openapi::document_rate_limits(documented_routes().split_for_parts().1)
 }
 
 /// The spec as committed in `openapi/openapi.json`.
@@ -93,6 +93,7 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     let limits = state.settings.http;
     let (api, spec) = documented_routes().split_for_parts();
+    let spec = crate::openapi::document_rate_limits(spec);
     // Layers listed first run innermost.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { StatusCode::NOT_FOUND })

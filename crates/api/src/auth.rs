@@ -85,6 +85,7 @@ impl FromRequestParts<AppState> for Caller {
             Some(key) => {
                 tracing::Span::current()
                     .record("tenant_id", tracing::field::display(key.tenant_id));
+                state.rate_limits.check(key.key_id)?;
                 Ok(Caller {
                     tenant_id: key.tenant_id,
                     key_id: key.key_id,

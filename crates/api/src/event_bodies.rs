@@ -39,5 +39,8 @@ fn resource(snapshot: EventSnapshot) -> Result<Value, serde_json::Error> {
             images,
         } => serde_json::to_value(render_generation(generation, jobs, images)),
         EventSnapshot::Avatar { avatar } => serde_json::to_value(AvatarResponse::from(*avatar)),
+        EventSnapshot::WebhookEndpoint { endpoint } => serde_json::to_value(
+            crate::views::webhook_endpoints::EndpointResponse::from(*endpoint),
+        ),
     }
 }

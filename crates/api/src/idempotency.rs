@@ -67,7 +67,8 @@ where
         Ok(response) => response.status(),
         Err(error) => error.status(),
     };
-    if status.is_server_error() {
+    // A quota refusal is transient like a 5xx: the same key must be able to succeed later.
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         state.store.release_idempotency_key(tenant, &key).await?;
         return outcome;
     }

@@ -120,9 +120,9 @@ closed_set! {
     /// `webhook-id`).
     AttemptOutcome = domain::delivery::AttemptOutcome::ALL.map(domain::delivery::AttemptOutcome::as_str);
 
-    /// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410) or
-    /// `disabled_by_caller`.
-    DisabledReason = ["gone", "disabled_by_caller"];
+    /// Why a webhook endpoint is disabled: `gone` (the endpoint answered 410), `failing` (every
+    /// attempt failed for `WEBHOOK_DISABLE_AFTER`) or `disabled_by_caller`.
+    DisabledReason = ["gone", "failing", "disabled_by_caller"];
 
     /// What became of a fal callback: `applied`, `ignored` (late, duplicate or out of order),
     /// `duplicate`, or `unknown_request` (kept for reconciliation).
@@ -130,4 +130,47 @@ closed_set! {
 
     /// `ok` from the liveness check, `ready` from the readiness check.
     HealthState = ["ok", "ready"];
+}
+
+/// Adds the 429 every authenticated operation may answer (the key's request rate, see
+/// [`crate::rate_limit`]) to those that do not document their own.
+pub fn document_rate_limits(mut spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::header::Header;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type};
+    let integer = || Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer));
+    let text = || Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String));
+    let response = ResponseBuilder::new()
+        .description(
+            "The key's request rate is at its limit (`rate_limited`); retry after `Retry-After` seconds",
+        )
+        .header("Retry-After", integer())
+        .header("RateLimit", text())
+        .header("RateLimit-Policy", text())
+        .content(
+            crate::problem::PROBLEM_CONTENT_TYPE,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for item in spec.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            if authenticated {
+                operation
+                    .responses
+                    .responses
+                    .entry("429".to_string())
+                    .or_insert_with(|| response.clone().into());
+            }
+        }
+    }
+    spec
 }

@@ -3,19 +3,22 @@
 use std::sync::Arc;
 
 use crate::metrics::HttpMetrics;
+use crate::rate_limit::KeyRateLimits;
 
 /// The router's state. Cheap to clone; derefs to the [`service::Service`] it wraps.
 #[derive(Clone)]
 pub struct AppState {
     pub service: service::Service,
     pub metrics: Arc<HttpMetrics>,
+    pub rate_limits: Arc<KeyRateLimits>,
 }
 
 impl AppState {
     pub fn new(service: service::Service) -> Self {
         Self {
-            service,
             metrics: Arc::new(HttpMetrics::new()),
+            rate_limits: Arc::new(KeyRateLimits::new(&service.settings.tenants)),
+            service,
         }
     }
 }

@@ -31,11 +31,13 @@ pub enum EventType {
     GenerationFailed,
     #[serde(rename = "avatar.deleted")]
     AvatarDeleted,
+    #[serde(rename = "webhook_endpoint.disabled")]
+    WebhookEndpointDisabled,
 }
 
 impl EventType {
     /// Every event type the service emits, in documentation order.
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         Self::TrainingQueued,
         Self::TrainingSubmitted,
         Self::TrainingStarted,
@@ -48,11 +50,12 @@ impl EventType {
         Self::GenerationSucceeded,
         Self::GenerationFailed,
         Self::AvatarDeleted,
+        Self::WebhookEndpointDisabled,
     ];
 
     /// The names of [`EventType::ALL`], in the same order.
-    pub const NAMES: [&'static str; 12] = {
-        let mut names = [""; 12];
+    pub const NAMES: [&'static str; 13] = {
+        let mut names = [""; 13];
         let mut i = 0;
         while i < names.len() {
             names[i] = Self::ALL[i].as_str();
@@ -75,6 +78,7 @@ impl EventType {
             Self::GenerationSucceeded => "generation.succeeded",
             Self::GenerationFailed => "generation.failed",
             Self::AvatarDeleted => "avatar.deleted",
+            Self::WebhookEndpointDisabled => "webhook_endpoint.disabled",
         }
     }
 

@@ -69,6 +69,7 @@ pub struct Config {
     pub generation_max_prompts: usize,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
+    pub tenants: TenantLimits,
 }
 
 /// How a stopping process hands over to the others (SIGTERM in a rolling update).
@@ -86,6 +87,36 @@ impl Default for ShutdownSettings {
         Self {
             delay: Duration::from_secs(5),
             worker_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one tenant (or one of its API keys) may take of the service, so no tenant can crowd
+/// out the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Requests per second one API key may make, on average.
+    pub key_requests_per_second: u32,
+    /// Requests one API key may make at once after being idle.
+    pub key_request_burst: u32,
+    /// Trainings of one tenant not yet finished.
+    pub max_active_trainings: u32,
+    /// Generations of one tenant with images still being made.
+    pub max_active_generations: u32,
+    pub max_webhook_endpoints: u32,
+    /// Open event streams of one tenant on one replica.
+    pub max_event_streams: u32,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            key_requests_per_second: 20,
+            key_request_burst: 40,
+            max_active_trainings: 5,
+            max_active_generations: 20,
+            max_webhook_endpoints: 10,
+            max_event_streams: 5,
         }
     }
 }
@@ -109,6 +140,13 @@ pub struct EventSettings {
     pub heartbeat: Duration,
     /// Endpoints one relay delivers to at the same time.
     pub relay_concurrency: usize,
+    /// Of those, how many may belong to one tenant, so one tenant's slow endpoints cannot
+    /// hold every slot.
+    pub relay_tenant_slots: usize,
+    /// An endpoint whose every attempt failed for this long is disabled.
+    pub disable_after: Duration,
+    /// How often open event streams are checked for revoked keys.
+    pub stream_key_check: Duration,
 }
 
 impl Default for EventSettings {
@@ -121,6 +159,9 @@ impl Default for EventSettings {
             sequencer_poll: Duration::from_millis(100),
             heartbeat: Duration::from_secs(15),
             relay_concurrency: 16,
+            relay_tenant_slots: 4,
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            stream_key_check: Duration::from_secs(2),
         }
     }
 }
@@ -324,7 +365,29 @@ impl Config {
                         ),
                     });
                 }
+                let relay_concurrency = env
+                    .parse_range("WEBHOOK_CONCURRENCY", 1, 1024)?
+                    .unwrap_or(defaults.relay_concurrency);
+                let relay_tenant_slots = env
+                    .parse_range("WEBHOOK_TENANT_SLOTS", 1, 1024)?
+                    .unwrap_or(defaults.relay_tenant_slots.min(relay_concurrency));
+                if relay_tenant_slots > relay_concurrency {
+                    return Err(ConfigError {
+                        variable: "WEBHOOK_TENANT_SLOTS",
+                        problem: format!(
+                            "must not exceed WEBHOOK_CONCURRENCY ({relay_concurrency}), got {relay_tenant_slots}"
+                        ),
+                    });
+                }
                 EventSettings {
+                    relay_concurrency,
+                    relay_tenant_slots,
+                    disable_after: env
+                        .seconds("WEBHOOK_DISABLE_AFTER", 1, 365 * 24 * 3600)?
+                        .unwrap_or(defaults.disable_after),
+                    stream_key_check: env
+                        .seconds("EVENTS_KEY_CHECK_INTERVAL", 1, 300)?
+                        .unwrap_or(defaults.stream_key_check),
                     retry_scale: env
                         .parse_with(
                             "WEBHOOK_RETRY_SCALE",
@@ -342,6 +405,29 @@ impl Config {
                         .seconds("EVENTS_HEARTBEAT", 1, 300)?
                         .unwrap_or(defaults.heartbeat),
                     ..defaults
+                }
+            },
+            tenants: {
+                let defaults = TenantLimits::default();
+                TenantLimits {
+                    key_requests_per_second: env
+                        .parse_range("API_KEY_RATE_PER_SECOND", 1, 100_000)?
+                        .unwrap_or(defaults.key_requests_per_second),
+                    key_request_burst: env
+                        .parse_range("API_KEY_RATE_BURST", 1, 100_000)?
+                        .unwrap_or(defaults.key_request_burst),
+                    max_active_trainings: env
+                        .parse_range("TENANT_MAX_ACTIVE_TRAININGS", 1, 10_000)?
+                        .unwrap_or(defaults.max_active_trainings),
+                    max_active_generations: env
+                        .parse_range("TENANT_MAX_ACTIVE_GENERATIONS", 1, 100_000)?
+                        .unwrap_or(defaults.max_active_generations),
+                    max_webhook_endpoints: env
+                        .parse_range("TENANT_MAX_WEBHOOK_ENDPOINTS", 1, 1000)?
+                        .unwrap_or(defaults.max_webhook_endpoints),
+                    max_event_streams: env
+                        .parse_range("TENANT_MAX_EVENT_STREAMS", 1, 10_000)?
+                        .unwrap_or(defaults.max_event_streams),
                 }
             },
             fal: FalSettings {
@@ -549,6 +635,11 @@ mod tests {
             ("FAL_TRAINER_BY_KIND", "style=robot"),
             ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
             ("GENERATION_MAX_PROMPTS", "0"),
+            ("API_KEY_RATE_PER_SECOND", "0"),
+            ("TENANT_MAX_WEBHOOK_ENDPOINTS", "0"),
+            ("TENANT_MAX_EVENT_STREAMS", "many"),
+            ("WEBHOOK_DISABLE_AFTER", "0"),
+            ("WEBHOOK_CONCURRENCY", "0"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name);
@@ -565,6 +656,21 @@ mod tests {
         assert_eq!(error.variable, "AVATAR_MAX_PHOTOS");
         let ok = config(&[("AVATAR_MIN_PHOTOS", "4"), ("AVATAR_MAX_PHOTOS", "8")]).unwrap();
         assert_eq!((ok.photos.min_photos, ok.photos.max_photos), (4, 8));
+    }
+
+    #[test]
+    fn tenant_slots_fit_in_the_relay() {
+        let error =
+            config(&[("WEBHOOK_CONCURRENCY", "4"), ("WEBHOOK_TENANT_SLOTS", "5")]).unwrap_err();
+        assert_eq!(error.variable, "WEBHOOK_TENANT_SLOTS");
+        let small = config(&[("WEBHOOK_CONCURRENCY", "2")]).unwrap();
+        assert_eq!(small.events.relay_tenant_slots, 2);
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.tenants.max_webhook_endpoints, 10);
+        assert_eq!(
+            defaults.events.disable_after,
+            Duration::from_secs(5 * 24 * 3600)
+        );
     }
 
     #[test]

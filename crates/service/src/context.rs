@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings};
+use crate::config::{
+    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, TenantLimits,
+};
 use crate::fal_link::FalLink;
 
 /// The one settings tree, built from [`Config`]; defaults live in `Config` alone.
@@ -15,6 +17,7 @@ pub struct Settings {
     pub photos: PhotoSettings,
     pub fetch: FetchSettings,
     pub events: EventSettings,
+    pub tenants: TenantLimits,
     pub jobs: JobSettings,
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
@@ -29,6 +32,7 @@ impl Settings {
             photos: config.photos,
             fetch: config.fetch.clone(),
             events: config.events,
+            tenants: config.tenants,
             jobs: JobSettings::from_config(config),
             workers: WorkerIntervals::default(),
             shutdown: config.shutdown,
@@ -149,6 +153,8 @@ pub struct Service {
     /// Announces the highest sequenced event position (from any replica, through Postgres
     /// NOTIFY), waking event streams.
     pub sequenced_events: tokio::sync::broadcast::Sender<i64>,
+    /// This process's open event streams, woken per tenant.
+    pub streams: Arc<crate::event_streams::StreamRegistry>,
     /// Wakes the webhook relay when deliveries may have fallen due.
     pub relay_wake: Arc<tokio::sync::Notify>,
     /// Delivers webhooks: never follows redirects, bounded by the delivery timeout.
@@ -195,6 +201,7 @@ impl Service {
             worker_id: uuid::Uuid::new_v4(),
             generation_events: tokio::sync::broadcast::channel(1024).0,
             sequenced_events: tokio::sync::broadcast::channel(1024).0,
+            streams: Arc::default(),
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,

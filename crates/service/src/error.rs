@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Conflict,
     /// The input is larger than allowed.
     TooLarge,
+    /// The caller reached one of its limits (a rate or a quota); `retry_after` says when a
+    /// retry can succeed, if the limit is a rate.
+    LimitReached,
     /// A dependency is down; retry later.
     Unavailable,
     /// A bug or an unexpected failure; logged, never explained to the caller.
@@ -88,6 +91,10 @@ impl ServiceError {
 
     pub fn too_large(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::TooLarge, code, detail)
+    }
+
+    pub fn limit_reached(code: &'static str, detail: impl Into<String>, limit: u32) -> Self {
+        Self::new(ErrorKind::LimitReached, code, detail).with_extension("limit", limit)
     }
 
     pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {

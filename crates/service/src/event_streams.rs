@@ -1,12 +1,16 @@
 //! A tenant's events as a live feed, from every replica and resumable from an event id. The
 //! transport frames them (Server-Sent Events in the HTTP API).
+//!
+//! Feeds do not poll the database on their own: the process's one router
+//! ([`crate::events`]) learns which tenants have new events and wakes only their feeds, and
+//! checks the keys of open feeds, ending those whose key was revoked.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
-use domain::TenantId;
+use domain::{ApiKeyId, TenantId};
 use store::events::{EventFilter, SequencedEvent};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::context::Service;
@@ -15,9 +19,137 @@ use crate::events::EVENT_TYPES;
 
 /// Events read per query.
 const PAGE: i64 = 100;
-/// A feed looks for events this often even without a notification, in case one was missed
-/// (say, while the listener reconnected).
-const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// The open feeds of this process, by tenant.
+#[derive(Default)]
+pub struct StreamRegistry {
+    tenants: Mutex<HashMap<TenantId, TenantStreams>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+struct TenantStreams {
+    /// Bumped when the tenant has new events.
+    wake: watch::Sender<u64>,
+    /// Each open feed: its key, and its signal to end.
+    open: HashMap<u64, (ApiKeyId, watch::Sender<bool>)>,
+}
+
+impl StreamRegistry {
+    fn register(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        key: ApiKeyId,
+        limit: u32,
+    ) -> Result<Registration, ServiceError> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let streams = tenants.entry(tenant).or_insert_with(|| TenantStreams {
+            wake: watch::channel(0).0,
+            open: HashMap::new(),
+        });
+        if streams.open.len() >= limit as usize {
+            return Err(ServiceError::limit_reached(
+                "event_stream_quota_exceeded",
+                format!("this tenant already has {limit} open event streams; close one first"),
+                limit,
+            ));
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (end, ended) = watch::channel(false);
+        streams.open.insert(id, (key, end));
+        Ok(Registration {
+            ticket: StreamTicket {
+                registry: self.clone(),
+                tenant,
+                id,
+            },
+            wake: streams.wake.subscribe(),
+            ended,
+        })
+    }
+
+    /// Wakes the feeds of these tenants.
+    pub fn wake(&self, tenants: &[TenantId]) {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        for tenant in tenants {
+            if let Some(streams) = registered.get(tenant) {
+                streams.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Wakes every feed (after notifications may have been missed).
+    pub fn wake_all(&self) {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        for streams in registered.values() {
+            streams.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Whether any feed is open: otherwise nobody needs waking.
+    pub fn is_empty(&self) -> bool {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// How many times this tenant's feeds were woken (0 when none is open).
+    pub fn wakeups(&self, tenant: TenantId) -> u64 {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        registered.get(&tenant).map_or(0, |s| *s.wake.borrow())
+    }
+
+    /// The keys of every open feed.
+    pub fn keys(&self) -> Vec<ApiKeyId> {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: HashSet<ApiKeyId> = registered
+            .values()
+            .flat_map(|s| s.open.values().map(|(key, _)| *key))
+            .collect();
+        keys.into_iter().collect()
+    }
+
+    /// Ends the feeds opened with a key not in `live`.
+    pub fn end_all_but(&self, live: &[ApiKeyId]) {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, end) in registered.values().flat_map(|s| s.open.values()) {
+            if !live.contains(key) {
+                end.send_replace(true);
+            }
+        }
+    }
+
+    fn unregister(&self, tenant: TenantId, id: u64) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(streams) = tenants.get_mut(&tenant) {
+            streams.open.remove(&id);
+            if streams.open.is_empty() {
+                tenants.remove(&tenant);
+            }
+        }
+    }
+}
+
+struct Registration {
+    ticket: StreamTicket,
+    wake: watch::Receiver<u64>,
+    ended: watch::Receiver<bool>,
+}
+
+/// A feed's place in the registry, given back when the feed is dropped.
+struct StreamTicket {
+    registry: Arc<StreamRegistry>,
+    tenant: TenantId,
+    id: u64,
+}
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        self.registry.unregister(self.tenant, self.id);
+    }
+}
 
 /// Which events a feed carries, from the caller's filters; `types` is comma-separated.
 pub fn event_filter(
@@ -87,15 +219,20 @@ async fn start_position(
 }
 
 /// Opens a tenant's feed: every later event matching `filter`, in sequence order, then live.
+/// It ends when `key` is revoked. A tenant has at most its limit of feeds open per replica.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 pub async fn open_feed(
     service: &Service,
     tenant_id: TenantId,
+    key: ApiKeyId,
     filter: EventFilter,
     last_event_id: Option<&str>,
 ) -> Result<Feed, ServiceError> {
-    // Subscribed before the first read, so nothing sequenced in between is missed.
-    let wake = service.sequenced_events.subscribe();
+    // Registered before the first read, so nothing sequenced in between is missed.
+    let registration =
+        service
+            .streams
+            .register(tenant_id, key, service.settings.tenants.max_event_streams)?;
     let closing = service.stopping();
     let after = start_position(service, tenant_id, last_event_id).await?;
     Ok(Feed {
@@ -104,7 +241,9 @@ pub async fn open_feed(
         filter,
         after,
         buffered: VecDeque::new(),
-        wake,
+        wake: registration.wake,
+        ended: registration.ended,
+        _ticket: registration.ticket,
         closing,
     })
 }
@@ -116,8 +255,11 @@ pub struct Feed {
     filter: EventFilter,
     after: i64,
     buffered: VecDeque<SequencedEvent>,
-    wake: broadcast::Receiver<i64>,
-    closing: tokio::sync::watch::Receiver<bool>,
+    wake: watch::Receiver<u64>,
+    /// Set when the feed's key was revoked.
+    ended: watch::Receiver<bool>,
+    _ticket: StreamTicket,
+    closing: watch::Receiver<bool>,
 }
 
 impl Feed {
@@ -129,7 +271,7 @@ impl Feed {
                 self.after = event.position;
                 return Some(event);
             }
-            if *self.closing.borrow() {
+            if *self.closing.borrow() || *self.ended.borrow() {
                 return None;
             }
             match self
@@ -149,13 +291,13 @@ impl Feed {
                 }
             }
             tokio::select! {
-                received = self.wake.recv() => {
-                    if let Err(broadcast::error::RecvError::Closed) = received {
+                woken = self.wake.changed() => {
+                    if woken.is_err() {
                         return None;
                     }
                 }
+                _ = self.ended.changed() => return None,
                 _ = self.closing.changed() => return None,
-                _ = tokio::time::sleep(SAFETY_POLL) => {}
             }
         }
     }

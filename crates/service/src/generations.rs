@@ -69,7 +69,19 @@ pub async fn create(
     let plan = plan(service, &request, &model).await?;
     let new = new_generation(service, tenant, avatar_id, &request, &model, &plan);
     tracing::Span::current().record("generation_id", tracing::field::display(new.id));
-    let record = service.store.insert_generation(&new).await?;
+    let limit = service.settings.tenants.max_active_generations;
+    let record = match service.store.insert_generation(&new, limit).await {
+        Err(store::StoreError::QuotaReached { limit }) => {
+            return Err(ServiceError::limit_reached(
+                "generation_quota_exceeded",
+                format!(
+                "{limit} generations are already running for this tenant; wait for one to finish"
+            ),
+                limit,
+            ))
+        }
+        other => other?,
+    };
     service.work.notify_waiters();
     let finished = match wait {
         Some(wait) => wait_until_finished(service, record.id, wait).await,

@@ -113,7 +113,8 @@ fn check_photo_set(service: &Service, photo_count: u32) -> Result<(), ServiceErr
 
 /// Stores the job; a kept archive is removed again when that fails.
 async fn insert(service: &Service, new: &NewTraining) -> Result<JobRecord, ServiceError> {
-    match service.store.insert_training(new).await {
+    let limit = service.settings.tenants.max_active_trainings;
+    match service.store.insert_training(new, limit).await {
         Ok(job) => Ok(job),
         Err(error) => {
             if let Some(key) = &new.input_blob_key {
@@ -121,6 +122,13 @@ async fn insert(service: &Service, new: &NewTraining) -> Result<JobRecord, Servi
             }
             if error.is_conflict_on(ONE_ACTIVE_TRAINING) {
                 return Err(training_in_progress());
+            }
+            if let store::StoreError::QuotaReached { limit } = error {
+                return Err(ServiceError::limit_reached(
+                    "training_quota_exceeded",
+                    format!("{limit} trainings are already running for this tenant; wait for one to finish"),
+                    limit,
+                ));
             }
             Err(error.into())
         }

@@ -170,17 +170,25 @@ pub async fn create_endpoint(
         return Err(errors.into());
     };
     let secret = signing::new_secret();
-    let endpoint = service
-        .store
-        .create_webhook_endpoint(&NewEndpoint {
-            id: Uuid::now_v7(),
-            tenant_id,
-            url,
-            description: spec.description,
-            event_types: dedup(spec.event_types),
-            secret: secret.clone(),
-        })
-        .await?;
+    let new = NewEndpoint {
+        id: Uuid::now_v7(),
+        tenant_id,
+        url,
+        description: spec.description,
+        event_types: dedup(spec.event_types),
+        secret: secret.clone(),
+    };
+    let limit = service.settings.tenants.max_webhook_endpoints;
+    let endpoint = match service.store.create_webhook_endpoint(&new, limit).await {
+        Err(store::StoreError::QuotaReached { limit }) => {
+            return Err(ServiceError::limit_reached(
+                "webhook_endpoint_quota_exceeded",
+                format!("this tenant already has {limit} webhook endpoints; delete one first"),
+                limit,
+            ))
+        }
+        other => other?,
+    };
     Ok((endpoint, secret))
 }
 

@@ -90,6 +90,17 @@ impl Store {
         .await?)
     }
 
+    /// Which of these keys are still live (exist and are not revoked).
+    pub async fn live_api_keys(&self, ids: &[ApiKeyId]) -> Result<Vec<ApiKeyId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+        let live: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE id = ANY($1) AND revoked_at IS NULL")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(live.into_iter().map(ApiKeyId).collect())
+    }
+
     /// Revokes a key. Revoking an already revoked key keeps its first revocation time.
     pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
         let result = sqlx::query(

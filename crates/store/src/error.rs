@@ -16,6 +16,9 @@ pub enum StoreError {
         column: &'static str,
         value: String,
     },
+    /// The tenant already has `limit` of what it asked to create.
+    #[error("the tenant's limit of {limit} is reached")]
+    QuotaReached { limit: u32 },
     #[error("database error: {0}")]
     Database(sqlx::Error),
     /// An event snapshot could not be encoded (a bug, not a condition of the database).

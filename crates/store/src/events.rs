@@ -41,6 +41,9 @@ pub enum EventSnapshot {
     Avatar {
         avatar: Box<domain::Avatar>,
     },
+    WebhookEndpoint {
+        endpoint: Box<crate::webhooks::EndpointRecord>,
+    },
 }
 
 /// An event waiting to be sequenced.
@@ -280,6 +283,22 @@ impl Store {
         .fetch_one(&self.pool)
         .await?
         .unwrap_or(0))
+    }
+
+    /// The tenants with events sequenced after `after` and up to `upto`: whose streams to wake.
+    pub async fn tenants_with_events(
+        &self,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<domain::TenantId>, StoreError> {
+        let tenants: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT tenant_id FROM outbox_events WHERE position > $1 AND position <= $2",
+        )
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(tenants.into_iter().map(domain::TenantId).collect())
     }
 
     /// A tenant's sequenced events after `after`, in order, matching `filter`.

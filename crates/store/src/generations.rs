@@ -55,8 +55,16 @@ impl Store {
     pub async fn insert_generation(
         &self,
         new: &NewGeneration,
+        max_active: u32,
     ) -> Result<GenerationRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
+        crate::tenants::check_quota(
+            &mut tx,
+            new.tenant_id,
+            crate::Quota::ActiveGenerations,
+            max_active,
+        )
+        .await?;
         let generation: GenerationRecord = sqlx::query_as(&format!(
             "INSERT INTO generations (id, tenant_id, avatar_id, model_id, model_type, endpoint, preset,
                  num_images, request, estimated_cost_usd)

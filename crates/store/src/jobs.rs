@@ -22,7 +22,7 @@ use crate::models::{record_model_in, NewModel};
 use crate::records::{
     job_by_id, record_created, tenant_row, JobRecord, JobStatusColumn, JOB_COLUMNS,
 };
-use crate::Store;
+use crate::{Quota, Store};
 
 /// The unique index allowing one live training per avatar.
 pub const ONE_ACTIVE_TRAINING: &str = "jobs_one_active_training_per_avatar";
@@ -282,8 +282,14 @@ async fn apply_event_in(
 impl Store {
     /// Creates a pending training and marks the avatar as training, in one transaction. A live
     /// training of the same avatar is a `Conflict` on [`ONE_ACTIVE_TRAINING`].
-    pub async fn insert_training(&self, new: &NewTraining) -> Result<JobRecord, StoreError> {
+    pub async fn insert_training(
+        &self,
+        new: &NewTraining,
+        max_active: u32,
+    ) -> Result<JobRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
+        crate::tenants::check_quota(&mut tx, new.tenant_id, Quota::ActiveTrainings, max_active)
+            .await?;
         let job: JobRecord = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
                  trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, deadline_at)

@@ -34,7 +34,7 @@ pub use models::NewModel;
 pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
-pub use tenants::Tenant;
+pub use tenants::{Quota, Tenant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;

@@ -52,3 +52,53 @@ impl Store {
         row.map(Into::into).ok_or(StoreError::NotFound)
     }
 }
+
+/// What a tenant may hold only so many of at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Trainings not yet finished.
+    ActiveTrainings,
+    /// Generations with an item not yet finished.
+    ActiveGenerations,
+    WebhookEndpoints,
+}
+
+impl Quota {
+    fn count_sql(self) -> &'static str {
+        match self {
+            Quota::ActiveTrainings => {
+                "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND kind = 'training'
+                 AND status IN ('pending', 'uploading', 'submitted', 'in_progress', 'submit_unknown')"
+            }
+            Quota::ActiveGenerations => {
+                "SELECT count(DISTINCT generation_id) FROM jobs
+                 WHERE tenant_id = $1 AND kind = 'generation'
+                 AND status IN ('pending', 'uploading', 'submitted', 'in_progress', 'submit_unknown')"
+            }
+            Quota::WebhookEndpoints => "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1",
+        }
+    }
+}
+
+/// Refuses, with [`StoreError::QuotaReached`], a creation that would take the tenant past
+/// `limit`. Holds the tenant row until the transaction ends, so concurrent creations of one
+/// tenant count one after another and cannot both slip under the limit.
+pub(crate) async fn check_quota(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: TenantId,
+    quota: Quota,
+    limit: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant_id.0)
+        .execute(&mut *tx)
+        .await?;
+    let held: i64 = sqlx::query_scalar(quota.count_sql())
+        .bind(tenant_id.0)
+        .fetch_one(&mut *tx)
+        .await?;
+    if held >= i64::from(limit) {
+        return Err(StoreError::QuotaReached { limit });
+    }
+    Ok(())
+}

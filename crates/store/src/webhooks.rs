@@ -14,7 +14,7 @@ use crate::records::{split_page, tenant_row};
 pub use crate::records::{AttemptRecord, DeliveryRecord};
 use crate::Store;
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct EndpointRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -133,8 +133,16 @@ impl Store {
     pub async fn create_webhook_endpoint(
         &self,
         new: &NewEndpoint,
+        max_endpoints: u32,
     ) -> Result<EndpointRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
+        crate::tenants::check_quota(
+            &mut tx,
+            new.tenant_id,
+            crate::Quota::WebhookEndpoints,
+            max_endpoints,
+        )
+        .await?;
         let endpoint: EndpointRecord = sqlx::query_as(&format!(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types)
              VALUES ($1, $2, $3, $4, $5) RETURNING {ENDPOINT_COLUMNS}"
@@ -208,6 +216,7 @@ impl Store {
                  enabled = coalesce($8, enabled),
                  disabled_reason = CASE WHEN $8 IS NULL THEN disabled_reason
                                         WHEN $8 THEN NULL ELSE $9 END,
+                 failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END,
                  updated_at = now()
              WHERE tenant_id = $1 AND id = $2
              RETURNING {ENDPOINT_COLUMNS}"
@@ -384,25 +393,36 @@ impl Store {
         ))
     }
 
-    /// Claims up to `limit` enabled endpoints with deliveries due, that no live relay holds.
-    /// The re-check of the lease in the `UPDATE` makes two relays' claims exclusive.
+    /// Claims up to `limit` enabled endpoints with deliveries due, that no live relay holds,
+    /// taking turns between tenants (every tenant's first endpoint before anyone's second) and
+    /// never letting one tenant hold more than `per_tenant` of this relay's slots. The
+    /// re-check of the lease in the `UPDATE` makes two relays' claims exclusive.
     pub async fn claim_endpoints(
         &self,
         owner: Uuid,
         lease: Duration,
         limit: i64,
+        per_tenant: i64,
     ) -> Result<Vec<EndpointClaim>, StoreError> {
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-            "UPDATE webhook_endpoints SET relay_owner = $1,
-                 relay_lease_until = now() + make_interval(secs => $2), relay_fence = relay_fence + 1
-             WHERE id IN (
-                 SELECT e.id FROM webhook_endpoints e
+            "WITH held AS (
+                 SELECT tenant_id, count(*) AS held FROM webhook_endpoints
+                 WHERE relay_owner = $1 AND relay_lease_until > now()
+                 GROUP BY tenant_id),
+             candidates AS (
+                 SELECT e.id, row_number() OVER (PARTITION BY e.tenant_id
+                            ORDER BY e.relay_lease_until NULLS FIRST, e.id) + coalesce(h.held, 0) AS turn
+                 FROM webhook_endpoints e LEFT JOIN held h ON h.tenant_id = e.tenant_id
                  WHERE e.enabled AND (e.relay_lease_until IS NULL OR e.relay_lease_until < now())
                    AND EXISTS (SELECT 1 FROM webhook_deliveries d
                                WHERE d.endpoint_id = e.id AND d.status = 'pending'
-                                 AND d.next_attempt_at <= now())
-                 ORDER BY e.relay_lease_until NULLS FIRST
-                 LIMIT $3
+                                 AND d.next_attempt_at <= now()))
+             UPDATE webhook_endpoints SET relay_owner = $1,
+                 relay_lease_until = now() + make_interval(secs => $2), relay_fence = relay_fence + 1
+             WHERE id IN (
+                 SELECT e.id FROM webhook_endpoints e
+                 WHERE e.id IN (SELECT id FROM candidates WHERE turn <= $4
+                                ORDER BY turn, random() LIMIT $3)
                  FOR UPDATE SKIP LOCKED)
                AND enabled AND (relay_lease_until IS NULL OR relay_lease_until < now())
              RETURNING id, relay_fence",
@@ -410,6 +430,7 @@ impl Store {
         .bind(owner)
         .bind(secs(lease))
         .bind(limit)
+        .bind(per_tenant)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -522,6 +543,7 @@ impl Store {
         number: i32,
         result: &AttemptResult,
         next: NextStep,
+        disable_after: Duration,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -572,15 +594,24 @@ impl Store {
             .bind(claim.endpoint_id)
             .execute(&mut *tx)
             .await?;
+        } else if result.succeeded {
+            sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
+                .bind(claim.endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            disable_if_failing_too_long(&mut tx, claim.endpoint_id, disable_after).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Gives the endpoint up before the lease ends, so any relay may take it at once.
+    /// Gives the endpoint up before the lease ends, so any relay may take it at once. The lease
+    /// ends now rather than being cleared: claims take the longest-waiting endpoints first, so a
+    /// tenant's endpoints take turns.
     pub async fn release_endpoint(&self, claim: &EndpointClaim) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE webhook_endpoints SET relay_owner = NULL, relay_lease_until = NULL
+            "UPDATE webhook_endpoints SET relay_owner = NULL, relay_lease_until = now()
              WHERE id = $1 AND relay_owner = $2 AND relay_fence = $3",
         )
         .bind(claim.endpoint_id)
@@ -601,4 +632,43 @@ impl Store {
         .fetch_one(&self.pool)
         .await?)
     }
+}
+
+/// Notes a failure; an endpoint that has failed for `disable_after` without a success since is
+/// disabled (`disabled_reason: failing`) and a `webhook_endpoint.disabled` event says so.
+async fn disable_if_failing_too_long(
+    tx: &mut sqlx::PgConnection,
+    endpoint_id: Uuid,
+    disable_after: Duration,
+) -> Result<(), StoreError> {
+    let disabled: Option<EndpointRecord> = sqlx::query_as(&format!(
+        "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()),
+             enabled = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                            THEN false ELSE enabled END,
+             disabled_reason = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                                    THEN 'failing' ELSE disabled_reason END,
+             updated_at = CASE WHEN failing_since <= now() - make_interval(secs => $2)
+                               THEN now() ELSE updated_at END
+         WHERE id = $1 AND enabled
+         RETURNING {ENDPOINT_COLUMNS}"
+    ))
+    .bind(endpoint_id)
+    .bind(secs(disable_after))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(endpoint) = disabled.filter(|e| !e.enabled) {
+        let tenant_id = endpoint.tenant_id;
+        crate::events::insert_event(
+            tx,
+            tenant_id,
+            domain::EventType::WebhookEndpointDisabled,
+            None,
+            None,
+            &crate::events::EventSnapshot::WebhookEndpoint {
+                endpoint: Box::new(endpoint),
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }

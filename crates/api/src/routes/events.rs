@@ -36,7 +36,9 @@ pub struct EventsQuery {
 /// webhook deliveries), `event` (its type) and `data` (the same JSON body webhooks carry:
 /// `{type, timestamp, data}`). Without `Last-Event-ID` the stream starts with the next event;
 /// with it, it first replays every later event in order, so a reconnecting client misses
-/// nothing. Comment lines keep idle streams open. Events from every replica arrive.
+/// nothing. Comment lines keep idle streams open. Events from every replica arrive. A tenant
+/// may hold only so many streams open at once; a stream ends within seconds of its key being
+/// revoked.
 #[utoipa::path(
     get,
     path = "/events",
@@ -51,6 +53,7 @@ pub struct EventsQuery {
         (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = String),
         (status = 401, description = "Missing, unknown or revoked API key", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid filter, or unknown `Last-Event-ID` (`unknown_event_id`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's request rate (`rate_limited`) or the tenant's open streams (`event_stream_quota_exceeded`) are at their limit", body = crate::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn stream_events(
@@ -65,7 +68,14 @@ pub async fn stream_events(
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or_default());
-    let feed = event_streams::open_feed(&state, caller.tenant_id, filter, last_event_id).await?;
+    let feed = event_streams::open_feed(
+        &state,
+        caller.tenant_id,
+        caller.key_id,
+        filter,
+        last_event_id,
+    )
+    .await?;
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
         let sse = Event::default()

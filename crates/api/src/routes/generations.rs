@@ -129,6 +129,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
         (status = 409, description = "The avatar has no trained model (`avatar_not_trained`), or the same Idempotency-Key in flight (`idempotency_key_in_use`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (`validation_failed`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's running generations (`generation_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "fal is not configured (`fal_not_configured`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

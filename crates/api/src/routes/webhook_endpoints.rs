@@ -95,6 +95,7 @@ pub struct ListDeliveriesQuery {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (`forbidden_address`, `scheme_not_allowed`, `unknown_event_type`, ...)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's endpoints (`webhook_endpoint_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_webhook_endpoint(

@@ -14,12 +14,14 @@ pub struct EndpointResponse {
     pub description: Option<String>,
     /// `training.queued`, `training.submitted`, `training.started`, `training.progress`,
     /// `training.succeeded`, `training.failed`, `training.cancelled`, `training.timed_out`,
-    /// `generation.queued`, `generation.succeeded`, `generation.failed`, `avatar.deleted`;
+    /// `generation.queued`, `generation.succeeded`, `generation.failed`, `avatar.deleted`,
+    /// `webhook_endpoint.disabled`;
     /// `null` means every type.
     #[schema(value_type = Option<Vec<crate::openapi::EventType>>)]
     pub event_types: Option<Vec<String>>,
     pub enabled: bool,
-    /// `gone` (the endpoint answered 410) or `disabled_by_caller`.
+    /// `gone` (the endpoint answered 410), `failing` (every attempt failed for
+    /// `WEBHOOK_DISABLE_AFTER`) or `disabled_by_caller`.
     #[schema(value_type = Option<crate::openapi::DisabledReason>)]
     pub disabled_reason: Option<String>,
     pub created_at: DateTime<Utc>,

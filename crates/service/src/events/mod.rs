@@ -6,7 +6,10 @@
 //! - the **relay** delivers them to tenants' webhook endpoints (Standard Webhooks signatures,
 //!   retries, leases with fencing tokens);
 //! - the **listener** forwards Postgres notifications from every replica, on one connection, to
-//!   this process's event streams (`GET /events`), relay and generation waiters.
+//!   this process's event streams (`GET /events`), relay and generation waiters;
+//! - the **stream router** learns, with one query per wake-up for the whole process, which
+//!   tenants have new events and wakes only their streams; it also ends streams whose key was
+//!   revoked.
 
 pub mod relay;
 pub mod signing;
@@ -30,8 +33,76 @@ pub fn spawn(service: Service) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(run_sequencer(service.clone())),
         tokio::spawn(forward_notifications(service.clone())),
+        tokio::spawn(route_to_streams(service.clone())),
         tokio::spawn(relay::run(service)),
     ]
+}
+
+/// Looks for new events this often even without a notification, in case one was missed
+/// (say, while the listener reconnected): one query for the whole process.
+const STREAM_SAFETY_POLL: Duration = Duration::from_secs(5);
+
+/// Wakes the streams of the tenants whose events were sequenced, and ends the streams of
+/// revoked keys.
+async fn route_to_streams(service: Service) {
+    let mut positions = service.sequenced_events.subscribe();
+    let mut routed = service.store.latest_event_position().await.unwrap_or(0);
+    let mut safety = tokio::time::interval(STREAM_SAFETY_POLL);
+    let mut key_check = tokio::time::interval(service.settings.events.stream_key_check);
+    loop {
+        let upto = tokio::select! {
+            received = positions.recv() => match received {
+                Ok(position) => Some(position),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = safety.tick() => None,
+            _ = key_check.tick() => {
+                end_revoked_streams(&service).await;
+                continue;
+            }
+        };
+        if service.streams.is_empty() {
+            routed = routed.max(upto.unwrap_or(0));
+            continue;
+        }
+        let upto = match upto {
+            Some(position) => position,
+            None => match service.store.latest_event_position().await {
+                Ok(position) => position,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the latest event position");
+                    service.streams.wake_all();
+                    continue;
+                }
+            },
+        };
+        if upto <= routed {
+            continue;
+        }
+        match service.store.tenants_with_events(routed, upto).await {
+            Ok(tenants) => {
+                service.streams.wake(&tenants);
+                routed = upto;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "finding whose streams to wake");
+                service.streams.wake_all();
+            }
+        }
+    }
+}
+
+/// Ends the streams opened with keys that were revoked (on any replica) since.
+async fn end_revoked_streams(service: &Service) {
+    let keys = service.streams.keys();
+    if keys.is_empty() {
+        return;
+    }
+    match service.store.live_api_keys(&keys).await {
+        Ok(live) => service.streams.end_all_but(&live),
+        Err(error) => tracing::warn!(%error, "checking the keys of open streams"),
+    }
 }
 
 /// Sequences events as they are committed: polls cheaply (one indexed probe), and drains

@@ -47,7 +47,12 @@ pub async fn run(service: Service) {
         if room > 0 {
             match service
                 .store
-                .claim_endpoints(service.worker_id, settings.relay_lease, room as i64)
+                .claim_endpoints(
+                    service.worker_id,
+                    settings.relay_lease,
+                    room as i64,
+                    settings.relay_tenant_slots as i64,
+                )
                 .await
             {
                 Ok(claims) => {
@@ -82,9 +87,15 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
         }
         for delivery in due {
             match attempt(&service, &claim, &delivery).await {
-                Ok(true) => {}
+                Ok(Held::Delivered) => {}
+                // A failing endpoint gives its slot up at once: its other deliveries wait for
+                // their turn behind other endpoints rather than each costing a timeout now.
+                Ok(Held::Failed) => {
+                    release(&service, &claim).await;
+                    return;
+                }
                 // Another relay holds the endpoint now, or it was disabled.
-                Ok(false) => return,
+                Ok(Held::Lost) => return,
                 Err(error) => {
                     tracing::warn!(delivery = %delivery.id, %error, "recording a delivery attempt");
                     return;
@@ -92,18 +103,31 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
             }
         }
     }
-    if let Err(error) = service.store.release_endpoint(&claim).await {
+    release(&service, &claim).await;
+}
+
+async fn release(service: &Service, claim: &EndpointClaim) {
+    if let Err(error) = service.store.release_endpoint(claim).await {
         tracing::warn!(%error, "releasing a webhook endpoint");
     }
 }
 
-/// One attempt, unless the delivery stopped being due. False when this relay no longer holds
-/// the endpoint.
+/// How an attempt left the endpoint this relay holds.
+enum Held {
+    /// Delivered, or nothing to do: go on with the next delivery.
+    Delivered,
+    /// The attempt failed: let other endpoints have the slot.
+    Failed,
+    /// Another relay holds the endpoint now, or it was disabled.
+    Lost,
+}
+
+/// One attempt, unless the delivery stopped being due.
 async fn attempt(
     service: &Service,
     claim: &EndpointClaim,
     delivery: &DueDelivery,
-) -> Result<bool, store::StoreError> {
+) -> Result<Held, store::StoreError> {
     let settings = service.settings.events;
     let started = match service
         .store
@@ -111,8 +135,8 @@ async fn attempt(
         .await?
     {
         AttemptStart::Started(started) => started,
-        AttemptStart::NotDue => return Ok(true),
-        AttemptStart::LeaseLost => return Ok(false),
+        AttemptStart::NotDue => return Ok(Held::Delivered),
+        AttemptStart::LeaseLost => return Ok(Held::Lost),
     };
     let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
     let msg_id = delivery.event_id.to_string();
@@ -131,6 +155,8 @@ async fn attempt(
         }
     }
     let sent_at = Instant::now();
+    // The fetcher's deadline covers the whole attempt (resolving, connecting, sending,
+    // reading), so a black hole costs one `delivery_timeout` per attempt and no more.
     let response = service
         .webhook_fetcher
         .post(&started.url, headers, body.into())
@@ -173,11 +199,23 @@ async fn attempt(
             retry_after_failure(started.try_number, None, settings),
         ),
     };
+    let succeeded = result.succeeded;
     service
         .store
-        .finish_attempt(claim, delivery.id, started.number, &result, next)
+        .finish_attempt(
+            claim,
+            delivery.id,
+            started.number,
+            &result,
+            next,
+            settings.disable_after,
+        )
         .await?;
-    Ok(true)
+    Ok(if succeeded {
+        Held::Delivered
+    } else {
+        Held::Failed
+    })
 }
 
 fn failure_text(status: u16) -> String {
