@@ -14,5 +14,6 @@ mod outbound_webhooks;
 mod photos;
 mod shutdown;
 mod swagger_ui;
+mod trainers;
 mod training_data;
 mod trainings;

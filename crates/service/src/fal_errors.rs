@@ -16,6 +16,28 @@ pub fn rejection_code(error: &fal::FalError) -> &'static str {
     }
 }
 
+/// Why fal refused a job's submit, as the job's failure. A trainer endpoint fal no longer has
+/// (fal withdraws trainers) names the setting that picks another.
+pub fn submit_refusal(
+    kind: domain::JobKind,
+    endpoint: &str,
+    error: &fal::FalError,
+) -> crate::JobFailure {
+    match error {
+        fal::FalError::NotFound { .. } if kind == domain::JobKind::Training => {
+            crate::JobFailure::new(
+                "trainer_unavailable",
+                format!(
+                    "fal has no trainer at {endpoint} (it may have been withdrawn); choose \
+                     another trainer for this avatar kind with FAL_TRAINER_BY_KIND, \
+                     e.g. style=fast_lora"
+                ),
+            )
+        }
+        other => crate::JobFailure::new(rejection_code(other), other.to_string()),
+    }
+}
+
 /// Maps a fal error text and payload to our stable error code.
 pub fn failure_code(error: Option<&str>, payload: Option<&Value>) -> (String, String) {
     let message = error

@@ -414,9 +414,9 @@ async fn refused(
     error: &fal::FalError,
     cause: &str,
 ) {
-    let code = crate::fal_errors::rejection_code(error);
-    fal.health.set_key_rejected(code == "fal_unauthorized");
-    let failure = JobFailure::new(code, error.to_string());
+    let failure = crate::fal_errors::submit_refusal(job.kind(), &job.endpoint, error);
+    fal.health
+        .set_key_rejected(matches!(error, fal::FalError::Unauthorized { .. }));
     record(
         service,
         job,
