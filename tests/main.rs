@@ -6,6 +6,7 @@ mod avatars;
 mod connections;
 mod events;
 mod fairness;
+mod generation_cancel;
 mod generations;
 mod http_errors;
 mod openapi;

@@ -50,6 +50,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(generations::get_generation))
         .routes(routes!(generations::get_generation_image))
+        .routes(routes!(generations::cancel_generation))
         .routes(routes!(
             webhook_endpoints::create_webhook_endpoint,
             webhook_endpoints::list_webhook_endpoints

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::context::Service;
 use crate::error::ServiceError;
+use crate::generation_items::latest_attempts;
 use crate::jobs;
 
 /// A generation with what callers see of it: its items' jobs (every attempt) and its images.
@@ -272,6 +273,37 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Generation, ServiceError> {
     load(service, record(service, tenant, id).await?).await
+}
+
+/// Cancels every unfinished item: at once when not yet sent to fal, on fal otherwise. An item
+/// fal already finished keeps its result, so a cancel never throws away a paid image.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, generation_id = %id))]
+pub async fn cancel(
+    service: &Service,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Generation, ServiceError> {
+    let generation = load(service, record(service, tenant, id).await?).await?;
+    let unfinished: Vec<JobRecord> = latest_attempts(generation.jobs)
+        .into_iter()
+        .map(|(job, _)| job)
+        .filter(|job| !job.status().is_terminal())
+        .collect();
+    if unfinished.is_empty() {
+        return Err(ServiceError::conflict(
+            "generation_finished",
+            "every item of the generation has already ended",
+        ));
+    }
+    for item in unfinished {
+        let job = service.store.request_cancel(tenant, item.id).await?;
+        // A worker owns an upload: it sees the request before submitting, or cancels on fal
+        // right after.
+        if job.status() != domain::JobStatus::Uploading {
+            jobs::cancel_job(service, &job, "cancelled by the caller").await?;
+        }
+    }
+    get(service, tenant, id).await
 }
 
 /// A page of an avatar's generations, newest first, and whether more follow.

@@ -203,6 +203,34 @@ pub async fn get_generation(
     Ok(Json(generation_view(generation)))
 }
 
+/// Cancel a generation.
+///
+/// Every item not yet finished is cancelled: at once when it was not sent to fal yet, on fal
+/// otherwise. Items fal already finished keep their images.
+#[utoipa::path(
+    post,
+    path = "/generations/{id}/cancel",
+    tag = "generations",
+    operation_id = "cancel_generation",
+    params(("id" = Uuid, Path, description = "Generation id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Cancelled, or being cancelled on fal; the generation as it is now", body = GenerationResponse),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such generation (`generation_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Every item already ended (`generation_finished`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "fal could not be reached to cancel (`fal_unavailable`); retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_generation(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let generation = service::generations::cancel(&state, caller.tenant_id, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(generation_view(generation))).into_response())
+}
+
 /// List an avatar's generations.
 #[utoipa::path(
     get,
