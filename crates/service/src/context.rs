@@ -69,6 +69,8 @@ pub struct Service {
     pub webhook_fetcher: Arc<safe_fetch::SafeFetcher>,
     /// Renders event bodies for the sequencer.
     pub event_bodies: crate::events::EventBodies,
+    /// Decoded pixels in flight across every photo check of this process.
+    pub decode_budget: crate::photos::DecodeBudget,
     /// Set on shutdown: event streams end, so draining connections does not wait for them.
     streams_closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -97,6 +99,7 @@ impl Service {
             max_redirects: 0,
             ..policy(64 * 1024)
         })?;
+        let decode_budget = crate::photos::DecodeBudget::new(settings.photos.decode_budget_pixels);
         Ok(Self {
             store,
             blobs,
@@ -111,6 +114,7 @@ impl Service {
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
+            decode_budget,
             streams_closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
