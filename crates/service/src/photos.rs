@@ -369,6 +369,15 @@ impl PhotoBatch {
             sha256,
             ..
         } = incoming;
+        // The name is stored with the photo, and no text column can hold U+0000.
+        if file_name.contains('\0') {
+            self.pending.push_back(Pending::Decided(RejectedFile::new(
+                &file_name.replace('\0', "\u{FFFD}"),
+                "invalid_file_name",
+                "the file name may not contain the NUL character (U+0000)",
+            )));
+            return Ok(());
+        }
         if size > max_bytes {
             self.pending.push_back(Pending::Decided(RejectedFile::new(
                 &file_name,
