@@ -347,9 +347,15 @@ fn analyse_png(
         let row = row.data();
         if interlaced {
             // Of the seven Adam7 passes only the last holds full-width rows (the odd ones, in
-            // order); they are plenty for a box-averaged analysis copy.
+            // order); each stands in for the even row above it too (and for a last even row),
+            // plenty for a box-averaged analysis copy.
             if row.len() == row_len {
-                builder.row(2 * rows + 1, row, channels);
+                let y = 2 * rows + 1;
+                builder.row(y - 1, row, channels);
+                builder.row(y, row, channels);
+                if y + 2 == height as usize {
+                    builder.row(y + 1, row, channels);
+                }
                 rows += 1;
             }
         } else {
@@ -488,6 +494,77 @@ mod tests {
         let whole = GrayThumbnail::from_image(&image);
         assert_eq!(inspected.metrics, whole.metrics());
         assert_eq!(inspected.perceptual_hash, whole.difference_hash());
+    }
+
+    /// An Adam7-interlaced 8-bit RGB PNG (the encoders at hand write only progressive ones).
+    fn interlaced_png(image: &image::RgbImage) -> Vec<u8> {
+        use std::io::Write as _;
+        let (w, h) = image.dimensions();
+        let mut raw = Vec::new();
+        for (x0, y0, dx, dy) in [
+            (0, 0, 8, 8),
+            (4, 0, 8, 8),
+            (0, 4, 4, 8),
+            (2, 0, 4, 4),
+            (0, 2, 2, 4),
+            (1, 0, 2, 2),
+            (0, 1, 1, 2),
+        ] {
+            if x0 >= w || y0 >= h {
+                continue;
+            }
+            for y in (y0..h).step_by(dy) {
+                raw.push(0);
+                for x in (x0..w).step_by(dx) {
+                    raw.extend_from_slice(&image.get_pixel(x, y).0);
+                }
+            }
+        }
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(&raw).expect("compress");
+        let idat = zlib.finish().expect("compress");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 1]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &idat), (b"IEND", &[])] {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            png.extend_from_slice(&crc.finalize().to_be_bytes());
+        }
+        png
+    }
+
+    #[test]
+    fn interlaced_pngs_are_analysed_from_their_last_pass() {
+        let picture = image::RgbImage::from_fn(301, 203, |x, y| {
+            image::Rgb([(x % 256) as u8, ((x * y) % 251) as u8, (y % 256) as u8])
+        });
+        let png = interlaced_png(&picture);
+        let rules = PhotoRules {
+            min_short_side: 64,
+            ..PhotoRules::default()
+        };
+        let inspected = inspect_photo_bytes(&png, &rules).expect("accepted");
+        assert_eq!((inspected.width, inspected.height), (301, 203));
+        let whole = GrayThumbnail::from_image(&image::load_from_memory(&png).expect("decodes"));
+        assert!((inspected.metrics.mean_luma - whole.metrics().mean_luma).abs() < 2.0);
+        assert!(crate::is_near_duplicate(
+            inspected.perceptual_hash,
+            whole.difference_hash()
+        ));
+        let cut = &png[..png.len() - 40];
+        assert_eq!(
+            inspect_photo_bytes(cut, &rules)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("corrupt_image")
+        );
     }
 
     #[test]
