@@ -181,7 +181,7 @@ async fn nul_characters_are_refused_naming_the_field(pool: PgPool) {
         let (status, body) = problem(response).await;
         assert_eq!(status, 422, "{sent}: {body}");
         assert_eq!(body["errors"][0]["field"], field, "{sent}: {body}");
-        assert_eq!(body["errors"][0]["code"], "invalid_text", "{body}");
+        assert_eq!(body["errors"][0]["code"], "invalid_characters", "{body}");
         assert_eq!(body["errors"][0]["location"], "body", "{body}");
     }
 

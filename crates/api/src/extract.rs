@@ -125,7 +125,7 @@ fn unstorable_text(location: FieldLocation, field: String) -> ApiError {
     ApiError::invalid_field(
         location,
         field,
-        "invalid_text",
+        "invalid_characters",
         "text may not contain the NUL character (U+0000)",
     )
 }
