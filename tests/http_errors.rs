@@ -143,3 +143,79 @@ async fn request_ids_are_echoed_or_generated_and_named_in_problems(pool: PgPool)
     let (_, body) = problem(response).await;
     assert_eq!(body["request_id"], "trace-me");
 }
+
+/// No text column can hold U+0000: wherever a caller may send text (JSON fields at any depth,
+/// query parameters, uploaded file names), it is a 422 naming the field, never a failed insert.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn nul_characters_are_refused_naming_the_field(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let cases = [
+        (
+            "/avatars",
+            json!({"name": "Anna", "kind": "character", "owner_ref": "user\u{0}1"}),
+            "owner_ref",
+        ),
+        (
+            "/avatars",
+            json!({"name": "An\u{0}na", "kind": "character"}),
+            "name",
+        ),
+        (
+            "/webhook-endpoints",
+            json!({"url": "https://hooks.example.com/in", "description": "ours\u{0}"}),
+            "description",
+        ),
+        (
+            "/webhook-endpoints",
+            json!({"url": "https://hooks.example.com/in", "event_types": ["avatar.deleted", "\u{0}"]}),
+            "event_types[1]",
+        ),
+    ];
+    for (path, sent, field) in cases {
+        let response = app
+            .request(Method::POST, path)
+            .json(&sent)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(status, 422, "{sent}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{sent}: {body}");
+        assert_eq!(body["errors"][0]["code"], "invalid_characters", "{body}");
+        assert_eq!(body["errors"][0]["location"], "body", "{body}");
+    }
+
+    let response = app
+        .request(Method::GET, "/avatars?owner_ref=a%00b")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "owner_ref", "{body}");
+    assert_eq!(body["errors"][0]["location"], "query", "{body}");
+
+    let avatar = app
+        .create_avatar(json!({"name": "p", "kind": "character"}))
+        .await;
+    let avatar = avatar["id"].as_str().unwrap();
+    // In an uploaded file's name a NUL is a malformed part header.
+    let mut upload =
+        b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a\0b.jpg\"\r\n\r\n"
+            .to_vec();
+    upload.extend_from_slice(&blackbox::images::jpeg(1));
+    upload.extend_from_slice(b"\r\n--b--\r\n");
+    let response = app
+        .request(Method::POST, &format!("/avatars/{avatar}/photos"))
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("malformed_multipart")),
+        "{body}"
+    );
+}

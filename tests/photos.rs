@@ -539,3 +539,131 @@ async fn photos_can_be_fetched_from_the_callers_storage(pool: PgPool) {
         ]
     );
 }
+
+/// A multipart body of `parts` empty file parts.
+fn empty_parts(parts: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in 0..parts {
+        body.extend_from_slice(
+            format!(
+                "--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"e{i}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(b"--b--\r\n");
+    body
+}
+
+/// Empty or tiny parts cannot pile up without end: past the parts limit the whole request is
+/// refused, naming the limit.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_upload_with_more_parts_than_the_limit_is_refused_naming_the_limit(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let avatar = new_avatar(&app).await;
+    let send = |parts: usize| {
+        app.request(Method::POST, &format!("/avatars/{avatar}/photos"))
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body(empty_parts(parts))
+            .send()
+    };
+    let (status, body) = problem(send(10_000).await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("too_many_parts"))
+    );
+    assert_eq!(body["limit"], 100);
+
+    // At the limit every part still gets its own answer.
+    let (status, body) = problem(send(100).await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("photos_rejected"))
+    );
+    assert_eq!(body["rejected"].as_array().unwrap().len(), 100);
+}
+
+/// An exact duplicate (of a stored photo or of an earlier file in the request) and a file the
+/// set has no room for are refused from their bytes alone: even a file that would not decode
+/// gets that answer.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn duplicates_and_files_past_the_set_limit_are_refused_before_decoding(pool: PgPool) {
+    let app = TestApp::spawn_with(store::Store::new(pool), |settings| {
+        settings.photos.min_photos = 1;
+        settings.photos.max_photos = 2;
+    })
+    .await;
+    let avatar = new_avatar(&app).await;
+    let broken = images::truncated_jpeg(1);
+    let response = app
+        .upload(
+            &avatar,
+            vec![
+                ("broken.jpg".into(), broken.clone()),
+                ("again.jpg".into(), broken.clone()),
+                ("good.jpg".into(), images::jpeg(2)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        codes(&report["rejected"]),
+        [
+            ("broken.jpg".to_string(), "corrupt_image".to_string()),
+            ("again.jpg".to_string(), "duplicate_photo".to_string()),
+        ]
+    );
+    let stored = report["accepted"][0]["id"].as_str().unwrap().to_string();
+
+    let response = app
+        .upload(
+            &avatar,
+            vec![
+                ("copy.jpg".into(), images::jpeg(2)),
+                ("second.jpg".into(), images::jpeg(3)),
+                ("broken.jpg".into(), broken),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        codes(&report["rejected"]),
+        [
+            ("copy.jpg".to_string(), "duplicate_photo".to_string()),
+            ("broken.jpg".to_string(), "photo_limit_reached".to_string()),
+        ]
+    );
+    assert!(report["rejected"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&stored));
+    assert_eq!(report["avatar"]["photo_count"], 2);
+}
+
+/// A decode budget smaller than any photo makes decodes wait their turn; none fails.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn decodes_past_the_pixel_budget_wait_instead_of_failing(pool: PgPool) {
+    let app = TestApp::spawn_with(store::Store::new(pool), |settings| {
+        settings.photos.decode_budget_pixels = 1;
+    })
+    .await;
+    let first = new_avatar(&app).await;
+    let second = new_avatar(&app).await;
+    let batch = |from: u64| {
+        (from..from + 4)
+            .map(|i| (format!("p{i}.jpg"), images::jpeg(i)))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = tokio::join!(
+        app.upload(&first, batch(10)),
+        app.upload(&second, batch(20))
+    );
+    for response in [a, b] {
+        assert_eq!(response.status(), 201);
+        let report: Value = response.json().await.unwrap();
+        assert_eq!(report["accepted"].as_array().unwrap().len(), 4, "{report}");
+    }
+}

@@ -15,16 +15,7 @@ const BATCHES: [usize; 2] = [5, 20];
 const ROUNDS: usize = 3;
 
 pub fn run(root: &Path) -> Result<(), String> {
-    eprintln!("bench: building the release binary");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args(["build", "--release", "-q", "-p", "api", "--bin", "avatars"])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err("release build failed".into());
-    }
-    let binary = root.join("target/release/avatars");
+    let binary = release_binary(root)?;
     let work = root.join("target/bench-photos");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -113,6 +104,23 @@ pub fn run(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds the release `avatars` binary and returns its path.
+pub(crate) fn release_binary(root: &Path) -> Result<PathBuf, String> {
+    eprintln!("bench: building the release binary");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "-q", "-p", "api", "--bin", "avatars"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("release build failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/avatars"))
+}
+
 pub(crate) struct ServerGuard(pub(crate) Child);
 
 impl ServerGuard {
@@ -150,7 +158,7 @@ pub(crate) fn check(
     }
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
@@ -161,7 +169,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-fn curl(args: &[&str]) -> Result<String, String> {
+pub(crate) fn curl(args: &[&str]) -> Result<String, String> {
     let output = check(
         Command::new("curl")
             .args(["-sS", "--fail-with-body"])
@@ -172,7 +180,7 @@ fn curl(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&output.stdout).to_string())
 }
 
-fn wait_ready(base: &str) -> Result<(), String> {
+pub(crate) fn wait_ready(base: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if curl(&[&format!("{base}/readyz")]).is_ok() {
@@ -183,7 +191,7 @@ fn wait_ready(base: &str) -> Result<(), String> {
     Err("the service did not become ready".into())
 }
 
-fn create_avatar(base: &str, key: &str, name: &str) -> Result<String, String> {
+pub(crate) fn create_avatar(base: &str, key: &str, name: &str) -> Result<String, String> {
     let body = curl(&[
         "-H",
         &format!("authorization: Bearer {key}"),
@@ -221,7 +229,7 @@ fn upload(base: &str, key: &str, avatar: &str, files: &[PathBuf]) -> Result<(), 
     Ok(())
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -230,7 +238,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// Distinct photo-like JPEGs of about 5 MB: smooth gradients under fine sensor-like noise.
-fn generate_photos(dir: &Path, count: usize) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn generate_photos(dir: &Path, count: usize) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     (0..count)
         .map(|i| {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use pgcluster::{Cluster, ClusterOptions};
 
+mod bench_hostile;
 mod bench_photos;
 mod bench_webhooks;
 
@@ -20,6 +21,13 @@ fn main() -> ExitCode {
     match args.next().as_deref() {
         Some("test") => run_tests(args.collect()),
         Some("bench-photos") => match bench_photos::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("bench-hostile") => match bench_hostile::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("xtask: {error}");
@@ -36,6 +44,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask bench-photos");
+            eprintln!("       cargo xtask bench-hostile");
             eprintln!("       cargo xtask bench-webhooks");
             ExitCode::from(2)
         }

@@ -89,7 +89,45 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     })?;
     deserializer.end().map_err(|error| malformed(&error))?;
+    // Valid JSON can only carry U+0000 as an escape; look closer only when one is there.
+    if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        let document: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|error| malformed(&error))?;
+        if let Some(path) = nul_in(&document, String::new()) {
+            return Err(unstorable_text(FieldLocation::Body, path));
+        }
+    }
     Ok(value)
+}
+
+/// The path of the first string (or key) holding U+0000, which no PostgreSQL text or jsonb
+/// column can store.
+fn nul_in(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_in(item, format!("{path}[{i}]"))),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(name, field)| {
+            let path = join_path(&path, name);
+            if name.contains('\0') {
+                Some(path)
+            } else {
+                nul_in(field, path)
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn unstorable_text(location: FieldLocation, field: String) -> ApiError {
+    ApiError::invalid_field(
+        location,
+        field,
+        "invalid_characters",
+        "text may not contain the NUL character (U+0000)",
+    )
 }
 
 fn malformed(error: &serde_json::Error) -> ApiError {
@@ -159,6 +197,11 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
+        if let Some((name, _)) = form_urlencoded::parse(query.as_bytes())
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(unstorable_text(FieldLocation::Query, name.into_owned()));
+        }
         let deserializer =
             serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)

@@ -23,8 +23,8 @@ pub use archive_inspect::{
 };
 pub use format::{sniff, FileKind, PhotoFormat};
 pub use photo::{
-    inspect_photo_bytes, inspect_photo_path, inspect_photo_reader, InspectError, PhotoInspection,
-    PhotoRejection, PhotoRules, PhotoWarning,
+    inspect_photo_bytes, inspect_photo_path, inspect_photo_reader, probe_photo_path, InspectError,
+    PhotoInspection, PhotoProbe, PhotoRejection, PhotoRules, PhotoWarning,
 };
 pub use quality::{
     hamming_distance, is_near_duplicate, QualityMetrics, ANALYSIS_MAX_SIDE,

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::format::{sniff, FileKind, PhotoFormat};
 use crate::header;
 use crate::quality::{
-    GrayThumbnail, QualityMetrics, BLURRY_LAPLACIAN_VARIANCE_BELOW, BRIGHT_MEAN_ABOVE,
-    DARK_MEAN_BELOW, LOW_CONTRAST_STDDEV_BELOW,
+    GrayThumbnail, QualityMetrics, ThumbnailBuilder, BLURRY_LAPLACIAN_VARIANCE_BELOW,
+    BRIGHT_MEAN_ABOVE, DARK_MEAN_BELOW, LOW_CONTRAST_STDDEV_BELOW,
 };
 
 /// Limits a photo must satisfy.
@@ -265,23 +265,29 @@ pub fn inspect_photo_bytes(
         ));
     }
 
-    let (image, orientation) = decode(data, format, rules).map_err(|e| match e {
-        ImageError::Limits(_) => PhotoRejection::DimensionsTooLarge {
-            width,
-            height,
-            max_side: rules.max_side,
-            max_pixels: rules.max_pixels,
-        },
-        other => PhotoRejection::corrupt(other.to_string()),
-    })?;
-    // The decoder is authoritative; re-check in case the header walk and the
-    // decoder disagree.
-    let (width, height) = (image.width(), image.height());
-    rules.check_dimensions(width, height)?;
-    let thumbnail = GrayThumbnail::from_image(&image);
-    // Release the full-size pixels before the remaining (cheap) work.
-    drop(image);
-
+    // The decoder is authoritative for the dimensions; they are re-checked in case the header
+    // walk and the decoder disagree.
+    let (thumbnail, orientation, (width, height)) = if format == PhotoFormat::Png {
+        analyse_png(data, rules)?
+    } else {
+        let (image, orientation) = decode(data, format, rules).map_err(|e| match e {
+            ImageError::Limits(_) => PhotoRejection::DimensionsTooLarge {
+                width,
+                height,
+                max_side: rules.max_side,
+                max_pixels: rules.max_pixels,
+            },
+            other => PhotoRejection::corrupt(other.to_string()),
+        })?;
+        rules.check_dimensions(image.width(), image.height())?;
+        // The full-size pixels are released at the end of this block, before the remaining
+        // (cheap) work.
+        (
+            GrayThumbnail::from_image(&image),
+            orientation,
+            (image.width(), image.height()),
+        )
+    };
     let metrics = thumbnail.metrics();
     let (display_width, display_height) = if orientation >= 5 {
         (height, width)
@@ -300,6 +306,109 @@ pub fn inspect_photo_bytes(
         perceptual_hash: thumbnail.difference_hash(),
         metrics,
         warnings: quality_warnings(&metrics),
+    })
+}
+
+/// Decodes a PNG row by row straight into the analysis copy, with 16-bit samples reduced to
+/// 8 bits and palettes expanded per row: memory stays at a few rows whatever the image's size
+/// or depth, so a small file that inflates to hundreds of megabytes costs only CPU.
+fn analyse_png(
+    data: &[u8],
+    rules: &PhotoRules,
+) -> Result<(GrayThumbnail, u8, (u32, u32)), PhotoRejection> {
+    let corrupt = |error: png::DecodingError| match error {
+        png::DecodingError::LimitsExceeded => {
+            PhotoRejection::corrupt("the PNG needs too much memory to decode")
+        }
+        other => PhotoRejection::corrupt(other.to_string()),
+    };
+    let mut decoder = png::Decoder::new_with_limits(
+        Cursor::new(data),
+        png::Limits {
+            bytes: 64 * 1024 * 1024,
+        },
+    );
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(corrupt)?;
+    let info = reader.info();
+    let (width, height, interlaced) = (info.width, info.height, info.interlaced);
+    rules.check_dimensions(width, height)?;
+    // A broken EXIF block is common and harmless: treat it as "no rotation".
+    let orientation = info
+        .exif_metadata
+        .as_deref()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .map_or(1, |o| o.to_exif());
+    let channels = reader.output_color_type().0.samples();
+    let row_len = width as usize * channels;
+    let mut builder = ThumbnailBuilder::new(width, height);
+    let mut rows = 0usize;
+    while let Some(row) = reader.next_row().map_err(corrupt)? {
+        let row = row.data();
+        if interlaced {
+            // Of the seven Adam7 passes only the last holds full-width rows (the odd ones, in
+            // order); each stands in for the even row above it too (and for a last even row),
+            // plenty for a box-averaged analysis copy.
+            if row.len() == row_len {
+                let y = 2 * rows + 1;
+                builder.row(y - 1, row, channels);
+                builder.row(y, row, channels);
+                if y + 2 == height as usize {
+                    builder.row(y + 1, row, channels);
+                }
+                rows += 1;
+            }
+        } else {
+            builder.row(rows, row, channels);
+            rows += 1;
+        }
+    }
+    let expected = if interlaced {
+        height as usize / 2
+    } else {
+        height as usize
+    };
+    if rows < expected {
+        return Err(PhotoRejection::corrupt(
+            "the PNG data ends before its last row",
+        ));
+    }
+    Ok((builder.finish(), orientation, (width, height)))
+}
+
+/// What a photo's header says, read without decoding it: what a decode will cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhotoProbe {
+    pub format: PhotoFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl PhotoProbe {
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// The cheap checks of [`inspect_photo_path`] (size, format, header dimensions), without the
+/// decode, so a caller can budget decodes before starting them.
+pub fn probe_photo_path(path: &Path, rules: &PhotoRules) -> Result<PhotoProbe, InspectError> {
+    let file = File::open(path)?;
+    let bytes = file.metadata()?.len();
+    check_size(bytes, rules)?;
+    let mut data = Vec::with_capacity(bytes as usize);
+    file.take(rules.max_bytes + 1).read_to_end(&mut data)?;
+    let detected = sniff(&data);
+    let format = detected
+        .photo_format()
+        .ok_or(PhotoRejection::UnsupportedFormat { detected })?;
+    let (width, height) =
+        header::dimensions(&data, format).map_err(|e| PhotoRejection::corrupt(e.0))?;
+    rules.check_dimensions(width, height)?;
+    Ok(PhotoProbe {
+        format,
+        width,
+        height,
     })
 }
 
@@ -345,4 +454,145 @@ fn quality_warnings(m: &QualityMetrics) -> Vec<PhotoWarning> {
         });
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rgb16_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let mut writer = encoder.write_header().expect("header");
+        let mut pixels = Vec::with_capacity((width * height * 6) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                let v = ((x * 7 + y * 13) % 256) as u16 * 257;
+                for _ in 0..3 {
+                    pixels.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        writer.write_image_data(&pixels).expect("pixels");
+        writer.finish().expect("finish");
+        out
+    }
+
+    #[test]
+    fn sixteen_bit_pngs_are_analysed_like_their_eight_bit_reduction() {
+        let rules = PhotoRules {
+            min_short_side: 64,
+            ..PhotoRules::default()
+        };
+        let deep = rgb16_png(600, 400);
+        let inspected = inspect_photo_bytes(&deep, &rules).expect("accepted");
+        assert_eq!((inspected.width, inspected.height), (600, 400));
+        // The same picture decoded whole by `image` and reduced to 8 bits.
+        let image = image::load_from_memory(&deep).expect("decodes");
+        let whole = GrayThumbnail::from_image(&image);
+        assert_eq!(inspected.metrics, whole.metrics());
+        assert_eq!(inspected.perceptual_hash, whole.difference_hash());
+    }
+
+    /// An Adam7-interlaced 8-bit RGB PNG (the encoders at hand write only progressive ones).
+    fn interlaced_png(image: &image::RgbImage) -> Vec<u8> {
+        use std::io::Write as _;
+        let (w, h) = image.dimensions();
+        let mut raw = Vec::new();
+        for (x0, y0, dx, dy) in [
+            (0, 0, 8, 8),
+            (4, 0, 8, 8),
+            (0, 4, 4, 8),
+            (2, 0, 4, 4),
+            (0, 2, 2, 4),
+            (1, 0, 2, 2),
+            (0, 1, 1, 2),
+        ] {
+            if x0 >= w || y0 >= h {
+                continue;
+            }
+            for y in (y0..h).step_by(dy) {
+                raw.push(0);
+                for x in (x0..w).step_by(dx) {
+                    raw.extend_from_slice(&image.get_pixel(x, y).0);
+                }
+            }
+        }
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zlib.write_all(&raw).expect("compress");
+        let idat = zlib.finish().expect("compress");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 1]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &idat), (b"IEND", &[])] {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            png.extend_from_slice(&crc.finalize().to_be_bytes());
+        }
+        png
+    }
+
+    #[test]
+    fn interlaced_pngs_are_analysed_from_their_last_pass() {
+        let picture = image::RgbImage::from_fn(301, 203, |x, y| {
+            image::Rgb([(x % 256) as u8, ((x * y) % 251) as u8, (y % 256) as u8])
+        });
+        let png = interlaced_png(&picture);
+        let rules = PhotoRules {
+            min_short_side: 64,
+            ..PhotoRules::default()
+        };
+        let inspected = inspect_photo_bytes(&png, &rules).expect("accepted");
+        assert_eq!((inspected.width, inspected.height), (301, 203));
+        let whole = GrayThumbnail::from_image(&image::load_from_memory(&png).expect("decodes"));
+        assert!((inspected.metrics.mean_luma - whole.metrics().mean_luma).abs() < 2.0);
+        assert!(crate::is_near_duplicate(
+            inspected.perceptual_hash,
+            whole.difference_hash()
+        ));
+        let cut = &png[..png.len() - 40];
+        assert_eq!(
+            inspect_photo_bytes(cut, &rules)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("corrupt_image")
+        );
+    }
+
+    #[test]
+    fn a_truncated_png_is_corrupt() {
+        let png = rgb16_png(600, 400);
+        let rules = PhotoRules {
+            min_short_side: 64,
+            ..PhotoRules::default()
+        };
+        let cut = &png[..png.len() / 2];
+        assert_eq!(
+            inspect_photo_bytes(cut, &rules)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("corrupt_image")
+        );
+    }
+
+    #[test]
+    fn a_probe_reads_the_header_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("giant.png");
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&7000u32.to_be_bytes());
+        png.extend_from_slice(&7000u32.to_be_bytes());
+        png.extend_from_slice(&[16, 2, 0, 0, 0]);
+        std::fs::write(&path, &png).expect("write");
+        let probe = probe_photo_path(&path, &PhotoRules::default()).expect("probe");
+        assert_eq!(probe.pixels(), 49_000_000);
+    }
 }

@@ -75,45 +75,12 @@ impl GrayThumbnail {
     }
 
     fn from_interleaved(width: u32, height: u32, raw: &[u8], channels: usize) -> GrayThumbnail {
-        let (w, h) = (width as usize, height as usize);
-        let longest = width.max(height).max(1);
-        let factor = longest.div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize;
-        let tw = w.div_ceil(factor).max(1);
-        let th = h.div_ceil(factor).max(1);
-        let step = if factor >= 4 { 2 } else { 1 };
-
-        let column_cell: Vec<usize> = (0..w).step_by(step).map(|x| x / factor).collect();
-        let mut sums = vec![0u32; tw * th];
-        let mut counts = vec![0u32; tw * th];
-        let row_len = w * channels;
-        for y in (0..h).step_by(step) {
-            let row = &raw[y * row_len..(y + 1) * row_len];
-            let base = (y / factor) * tw;
-            for (i, &cell) in column_cell.iter().enumerate() {
-                let p = i * step * channels;
-                let luma = if channels >= 3 {
-                    // ITU-R BT.601 weights in fixed point.
-                    (77 * u32::from(row[p])
-                        + 150 * u32::from(row[p + 1])
-                        + 29 * u32::from(row[p + 2]))
-                        >> 8
-                } else {
-                    u32::from(row[p])
-                };
-                sums[base + cell] += luma;
-                counts[base + cell] += 1;
-            }
+        let mut builder = ThumbnailBuilder::new(width, height);
+        let row_len = width as usize * channels;
+        for (y, row) in raw.chunks_exact(row_len.max(1)).enumerate() {
+            builder.row(y, row, channels);
         }
-        let pixels = sums
-            .iter()
-            .zip(&counts)
-            .map(|(&s, &c)| s.checked_div(c).unwrap_or(0) as u8)
-            .collect();
-        GrayThumbnail {
-            width: tw,
-            height: th,
-            pixels,
-        }
+        builder.finish()
     }
 
     pub(crate) fn metrics(&self) -> QualityMetrics {
@@ -184,6 +151,81 @@ impl GrayThumbnail {
             }
         }
         hash
+    }
+}
+
+/// Builds a [`GrayThumbnail`] from rows as a decoder yields them, so a photo never has to be
+/// held whole in memory to be analysed.
+pub(crate) struct ThumbnailBuilder {
+    width: usize,
+    factor: usize,
+    step: usize,
+    tw: usize,
+    th: usize,
+    column_cell: Vec<usize>,
+    sums: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl ThumbnailBuilder {
+    /// For large reduction factors only every other row and column is sampled: each output
+    /// pixel still averages dozens of inputs.
+    pub(crate) fn new(width: u32, height: u32) -> Self {
+        let (w, h) = (width as usize, height as usize);
+        let longest = width.max(height).max(1);
+        let factor = longest.div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize;
+        let tw = w.div_ceil(factor).max(1);
+        let th = h.div_ceil(factor).max(1);
+        let step = if factor >= 4 { 2 } else { 1 };
+        ThumbnailBuilder {
+            width: w,
+            factor,
+            step,
+            tw,
+            th,
+            column_cell: (0..w).step_by(step).map(|x| x / factor).collect(),
+            sums: vec![0u32; tw * th],
+            counts: vec![0u32; tw * th],
+        }
+    }
+
+    /// Adds row `y` of 8-bit samples with `channels` interleaved channels (gray, gray+alpha,
+    /// RGB or RGBA).
+    pub(crate) fn row(&mut self, y: usize, row: &[u8], channels: usize) {
+        if y % self.step != 0 || row.len() < self.width * channels {
+            return;
+        }
+        let cell_row = y / self.factor;
+        if cell_row >= self.th {
+            return;
+        }
+        let base = cell_row * self.tw;
+        for (i, &cell) in self.column_cell.iter().enumerate() {
+            let p = i * self.step * channels;
+            let luma = if channels >= 3 {
+                // ITU-R BT.601 weights in fixed point.
+                (77 * u32::from(row[p]) + 150 * u32::from(row[p + 1]) + 29 * u32::from(row[p + 2]))
+                    >> 8
+            } else {
+                u32::from(row[p])
+            };
+            self.sums[base + cell] += luma;
+            self.counts[base + cell] += 1;
+        }
+    }
+
+    pub(crate) fn finish(self) -> GrayThumbnail {
+        let pixels = self
+            .sums
+            .iter()
+            .zip(&self.counts)
+            .map(|(&s, &c)| s.checked_div(c).unwrap_or(0) as u8)
+            .collect();
+        GrayThumbnail {
+            width: self.tw,
+            height: self.th,
+            pixels,
+        }
     }
 }
 

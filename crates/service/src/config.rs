@@ -173,6 +173,10 @@ pub struct PhotoSettings {
     pub max_photos: u32,
     pub max_photo_bytes: u64,
     pub min_short_side: u32,
+    /// Parts one upload request may carry (files and form fields alike).
+    pub max_parts: u32,
+    /// Decoded pixels in flight across the process; decodes beyond it wait their turn.
+    pub decode_budget_pixels: u32,
 }
 
 impl Default for PhotoSettings {
@@ -182,6 +186,9 @@ impl Default for PhotoSettings {
             max_photos: 20,
             max_photo_bytes: 20 * 1024 * 1024,
             min_short_side: 512,
+            max_parts: 100,
+            // One photo at the largest accepted size (50 MP), about 150 MB as 8-bit RGB.
+            decode_budget_pixels: 50_000_000,
         }
     }
 }
@@ -299,9 +306,24 @@ impl Config {
                         ),
                     });
                 }
+                let max_parts = env
+                    .parse_range("PHOTO_MAX_PARTS", 1, 100_000)?
+                    .unwrap_or(defaults.max_parts);
+                if max_parts < max_photos {
+                    return Err(ConfigError {
+                        variable: "PHOTO_MAX_PARTS",
+                        problem: format!(
+                            "must be at least AVATAR_MAX_PHOTOS ({max_photos}), got {max_parts}"
+                        ),
+                    });
+                }
                 PhotoSettings {
                     min_photos,
                     max_photos,
+                    max_parts,
+                    decode_budget_pixels: env
+                        .parse_range("PHOTO_DECODE_BUDGET_PIXELS", 1_000_000, 4_000_000_000)?
+                        .unwrap_or(defaults.decode_budget_pixels),
                     max_photo_bytes: env
                         .parse_range("PHOTO_MAX_BYTES", 1024, 200 * 1024 * 1024)?
                         .unwrap_or(defaults.max_photo_bytes),
@@ -671,6 +693,31 @@ mod tests {
             defaults.events.disable_after,
             Duration::from_secs(5 * 24 * 3600)
         );
+    }
+
+    #[test]
+    fn intake_limits_are_read_and_checked() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.photos.max_parts, 100);
+        assert_eq!(defaults.photos.decode_budget_pixels, 50_000_000);
+        let set = config(&[
+            ("PHOTO_MAX_PARTS", "30"),
+            ("PHOTO_DECODE_BUDGET_PIXELS", "1000000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (set.photos.max_parts, set.photos.decode_budget_pixels),
+            (30, 1_000_000)
+        );
+        let error = config(&[("AVATAR_MAX_PHOTOS", "40"), ("PHOTO_MAX_PARTS", "39")]).unwrap_err();
+        assert_eq!(error.variable, "PHOTO_MAX_PARTS");
+        for (name, value) in [
+            ("PHOTO_MAX_PARTS", "0"),
+            ("PHOTO_DECODE_BUDGET_PIXELS", "999999"),
+            ("PHOTO_DECODE_BUDGET_PIXELS", "5000000000"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
     }
 
     #[test]

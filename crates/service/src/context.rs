@@ -161,6 +161,8 @@ pub struct Service {
     pub webhook_fetcher: Arc<safe_fetch::SafeFetcher>,
     /// Renders event bodies for the sequencer.
     pub event_bodies: EventBodies,
+    /// Decoded pixels in flight across every photo check of this process.
+    pub decode_budget: crate::photos::DecodeBudget,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -190,6 +192,7 @@ impl Service {
             max_redirects: 0,
             ..policy(64 * 1024)
         })?;
+        let decode_budget = crate::photos::DecodeBudget::new(settings.photos.decode_budget_pixels);
         Ok(Self {
             store,
             blobs,
@@ -205,6 +208,7 @@ impl Service {
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
+            decode_budget,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }

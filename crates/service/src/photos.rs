@@ -3,13 +3,16 @@
 //! counted. Nothing is stored for a rejected file, and a crash mid-way leaves a pending row the
 //! janitor cleans up, never an unknown blob.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 use domain::{Avatar, AvatarId, PhotoFormat, PhotoId, PhotoWarning, TenantId};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use store::{NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::Service;
 use crate::error::ServiceError;
@@ -55,14 +58,52 @@ pub async fn ingest_file(
     admit(service, tenant_id, avatar_id, file_name, path, inspection).await
 }
 
-/// The photo checks of one file, on a blocking thread (decoding is CPU work). Returns a handle
-/// so a batch can check the next file while this one is being admitted.
-pub fn inspect(
-    service: &Service,
-    path: std::path::PathBuf,
-) -> tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>> {
+/// The decoded pixels the whole process may hold at once. A decode takes its photo's pixel
+/// count (at most the whole budget, so a photo larger than it runs alone) and waits while the
+/// budget is spent: a burst of uploads queues instead of exhausting memory and CPU.
+#[derive(Clone)]
+pub struct DecodeBudget {
+    pixels: Arc<Semaphore>,
+    total: u32,
+}
+
+impl DecodeBudget {
+    pub fn new(total: u32) -> Self {
+        Self {
+            pixels: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `pixels` (capped at the whole budget) are free and holds them until the
+    /// permit is dropped.
+    pub async fn acquire(&self, pixels: u64) -> OwnedSemaphorePermit {
+        let wanted = pixels.clamp(1, u64::from(self.total)) as u32;
+        self.pixels
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .expect("the decode budget is never closed")
+    }
+}
+
+/// The photo checks of one file: the header first (cheap), then, once the decode budget has
+/// room for its pixels, the full decode on a blocking thread. Returns a handle so a batch can
+/// check the next file while this one is being admitted.
+pub fn inspect(service: &Service, path: std::path::PathBuf) -> Inspection {
     let rules = service.photo_rules();
-    tokio::task::spawn_blocking(move || media::inspect_photo_path(&path, &rules))
+    let budget = service.decode_budget.clone();
+    tokio::spawn(async move {
+        let (probe_path, probe_rules) = (path.clone(), rules.clone());
+        let probe =
+            tokio::task::spawn_blocking(move || media::probe_photo_path(&probe_path, &probe_rules))
+                .await
+                .map_err(std::io::Error::other)??;
+        let _permit = budget.acquire(probe.pixels()).await;
+        tokio::task::spawn_blocking(move || media::inspect_photo_path(&path, &rules))
+            .await
+            .map_err(std::io::Error::other)?
+    })
 }
 
 /// Adds an inspected file to the avatar's set: reserve, store the bytes, count.
@@ -72,7 +113,7 @@ pub async fn admit(
     avatar_id: AvatarId,
     file_name: &str,
     path: &Path,
-    inspection: tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>,
+    inspection: Inspection,
 ) -> Result<Result<PhotoRecord, RejectedFile>, ServiceError> {
     let inspection = match inspection.await.map_err(ServiceError::internal)? {
         Ok(inspection) => inspection,
@@ -112,15 +153,7 @@ pub async fn admit(
         Reservation::Reserved(photo) => photo,
         Reservation::AvatarNotFound => return Err(ServiceError::avatar_not_found(avatar_id)),
         Reservation::AvatarBusy(_) => return Err(ServiceError::avatar_training()),
-        Reservation::LimitReached { max } => {
-            return Ok(Err(RejectedFile::new(
-                file_name,
-                "photo_limit_reached",
-                format!(
-                "the avatar already holds the maximum of {max} photos; delete one to add another"
-            ),
-            )))
-        }
+        Reservation::LimitReached { max } => return Ok(Err(limit_reached(file_name, max))),
         Reservation::Duplicate { existing } => {
             return Ok(Err(RejectedFile::new(
                 file_name,
@@ -145,8 +178,16 @@ pub async fn admit(
     Ok(Ok(photo))
 }
 
-/// A photo check running on a blocking thread.
-type Inspection = tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>;
+/// A photo check running in the background.
+pub type Inspection = tokio::task::JoinHandle<Result<media::PhotoInspection, media::InspectError>>;
+
+fn limit_reached(file_name: &str, max: u32) -> RejectedFile {
+    RejectedFile::new(
+        file_name,
+        "photo_limit_reached",
+        format!("the avatar already holds the maximum of {max} photos; delete one to add another"),
+    )
+}
 
 /// A fresh spool file in the scratch directory, removed when dropped.
 fn spool_file(service: &Service) -> Result<tempfile::NamedTempFile, ServiceError> {
@@ -190,6 +231,8 @@ pub struct IncomingFile {
     file: tokio::fs::File,
     size: u64,
     max_bytes: u64,
+    /// Hashed as it arrives, so an exact duplicate is known before any decode.
+    sha256: Sha256,
 }
 
 impl IncomingFile {
@@ -198,6 +241,7 @@ impl IncomingFile {
         if self.size > self.max_bytes {
             return Ok(());
         }
+        self.sha256.update(chunk);
         self.file
             .write_all(chunk)
             .await
@@ -219,6 +263,11 @@ pub struct PhotoBatch {
     accepted: Vec<PhotoRecord>,
     rejected: Vec<RejectedFile>,
     in_flight_limit: usize,
+    /// SHA-256 of every file in the avatar's set or earlier in this request, with the stored
+    /// photo's id: exact duplicates are refused without decoding them.
+    known: HashMap<String, Option<PhotoId>>,
+    /// Photos the avatar held when the batch opened.
+    stored_before: usize,
 }
 
 impl PhotoBatch {
@@ -233,7 +282,13 @@ impl PhotoBatch {
         if avatar.status == domain::AvatarStatus::Training {
             return Err(ServiceError::avatar_training());
         }
+        let existing = list_photos(service, tenant_id, avatar_id).await?;
         Ok(Self {
+            stored_before: existing.len(),
+            known: existing
+                .into_iter()
+                .map(|photo| (photo.sha256, Some(photo.id)))
+                .collect(),
             service: service.clone(),
             tenant_id,
             avatar_id,
@@ -255,26 +310,37 @@ impl PhotoBatch {
             + 1024 * 1024
     }
 
-    /// The name of the next part: the given one, or `part-N`.
-    fn next_name(&mut self, name: Option<&str>) -> String {
+    /// The name of the next part: the given one, or `part-N`. Refuses the whole request past
+    /// the parts limit, so empty or tiny parts cannot pile up rejections without end.
+    fn next_name(&mut self, name: Option<&str>) -> Result<String, ServiceError> {
         self.files += 1;
-        name.map(str::to_string)
-            .unwrap_or_else(|| format!("part-{}", self.files))
+        let max = self.service.settings.photos.max_parts;
+        if self.files > max as usize {
+            return Err(ServiceError::too_large(
+                "too_many_parts",
+                format!("an upload may carry at most {max} parts"),
+            )
+            .with_extension("limit", serde_json::json!(max)));
+        }
+        Ok(name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("part-{}", self.files)))
     }
 
     /// Notes a part that is a form field, not a file.
-    pub fn refuse_form_field(&mut self, name: Option<&str>) {
-        let file_name = self.next_name(name);
+    pub fn refuse_form_field(&mut self, name: Option<&str>) -> Result<(), ServiceError> {
+        let file_name = self.next_name(name)?;
         self.pending.push_back(Pending::Decided(RejectedFile::new(
             &file_name,
             "not_a_file",
             "this part is a form field, not a file",
         )));
+        Ok(())
     }
 
     /// Starts receiving a file; feed it with [`IncomingFile::write`], then [`Self::add`] it.
     pub fn receive(&mut self, name: Option<&str>) -> Result<IncomingFile, ServiceError> {
-        let file_name = self.next_name(name);
+        let file_name = self.next_name(name)?;
         let spool = spool_file(&self.service)?;
         let file = tokio::fs::File::from_std(spool.reopen().map_err(ServiceError::internal)?);
         Ok(IncomingFile {
@@ -283,10 +349,12 @@ impl PhotoBatch {
             file,
             size: 0,
             max_bytes: self.service.settings.photos.max_photo_bytes,
+            sha256: Sha256::new(),
         })
     }
 
-    /// Adds a received file: refused when too large, else checked while the next arrives.
+    /// Adds a received file: refused when too large, an exact duplicate or beyond the set's
+    /// room (all known without decoding), else checked while the next arrives.
     pub async fn add(&mut self, mut incoming: IncomingFile) -> Result<(), ServiceError> {
         incoming
             .file
@@ -298,8 +366,18 @@ impl PhotoBatch {
             spool,
             size,
             max_bytes,
+            sha256,
             ..
         } = incoming;
+        // The name is stored with the photo, and no text column can hold U+0000.
+        if file_name.contains('\0') {
+            self.pending.push_back(Pending::Decided(RejectedFile::new(
+                &file_name.replace('\0', "\u{FFFD}"),
+                "invalid_file_name",
+                "the file name may not contain the NUL character (U+0000)",
+            )));
+            return Ok(());
+        }
         if size > max_bytes {
             self.pending.push_back(Pending::Decided(RejectedFile::new(
                 &file_name,
@@ -311,6 +389,10 @@ impl PhotoBatch {
             )));
             return Ok(());
         }
+        if let Some(rejection) = self.refuse_before_decoding(&file_name, sha256).await? {
+            self.pending.push_back(Pending::Decided(rejection));
+            return Ok(());
+        }
         let inspection = inspect(&self.service, spool.path().to_path_buf());
         self.pending
             .push_back(Pending::Inspecting(file_name, spool, inspection));
@@ -318,6 +400,40 @@ impl PhotoBatch {
             self.settle_next().await?;
         }
         Ok(())
+    }
+
+    /// The refusals that need no decode. The store still decides when the photo is reserved
+    /// (another request may add photos meanwhile); this only spares decoding files that cannot
+    /// be accepted.
+    async fn refuse_before_decoding(
+        &mut self,
+        file_name: &str,
+        sha256: Sha256,
+    ) -> Result<Option<RejectedFile>, ServiceError> {
+        let digest = hex::encode(sha256.finalize());
+        if let Some(existing) = self.known.get(&digest) {
+            let message = match existing {
+                Some(id) => format!("the same file is already in the avatar's set as photo {id}"),
+                None => "the same file appears earlier in this request".to_string(),
+            };
+            return Ok(Some(RejectedFile::new(
+                file_name,
+                "duplicate_photo",
+                message,
+            )));
+        }
+        self.known.insert(digest, None);
+        let max = self.service.settings.photos.max_photos;
+        // Files still being checked may yet be refused: only count them once settled.
+        if self.stored_before + self.accepted.len() + self.in_flight() >= max as usize {
+            while !self.pending.is_empty() {
+                self.settle_next().await?;
+            }
+        }
+        if self.stored_before + self.accepted.len() >= max as usize {
+            return Ok(Some(limit_reached(file_name, max)));
+        }
+        Ok(None)
     }
 
     fn in_flight(&self) -> usize {
@@ -464,5 +580,28 @@ pub async fn delete_photo(
         PhotoRemoval::AvatarNotFound => Err(ServiceError::avatar_not_found(avatar_id)),
         PhotoRemoval::PhotoNotFound => Err(ServiceError::photo_not_found(photo_id)),
         PhotoRemoval::AvatarBusy(_) => Err(ServiceError::avatar_training()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::DecodeBudget;
+
+    #[tokio::test]
+    async fn decodes_beyond_the_budget_wait_for_pixels_to_be_released() {
+        let budget = DecodeBudget::new(10_000_000);
+        let first = budget.acquire(6_000_000).await;
+        let second = budget.acquire(4_000_000).await;
+        let mut third = Box::pin(budget.acquire(1));
+        assert!((&mut third).now_or_never().is_none(), "the budget is spent");
+        drop(second);
+        assert!(third.now_or_never().is_some(), "released pixels are taken");
+        drop(first);
+        // A photo larger than the whole budget still runs, alone.
+        let giant = budget.acquire(50_000_000).await;
+        assert!(budget.acquire(1).now_or_never().is_none());
+        drop(giant);
     }
 }

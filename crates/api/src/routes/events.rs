@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -28,6 +28,19 @@ pub struct EventsQuery {
     /// Only these types, comma-separated, e.g. `training.succeeded,training.failed`.
     #[param(value_type = Option<Vec<crate::openapi::EventType>>, style = Form, explode = false)]
     pub types: Option<String>,
+}
+
+/// One event of the stream as a client's SSE parser yields it (keep-alive comments aside).
+/// Documentation only: the stream is written by axum's SSE encoder.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StreamedEvent {
+    /// The event id: resume after it with `Last-Event-ID`.
+    pub id: String,
+    /// The event type, e.g. `training.succeeded`.
+    pub event: String,
+    /// The webhook body as JSON text: `{type, timestamp, data}`.
+    pub data: String,
 }
 
 /// Stream events.
@@ -50,7 +63,7 @@ pub struct EventsQuery {
     ),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = StreamedEvent),
         (status = 401, description = "Missing, unknown or revoked API key", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid filter, or unknown `Last-Event-ID` (`unknown_event_id`)", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`) or the tenant's open streams (`event_stream_quota_exceeded`) are at their limit", body = crate::problem::Problem, content_type = "application/problem+json"),

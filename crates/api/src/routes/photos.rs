@@ -60,7 +60,7 @@ pub struct PhotoUrls {
         (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The avatar is training (`avatar_training`)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The whole request is larger than a full set of photos", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The whole request is larger than a full set of photos (`payload_too_large`), or carries more parts than `PHOTO_MAX_PARTS` (`too_many_parts`, with `limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither multipart/form-data nor JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No file part (`no_files`), or every file rejected (`photos_rejected`, with `rejected`)", body = Problem, content_type = "application/problem+json"),
     )
@@ -121,7 +121,7 @@ async fn upload_parts(
         if field.file_name().is_none() && field.content_type().is_none() {
             // Drain it: a text field is not a photo.
             while field.chunk().await.map_err(multipart_error)?.is_some() {}
-            batch.refuse_form_field(name.as_deref());
+            batch.refuse_form_field(name.as_deref())?;
             continue;
         }
         let mut file = batch.receive(name.as_deref())?;
