@@ -4,7 +4,9 @@
 mod auth;
 mod avatars;
 mod connections;
+mod database;
 mod events;
+mod fal_callbacks;
 mod generations;
 mod http_errors;
 mod openapi;

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings};
+use crate::config::{
+    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, UnknownCallbackSettings,
+};
 use crate::fal_link::FalLink;
 use crate::jobs::JobSettings;
 
@@ -17,6 +19,7 @@ pub struct Settings {
     pub events: EventSettings,
     pub jobs: JobSettings,
     pub workers: crate::workers::WorkerIntervals,
+    pub unknown_callbacks: UnknownCallbackSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -30,6 +33,7 @@ impl Settings {
             events: config.events,
             jobs: JobSettings::from_config(config),
             workers: crate::workers::WorkerIntervals::default(),
+            unknown_callbacks: config.unknown_callbacks,
             scratch_dir: std::env::temp_dir(),
         }
     }

@@ -16,6 +16,12 @@ use tokio::task::JoinHandle;
 
 use crate::context::Service;
 
+/// The smallest database pool the service starts with. The sequencer, relay, janitor,
+/// submitter, custody and reconciler loops may each hold a connection at the same moment;
+/// one more keeps requests (and fal's callbacks) from waiting on all of them. The LISTEN
+/// connection is not taken from the pool.
+pub const MIN_DATABASE_CONNECTIONS: u32 = 7;
+
 /// How often idle workers look for work they were not woken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerIntervals {
