@@ -4,8 +4,10 @@
 mod auth;
 mod avatars;
 mod connections;
+mod database;
 mod events;
 mod fairness;
+mod fal_callbacks;
 mod generation_cancel;
 mod generations;
 mod http_errors;

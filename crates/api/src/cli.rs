@@ -114,7 +114,7 @@ fn require_database(config: &Config, command: &str) -> Result<store::Store, anyh
         variable: "DATABASE_URL",
         problem: format!("required for `avatars {command}` (e.g. postgres://user@host/avatars)"),
     })?;
-    store::Store::connect_lazy(url.expose_secret(), config.database_max_connections).map_err(|_| {
+    store::Store::connect_lazy_with_settings(url.expose_secret(), &config.database).map_err(|_| {
         ConfigError {
             variable: "DATABASE_URL",
             problem: "expected a postgres:// URL".into(),

@@ -38,7 +38,7 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
         }
     };
 
-    let store = store::Store::connect_lazy(&database_url, config.database_max_connections)?;
+    let store = store::Store::connect_lazy_with_settings(&database_url, &config.database)?;
     store.migrate().await.context("applying migrations")?;
     let key = dev_api_key(&store, &data_dir).await?;
 

@@ -12,7 +12,6 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 use url::Url;
 
 const HEADER_REQUEST_ID: &str = "x-fal-webhook-request-id";
@@ -169,20 +168,34 @@ impl VerifierConfig {
     }
 }
 
-struct KeyCache {
-    keys: Vec<VerifyingKey>,
+/// The keys in use and what is known of their fetching; replaced field by field only after a
+/// fetch ended, never while one is in flight.
+#[derive(Clone, Default)]
+struct KeyState {
+    keys: Arc<Vec<VerifyingKey>>,
     /// Time of the last successful fetch (the keys' age).
     fetched_at: Option<Instant>,
-    /// Time of the last fetch attempt, successful or not (throttles forced refreshes).
+    /// Start of the last fetch attempt, successful or not (throttles forced refreshes).
     last_attempt: Option<Instant>,
+    /// Fetch attempts so far: a caller that waited for a fetch sees it counted, and takes its
+    /// outcome instead of fetching again.
+    attempts: u64,
+    /// Why the last attempt failed, when it did.
+    last_failure: Option<String>,
 }
 
 /// Verifies fal webhooks. Cheap to clone; clones share the key cache.
+///
+/// Verification only reads the key state (a lock held for a copy, never across I/O), so
+/// requests signed with known keys are never held up by a fetch. At most one fetch is in
+/// flight; callers that need fresh keys meanwhile wait for its outcome.
 #[derive(Clone)]
 pub struct Verifier {
     config: Arc<VerifierConfig>,
     http: reqwest::Client,
-    cache: Arc<Mutex<KeyCache>>,
+    state: Arc<std::sync::Mutex<KeyState>>,
+    /// Held by the one fetch in flight.
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -203,11 +216,8 @@ impl Verifier {
         Self {
             config: Arc::new(config),
             http,
-            cache: Arc::new(Mutex::new(KeyCache {
-                keys: Vec::new(),
-                fetched_at: None,
-                last_attempt: None,
-            })),
+            state: Arc::default(),
+            fetching: Arc::default(),
         }
     }
 
@@ -310,37 +320,71 @@ impl Verifier {
         message: &[u8],
         signature: &Signature,
     ) -> Result<bool, WebhookError> {
-        let mut cache = self.cache.lock().await;
-        let expired = cache
+        let seen = self.key_state();
+        let expired = seen
             .fetched_at
             .is_none_or(|at| at.elapsed() >= self.config.cache_ttl);
-        if expired {
-            self.refresh(&mut cache).await?;
+        if !expired {
+            if any_key_verifies(&seen.keys, message, signature) {
+                return Ok(true);
+            }
+            let recently = seen
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < self.config.min_refresh_interval);
+            if recently {
+                return Ok(false);
+            }
+            tracing::info!(
+                "webhook signature did not verify with cached fal keys; refreshing the JWKS"
+            );
         }
-        if any_key_verifies(&cache.keys, message, signature) {
-            return Ok(true);
-        }
-        let recently = cache
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < self.config.min_refresh_interval);
-        if recently {
-            return Ok(false);
-        }
-        tracing::info!(
-            "webhook signature did not verify with cached fal keys; refreshing the JWKS"
-        );
-        self.refresh(&mut cache).await?;
-        Ok(any_key_verifies(&cache.keys, message, signature))
+        let fresh = self.refresh_after(seen.attempts).await?;
+        Ok(any_key_verifies(&fresh.keys, message, signature))
     }
 
-    /// Fetches the keys. A failed fetch keeps the old keys and their age (they still expire on
-    /// time) but counts as an attempt, so an outage is not hammered.
-    async fn refresh(&self, cache: &mut KeyCache) -> Result<(), WebhookError> {
-        cache.last_attempt = Some(Instant::now());
-        let keys = self.fetch_keys().await?;
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
-        Ok(())
+    fn key_state(&self) -> KeyState {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Fresh keys, from the first fetch that ends after `seen_attempts` were counted: this
+    /// caller's own, or the one in flight when it asked. A failed fetch keeps the old keys and
+    /// their age (they still expire on time) but counts as an attempt, so an outage is not
+    /// hammered.
+    async fn refresh_after(&self, seen_attempts: u64) -> Result<KeyState, WebhookError> {
+        let _fetching = self.fetching.lock().await;
+        let current = self.key_state();
+        if current.attempts != seen_attempts {
+            return match current.last_failure {
+                None => Ok(current),
+                Some(reason) => Err(WebhookError::JwksUnavailable(reason)),
+            };
+        }
+        let started = Instant::now();
+        let fetched = self.fetch_keys().await;
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.attempts += 1;
+        state.last_attempt = Some(started);
+        match fetched {
+            Ok(keys) => {
+                state.keys = Arc::new(keys);
+                state.fetched_at = Some(Instant::now());
+                state.last_failure = None;
+                Ok(state.clone())
+            }
+            Err(error) => {
+                state.last_failure = Some(match &error {
+                    WebhookError::JwksUnavailable(reason) => reason.clone(),
+                    other => other.to_string(),
+                });
+                Err(error)
+            }
+        }
     }
 
     async fn fetch_keys(&self) -> Result<Vec<VerifyingKey>, WebhookError> {

@@ -56,7 +56,10 @@ pub struct FalSettings {
 pub struct Config {
     /// Absent only in dev mode, which then runs its own PostgreSQL.
     pub database_url: Option<SecretString>,
+    /// Also in `database`; kept for callers that only size a pool.
     pub database_max_connections: u32,
+    /// The pool's size and its timeouts.
+    pub database: store::PoolSettings,
     pub bind_addr: SocketAddr,
     pub public_base_url: Option<String>,
     pub storage_url: Option<String>,
@@ -70,7 +73,14 @@ pub struct Config {
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
+    pub unknown_callbacks: UnknownCallbackSettings,
 }
+
+/// The smallest database pool the service starts with. The sequencer, relay, janitor,
+/// submitter, custody and reconciler loops may each hold a connection at the same moment;
+/// one more keeps requests (and fal's callbacks) from waiting on all of them. The LISTEN
+/// connection is not taken from the pool.
+pub const MIN_DATABASE_CONNECTIONS: u32 = 7;
 
 /// How a stopping process hands over to the others (SIGTERM in a rolling update).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +127,28 @@ impl Default for TenantLimits {
             max_active_generations: 20,
             max_webhook_endpoints: 10,
             max_event_streams: 5,
+        }
+    }
+}
+
+/// Limits on fal callbacks that name no job of ours: anyone with a fal account can aim
+/// callbacks at this service, so what is kept of them for reconciliation is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCallbackSettings {
+    /// Larger bodies are kept without their body (request id, status and digest only).
+    pub max_body_bytes: usize,
+    /// Callbacks kept at most; further ones are acknowledged and not kept.
+    pub max_kept: u32,
+    /// How long one is kept.
+    pub retention: Duration,
+}
+
+impl Default for UnknownCallbackSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_kept: 10_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -254,11 +286,38 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env { lookup: &lookup };
         let http_defaults = HttpLimits::default();
+        let database = {
+            let defaults = store::PoolSettings::default();
+            let max_connections = env
+                .parse_range("DATABASE_MAX_CONNECTIONS", 1, 1000)?
+                .unwrap_or(defaults.max_connections);
+            let least = MIN_DATABASE_CONNECTIONS;
+            if max_connections < least {
+                return Err(ConfigError {
+                    variable: "DATABASE_MAX_CONNECTIONS",
+                    problem: format!(
+                        "must be at least {least} (the background workers may hold {} connections at once, and requests need one more), got {max_connections}",
+                        least - 1
+                    ),
+                });
+            }
+            store::PoolSettings {
+                max_connections,
+                acquire_timeout: env
+                    .seconds("DATABASE_ACQUIRE_TIMEOUT", 1, 3)?
+                    .unwrap_or(defaults.acquire_timeout),
+                statement_timeout: env
+                    .seconds("DATABASE_STATEMENT_TIMEOUT", 1, 3600)?
+                    .unwrap_or(defaults.statement_timeout),
+                idle_in_transaction_timeout: env
+                    .seconds("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 1, 3600)?
+                    .unwrap_or(defaults.idle_in_transaction_timeout),
+            }
+        };
         Ok(Config {
             database_url: env.secret("DATABASE_URL"),
-            database_max_connections: env
-                .parse_range("DATABASE_MAX_CONNECTIONS", 1, 1000)?
-                .unwrap_or(10),
+            database_max_connections: database.max_connections,
+            database,
             bind_addr: env
                 .parse_with("BIND_ADDR", "a socket address such as 0.0.0.0:8080", |v| {
                     v.parse::<SocketAddr>().ok()
@@ -450,6 +509,20 @@ impl Config {
                     max_event_streams: env
                         .parse_range("TENANT_MAX_EVENT_STREAMS", 1, 10_000)?
                         .unwrap_or(defaults.max_event_streams),
+                }
+            },
+            unknown_callbacks: {
+                let defaults = UnknownCallbackSettings::default();
+                UnknownCallbackSettings {
+                    max_body_bytes: env
+                        .parse_range("FAL_UNKNOWN_CALLBACK_MAX_BYTES", 0, 1024 * 1024)?
+                        .unwrap_or(defaults.max_body_bytes),
+                    max_kept: env
+                        .parse_range("FAL_UNKNOWN_CALLBACKS_MAX", 0, 10_000_000)?
+                        .unwrap_or(defaults.max_kept),
+                    retention: env
+                        .seconds("FAL_UNKNOWN_CALLBACK_RETENTION", 60, 365 * 24 * 3600)?
+                        .unwrap_or(defaults.retention),
                 }
             },
             fal: FalSettings {
@@ -669,6 +742,78 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("invalid configuration: {name}: expected")));
         }
+    }
+
+    #[test]
+    fn database_pool_settings_are_read_and_bounded() {
+        let defaults = config(&[]).unwrap().database;
+        assert_eq!(defaults, store::PoolSettings::default());
+        assert_eq!(defaults.acquire_timeout, Duration::from_secs(3));
+        let set = config(&[
+            ("DATABASE_MAX_CONNECTIONS", "7"),
+            ("DATABASE_ACQUIRE_TIMEOUT", "1"),
+            ("DATABASE_STATEMENT_TIMEOUT", "5"),
+            ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "9"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.database,
+            store::PoolSettings {
+                max_connections: 7,
+                acquire_timeout: Duration::from_secs(1),
+                statement_timeout: Duration::from_secs(5),
+                idle_in_transaction_timeout: Duration::from_secs(9),
+            }
+        );
+        assert_eq!(set.database_max_connections, 7);
+        for (name, value) in [
+            ("DATABASE_ACQUIRE_TIMEOUT", "4"),
+            ("DATABASE_ACQUIRE_TIMEOUT", "0"),
+            ("DATABASE_STATEMENT_TIMEOUT", "0"),
+            ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "soon"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn unknown_callback_limits_are_read_and_bounded() {
+        assert_eq!(
+            config(&[]).unwrap().unknown_callbacks,
+            UnknownCallbackSettings::default()
+        );
+        let set = config(&[
+            ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "0"),
+            ("FAL_UNKNOWN_CALLBACKS_MAX", "5"),
+            ("FAL_UNKNOWN_CALLBACK_RETENTION", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.unknown_callbacks,
+            UnknownCallbackSettings {
+                max_body_bytes: 0,
+                max_kept: 5,
+                retention: Duration::from_secs(3600),
+            }
+        );
+        for (name, value) in [
+            ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "2000000"),
+            ("FAL_UNKNOWN_CALLBACKS_MAX", "-1"),
+            ("FAL_UNKNOWN_CALLBACK_RETENTION", "59"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_workers_is_refused_at_start_up() {
+        for small in ["1", "2", "6"] {
+            let error = config(&[("DATABASE_MAX_CONNECTIONS", small)]).unwrap_err();
+            assert_eq!(error.variable, "DATABASE_MAX_CONNECTIONS");
+            assert!(error.problem.contains("must be at least 7"), "{error}");
+        }
+        let least = config(&[("DATABASE_MAX_CONNECTIONS", "7")]).unwrap();
+        assert_eq!(least.database.max_connections, 7);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::{
     Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, TenantLimits,
+    UnknownCallbackSettings,
 };
 use crate::fal_link::FalLink;
 
@@ -21,6 +22,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
+    pub unknown_callbacks: UnknownCallbackSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -36,6 +38,7 @@ impl Settings {
             jobs: JobSettings::from_config(config),
             workers: WorkerIntervals::default(),
             shutdown: config.shutdown,
+            unknown_callbacks: config.unknown_callbacks,
             scratch_dir: std::env::temp_dir(),
         }
     }

@@ -262,6 +262,10 @@ impl From<domain::Violations> for ServiceError {
     }
 }
 
+/// What a caller refused for want of a database connection is told to wait: long enough
+/// for a busy pool to drain, short enough that a brief outage costs little.
+const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 impl From<store::StoreError> for ServiceError {
     fn from(error: store::StoreError) -> Self {
         use store::StoreError;
@@ -269,8 +273,9 @@ impl From<store::StoreError> for ServiceError {
             StoreError::NotFound => Self::not_found("not_found", "no such resource"),
             error if error.is_unavailable() => Self::unavailable(
                 "database_unavailable",
-                "the database is unreachable; retry later",
+                "the database is unreachable or busy; retry later",
             )
+            .with_retry_after(DATABASE_RETRY_AFTER)
             .with_source(error),
             other => Self::internal(other),
         }

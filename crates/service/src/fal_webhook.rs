@@ -29,7 +29,7 @@ pub enum CallbackOutcome {
     Ignored,
     /// The same delivery was recorded before.
     Duplicate,
-    /// No job matches; kept for reconciliation.
+    /// No job matches; kept for reconciliation while fewer than the configured number are.
     UnknownRequest,
 }
 
@@ -75,7 +75,7 @@ pub async fn receive_callback(
             fal::WebhookStatus::Ok => "OK".into(),
             fal::WebhookStatus::Error => "ERROR".into(),
         },
-        body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+        body: kept_body(service, job.is_some(), body),
     };
     let events = match &job {
         Some(job) => jobs::completion_events(job, &request_id, fal_outcome(payload)),
@@ -83,12 +83,21 @@ pub async fn receive_callback(
     };
     let outcome = service
         .store
-        .apply_webhook(&delivery, job.as_ref().map(|j| j.id), &events)
+        .apply_webhook(
+            &delivery,
+            job.as_ref().map(|j| j.id),
+            &events,
+            i64::from(service.settings.unknown_callbacks.max_kept),
+        )
         .await?;
     let outcome = match outcome {
         WebhookOutcome::Duplicate => CallbackOutcome::Duplicate,
         WebhookOutcome::UnknownRequest => {
             tracing::warn!(request_id = %request_id, "fal callback for an unknown request kept for reconciliation");
+            CallbackOutcome::UnknownRequest
+        }
+        WebhookOutcome::UnknownRequestNotKept => {
+            tracing::warn!(request_id = %request_id, "fal callback for an unknown request not kept: as many as allowed are kept already");
             CallbackOutcome::UnknownRequest
         }
         WebhookOutcome::Processed(store::EventOutcome::Applied(_)) => CallbackOutcome::Applied,
@@ -99,6 +108,15 @@ pub async fn receive_callback(
         crate::generation_items::announce(service, generation);
     }
     Ok(outcome)
+}
+
+/// The body as the inbox keeps it. A callback for an unknown request keeps its body only
+/// when small: anyone with a fal account can send them, and what they say is not ours.
+fn kept_body(service: &Service, for_a_job: bool, body: &[u8]) -> serde_json::Value {
+    if !for_a_job && body.len() > service.settings.unknown_callbacks.max_body_bytes {
+        return serde_json::json!({ "omitted_bytes": body.len() });
+    }
+    serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
 }
 
 /// Checks fal's signature over the raw bytes, then parses them.

@@ -329,7 +329,7 @@ impl Store {
 
     /// A connection listening for newly sequenced events.
     pub async fn listen_events(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.listening_pool()).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         Ok(listener)
     }

@@ -102,6 +102,8 @@ pub enum WebhookOutcome {
     Duplicate,
     /// No job matches; kept in the inbox for reconciliation.
     UnknownRequest,
+    /// No job matches, and the inbox already keeps as many unknown requests as allowed.
+    UnknownRequestNotKept,
     Processed(EventOutcome),
 }
 
@@ -408,14 +410,29 @@ impl Store {
 
     /// Records a verified webhook and applies what it says, in one transaction: a redelivery is
     /// a no-op, an unknown request is kept for reconciliation. `job_id` is the job the delivery
-    /// was correlated with, if any.
+    /// was correlated with, if any. Unknown requests are kept only while fewer than
+    /// `unknown_kept_at_most` are (concurrent callbacks may pass that by a few).
     pub async fn apply_webhook(
         &self,
         delivery: &WebhookDelivery,
         job_id: Option<Uuid>,
         events: &[(JobEvent, JobChanges)],
+        unknown_kept_at_most: i64,
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if job_id.is_none() {
+            let kept: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM webhook_inbox
+                  WHERE outcome = 'unknown_request' LIMIT $1) kept",
+            )
+            .bind(unknown_kept_at_most)
+            .fetch_one(&mut *tx)
+            .await?;
+            if kept >= unknown_kept_at_most {
+                tx.commit().await?;
+                return Ok(WebhookOutcome::UnknownRequestNotKept);
+            }
+        }
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO webhook_inbox (fal_request_id, body_sha256, job_id, fal_status, outcome, body)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -453,6 +470,22 @@ impl Store {
         }
         tx.commit().await?;
         Ok(WebhookOutcome::Processed(last))
+    }
+
+    /// Forgets callbacks for unknown requests received more than `older_than` ago. Returns
+    /// how many were removed.
+    pub async fn purge_unknown_callbacks(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let removed = sqlx::query(
+            "DELETE FROM webhook_inbox
+             WHERE outcome = 'unknown_request' AND received_at < now() - make_interval(secs => $1)",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(removed.rows_affected())
     }
 
     /// Claims the oldest pending job (pending -> uploading) for `owner` until the lease ends, or

@@ -36,11 +36,37 @@ pub use readiness::Readiness;
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
 pub use tenants::{Quota, Tenant};
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use std::time::Duration;
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// How the pool is sized and how long the database lets a connection wait or work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before the request is refused (503),
+    /// rather than queueing behind a stuck pool until the client gives up.
+    pub acquire_timeout: Duration,
+    /// Longest statement the server runs before cancelling it.
+    pub statement_timeout: Duration,
+    /// Longest a transaction may sit idle before the server ends its session, so a stalled
+    /// task cannot hold row locks indefinitely.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -56,24 +82,72 @@ impl Store {
     /// A pool that connects on first use, so the service can start (and report itself not
     /// ready) while the database is down.
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_lazy_with_settings(
+            url,
+            &PoolSettings {
+                max_connections,
+                ..PoolSettings::default()
+            },
+        )
+    }
+
+    /// [`Store::connect_lazy`] with every pool setting given.
+    pub fn connect_lazy_with_settings(
+        url: &str,
+        settings: &PoolSettings,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::connect_lazy_with(url.parse()?, settings))
+    }
+
+    /// A lazily connecting pool on `options`; every connection it opens carries the
+    /// settings' server-side timeouts (sent at connect, so they cost no extra round trip).
+    pub fn connect_lazy_with(options: PgConnectOptions, settings: &PoolSettings) -> Self {
+        let options = options.options([
+            (
+                "statement_timeout",
+                settings.statement_timeout.as_millis().to_string(),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                settings.idle_in_transaction_timeout.as_millis().to_string(),
+            ),
+        ]);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
             // A broken connection surfaces as a query error and is replaced; pinging before
             // every acquire would cost a round trip per query.
             .test_before_acquire(false)
-            .connect_lazy(url)?;
-        Ok(Self::new(pool))
+            .connect_lazy_with(options);
+        Self::new(pool)
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// A one-connection pool of its own for a LISTEN connection, which is held for the life
+    /// of the process: taken from the request pool it would shrink that pool for good (and
+    /// a small pool would deadlock).
+    pub(crate) fn listening_pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
+            .connect_lazy_with((*self.pool.connect_options()).clone())
+    }
+
     /// Applies pending migrations (safe to run from several replicas at once: sqlx holds an
-    /// advisory lock while migrating).
+    /// advisory lock while migrating). They run on a connection of their own without the
+    /// statement timeout, since building an index on a large table may take longer than any
+    /// request should.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "0")]);
+        let mut connection = sqlx::PgConnection::connect_with(&options).await?;
+        let migrated = MIGRATOR.run(&mut connection).await;
+        let _ = connection.close().await;
+        migrated?;
         Ok(())
     }
 }

@@ -42,9 +42,10 @@ impl Notifications {
 }
 
 impl Store {
-    /// Opens the process's one listening connection, on every channel the service uses.
+    /// Opens the process's one listening connection, on every channel the service uses. It
+    /// is not one of the pool's: requests and workers keep every pooled connection.
     pub async fn listen(&self) -> Result<Notifications, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listening_pool()).await?;
         listener
             .listen_all([
                 crate::events::EVENTS_CHANNEL,

@@ -769,3 +769,139 @@ async fn one_unreachable_jwks_location_is_tolerated() {
         .expect("keys from the live location");
     env.sim.shutdown().await;
 }
+
+/// A JWKS location serving the simulator's keys that can be told to hold each request until
+/// released, as a JWKS host that stopped answering does.
+struct HeldJwks {
+    url: url::Url,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldJwks {
+    async fn start(upstream: url::Url) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Self {
+            url: url::Url::parse(&format!("http://{addr}/jwks.json")).unwrap(),
+            hold: Default::default(),
+            arrived: Default::default(),
+            release: Default::default(),
+            fetches: Default::default(),
+        };
+        let (hold, arrived, release, fetches) = (
+            held.hold.clone(),
+            held.arrived.clone(),
+            held.release.clone(),
+            held.fetches.clone(),
+        );
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (hold, arrived, release, fetches, upstream) = (
+                    hold.clone(),
+                    arrived.clone(),
+                    release.clone(),
+                    fetches.clone(),
+                    upstream.clone(),
+                );
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    if hold.load(Ordering::SeqCst) {
+                        arrived.notify_one();
+                        release.notified().await;
+                    }
+                    let body = reqwest::get(upstream).await.unwrap().bytes().await.unwrap();
+                    ([("content-type", "application/json")], body)
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        held
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_in_flight_never_holds_up_verification_with_known_keys() {
+    let env = common::start().await;
+    let receiver = Receiver::start(vec![]).await;
+    run_with_webhook(&env, &receiver, small_prompt("x"), WebhookFaults::default()).await;
+    let good = &receiver.deliveries()[0];
+    let jwks = HeldJwks::start(env.sim.jwks_url()).await;
+    let verifier = Verifier::new(VerifierConfig {
+        min_refresh_interval: Duration::ZERO,
+        // The held fetch ends only when the test releases it.
+        fetch_timeout: Duration::from_secs(600),
+        ..VerifierConfig::with_jwks_url(jwks.url.clone())
+    });
+    verifier.verify(&good.headers, &good.body).await.unwrap();
+    assert_eq!(jwks.fetches(), 1);
+
+    // A forged callback forces a refresh, and the JWKS host stops answering.
+    jwks.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let forged = {
+        let verifier = verifier.clone();
+        let headers = good.headers.clone();
+        let mut body = good.body.to_vec();
+        body.push(b' ');
+        tokio::spawn(async move { verifier.verify(&headers, &body).await })
+    };
+    tokio::time::timeout(DEADLINE, jwks.arrived.notified())
+        .await
+        .expect("the forced refresh reaches the JWKS host");
+
+    // Meanwhile a genuine callback verifies with the keys at hand.
+    let verified = tokio::time::timeout(DEADLINE, verifier.verify(&good.headers, &good.body))
+        .await
+        .expect("verification does not wait for the refresh in flight");
+    assert!(verified.is_ok(), "{verified:?}");
+
+    jwks.release.notify_one();
+    let forged = tokio::time::timeout(DEADLINE, forged)
+        .await
+        .expect("the refresh ends once the host answers")
+        .unwrap();
+    assert!(
+        matches!(forged, Err(WebhookError::BadSignature)),
+        "{forged:?}"
+    );
+    assert_eq!(jwks.fetches(), 2);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_verifications_without_keys_share_one_fetch() {
+    let env = common::start().await;
+    let receiver = Receiver::start(vec![]).await;
+    run_with_webhook(&env, &receiver, small_prompt("x"), WebhookFaults::default()).await;
+    let good = receiver.deliveries()[0].clone();
+    let jwks = HeldJwks::start(env.sim.jwks_url()).await;
+    jwks.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let verifier = Verifier::new(VerifierConfig::with_jwks_url(jwks.url.clone()));
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let (verifier, good) = (verifier.clone(), good.clone());
+            tokio::spawn(async move { verifier.verify(&good.headers, &good.body).await })
+        })
+        .collect();
+    tokio::time::timeout(DEADLINE, jwks.arrived.notified())
+        .await
+        .expect("one fetch starts");
+    jwks.release.notify_one();
+    for verification in waiting {
+        let result = tokio::time::timeout(DEADLINE, verification)
+            .await
+            .expect("every verification ends")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(jwks.fetches(), 1);
+    env.sim.shutdown().await;
+}

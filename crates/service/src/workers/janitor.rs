@@ -1,4 +1,5 @@
-//! Background clean-up: blobs whose rows were deleted, and uploads abandoned mid-way.
+//! Background clean-up: blobs whose rows were deleted, uploads abandoned mid-way, and fal
+//! callbacks for unknown requests past their retention.
 
 use std::time::Duration;
 
@@ -39,6 +40,12 @@ pub async fn run_once(service: &Service) {
         Err(error) => tracing::warn!(%error, "sweeping abandoned uploads"),
     }
     purge_deleted_blobs(service).await;
+    let retention = service.settings.unknown_callbacks.retention;
+    match service.store.purge_unknown_callbacks(retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(callbacks = n, "forgot fal callbacks for unknown requests"),
+        Err(error) => tracing::warn!(%error, "forgetting fal callbacks for unknown requests"),
+    }
 }
 
 /// Runs clean-up rounds every `interval` until the task is dropped.

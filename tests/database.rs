@@ -1,0 +1,131 @@
+//! The database connection: server-side timeouts on every pooled connection, a LISTEN
+//! connection of its own, and a bounded wait for a connection.
+
+use std::time::Duration;
+
+use blackbox::{problem, wait_until, TestApp};
+use sqlx::PgPool;
+use store::notifications::Notification;
+use store::{PoolSettings, Store};
+
+/// A store on the test's database with `settings`, as `avatars serve` builds it.
+fn store_with(pool: &PgPool, settings: PoolSettings) -> Store {
+    Store::connect_lazy_with((*pool.connect_options()).clone(), &settings)
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn every_pooled_connection_carries_the_configured_timeouts(pool: PgPool) {
+    let store = store_with(
+        &pool,
+        PoolSettings {
+            statement_timeout: Duration::from_secs(1),
+            idle_in_transaction_timeout: Duration::from_secs(2),
+            ..PoolSettings::default()
+        },
+    );
+    let shown: (String, String) = sqlx::query_as(
+        "SELECT current_setting('statement_timeout'),
+                current_setting('idle_in_transaction_session_timeout')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(shown, ("1s".to_string(), "2s".to_string()));
+
+    // A runaway statement is cancelled by the server.
+    let error = sqlx::query("SELECT pg_sleep(30)")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("57014"), "{error}");
+
+    // A transaction left idle loses its session (and with it its locks).
+    let mut tx = store.pool().begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let ended = wait_until(Duration::from_secs(20), || async {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        !alive
+    })
+    .await;
+    assert!(ended, "the idle transaction's session was never ended");
+    assert!(sqlx::query("SELECT 1").execute(&mut *tx).await.is_err());
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn listening_takes_no_connection_from_the_pool(pool: PgPool) {
+    let store = store_with(
+        &pool,
+        PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(1),
+            ..PoolSettings::default()
+        },
+    );
+    let mut notifications = store.listen().await.unwrap();
+    // The pool's only connection is still free for queries, which announce through it.
+    sqlx::query("SELECT pg_notify($1, '42')")
+        .bind(store::events::EVENTS_CHANNEL)
+        .execute(store.pool())
+        .await
+        .expect("the pool still has its connection");
+    let heard = tokio::time::timeout(Duration::from_secs(20), notifications.recv())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    assert_eq!(heard, Notification::EventsSequenced(42));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_exhausted_pool_answers_503_with_retry_after(pool: PgPool) {
+    let settings = PoolSettings {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(1),
+        ..PoolSettings::default()
+    };
+    let app = TestApp::spawn_with(store_with(&pool, settings), |_| {}).await;
+    // Hold every pooled connection (the workers give theirs back between rounds).
+    let held = std::sync::Mutex::new(Vec::new());
+    let all_held = wait_until(Duration::from_secs(20), || async {
+        if let Ok(connection) = app.store.pool().acquire().await {
+            held.lock().unwrap().push(connection);
+        }
+        held.lock().unwrap().len() == settings.max_connections as usize
+    })
+    .await;
+    assert!(all_held, "every pooled connection can be taken");
+    let response = app
+        .request(reqwest::Method::GET, "/avatars")
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let (status, body) = problem(response).await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (503, "database_unavailable")
+    );
+    let seconds: u64 = retry_after.expect("Retry-After is sent").parse().unwrap();
+    assert!(seconds >= 1);
+    drop(held);
+    let response = app
+        .request(reqwest::Method::GET, "/avatars")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
