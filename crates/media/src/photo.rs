@@ -12,6 +12,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, Limits};
 use sha2::{Digest, Sha256};
 
+use crate::faces::{detect_faces, detection_copy, FaceInspection};
 use crate::format::{sniff, FileKind, PhotoFormat};
 use crate::header;
 use crate::quality::{
@@ -195,6 +196,8 @@ pub struct PhotoInspection {
     pub perceptual_hash: u64,
     pub metrics: QualityMetrics,
     pub warnings: Vec<PhotoWarning>,
+    /// Faces found on the upright photo.
+    pub faces: FaceInspection,
 }
 
 /// Failure to inspect: either the photo is rejected, or reading it failed.
@@ -279,8 +282,10 @@ pub fn inspect_photo_bytes(
     let (width, height) = (image.width(), image.height());
     rules.check_dimensions(width, height)?;
     let thumbnail = GrayThumbnail::from_image(&image);
-    // Release the full-size pixels before the remaining (cheap) work.
+    let detection = detection_copy(&image, orientation);
+    // Release the full-size pixels before the remaining work, which only needs the copies.
     drop(image);
+    let faces = detect_faces(&detection);
 
     let metrics = thumbnail.metrics();
     let (display_width, display_height) = if orientation >= 5 {
@@ -300,6 +305,7 @@ pub fn inspect_photo_bytes(
         perceptual_hash: thumbnail.difference_hash(),
         metrics,
         warnings: quality_warnings(&metrics),
+        faces,
     })
 }
 

@@ -53,31 +53,42 @@ impl GrayThumbnail {
     /// longest side. For large reduction factors only every other row and
     /// column is sampled: each output pixel still averages dozens of inputs.
     pub(crate) fn from_image(image: &DynamicImage) -> GrayThumbnail {
+        let longest = image.width().max(image.height()).max(1);
+        Self::reduced(image, longest.div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize)
+    }
+
+    /// Box-average the image by an integer `factor` per side.
+    pub(crate) fn reduced(image: &DynamicImage, factor: usize) -> GrayThumbnail {
         match image {
             DynamicImage::ImageRgb8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 3)
+                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 3, factor)
             }
             DynamicImage::ImageRgba8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 4)
+                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 4, factor)
             }
             DynamicImage::ImageLuma8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 1)
+                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 1, factor)
             }
             DynamicImage::ImageLumaA8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 2)
+                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 2, factor)
             }
             // 16-bit and float images are rare in photo uploads; convert once.
             other => {
                 let gray = other.to_luma8();
-                Self::from_interleaved(gray.width(), gray.height(), gray.as_raw(), 1)
+                Self::from_interleaved(gray.width(), gray.height(), gray.as_raw(), 1, factor)
             }
         }
     }
 
-    fn from_interleaved(width: u32, height: u32, raw: &[u8], channels: usize) -> GrayThumbnail {
+    fn from_interleaved(
+        width: u32,
+        height: u32,
+        raw: &[u8],
+        channels: usize,
+        factor: usize,
+    ) -> GrayThumbnail {
         let (w, h) = (width as usize, height as usize);
-        let longest = width.max(height).max(1);
-        let factor = longest.div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize;
+        let factor = factor.max(1);
         let tw = w.div_ceil(factor).max(1);
         let th = h.div_ceil(factor).max(1);
         let step = if factor >= 4 { 2 } else { 1 };
@@ -114,6 +125,12 @@ impl GrayThumbnail {
             height: th,
             pixels,
         }
+    }
+
+    /// The copy as an image, for the face detector.
+    pub(crate) fn into_image(self) -> image::GrayImage {
+        image::GrayImage::from_raw(self.width as u32, self.height as u32, self.pixels)
+            .unwrap_or_default()
     }
 
     pub(crate) fn metrics(&self) -> QualityMetrics {
