@@ -14,12 +14,20 @@ use pgcluster::{Cluster, ClusterOptions};
 
 mod bench_photos;
 mod bench_webhooks;
+mod face_photos;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => run_tests(args.collect()),
         Some("bench-photos") => match bench_photos::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("face-photos") => match face_photos::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("xtask: {error}");
@@ -37,6 +45,7 @@ fn main() -> ExitCode {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask bench-photos");
             eprintln!("       cargo xtask bench-webhooks");
+            eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
         }
     }
