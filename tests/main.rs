@@ -5,6 +5,7 @@ mod auth;
 mod avatars;
 mod connections;
 mod events;
+mod faces;
 mod generations;
 mod http_errors;
 mod openapi;

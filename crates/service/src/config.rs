@@ -112,6 +112,8 @@ pub struct PhotoSettings {
     pub max_photos: u32,
     pub max_photo_bytes: u64,
     pub min_short_side: u32,
+    /// What face findings do to a training, per avatar kind (`PHOTO_FACE_POLICY`).
+    pub face_policy: domain::FacePolicies,
 }
 
 impl Default for PhotoSettings {
@@ -121,6 +123,7 @@ impl Default for PhotoSettings {
             max_photos: 20,
             max_photo_bytes: 20 * 1024 * 1024,
             min_short_side: 512,
+            face_policy: domain::FacePolicies::default(),
         }
     }
 }
@@ -247,6 +250,23 @@ impl Config {
                     min_short_side: env
                         .parse_range("PHOTO_MIN_SHORT_SIDE", 64, 8192)?
                         .unwrap_or(defaults.min_short_side),
+                    face_policy: env
+                        .parse_with(
+                            "PHOTO_FACE_POLICY",
+                            "comma-separated kind=policy pairs (policy: require, warn or off), \
+                             e.g. character=warn,product=off",
+                            |v| {
+                                v.split(',')
+                                    .try_fold(defaults.face_policy, |policies, pair| {
+                                        let (kind, policy) = pair.split_once('=')?;
+                                        Some(policies.with_override(
+                                            domain::AvatarKind::parse(kind.trim())?,
+                                            domain::FacePolicy::parse(policy.trim())?,
+                                        ))
+                                    })
+                            },
+                        )?
+                        .unwrap_or(defaults.face_policy),
                 }
             },
             fetch: {
@@ -507,6 +527,8 @@ mod tests {
             ("PHOTO_MAX_BYTES", "lots"),
             ("FETCH_ALLOWED_PRIVATE", "127.0.0.1"),
             ("FAL_TRAINER_BY_KIND", "style=robot"),
+            ("PHOTO_FACE_POLICY", "character=maybe"),
+            ("PHOTO_FACE_POLICY", "person=off"),
             ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
             ("GENERATION_MAX_PROMPTS", "0"),
         ] {
@@ -516,6 +538,35 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("invalid configuration: {name}: expected")));
         }
+    }
+
+    #[test]
+    fn face_policy_is_set_per_kind() {
+        let defaults = config(&[]).unwrap().photos.face_policy;
+        assert_eq!(
+            defaults.for_kind(domain::AvatarKind::Character),
+            domain::FacePolicy::Require
+        );
+        assert_eq!(
+            defaults.for_kind(domain::AvatarKind::Product),
+            domain::FacePolicy::Off
+        );
+        let set = config(&[("PHOTO_FACE_POLICY", "character=warn, style=require")])
+            .unwrap()
+            .photos
+            .face_policy;
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::Character),
+            domain::FacePolicy::Warn
+        );
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::Style),
+            domain::FacePolicy::Require
+        );
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::General),
+            domain::FacePolicy::Off
+        );
     }
 
     #[test]
