@@ -58,9 +58,7 @@ async fn trained(app: &TestApp, kind: &str) -> Value {
         .create_avatar(json!({"name": "trained", "kind": kind}))
         .await;
     let id = avatar["id"].as_str().unwrap();
-    let files = (0..10)
-        .map(|i| (format!("p{i}.jpg"), blackbox::images::jpeg(2000 + i)))
-        .collect();
+    let files = blackbox::images::portrait_set(10);
     assert_eq!(app.upload(id, files).await.status(), 201);
     let response = app
         .request(Method::POST, &format!("/avatars/{id}/train"))

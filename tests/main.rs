@@ -6,6 +6,7 @@ mod avatars;
 mod connections;
 mod database;
 mod events;
+mod faces;
 mod fairness;
 mod fal_callbacks;
 mod generation_cancel;

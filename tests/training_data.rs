@@ -51,7 +51,7 @@ async fn the_training_archive_holds_the_photos_in_order_with_captions(pool: PgPo
         .unwrap()
         .read_to_end(&mut image)
         .unwrap();
-    assert_eq!(image, images::jpeg(1000));
+    assert_eq!(image, images::portrait(0));
 
     // The same photos give the same archive.
     let second = dir.path().join("second.zip");
@@ -104,6 +104,73 @@ async fn inspect(app: &TestApp, url: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+async fn inspect_for(app: &TestApp, url: &str, kind: &str) -> Value {
+    let response = app
+        .request(Method::POST, "/training-archives/inspect")
+        .json(&json!({"images_data_url": url, "kind": kind}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_callers_archive_is_checked_for_faces_under_the_kinds_policy(pool: PgPool) {
+    let faceless: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("img{i}.jpg"), images::jpeg(500 + i)))
+        .collect();
+    let faceless_zip = zip_of(
+        faceless
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect(),
+    );
+    let portraits = images::portrait_set(10);
+    let portraits_zip = zip_of(
+        portraits
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect(),
+    );
+    let (app, base) = app_with_origin(
+        pool,
+        vec![
+            ("/faceless.zip", faceless_zip),
+            ("/portraits.zip", portraits_zip),
+        ],
+    )
+    .await;
+
+    let report = inspect_for(&app, &format!("{base}/faceless.zip"), "character").await;
+    assert_eq!(report["usable"], false, "{report}");
+    assert_eq!(report["face_policy"], "require");
+    assert_eq!(report["usable_images"], 0);
+    for image in report["images"].as_array().unwrap() {
+        assert_eq!(image["faces"]["findings"], json!(["no_face"]), "{image}");
+        assert_eq!(image["counts"], false);
+    }
+    let report = inspect_for(&app, &format!("{base}/faceless.zip"), "style").await;
+    assert_eq!(report["usable"], true, "{report}");
+    assert_eq!(report["face_policy"], "off");
+    assert_eq!(report["usable_images"], 10);
+
+    let report = inspect_for(&app, &format!("{base}/portraits.zip"), "character").await;
+    assert_eq!(report["usable"], true, "{report}");
+    assert_eq!(report["usable_images"], 10);
+    assert_eq!(report["images"][0]["faces"]["count"], 1);
+
+    let (status, body) = problem(
+        app.request(Method::POST, "/training-archives/inspect")
+            .json(&json!({"images_data_url": format!("{base}/portraits.zip"), "kind": "robot"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

@@ -123,3 +123,48 @@ pub fn huge_png_header() -> Vec<u8> {
     bytes.extend_from_slice(&crc32fast::hash(b"IEND").to_be_bytes());
     bytes
 }
+
+/// Portraits of twelve different people, one face each, made offline by
+/// `cargo xtask face-photos` from the group photo shipped in the `rustface` package.
+const PORTRAITS: [&[u8]; 12] = [
+    include_bytes!("../fixtures/faces/portrait-01.jpg"),
+    include_bytes!("../fixtures/faces/portrait-02.jpg"),
+    include_bytes!("../fixtures/faces/portrait-03.jpg"),
+    include_bytes!("../fixtures/faces/portrait-04.jpg"),
+    include_bytes!("../fixtures/faces/portrait-05.jpg"),
+    include_bytes!("../fixtures/faces/portrait-06.jpg"),
+    include_bytes!("../fixtures/faces/portrait-07.jpg"),
+    include_bytes!("../fixtures/faces/portrait-08.jpg"),
+    include_bytes!("../fixtures/faces/portrait-09.jpg"),
+    include_bytes!("../fixtures/faces/portrait-10.jpg"),
+    include_bytes!("../fixtures/faces/portrait-11.jpg"),
+    include_bytes!("../fixtures/faces/portrait-12.jpg"),
+];
+
+/// The `i`th portrait (0..12): a JPEG with exactly one usable face.
+pub fn portrait(i: usize) -> Vec<u8> {
+    PORTRAITS[i].to_vec()
+}
+
+/// `count` (at most 12) distinct portraits named `p{i}.jpg`: a set a `character` avatar
+/// trains from.
+pub fn portrait_set(count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("p{i}.jpg"), portrait(i)))
+        .collect()
+}
+
+/// Three people side by side.
+pub fn group_photo() -> Vec<u8> {
+    include_bytes!("../fixtures/faces/group.jpg").to_vec()
+}
+
+/// One face of about a tenth of the picture's side.
+pub fn tiny_face() -> Vec<u8> {
+    include_bytes!("../fixtures/faces/tiny-face.jpg").to_vec()
+}
+
+/// A face starting just outside the left edge.
+pub fn edge_face() -> Vec<u8> {
+    include_bytes!("../fixtures/faces/edge-face.jpg").to_vec()
+}

@@ -385,16 +385,15 @@ impl TestApp {
         .expect("send")
     }
 
-    /// Creates an avatar and uploads `count` distinct valid photos; returns the avatar's id.
+    /// Creates a `character` avatar and uploads `count` (at most 12) distinct portraits, each
+    /// with one usable face, so the set trains; returns the avatar's id.
     pub async fn avatar_with_photos(&self, count: u64) -> String {
         let avatar = self
             .create_avatar(serde_json::json!({"name": "with photos", "kind": "character"}))
             .await;
         let id = avatar["id"].as_str().unwrap().to_string();
         if count > 0 {
-            let files = (0..count)
-                .map(|i| (format!("p{i}.jpg"), images::jpeg(1000 + i)))
-                .collect();
+            let files = images::portrait_set(count as usize);
             let response = self.upload(&id, files).await;
             assert_eq!(response.status(), 201);
         }

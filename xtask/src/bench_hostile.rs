@@ -34,7 +34,7 @@ pub fn run(root: &Path) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
     eprintln!("bench: generating the files");
-    let normal = generate_photos(&work.join("normal"), 5)?;
+    let normal = generate_photos(root, &work.join("normal"), 5)?;
     let cases = generate_cases(&work.join("hostile"))?;
 
     let mut cluster =

@@ -2,8 +2,9 @@
 //!
 //! Builds the release binary, starts a private PostgreSQL, and for each batch size starts a
 //! fresh `avatars serve` (so its peak memory belongs to that batch size alone), uploads
-//! batches of ~5 MB JPEGs in one multipart request each with curl, and prints the throughput
-//! of validated-and-stored photo bytes and the process's peak resident memory (VmHWM).
+//! batches of ~5 MB JPEGs (each with a real face from `tests/fixtures/faces`) in one multipart
+//! request each with curl, and prints the throughput of validated-and-stored photo bytes and
+//! the process's peak resident memory (VmHWM).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,11 @@ pub fn run(root: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
-    let photos = generate_photos(&work.join("photos"), *BATCHES.iter().max().unwrap_or(&20))?;
+    let photos = generate_photos(
+        root,
+        &work.join("photos"),
+        *BATCHES.iter().max().unwrap_or(&20),
+    )?;
     let mean_mb =
         photos.iter().map(|p| file_len(p)).sum::<u64>() as f64 / photos.len() as f64 / 1e6;
     eprintln!(
@@ -237,9 +242,30 @@ pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Distinct photo-like JPEGs of about 5 MB: smooth gradients under fine sensor-like noise.
-pub(crate) fn generate_photos(dir: &Path, count: usize) -> Result<Vec<PathBuf>, String> {
+/// Distinct photo-like JPEGs of about 5 MB: smooth gradients under fine sensor-like noise, with
+/// a real face (one of the test portraits, enlarged) in the middle, so face detection does the
+/// work it does on a real upload.
+pub(crate) fn generate_photos(
+    root: &Path,
+    dir: &Path,
+    count: usize,
+) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let faces = (1..=12)
+        .map(|i| {
+            let path = root.join(format!("tests/fixtures/faces/portrait-{i:02}.jpg"));
+            image::open(&path)
+                .map(|face| {
+                    image::imageops::resize(
+                        &face.to_rgb8(),
+                        1200,
+                        1200,
+                        image::imageops::FilterType::Triangle,
+                    )
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     (0..count)
         .map(|i| {
             let path = dir.join(format!("photo-{i:02}.jpg"));
@@ -251,14 +277,24 @@ pub(crate) fn generate_photos(dir: &Path, count: usize) -> Result<Vec<PathBuf>, 
                 (state % 48) as u8
             };
             let (width, height) = (3000u32, 2000u32);
+            let face = &faces[i % faces.len()];
+            let (fx, fy) = ((width - face.width()) / 2, (height - face.height()) / 2);
             let image = image::RgbImage::from_fn(width, height, |x, y| {
-                let base_r = ((x + i as u32 * 97) * 255 / width) as u8;
-                let base_g = ((y + i as u32 * 53) * 255 / height) as u8;
-                let base_b = (((x + y) / 16 + i as u32 * 31) % 256) as u8;
+                let [r, g, b] = if (fx..fx + face.width()).contains(&x)
+                    && (fy..fy + face.height()).contains(&y)
+                {
+                    face.get_pixel(x - fx, y - fy).0
+                } else {
+                    [
+                        ((x + i as u32 * 97) * 255 / width) as u8,
+                        ((y + i as u32 * 53) * 255 / height) as u8,
+                        (((x + y) / 16 + i as u32 * 31) % 256) as u8,
+                    ]
+                };
                 image::Rgb([
-                    base_r.saturating_add(noise()),
-                    base_g.saturating_add(noise()),
-                    base_b.saturating_add(noise()),
+                    r.saturating_add(noise()),
+                    g.saturating_add(noise()),
+                    b.saturating_add(noise()),
                 ])
             });
             let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;

@@ -15,6 +15,7 @@ use pgcluster::{Cluster, ClusterOptions};
 mod bench_hostile;
 mod bench_photos;
 mod bench_webhooks;
+mod face_photos;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -34,6 +35,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("face-photos") => match face_photos::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Some("bench-webhooks") => match bench_webhooks::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
             eprintln!("       cargo xtask bench-photos");
             eprintln!("       cargo xtask bench-hostile");
             eprintln!("       cargo xtask bench-webhooks");
+            eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
         }
     }

@@ -38,6 +38,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
                 .layer(DefaultBodyLimit::disable()),
         )
         .routes(routes!(photos::delete_photo))
+        .routes(routes!(photos::get_photo_set))
         .routes(routes!(archives::inspect_training_archive))
         .routes(routes!(trainings::train_avatar))
         .routes(routes!(trainings::list_trainings))

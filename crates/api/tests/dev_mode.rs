@@ -70,22 +70,18 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
 
     // The whole pipeline works offline: photos, a training on the in-process fal-sim, and its
     // signed callback.
+    // Real portraits (one face each, see `cargo xtask face-photos`): a `character` avatar only
+    // trains from photos with a usable face.
     let mut form = reqwest::multipart::Form::new();
-    for seed in 0..10u8 {
-        let image = image::RgbImage::from_fn(600, 700, |x, y| {
-            image::Rgb([
-                (x as u8).wrapping_mul(seed + 1),
-                (y as u8).wrapping_add(seed * 25),
-                ((x / 75 + y / 87) as u8)
-                    .wrapping_mul(31)
-                    .wrapping_add(seed * 9),
-            ])
-        });
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    for i in 1..=10 {
+        let path = format!(
+            "{}/../../tests/fixtures/faces/portrait-{i:02}.jpg",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         form = form.part(
             "files",
-            reqwest::multipart::Part::bytes(bytes.into_inner()).file_name(format!("{seed}.png")),
+            reqwest::multipart::Part::bytes(bytes).file_name(format!("{i}.jpg")),
         );
     }
     let uploaded = client

@@ -14,7 +14,10 @@ pub use validation::{FieldViolation, Violations};
 pub mod ids;
 pub use ids::{ApiKeyId, AvatarId, PhotoId, TenantId};
 pub mod photos;
-pub use photos::{PhotoFormat, PhotoSetRules, PhotoWarning};
+pub use photos::{
+    FaceBox, FaceCheck, FaceFinding, FacePolicies, FacePolicy, LargestFace, PhotoFormat,
+    PhotoSetRules, PhotoWarning,
+};
 pub mod generation;
 pub mod training;
 pub use generation::{

@@ -4,12 +4,14 @@
 //! layer runs it on a blocking thread. Three parts:
 //! * [`inspect_photo_path`] / [`inspect_photo_bytes`]: validate one uploaded
 //!   photo (format by magic bytes, size, header dimensions, full decode under
-//!   limits, EXIF orientation, quality warnings, exact and perceptual hashes);
+//!   limits, EXIF orientation, quality warnings, exact and perceptual hashes,
+//!   faces found by an in-process detector);
 //! * [`write_training_archive`]: stream the ZIP sent to fal;
 //! * [`inspect_archive`]: check a bring-your-own training ZIP before paying
 //!   for a training run.
 
 mod archive_inspect;
+mod faces;
 mod format;
 mod header;
 mod photo;
@@ -20,6 +22,9 @@ mod training_archive;
 pub use archive_inspect::{
     inspect_archive, AcceptedImage, ArchiveError, ArchiveLimits, ArchiveReport, EntryProblem,
     EntryRejection, RATIO_CHECK_AFTER_BYTES,
+};
+pub use faces::{
+    find_faces, DetectedFace, FaceBox, FaceInspection, DETECTION_MAX_SIDE, FACE_SCORE_THRESHOLD,
 };
 pub use format::{sniff, FileKind, PhotoFormat};
 pub use photo::{

@@ -12,6 +12,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, Limits};
 use sha2::{Digest, Sha256};
 
+use crate::faces::{detect_faces, detection_factor, upright_detection_copy, FaceInspection};
 use crate::format::{sniff, FileKind, PhotoFormat};
 use crate::header;
 use crate::quality::{
@@ -195,6 +196,8 @@ pub struct PhotoInspection {
     pub perceptual_hash: u64,
     pub metrics: QualityMetrics,
     pub warnings: Vec<PhotoWarning>,
+    /// Faces found on the upright photo.
+    pub faces: FaceInspection,
 }
 
 /// Failure to inspect: either the photo is rejected, or reading it failed.
@@ -267,7 +270,7 @@ pub fn inspect_photo_bytes(
 
     // The decoder is authoritative for the dimensions; they are re-checked in case the header
     // walk and the decoder disagree.
-    let (thumbnail, orientation, (width, height)) = if format == PhotoFormat::Png {
+    let (copies, orientation, (width, height)) = if format == PhotoFormat::Png {
         analyse_png(data, rules)?
     } else {
         let (image, orientation) = decode(data, format, rules).map_err(|e| match e {
@@ -279,15 +282,18 @@ pub fn inspect_photo_bytes(
             },
             other => PhotoRejection::corrupt(other.to_string()),
         })?;
-        rules.check_dimensions(image.width(), image.height())?;
-        // The full-size pixels are released at the end of this block, before the remaining
-        // (cheap) work.
-        (
-            GrayThumbnail::from_image(&image),
-            orientation,
-            (image.width(), image.height()),
-        )
+        let (width, height) = (image.width(), image.height());
+        rules.check_dimensions(width, height)?;
+        let copies = AnalysisCopies {
+            quality: GrayThumbnail::from_image(&image),
+            detection: GrayThumbnail::reduced(&image, detection_factor(width, height)),
+        };
+        // The full-size pixels are released here, before the remaining work, which only
+        // needs the copies.
+        (copies, orientation, (width, height))
     };
+    let thumbnail = copies.quality;
+    let faces = detect_faces(&upright_detection_copy(copies.detection, orientation));
     let metrics = thumbnail.metrics();
     let (display_width, display_height) = if orientation >= 5 {
         (height, width)
@@ -306,6 +312,7 @@ pub fn inspect_photo_bytes(
         perceptual_hash: thumbnail.difference_hash(),
         metrics,
         warnings: quality_warnings(&metrics),
+        faces,
     })
 }
 
@@ -315,7 +322,7 @@ pub fn inspect_photo_bytes(
 fn analyse_png(
     data: &[u8],
     rules: &PhotoRules,
-) -> Result<(GrayThumbnail, u8, (u32, u32)), PhotoRejection> {
+) -> Result<(AnalysisCopies, u8, (u32, u32)), PhotoRejection> {
     let corrupt = |error: png::DecodingError| match error {
         png::DecodingError::LimitsExceeded => {
             PhotoRejection::corrupt("the PNG needs too much memory to decode")
@@ -341,7 +348,7 @@ fn analyse_png(
         .map_or(1, |o| o.to_exif());
     let channels = reader.output_color_type().0.samples();
     let row_len = width as usize * channels;
-    let mut builder = ThumbnailBuilder::new(width, height);
+    let mut builder = CopyBuilders::new(width, height);
     let mut rows = 0usize;
     while let Some(row) = reader.next_row().map_err(corrupt)? {
         let row = row.data();
@@ -374,6 +381,44 @@ fn analyse_png(
         ));
     }
     Ok((builder.finish(), orientation, (width, height)))
+}
+
+/// The small grayscale copies a photo is judged on: one for quality and the perceptual hash,
+/// one for face detection.
+struct AnalysisCopies {
+    quality: GrayThumbnail,
+    detection: GrayThumbnail,
+}
+
+/// Builds both copies from the same rows, in one pass.
+struct CopyBuilders {
+    quality: ThumbnailBuilder,
+    detection: ThumbnailBuilder,
+}
+
+impl CopyBuilders {
+    fn new(width: u32, height: u32) -> Self {
+        Self {
+            quality: ThumbnailBuilder::new(width, height),
+            detection: ThumbnailBuilder::with_factor(
+                width,
+                height,
+                detection_factor(width, height),
+            ),
+        }
+    }
+
+    fn row(&mut self, y: usize, row: &[u8], channels: usize) {
+        self.quality.row(y, row, channels);
+        self.detection.row(y, row, channels);
+    }
+
+    fn finish(self) -> AnalysisCopies {
+        AnalysisCopies {
+            quality: self.quality.finish(),
+            detection: self.detection.finish(),
+        }
+    }
 }
 
 /// What a photo's header says, read without decoding it: what a decode will cost.

@@ -53,34 +53,34 @@ impl GrayThumbnail {
     /// longest side. For large reduction factors only every other row and
     /// column is sampled: each output pixel still averages dozens of inputs.
     pub(crate) fn from_image(image: &DynamicImage) -> GrayThumbnail {
+        Self::reduced(image, analysis_factor(image.width(), image.height()))
+    }
+
+    /// Box-average the image by an integer `factor` per side.
+    pub(crate) fn reduced(image: &DynamicImage, factor: usize) -> GrayThumbnail {
+        let (width, height) = (image.width(), image.height());
+        let from = |raw: &[u8], channels: usize| {
+            let mut builder = ThumbnailBuilder::with_factor(width, height, factor);
+            let row_len = width as usize * channels;
+            for (y, row) in raw.chunks_exact(row_len.max(1)).enumerate() {
+                builder.row(y, row, channels);
+            }
+            builder.finish()
+        };
         match image {
-            DynamicImage::ImageRgb8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 3)
-            }
-            DynamicImage::ImageRgba8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 4)
-            }
-            DynamicImage::ImageLuma8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 1)
-            }
-            DynamicImage::ImageLumaA8(buf) => {
-                Self::from_interleaved(buf.width(), buf.height(), buf.as_raw(), 2)
-            }
+            DynamicImage::ImageRgb8(buf) => from(buf.as_raw(), 3),
+            DynamicImage::ImageRgba8(buf) => from(buf.as_raw(), 4),
+            DynamicImage::ImageLuma8(buf) => from(buf.as_raw(), 1),
+            DynamicImage::ImageLumaA8(buf) => from(buf.as_raw(), 2),
             // 16-bit and float images are rare in photo uploads; convert once.
-            other => {
-                let gray = other.to_luma8();
-                Self::from_interleaved(gray.width(), gray.height(), gray.as_raw(), 1)
-            }
+            other => from(other.to_luma8().as_raw(), 1),
         }
     }
 
-    fn from_interleaved(width: u32, height: u32, raw: &[u8], channels: usize) -> GrayThumbnail {
-        let mut builder = ThumbnailBuilder::new(width, height);
-        let row_len = width as usize * channels;
-        for (y, row) in raw.chunks_exact(row_len.max(1)).enumerate() {
-            builder.row(y, row, channels);
-        }
-        builder.finish()
+    /// The copy as an image, for the face detector.
+    pub(crate) fn into_image(self) -> image::GrayImage {
+        image::GrayImage::from_raw(self.width as u32, self.height as u32, self.pixels)
+            .unwrap_or_default()
     }
 
     pub(crate) fn metrics(&self) -> QualityMetrics {
@@ -154,6 +154,11 @@ impl GrayThumbnail {
     }
 }
 
+/// The reduction that brings the longest side to at most [`ANALYSIS_MAX_SIDE`].
+fn analysis_factor(width: u32, height: u32) -> usize {
+    width.max(height).max(1).div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize
+}
+
 /// Builds a [`GrayThumbnail`] from rows as a decoder yields them, so a photo never has to be
 /// held whole in memory to be analysed.
 pub(crate) struct ThumbnailBuilder {
@@ -171,9 +176,13 @@ impl ThumbnailBuilder {
     /// For large reduction factors only every other row and column is sampled: each output
     /// pixel still averages dozens of inputs.
     pub(crate) fn new(width: u32, height: u32) -> Self {
+        Self::with_factor(width, height, analysis_factor(width, height))
+    }
+
+    /// A copy reduced by `factor` per side.
+    pub(crate) fn with_factor(width: u32, height: u32, factor: usize) -> Self {
         let (w, h) = (width as usize, height as usize);
-        let longest = width.max(height).max(1);
-        let factor = longest.div_ceil(ANALYSIS_MAX_SIDE).max(1) as usize;
+        let factor = factor.max(1);
         let tw = w.div_ceil(factor).max(1);
         let th = h.div_ceil(factor).max(1);
         let step = if factor >= 4 { 2 } else { 1 };

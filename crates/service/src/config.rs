@@ -209,6 +209,8 @@ pub struct PhotoSettings {
     pub max_parts: u32,
     /// Decoded pixels in flight across the process; decodes beyond it wait their turn.
     pub decode_budget_pixels: u32,
+    /// What face findings do to a training, per avatar kind (`PHOTO_FACE_POLICY`).
+    pub face_policy: domain::FacePolicies,
 }
 
 impl Default for PhotoSettings {
@@ -221,6 +223,7 @@ impl Default for PhotoSettings {
             max_parts: 100,
             // One photo at the largest accepted size (50 MP), about 150 MB as 8-bit RGB.
             decode_budget_pixels: 50_000_000,
+            face_policy: domain::FacePolicies::default(),
         }
     }
 }
@@ -389,6 +392,23 @@ impl Config {
                     min_short_side: env
                         .parse_range("PHOTO_MIN_SHORT_SIDE", 64, 8192)?
                         .unwrap_or(defaults.min_short_side),
+                    face_policy: env
+                        .parse_with(
+                            "PHOTO_FACE_POLICY",
+                            "comma-separated kind=policy pairs (policy: require, warn or off), \
+                             e.g. character=warn,product=off",
+                            |v| {
+                                v.split(',')
+                                    .try_fold(defaults.face_policy, |policies, pair| {
+                                        let (kind, policy) = pair.split_once('=')?;
+                                        Some(policies.with_override(
+                                            domain::AvatarKind::parse(kind.trim())?,
+                                            domain::FacePolicy::parse(policy.trim())?,
+                                        ))
+                                    })
+                            },
+                        )?
+                        .unwrap_or(defaults.face_policy),
                 }
             },
             fetch: {
@@ -728,6 +748,8 @@ mod tests {
             ("PHOTO_MAX_BYTES", "lots"),
             ("FETCH_ALLOWED_PRIVATE", "127.0.0.1"),
             ("FAL_TRAINER_BY_KIND", "style=robot"),
+            ("PHOTO_FACE_POLICY", "character=maybe"),
+            ("PHOTO_FACE_POLICY", "person=off"),
             ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
             ("GENERATION_MAX_PROMPTS", "0"),
             ("API_KEY_RATE_PER_SECOND", "0"),
@@ -814,6 +836,35 @@ mod tests {
         }
         let least = config(&[("DATABASE_MAX_CONNECTIONS", "7")]).unwrap();
         assert_eq!(least.database.max_connections, 7);
+    }
+
+    #[test]
+    fn face_policy_is_set_per_kind() {
+        let defaults = config(&[]).unwrap().photos.face_policy;
+        assert_eq!(
+            defaults.for_kind(domain::AvatarKind::Character),
+            domain::FacePolicy::Require
+        );
+        assert_eq!(
+            defaults.for_kind(domain::AvatarKind::Product),
+            domain::FacePolicy::Off
+        );
+        let set = config(&[("PHOTO_FACE_POLICY", "character=warn, style=require")])
+            .unwrap()
+            .photos
+            .face_policy;
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::Character),
+            domain::FacePolicy::Warn
+        );
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::Style),
+            domain::FacePolicy::Require
+        );
+        assert_eq!(
+            set.for_kind(domain::AvatarKind::General),
+            domain::FacePolicy::Off
+        );
     }
 
     #[test]

@@ -45,6 +45,23 @@ fn format_of(format: media::PhotoFormat) -> PhotoFormat {
     }
 }
 
+/// What the detector found, as the domain keeps it.
+pub(crate) fn face_check(faces: &media::FaceInspection) -> domain::FaceCheck {
+    domain::FaceCheck {
+        faces: faces.faces,
+        largest: faces.largest.map(|f| domain::LargestFace {
+            bbox: domain::FaceBox {
+                x: f.x,
+                y: f.y,
+                width: f.width,
+                height: f.height,
+            },
+            share: f.share,
+            score: f.score,
+        }),
+    }
+}
+
 /// Checks the file at `path` and, when it passes, adds it to the avatar's set.
 /// `Ok(Err(_))` is a refusal of this one file; `Err(_)` stops the whole request.
 pub async fn ingest_file(
@@ -143,6 +160,7 @@ pub async fn admit(
                 message: w.message.clone(),
             })
             .collect(),
+        faces: Some(face_check(&inspection.faces)),
     };
     let rules = service.photo_set_rules();
     let photo = match service
@@ -150,7 +168,7 @@ pub async fn admit(
         .reserve_photo(tenant_id, avatar_id, new, rules, media::is_near_duplicate)
         .await?
     {
-        Reservation::Reserved(photo) => photo,
+        Reservation::Reserved(photo) => *photo,
         Reservation::AvatarNotFound => return Err(ServiceError::avatar_not_found(avatar_id)),
         Reservation::AvatarBusy(_) => return Err(ServiceError::avatar_training()),
         Reservation::LimitReached { max } => return Ok(Err(limit_reached(file_name, max))),

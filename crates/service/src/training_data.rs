@@ -87,6 +87,11 @@ pub struct ArchiveImage {
     pub height: u32,
     pub bytes: u64,
     pub warnings: Vec<domain::PhotoWarning>,
+    pub faces: domain::FaceCheck,
+    /// Face finding codes (`no_face`, `several_faces`, `face_too_small`, `face_cut_off`).
+    pub findings: Vec<&'static str>,
+    /// Whether the image counts toward the minimum under the face policy applied.
+    pub counts: bool,
 }
 
 /// An entry of a caller's archive that fal must not be given.
@@ -112,6 +117,10 @@ pub struct ArchiveInspection {
     pub decompressed_bytes: u64,
     pub min_photos: u32,
     pub max_photos: u32,
+    /// The face policy applied (that of the avatar kind asked about; `off` when none).
+    pub face_policy: domain::FacePolicy,
+    /// Images that count toward `min_photos` under `face_policy`.
+    pub usable_images: u32,
 }
 
 /// Why a caller's archive could not be inspected at all.
@@ -148,14 +157,19 @@ impl ArchiveCheckError {
 }
 
 /// Fetches a caller's archive through the safe fetcher and inspects it: every entry checked
-/// by the photo rules, exact duplicates refused, near-duplicates flagged. Costs nothing on fal.
+/// by the photo rules, exact duplicates refused, near-duplicates flagged, faces checked under
+/// the face policy of `kind` (none when not given). Costs nothing on fal.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 pub async fn inspect_archive_url(
     service: &Service,
     tenant_id: TenantId,
     url: &str,
+    kind: Option<domain::AvatarKind>,
 ) -> Result<ArchiveInspection, ServiceError> {
-    fetch_and_inspect(service, url)
+    let policy = kind.map_or(domain::FacePolicy::Off, |kind| {
+        service.settings.photos.face_policy.for_kind(kind)
+    });
+    fetch_and_inspect(service, url, policy)
         .await
         .map(|(inspection, ..)| inspection)
         .map_err(|error| error.into_service_error("archive_rejected"))
@@ -166,6 +180,7 @@ pub async fn inspect_archive_url(
 pub async fn fetch_and_inspect(
     service: &Service,
     url: &str,
+    policy: domain::FacePolicy,
 ) -> Result<(ArchiveInspection, tempfile::TempDir, std::path::PathBuf), ArchiveCheckError> {
     let scratch = tempfile::Builder::new()
         .prefix("avatars-byo-")
@@ -225,6 +240,7 @@ pub async fn fetch_and_inspect(
             &inspection.sha256,
             inspection.perceptual_hash,
         ));
+        let faces = crate::photos::face_check(&inspection.faces);
         images.push(ArchiveImage {
             entry_name: accepted.name.clone(),
             format: inspection.format.as_str().to_string(),
@@ -232,6 +248,9 @@ pub async fn fetch_and_inspect(
             height: inspection.height,
             bytes: inspection.bytes,
             warnings,
+            findings: faces.findings().into_iter().map(|f| f.code()).collect(),
+            counts: domain::photos::counts_for_training(policy, Some(&faces)),
+            faces,
         });
     }
     let mut problems = Vec::new();
@@ -242,11 +261,23 @@ pub async fn fetch_and_inspect(
         ));
     }
     let count = images.len() as u32;
-    if !set_rules.is_trainable(count) {
-        problems.push(format!(
-            "{count} usable images; a training needs {} to {}",
-            set_rules.min_photos, set_rules.max_photos
-        ));
+    let usable_images = images.iter().filter(|i| i.counts).count() as u32;
+    // The same rule as for an uploaded set: under `require` only images with exactly one
+    // usable face count toward the minimum.
+    if usable_images < set_rules.min_photos || count > set_rules.max_photos {
+        let faceless = count - usable_images;
+        problems.push(if faceless > 0 {
+            format!(
+                "{usable_images} usable images ({faceless} without exactly one usable face, \
+                 see `findings`); a training needs {} to {}",
+                set_rules.min_photos, set_rules.max_photos
+            )
+        } else {
+            format!(
+                "{usable_images} usable images; a training needs {} to {}",
+                set_rules.min_photos, set_rules.max_photos
+            )
+        });
     }
     let inspection = ArchiveInspection {
         usable: problems.is_empty(),
@@ -257,6 +288,8 @@ pub async fn fetch_and_inspect(
         decompressed_bytes: report.decompressed_bytes,
         min_photos: set_rules.min_photos,
         max_photos: set_rules.max_photos,
+        face_policy: policy,
+        usable_images,
     };
     Ok((inspection, scratch, archive))
 }

@@ -46,9 +46,12 @@ pub async fn create(
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("training_id", tracing::field::display(job_id));
     let input_blob_key = match &request.images_data_url {
-        Some(url) => Some(store_callers_archive(service, tenant, job_id, url).await?),
+        Some(url) => {
+            let policy = service.settings.photos.face_policy.for_kind(avatar.kind);
+            Some(store_callers_archive(service, tenant, job_id, url, policy).await?)
+        }
         None => {
-            check_photo_set(service, avatar.photo_count)?;
+            check_photo_set(service, tenant, &avatar).await?;
             None
         }
     };
@@ -94,21 +97,47 @@ fn check_archive_url(service: &Service, url: &str) -> Result<(), FieldViolation>
     }
 }
 
-fn check_photo_set(service: &Service, photo_count: u32) -> Result<(), ServiceError> {
-    let rules = service.photo_set_rules();
-    if rules.is_trainable(photo_count) {
+/// The set must hold enough photos that count under the avatar kind's face policy; the
+/// refusal names the photos at fault and carries the whole set report.
+async fn check_photo_set(
+    service: &Service,
+    tenant: TenantId,
+    avatar: &domain::Avatar,
+) -> Result<(), ServiceError> {
+    let photos = crate::photos::list_photos(service, tenant, avatar.id).await?;
+    let report = crate::photo_set::report_for(service, avatar, &photos);
+    if report.trainable {
         return Ok(());
     }
-    Err(ServiceError::conflict(
-        "photo_set_not_trainable",
+    let (count, usable) = (report.photo_count, report.usable_photos);
+    let detail = if usable == count {
         format!(
-            "the avatar has {photo_count} photos; a training needs {} to {}",
-            rules.min_photos, rules.max_photos
-        ),
-    )
-    .with_extension("photo_count", photo_count)
-    .with_extension("min_photos", rules.min_photos)
-    .with_extension("max_photos", rules.max_photos))
+            "the avatar has {count} photos; a training needs {} to {}",
+            report.min_photos, report.max_photos
+        )
+    } else {
+        format!(
+            "the avatar has {count} photos but only {usable} show exactly one usable face; \
+             a {} avatar's training needs {} to {} such photos (see `photos`)",
+            avatar.kind.as_str(),
+            report.min_photos,
+            report.max_photos
+        )
+    };
+    let at_fault: Vec<_> = report
+        .photos_with_findings
+        .iter()
+        .filter(|p| !p.counts)
+        .collect();
+    let at_fault = serde_json::to_value(at_fault).map_err(ServiceError::internal)?;
+    let summary = serde_json::to_value(&report).map_err(ServiceError::internal)?;
+    Err(ServiceError::conflict("photo_set_not_trainable", detail)
+        .with_extension("photo_count", count)
+        .with_extension("usable_photos", usable)
+        .with_extension("min_photos", report.min_photos)
+        .with_extension("max_photos", report.max_photos)
+        .with_extension("photos", at_fault)
+        .with_extension("photo_set", summary))
 }
 
 /// Stores the job; a kept archive is removed again when that fails.
@@ -153,8 +182,10 @@ async fn store_callers_archive(
     tenant: TenantId,
     job_id: Uuid,
     url: &str,
+    policy: domain::FacePolicy,
 ) -> Result<String, ServiceError> {
-    let (inspection, scratch, path) = match training_data::fetch_and_inspect(service, url).await {
+    let checked = training_data::fetch_and_inspect(service, url, policy).await;
+    let (inspection, scratch, path) = match checked {
         Ok(checked) => checked,
         Err(ArchiveCheckError::Fetch(error)) => {
             return Err(ServiceError::invalid_field(

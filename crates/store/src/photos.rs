@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 use domain::{
-    Avatar, AvatarChange, AvatarId, AvatarStatus, PhotoFormat, PhotoId, PhotoSetRules,
+    Avatar, AvatarChange, AvatarId, AvatarStatus, FaceCheck, PhotoFormat, PhotoId, PhotoSetRules,
     PhotoWarning, TenantId,
 };
 use sqlx::{Postgres, Transaction};
@@ -24,6 +24,8 @@ pub struct PhotoRecord {
     pub sha256: String,
     pub perceptual_hash: u64,
     pub warnings: Vec<PhotoWarning>,
+    /// Faces found at upload; `None` for photos stored before faces were checked.
+    pub faces: Option<FaceCheck>,
     pub blob_key: String,
     pub created_at: DateTime<Utc>,
 }
@@ -40,13 +42,14 @@ pub struct NewPhoto {
     pub sha256: String,
     pub perceptual_hash: u64,
     pub warnings: Vec<PhotoWarning>,
+    pub faces: Option<FaceCheck>,
 }
 
 /// The outcome of reserving a place for a photo in an avatar's set.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reservation {
     /// A pending row exists; store the bytes under `blob_key`, then call `mark_photo_stored`.
-    Reserved(PhotoRecord),
+    Reserved(Box<PhotoRecord>),
     AvatarNotFound,
     /// The avatar is training: its set is fixed until the training ends.
     AvatarBusy(AvatarStatus),
@@ -82,12 +85,13 @@ struct PhotoRow {
     sha256: String,
     perceptual_hash: i64,
     warnings: sqlx::types::Json<Vec<PhotoWarning>>,
+    faces: Option<sqlx::types::Json<FaceCheck>>,
     blob_key: String,
     created_at: DateTime<Utc>,
 }
 
 const PHOTO_COLUMNS: &str = "id, avatar_id, file_name, format, width, height, orientation, bytes, \
-     sha256, perceptual_hash, warnings, blob_key, created_at";
+     sha256, perceptual_hash, warnings, faces, blob_key, created_at";
 
 impl TryFrom<PhotoRow> for PhotoRecord {
     type Error = StoreError;
@@ -106,6 +110,7 @@ impl TryFrom<PhotoRow> for PhotoRecord {
             // Postgres has no unsigned 64-bit type: the hash's bits are kept in a bigint.
             perceptual_hash: row.perceptual_hash as u64,
             warnings: row.warnings.0,
+            faces: row.faces.map(|f| f.0),
             blob_key: row.blob_key,
             created_at: row.created_at,
         })
@@ -207,8 +212,8 @@ impl Store {
         let id = PhotoId::new();
         let row: PhotoRow = sqlx::query_as(&format!(
             "INSERT INTO photos (id, tenant_id, avatar_id, file_name, format, width, height,
-                 orientation, bytes, sha256, perceptual_hash, warnings, blob_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 orientation, bytes, sha256, perceptual_hash, warnings, faces, blob_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              RETURNING {PHOTO_COLUMNS}"
         ))
         .bind(id.0)
@@ -223,12 +228,13 @@ impl Store {
         .bind(&new.sha256)
         .bind(new.perceptual_hash as i64)
         .bind(sqlx::types::Json(&new.warnings))
+        .bind(new.faces.map(sqlx::types::Json))
         .bind(photo_blob_key(tenant_id, avatar_id, id))
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
         tx.commit().await?;
-        Ok(Reservation::Reserved(row.try_into()?))
+        Ok(Reservation::Reserved(Box::new(row.try_into()?)))
     }
 
     /// Marks a reserved photo as stored and updates the avatar's count and status.

@@ -18,6 +18,9 @@ use crate::views::archives::ArchiveInspection;
 pub struct InspectArchiveRequest {
     /// An https URL of a ZIP of photos (and optional caption `.txt` files).
     pub images_data_url: String,
+    /// The avatar kind the archive is for: its face policy (`PHOTO_FACE_POLICY`) decides which
+    /// images count toward the minimum, as for a training. Without it no face policy applies.
+    pub kind: Option<crate::views::avatars::Kind>,
 }
 
 /// Inspect a training archive.
@@ -43,7 +46,12 @@ pub async fn inspect_training_archive(
     caller: Caller,
     AppJson(body): AppJson<InspectArchiveRequest>,
 ) -> Result<Json<ArchiveInspection>, ApiError> {
-    let inspection =
-        training_data::inspect_archive_url(&state, caller.tenant_id, &body.images_data_url).await?;
+    let inspection = training_data::inspect_archive_url(
+        &state,
+        caller.tenant_id,
+        &body.images_data_url,
+        body.kind.map(Into::into),
+    )
+    .await?;
     Ok(Json(inspection.into()))
 }

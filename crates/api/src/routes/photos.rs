@@ -13,7 +13,7 @@ use crate::extract::{parse_json, PathId};
 use crate::problem::{ApiError, Problem};
 
 use crate::state::AppState;
-use crate::views::photos::{PhotoBatchReport, PhotoList};
+use crate::views::photos::{PhotoBatchReport, PhotoList, PhotoSetReport};
 use service::photos::{self, PhotoBatch};
 
 /// Photo files, uploaded as `multipart/form-data`.
@@ -189,6 +189,34 @@ pub async fn list_photos(
     Ok(Json(PhotoList {
         items: photos.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// Photo set report.
+///
+/// Summarises the set before anyone pays: photos that count toward the minimum under the
+/// avatar kind's face policy, face findings per photo and by code, near-duplicate groups, the
+/// spread of face sizes, and whether a training may start and with which trainer. A refused
+/// `POST /avatars/{id}/train` carries the same summary as `photo_set`.
+#[utoipa::path(
+    get,
+    path = "/avatars/{id}/photo-set",
+    tag = "photos",
+    operation_id = "get_photo_set",
+    params(("id" = Uuid, Path, description = "Avatar id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The avatar's photo set summary", body = PhotoSetReport),
+        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_photo_set(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<PhotoSetReport>, ApiError> {
+    let report = service::photo_set::photo_set(&state, caller.tenant_id, AvatarId(id)).await?;
+    Ok(Json(report.into()))
 }
 
 /// Delete a photo.

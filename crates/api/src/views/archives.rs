@@ -40,6 +40,10 @@ pub struct ArchiveImage {
     pub height: u32,
     pub bytes: u64,
     pub warnings: Vec<Warning>,
+    /// What face detection found on the image.
+    pub faces: crate::views::photos::FaceReport,
+    /// Whether the image counts toward `min_photos` under `face_policy`.
+    pub counts: bool,
 }
 
 /// An entry of a caller's archive that fal must not be given.
@@ -65,6 +69,11 @@ pub struct ArchiveInspection {
     pub decompressed_bytes: u64,
     pub min_photos: u32,
     pub max_photos: u32,
+    /// The face policy applied: that of the `kind` asked about (`PHOTO_FACE_POLICY`), `off`
+    /// when none was given.
+    pub face_policy: String,
+    /// Images that count toward `min_photos` under `face_policy`.
+    pub usable_images: u32,
 }
 
 impl From<service::training_data::ArchiveInspection> for ArchiveInspection {
@@ -82,6 +91,8 @@ impl From<service::training_data::ArchiveInspection> for ArchiveInspection {
                     height: image.height,
                     bytes: image.bytes,
                     warnings: image.warnings.into_iter().map(Warning::from).collect(),
+                    faces: image.faces.into(),
+                    counts: image.counts,
                 })
                 .collect(),
             rejected: inspection
@@ -97,6 +108,8 @@ impl From<service::training_data::ArchiveInspection> for ArchiveInspection {
             decompressed_bytes: inspection.decompressed_bytes,
             min_photos: inspection.min_photos,
             max_photos: inspection.max_photos,
+            face_policy: inspection.face_policy.as_str().to_string(),
+            usable_images: inspection.usable_images,
         }
     }
 }
