@@ -9,7 +9,7 @@ use store::{JobChanges, JobRecord};
 use uuid::Uuid;
 
 use crate::context::Service;
-use crate::error::ServiceError;
+use crate::error::{JobFailure, ServiceError};
 
 /// The model a Pro training's result names, or `None` when the job is not a finetune training
 /// or the result has no finetune id (then the custody worker reports it).
@@ -94,22 +94,62 @@ pub fn completion_events(
                 ..request_known
             },
         )),
-        FalOutcome::Failed { code, message } => events.push((
-            JobEvent::FalFailed,
-            JobChanges {
-                // Marks the item for the custody worker, which re-uploads the LoRA and
-                // resubmits it once.
-                custody_needed: (code == crate::fal_errors::LORA_UNAVAILABLE
-                    && job.kind() == domain::JobKind::Generation
-                    && job.attempt < 2)
-                    .then_some(true),
-                error_code: Some(code),
-                error_message: Some(message),
-                ..request_known
-            },
-        )),
+        FalOutcome::Failed { code, message } => events.push(match ended_by_us(job) {
+            // We cancelled the request (its deadline passed, or the caller asked) and fal ended
+            // it: the cancel took effect (fal answers a cancelled request as failed, 499),
+            // whichever of our own record and fal's callback comes first.
+            Some((event, failure)) => (
+                event,
+                JobChanges {
+                    error_code: Some(failure.code),
+                    error_message: Some(failure.message),
+                    ..request_known
+                },
+            ),
+            None => (
+                JobEvent::FalFailed,
+                JobChanges {
+                    // Marks the item for the custody worker, which re-uploads the LoRA and
+                    // resubmits it once.
+                    custody_needed: (code == crate::fal_errors::LORA_UNAVAILABLE
+                        && job.kind() == domain::JobKind::Generation
+                        && job.attempt < 2)
+                        .then_some(true),
+                    error_code: Some(code),
+                    error_message: Some(message),
+                    ..request_known
+                },
+            ),
+        }),
     }
     events
+}
+
+/// Why a job we asked fal to stop ends: past its deadline it timed out, otherwise the caller
+/// cancelled it. `None` when we did not ask.
+fn ended_by_us(job: &JobRecord) -> Option<(JobEvent, JobFailure)> {
+    if job
+        .deadline_at
+        .is_some_and(|deadline| deadline <= Utc::now())
+    {
+        Some((JobEvent::TimedOut, timed_out(job)))
+    } else if job.cancel_requested_at.is_some() {
+        Some((
+            JobEvent::Cancelled,
+            JobFailure::new("cancelled", "cancelled by the caller"),
+        ))
+    } else {
+        None
+    }
+}
+
+/// How a job past its deadline fails.
+fn timed_out(job: &JobRecord) -> JobFailure {
+    let kind = job.kind().as_str();
+    JobFailure::new(
+        format!("{kind}_timeout"),
+        format!("the {kind} did not finish in time"),
+    )
 }
 
 /// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
@@ -301,14 +341,7 @@ pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
             job.id,
             JobEvent::TimedOut,
             Some(fence),
-            &JobChanges {
-                error_code: Some(format!("{}_timeout", job.kind().as_str())),
-                error_message: Some(format!(
-                    "the {} did not finish in time",
-                    job.kind().as_str()
-                )),
-                ..JobChanges::default()
-            },
+            &timed_out(job).changes(),
             "deadline passed",
         )
         .await;
