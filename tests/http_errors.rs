@@ -199,6 +199,23 @@ async fn nul_characters_are_refused_naming_the_field(pool: PgPool) {
         .create_avatar(json!({"name": "p", "kind": "character"}))
         .await;
     let avatar = avatar["id"].as_str().unwrap();
+    // A NUL in a key is named escaped, so the refusal can be kept for its Idempotency-Key and
+    // replayed.
+    for _ in 0..2 {
+        let response = app
+            .request(Method::POST, &format!("/avatars/{avatar}/train"))
+            .header("idempotency-key", "nul-in-a-key")
+            .json(&json!({"overrides": {"st\u{0}eps": 5}}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = problem(response).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(
+            body["errors"][0]["field"], "overrides.st\\u0000eps",
+            "{body}"
+        );
+    }
     // In an uploaded file's name a NUL is a malformed part header.
     let mut upload =
         b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a\0b.jpg\"\r\n\r\n"

@@ -122,9 +122,11 @@ fn nul_in(value: &serde_json::Value, path: String) -> Option<String> {
 }
 
 fn unstorable_text(location: FieldLocation, field: String) -> ApiError {
+    // The field's own name may hold the NUL; named escaped, so the problem itself can be
+    // stored (an Idempotency-Key keeps the answer).
     ApiError::invalid_field(
         location,
-        field,
+        field.replace('\0', "\\u0000"),
         "invalid_characters",
         "text may not contain the NUL character (U+0000)",
     )
