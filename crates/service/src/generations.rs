@@ -296,12 +296,7 @@ pub async fn cancel(
         ));
     }
     for item in unfinished {
-        let job = service.store.request_cancel(tenant, item.id).await?;
-        // A worker owns an upload: it sees the request before submitting, or cancels on fal
-        // right after.
-        if job.status() != domain::JobStatus::Uploading {
-            jobs::cancel_job(service, &job, "cancelled by the caller").await?;
-        }
+        jobs::cancel_for_caller(service, tenant, item.id).await?;
     }
     get(service, tenant, id).await
 }

@@ -152,6 +152,21 @@ fn timed_out(job: &JobRecord) -> JobFailure {
     )
 }
 
+/// A caller's cancel: recorded first (so it survives a failed call to fal), then carried out.
+/// A job being uploaded is left to its worker, which sees the request before submitting or
+/// cancels on fal right after.
+pub async fn cancel_for_caller(
+    service: &Service,
+    tenant: domain::TenantId,
+    id: Uuid,
+) -> Result<JobRecord, ServiceError> {
+    let job = service.store.request_cancel(tenant, id).await?;
+    if job.status() == JobStatus::Uploading {
+        return Ok(job);
+    }
+    cancel_job(service, &job, "cancelled by the caller").await
+}
+
 /// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
 /// the request already completed, its result wins.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]

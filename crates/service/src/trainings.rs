@@ -277,13 +277,7 @@ pub async fn cancel(
         )
         .with_extension("training_status", job.status.as_str()));
     }
-    let job = service.store.request_cancel(tenant, id).await?;
-    let job = match job.status() {
-        // The worker owns an upload; it sees the request before submitting, or cancels on fal
-        // right after.
-        JobStatus::Uploading => job,
-        _ => jobs::cancel_job(service, &job, "cancelled by the caller").await?,
-    };
+    let job = jobs::cancel_for_caller(service, tenant, id).await?;
     load(service, job).await
 }
 
