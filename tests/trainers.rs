@@ -20,24 +20,14 @@ async fn style_avatar(app: &TestApp) -> String {
     id
 }
 
-async fn train(app: &TestApp, avatar: &str, body: Value) -> String {
-    let response = app
-        .request(Method::POST, &format!("/avatars/{avatar}/train"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let started: Value = response.json().await.unwrap();
-    assert_eq!(status, 202, "{started:#}");
-    started["id"].as_str().unwrap().to_string()
-}
-
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn the_fast_lora_trainer_trains_end_to_end(pool: PgPool) {
     let app = TestApp::spawn_with_fal(pool, FalOptions::default()).await;
     let avatar = style_avatar(&app).await;
-    let id = train(&app, &avatar, json!({"trainer": "fast_lora"})).await;
+    let started = app
+        .start_training(&avatar, json!({"trainer": "fast_lora"}))
+        .await;
+    let id = started["id"].as_str().unwrap().to_string();
     let done = app
         .wait_for_json(&format!("/trainings/{id}"), "trained", |t| {
             t["model"].is_object() || t["status"] == "failed"
@@ -74,7 +64,8 @@ async fn a_trainer_fal_has_withdrawn_fails_with_trainer_unavailable(pool: PgPool
             user_timeout: false,
         },
     );
-    let id = train(&app, &avatar, json!({"trainer": "pro"})).await;
+    let started = app.start_training(&avatar, json!({"trainer": "pro"})).await;
+    let id = started["id"].as_str().unwrap().to_string();
     let done = app
         .wait_for_json(&format!("/trainings/{id}"), "failed", |t| {
             t["status"] == "failed"

@@ -30,19 +30,6 @@ async fn wait_training(
         .await
 }
 
-async fn start_training(app: &TestApp, avatar: &str, body: Value) -> Value {
-    let response = app
-        .request(Method::POST, &format!("/avatars/{avatar}/train"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let json: Value = response.json().await.unwrap();
-    assert_eq!(status, 202, "{json:#}");
-    json
-}
-
 async fn trained_app(pool: PgPool, options: FalOptions) -> (TestApp, String) {
     let app = TestApp::spawn_with_fal(pool, options).await;
     let avatar = app.avatar_with_photos(10).await;
@@ -56,7 +43,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_portrait_training_reaches_trained_by_webhook_alone(pool: PgPool) {
     let (app, avatar) = trained_app(pool.clone(), FalOptions::default()).await;
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     assert_eq!(started["status"], "pending");
     assert_eq!(started["trainer"], "portrait");
     assert_eq!(started["endpoint"], "fal-ai/flux-lora-portrait-trainer");
@@ -141,7 +128,7 @@ async fn a_style_avatar_trains_a_pro_finetune(pool: PgPool) {
         .collect();
     assert_eq!(app.upload(id, files).await.status(), 201);
 
-    let started = start_training(&app, id, json!({"preset": "quality"})).await;
+    let started = app.start_training(id, json!({"preset": "quality"})).await;
     assert_eq!(started["trainer"], "pro");
     assert_eq!(started["parameters"]["iterations"], 1000);
     assert_eq!(
@@ -414,7 +401,7 @@ async fn duplicate_webhooks_change_nothing(pool: PgPool) {
             ..RequestFaults::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
     let request_id = done["fal_request_id"].as_str().unwrap().to_string();
@@ -484,7 +471,7 @@ async fn fifty_identical_deliveries_at_once_make_one_transition(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
     let submitted =
         wait_training(&app, &id, "submitted", |t| t["fal_request_id"].is_string()).await;
@@ -609,7 +596,7 @@ async fn a_webhook_signed_with_a_wrong_key_is_refused_and_fal_retries(pool: PgPo
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let submitted = wait_training(&app, id, "submitted", |t| t["fal_request_id"].is_string()).await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
@@ -638,7 +625,7 @@ async fn jwks_down_answers_503_then_fals_retry_succeeds(pool: PgPool) {
     let (app, avatar) = trained_app(pool, options).await;
     let sim = app.sim.as_ref().unwrap();
     sim.set_jwks_down(true);
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
     let submitted =
         wait_training(&app, &id, "submitted", |t| t["fal_request_id"].is_string()).await;
@@ -670,7 +657,7 @@ async fn a_pretty_printed_escaped_body_verifies(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
         t["model"].is_object()
     })
@@ -692,7 +679,7 @@ async fn a_null_payload_is_fetched_from_fal(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
         t["model"].is_object()
     })
@@ -725,7 +712,7 @@ async fn a_dropped_webhook_is_recovered_by_the_reconciler(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
         t["model"].is_object()
     })
@@ -756,7 +743,7 @@ async fn submits_retry_only_where_fal_certainly_did_not_accept(pool: PgPool) {
         user_timeout: false,
     };
     sim.fail_next_submits(2, unavailable);
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
         t["model"].is_object()
     })
@@ -786,7 +773,7 @@ async fn a_422_from_fal_fails_the_training_without_retry(pool: PgPool) {
         user_timeout: false,
     };
     sim.fail_next_submits(1, invalid);
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
         t["status"] == "failed"
     })
@@ -836,7 +823,7 @@ async fn a_rejected_key_and_a_locked_account_have_their_codes(pool: PgPool) {
                 .register_key(&format!("key-{code}:secret"), kind);
         }
         let avatar = app.avatar_with_photos(10).await;
-        let started = start_training(&app, &avatar, json!({})).await;
+        let started = app.start_training(&avatar, json!({})).await;
         let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
             t["status"] == "failed"
         })
@@ -868,7 +855,7 @@ async fn an_unknown_submit_outcome_is_never_resubmitted_and_resolves_by_webhook(
     let (app, avatar) = trained_app(pool, FalOptions::default()).await;
     let sim = app.sim.as_ref().unwrap();
     sim.fail_next_submits(1, SubmitFault::CloseConnection { enqueue: true });
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
     assert_eq!(done["status"], "succeeded");
@@ -898,7 +885,7 @@ async fn a_training_past_its_deadline_is_cancelled_on_fal_and_timed_out(pool: Pg
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "timed out", |t| {
         t["status"] == "timed_out"
     })
@@ -922,7 +909,7 @@ async fn a_queued_training_is_cancelled_on_fal(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
     let response = app
@@ -968,7 +955,7 @@ async fn a_running_training_is_cancelled_on_fal(pool: PgPool) {
     };
     options.sim.time_factor = 1.0;
     let (app, avatar) = trained_app(pool, options).await;
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let running = wait_training(&app, id, "in progress", |t| t["status"] == "in_progress").await;
     let response = app
@@ -1005,7 +992,7 @@ async fn the_service_restarted_mid_training_finishes_the_job(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
     let submitted = wait_training(&app, &id, "submitted", |t| t["status"] == "submitted").await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
@@ -1028,7 +1015,7 @@ async fn deleting_an_avatar_cancels_its_training_on_fal(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
     let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
     let response = app
@@ -1101,7 +1088,7 @@ async fn a_fal_failure_after_acceptance_fails_the_training(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = start_training(&app, &avatar, json!({})).await;
+    let started = app.start_training(&avatar, json!({})).await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
         t["status"] == "failed"
     })

@@ -361,6 +361,23 @@ impl TestApp {
         response.json().await.expect("json")
     }
 
+    /// Starts a training of the avatar with `body`; asserts the 202 and returns the training.
+    pub async fn start_training(&self, avatar_id: &str, body: Value) -> Value {
+        let response = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/avatars/{avatar_id}/train"),
+            )
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        let json: Value = response.json().await.expect("json");
+        assert_eq!(status, 202, "{json:#}");
+        json
+    }
+
     /// Uploads `files` (name, bytes) to the avatar as one multipart request.
     pub async fn upload(
         &self,
