@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("bench-hostile") => match bench_hostile::run(&workspace_root()) {
+        Some("bench-hostile") => match bench_hostile::run(&workspace_root(), args.next()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("xtask: {error}");
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask bench-photos");
-            eprintln!("       cargo xtask bench-hostile");
+            eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)

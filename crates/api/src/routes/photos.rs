@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
+use crate::paced_body::PacedBody;
 use crate::problem::{ApiError, Problem};
 
 use crate::state::AppState;
@@ -114,7 +115,7 @@ async fn upload_parts(
     // Requests larger than a whole set are refused outright.
     let whole_stream = multer::SizeLimit::new().whole_stream(batch.max_upload_bytes());
     let constraints = multer::Constraints::new().size_limit(whole_stream);
-    let body = request.into_body().into_data_stream();
+    let body = PacedBody::new(request.into_body().into_data_stream());
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.file_name().or(field.name()).map(str::to_string);
