@@ -21,13 +21,15 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => run_tests(args.collect()),
-        Some("bench-photos") => match bench_photos::run(&workspace_root()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("xtask: {error}");
-                ExitCode::FAILURE
+        Some("bench-photos") => {
+            match bench_photos::run(&workspace_root(), &args.collect::<Vec<_>>()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("xtask: {error}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Some("bench-hostile") => match bench_hostile::run(&workspace_root(), args.next()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -51,7 +53,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
-            eprintln!("       cargo xtask bench-photos");
+            eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
             eprintln!("       cargo xtask face-photos");

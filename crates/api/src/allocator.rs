@@ -14,8 +14,12 @@ use std::os::raw::c_long;
 /// mimalloc reads for it, `MIMALLOC_PURGE_DELAY`.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Called first thing in `main`: later allocations see the option.
+/// Called first thing in `main`: later allocations see the option. An operator's own
+/// `MIMALLOC_PURGE_DELAY` (milliseconds) is left as mimalloc read it.
 pub fn tune() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: setting an option is a plain store into mimalloc's option table; the option is
     // read at each purge, so setting it after start-up takes effect from here on.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0 as c_long) };
