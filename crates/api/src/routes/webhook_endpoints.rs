@@ -2,7 +2,7 @@
 //! Webhooks, and the log of every delivery.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,6 +12,9 @@ use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
+use crate::responses::{
+    located, DeliveryNotFound, EndpointNotFound, InvalidQuery, MalformedJson, Unauthorized,
+};
 use crate::state::AppState;
 use crate::views::webhook_endpoints::{
     CreatedEndpointResponse, DeliveryPage, DeliveryResponse, DeliveryStatus, EndpointPage,
@@ -92,8 +95,8 @@ pub struct ListDeliveriesQuery {
     responses(
         (status = 201, description = "Registered; the secret is shown only now", body = CreatedEndpointResponse,
             headers(("location" = String, description = "URL of the new endpoint"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
         (status = 422, description = "Invalid fields (`forbidden_address`, `scheme_not_allowed`, `unknown_event_type`, ...)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's endpoints (`webhook_endpoint_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
     )
@@ -110,17 +113,12 @@ pub async fn create_webhook_endpoint(
     };
     let (endpoint, secret) =
         webhook_endpoints::create_endpoint(&state, caller.tenant_id, spec).await?;
-    let location = HeaderValue::from_str(&format!("/webhook-endpoints/{}", endpoint.id))
-        .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(CreatedEndpointResponse {
-            endpoint: endpoint.into(),
-            secret,
-        }),
-    )
-        .into_response())
+    let location = format!("/webhook-endpoints/{}", endpoint.id);
+    let body = CreatedEndpointResponse {
+        endpoint: endpoint.into(),
+        secret,
+    };
+    located(StatusCode::CREATED, &location, body)
 }
 
 /// List webhook endpoints.
@@ -135,8 +133,8 @@ pub async fn create_webhook_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of endpoints", body = EndpointPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        InvalidQuery,
     )
 )]
 pub async fn list_webhook_endpoints(
@@ -160,8 +158,8 @@ pub async fn list_webhook_endpoints(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint", body = EndpointResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
     )
 )]
 pub async fn get_webhook_endpoint(
@@ -187,9 +185,9 @@ pub async fn get_webhook_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        EndpointNotFound,
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -220,8 +218,8 @@ pub async fn update_webhook_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
     )
 )]
 pub async fn delete_webhook_endpoint(
@@ -247,9 +245,9 @@ pub async fn delete_webhook_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Rotated", body = RotatedSecretResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        EndpointNotFound,
         (status = 422, description = "Invalid `overlap_seconds`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -287,9 +285,9 @@ pub async fn rotate_webhook_secret(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of deliveries", body = DeliveryPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
+        InvalidQuery,
     )
 )]
 pub async fn list_webhook_deliveries(
@@ -323,8 +321,8 @@ pub async fn list_webhook_deliveries(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The delivery", body = DeliveryResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        DeliveryNotFound,
     )
 )]
 pub async fn get_webhook_delivery(
@@ -353,8 +351,8 @@ pub async fn get_webhook_delivery(
     security(("api_key" = [])),
     responses(
         (status = 202, description = "Queued to be sent now", body = DeliveryResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        DeliveryNotFound,
         (status = 409, description = "The endpoint is disabled (`webhook_endpoint_disabled`); enable it first", body = Problem, content_type = "application/problem+json"),
     )
 )]
