@@ -27,8 +27,8 @@ pub use config::FalConfig;
 pub use endpoint::EndpointId;
 pub use error::{FalError, SubmitError, TransportStage, ValidationIssue};
 pub use queue::{CancelOutcome, QueuePriority, RequestRef, SubmitOptions, Submitted};
-pub use status::{LogEntry, Metrics, QueueStatus, StatusStream};
 pub use retry::{AttemptFailure, Operation, RetryDecision, RetryPolicies, RetryPolicy};
+pub use status::{LogEntry, Metrics, QueueStatus, StatusStream};
 pub use storage::{ByteStream, ObjectLifecycle, UploadedFile};
 pub use webhook::{
     signed_message, SignatureHeaders, VerifiedWebhook, Verifier, VerifierConfig, WebhookBody,
