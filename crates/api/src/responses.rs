@@ -1,12 +1,13 @@
-//! What the routes answer alike: a created or accepted resource at its `Location`, and the
-//! error responses many operations document in the same words (for the `responses(...)` of
-//! `#[utoipa::path]`; each is a problem document, `application/problem+json`).
+//! What the routes answer and document alike: a created or accepted resource at its
+//! `Location`; the error responses many operations document in the same words (for the
+//! `responses(...)` of `#[utoipa::path]`; each is a problem document,
+//! `application/problem+json`); and the `{id}` path parameters (for its `params(...)`).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use utoipa::IntoResponses;
+use utoipa::{IntoParams, IntoResponses};
 
 use crate::problem::{ApiError, Problem};
 
@@ -115,3 +116,35 @@ pub struct AvatarTraining(pub Problem);
     content_type = "application/problem+json"
 )]
 pub struct FalNotConfigured(pub Problem);
+
+/// The avatar an operation's path names (`{id}`), as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AvatarPath {
+    /// Avatar id
+    pub id: uuid::Uuid,
+}
+
+/// The endpoint an operation's path names (`{id}`), as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EndpointPath {
+    /// Endpoint id
+    pub id: uuid::Uuid,
+}
+
+/// The generation an operation's path names (`{id}`), as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GenerationPath {
+    /// Generation id
+    pub id: uuid::Uuid,
+}
+
+/// The training an operation's path names (`{id}`), as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TrainingPath {
+    /// Training id
+    pub id: uuid::Uuid,
+}

@@ -13,7 +13,8 @@ use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId};
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, AvatarNotFound, InvalidFields, InvalidQuery, MalformedJson, NotJson, Unauthorized,
+    located, AvatarNotFound, AvatarPath, InvalidFields, InvalidQuery, MalformedJson, NotJson,
+    Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::avatars::{AvatarPage, AvatarResponse, Kind, Status};
@@ -131,7 +132,7 @@ pub async fn list_avatars(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "get_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar", body = AvatarResponse),
@@ -156,7 +157,7 @@ pub async fn get_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "update_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     request_body = UpdateAvatarRequest,
     security(("api_key" = [])),
     responses(
@@ -198,7 +199,7 @@ pub async fn update_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "delete_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),

@@ -22,8 +22,8 @@ use crate::idempotency::idempotent_json;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, AvatarNotFound, FalNotConfigured, GenerationNotFound, InvalidQuery, NotJson,
-    Unauthorized,
+    located, AvatarNotFound, AvatarPath, FalNotConfigured, GenerationNotFound, GenerationPath,
+    InvalidQuery, NotJson, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::generations::{generation_view, GenerationPage, GenerationResponse};
@@ -117,7 +117,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
     tag = "generations",
     operation_id = "create_generation",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1-255 printable ASCII)"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N <= 60): answer when the generation finishes, up to N seconds"),
     ),
@@ -188,7 +188,7 @@ fn started_response(started: Started, wait: Option<Duration>) -> Result<Response
     path = "/generations/{id}",
     tag = "generations",
     operation_id = "get_generation",
-    params(("id" = Uuid, Path, description = "Generation id")),
+    params(GenerationPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The generation and its items", body = GenerationResponse),
@@ -214,7 +214,7 @@ pub async fn get_generation(
     path = "/generations/{id}/cancel",
     tag = "generations",
     operation_id = "cancel_generation",
-    params(("id" = Uuid, Path, description = "Generation id")),
+    params(GenerationPath),
     security(("api_key" = [])),
     responses(
         (status = 202, description = "Cancelled, or being cancelled on fal; the generation as it is now", body = GenerationResponse),
@@ -239,7 +239,7 @@ pub async fn cancel_generation(
     path = "/avatars/{id}/generations",
     tag = "generations",
     operation_id = "list_generations",
-    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
+    params(AvatarPath, PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = GenerationPage),

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
 use crate::problem::{ApiError, Problem};
-use crate::responses::{AvatarNotFound, AvatarTraining, Unauthorized};
+use crate::responses::{AvatarNotFound, AvatarPath, AvatarTraining, Unauthorized};
 
 use crate::state::AppState;
 use crate::views::photos::{PhotoBatchReport, PhotoList, PhotoSetReport};
@@ -46,7 +46,7 @@ pub struct PhotoUrls {
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "add_photos",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     request_body(
         description = "Photo files as multipart/form-data, or `{\"urls\": [...]}` as JSON",
         content(
@@ -173,7 +173,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "list_photos",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photos, oldest first", body = PhotoList),
@@ -203,7 +203,7 @@ pub async fn list_photos(
     path = "/avatars/{id}/photo-set",
     tag = "photos",
     operation_id = "get_photo_set",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photo set summary", body = PhotoSetReport),
@@ -229,7 +229,7 @@ pub async fn get_photo_set(
     tag = "photos",
     operation_id = "delete_photo",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("photo_id" = Uuid, Path, description = "Photo id"),
     ),
     security(("api_key" = [])),

@@ -17,8 +17,8 @@ use crate::idempotency::idempotent_json;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, AvatarNotFound, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
-    TrainingNotFound, Unauthorized,
+    located, AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
+    TrainingNotFound, TrainingPath, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::trainings::{
@@ -70,7 +70,7 @@ impl From<TrainRequest> for TrainingInput {
     tag = "trainings",
     operation_id = "train_avatar",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1-255 printable ASCII)"),
     ),
     request_body = TrainRequest,
@@ -119,7 +119,7 @@ pub async fn train_avatar(
     path = "/trainings/{id}",
     tag = "trainings",
     operation_id = "get_training",
-    params(("id" = Uuid, Path, description = "Training id")),
+    params(TrainingPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The training", body = TrainingResponse),
@@ -142,7 +142,7 @@ pub async fn get_training(
     path = "/avatars/{id}/trainings",
     tag = "trainings",
     operation_id = "list_trainings",
-    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
+    params(AvatarPath, PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = TrainingPage),
@@ -172,7 +172,7 @@ pub async fn list_trainings(
     path = "/trainings/{id}/cancel",
     tag = "trainings",
     operation_id = "cancel_training",
-    params(("id" = Uuid, Path, description = "Training id")),
+    params(TrainingPath),
     security(("api_key" = [])),
     responses(
         (status = 202, description = "The training after the cancel request", body = TrainingResponse),

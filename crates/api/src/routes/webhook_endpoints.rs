@@ -13,7 +13,8 @@ use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, DeliveryNotFound, EndpointNotFound, InvalidQuery, MalformedJson, Unauthorized,
+    located, DeliveryNotFound, EndpointNotFound, EndpointPath, InvalidQuery, MalformedJson,
+    Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::webhook_endpoints::{
@@ -154,7 +155,7 @@ pub async fn list_webhook_endpoints(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "get_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint", body = EndpointResponse),
@@ -180,7 +181,7 @@ pub async fn get_webhook_endpoint(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "update_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     request_body = UpdateEndpointRequest,
     security(("api_key" = [])),
     responses(
@@ -214,7 +215,7 @@ pub async fn update_webhook_endpoint(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "delete_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
@@ -240,7 +241,7 @@ pub async fn delete_webhook_endpoint(
     path = "/webhook-endpoints/{id}/rotate-secret",
     tag = "webhook endpoints",
     operation_id = "rotate_webhook_secret",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     request_body(content = Option<RotateSecretRequest>, description = "Optional; an empty body keeps the default overlap"),
     security(("api_key" = [])),
     responses(
@@ -281,7 +282,7 @@ pub async fn rotate_webhook_secret(
     path = "/webhook-endpoints/{id}/deliveries",
     tag = "webhook endpoints",
     operation_id = "list_webhook_deliveries",
-    params(("id" = Uuid, Path, description = "Endpoint id"), ListDeliveriesQuery),
+    params(EndpointPath, ListDeliveriesQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of deliveries", body = DeliveryPage),
@@ -315,7 +316,7 @@ pub async fn list_webhook_deliveries(
     tag = "webhook endpoints",
     operation_id = "get_webhook_delivery",
     params(
-        ("id" = Uuid, Path, description = "Endpoint id"),
+        EndpointPath,
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
     ),
     security(("api_key" = [])),
@@ -345,7 +346,7 @@ pub async fn get_webhook_delivery(
     tag = "webhook endpoints",
     operation_id = "replay_webhook_delivery",
     params(
-        ("id" = Uuid, Path, description = "Endpoint id"),
+        EndpointPath,
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
     ),
     security(("api_key" = [])),
