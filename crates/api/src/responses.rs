@@ -21,130 +21,49 @@ pub fn located(
     Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-#[derive(IntoResponses)]
-#[response(
-    status = 401,
-    description = "Missing, unknown or revoked API key",
-    content_type = "application/problem+json"
-)]
-pub struct Unauthorized(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such avatar (`avatar_not_found`)",
-    content_type = "application/problem+json"
-)]
-pub struct AvatarNotFound(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such training (`training_not_found`)",
-    content_type = "application/problem+json"
-)]
-pub struct TrainingNotFound(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such generation (`generation_not_found`)",
-    content_type = "application/problem+json"
-)]
-pub struct GenerationNotFound(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such endpoint (`webhook_endpoint_not_found`)",
-    content_type = "application/problem+json"
-)]
-pub struct EndpointNotFound(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 404,
-    description = "No such endpoint or delivery",
-    content_type = "application/problem+json"
-)]
-pub struct DeliveryNotFound(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 400,
-    description = "Malformed JSON",
-    content_type = "application/problem+json"
-)]
-pub struct MalformedJson(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 415,
-    description = "Body is not JSON",
-    content_type = "application/problem+json"
-)]
-pub struct NotJson(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 422,
-    description = "Invalid query parameter",
-    content_type = "application/problem+json"
-)]
-pub struct InvalidQuery(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 422,
-    description = "Invalid fields, each listed in `errors`",
-    content_type = "application/problem+json"
-)]
-pub struct InvalidFields(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 409,
-    description = "The avatar is training (`avatar_training`)",
-    content_type = "application/problem+json"
-)]
-pub struct AvatarTraining(pub Problem);
-
-#[derive(IntoResponses)]
-#[response(
-    status = 503,
-    description = "fal is not configured (`fal_not_configured`)",
-    content_type = "application/problem+json"
-)]
-pub struct FalNotConfigured(pub Problem);
-
-/// The avatar an operation's path names (`{id}`), as documented.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct AvatarPath {
-    /// Avatar id
-    pub id: uuid::Uuid,
+/// Declares error responses, each documented in the same words wherever an operation lists it.
+macro_rules! problem_responses {
+    ($($name:ident = $status:literal, $description:literal;)*) => {$(
+        #[derive(IntoResponses)]
+        #[response(
+            status = $status,
+            description = $description,
+            content_type = "application/problem+json"
+        )]
+        pub struct $name(pub Problem);
+    )*};
 }
 
-/// The endpoint an operation's path names (`{id}`), as documented.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct EndpointPath {
-    /// Endpoint id
-    pub id: uuid::Uuid,
+problem_responses! {
+    Unauthorized = 401, "Missing, unknown or revoked API key";
+    AvatarNotFound = 404, "No such avatar (`avatar_not_found`)";
+    TrainingNotFound = 404, "No such training (`training_not_found`)";
+    GenerationNotFound = 404, "No such generation (`generation_not_found`)";
+    EndpointNotFound = 404, "No such endpoint (`webhook_endpoint_not_found`)";
+    DeliveryNotFound = 404, "No such endpoint or delivery";
+    MalformedJson = 400, "Malformed JSON";
+    NotJson = 415, "Body is not JSON";
+    InvalidQuery = 422, "Invalid query parameter";
+    InvalidFields = 422, "Invalid fields, each listed in `errors`";
+    AvatarTraining = 409, "The avatar is training (`avatar_training`)";
+    FalNotConfigured = 503, "fal is not configured (`fal_not_configured`)";
 }
 
-/// The generation an operation's path names (`{id}`), as documented.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct GenerationPath {
-    /// Generation id
-    pub id: uuid::Uuid,
+/// Declares the `{id}` path parameter of the operations on each kind of resource.
+macro_rules! id_paths {
+    ($($name:ident, $description:literal;)*) => {$(
+        #[derive(IntoParams)]
+        #[into_params(parameter_in = Path)]
+        pub struct $name {
+            #[doc = $description]
+            pub id: uuid::Uuid,
+        }
+    )*};
 }
 
-/// The training an operation's path names (`{id}`), as documented.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct TrainingPath {
-    /// Training id
-    pub id: uuid::Uuid,
+id_paths! {
+    AvatarPath, "Avatar id";
+    EndpointPath, "Endpoint id";
+    GenerationPath, "Generation id";
+    TrainingPath, "Training id";
 }
