@@ -17,6 +17,7 @@ mod paced_body;
 pub mod pagination;
 pub mod problem;
 pub mod rate_limit;
+pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;

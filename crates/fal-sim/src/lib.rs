@@ -15,6 +15,7 @@ mod config;
 mod control;
 mod faults;
 mod handle;
+mod http;
 mod json_text;
 mod jwks;
 mod models;

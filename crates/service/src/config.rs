@@ -295,15 +295,12 @@ impl Config {
                 .parse_range("DATABASE_MAX_CONNECTIONS", 1, 1000)?
                 .unwrap_or(defaults.max_connections);
             let least = MIN_DATABASE_CONNECTIONS;
-            if max_connections < least {
-                return Err(ConfigError {
-                    variable: "DATABASE_MAX_CONNECTIONS",
-                    problem: format!(
-                        "must be at least {least} (the background workers may hold {} connections at once, and requests need one more), got {max_connections}",
-                        least - 1
-                    ),
-                });
-            }
+            require(max_connections >= least, "DATABASE_MAX_CONNECTIONS", || {
+                format!(
+                    "must be at least {least} (the background workers may hold {} connections at once, and requests need one more), got {max_connections}",
+                    least - 1
+                )
+            })?;
             store::PoolSettings {
                 max_connections,
                 acquire_timeout: env
@@ -360,25 +357,15 @@ impl Config {
                 let max_photos = env
                     .parse_range("AVATAR_MAX_PHOTOS", 1, 1000)?
                     .unwrap_or(defaults.max_photos);
-                if max_photos < min_photos {
-                    return Err(ConfigError {
-                        variable: "AVATAR_MAX_PHOTOS",
-                        problem: format!(
-                            "must be at least AVATAR_MIN_PHOTOS ({min_photos}), got {max_photos}"
-                        ),
-                    });
-                }
+                require(max_photos >= min_photos, "AVATAR_MAX_PHOTOS", || {
+                    format!("must be at least AVATAR_MIN_PHOTOS ({min_photos}), got {max_photos}")
+                })?;
                 let max_parts = env
                     .parse_range("PHOTO_MAX_PARTS", 1, 100_000)?
                     .unwrap_or(defaults.max_parts);
-                if max_parts < max_photos {
-                    return Err(ConfigError {
-                        variable: "PHOTO_MAX_PARTS",
-                        problem: format!(
-                            "must be at least AVATAR_MAX_PHOTOS ({max_photos}), got {max_parts}"
-                        ),
-                    });
-                }
+                require(max_parts >= max_photos, "PHOTO_MAX_PARTS", || {
+                    format!("must be at least AVATAR_MAX_PHOTOS ({max_photos}), got {max_parts}")
+                })?;
                 PhotoSettings {
                     min_photos,
                     max_photos,
@@ -456,30 +443,30 @@ impl Config {
                 let relay_lease = env
                     .seconds("WEBHOOK_LEASE", 2, 3600)?
                     .unwrap_or(defaults.relay_lease);
-                if relay_lease < delivery_timeout + Duration::from_secs(1) {
-                    return Err(ConfigError {
-                        variable: "WEBHOOK_LEASE",
-                        problem: format!(
+                require(
+                    relay_lease >= delivery_timeout + Duration::from_secs(1),
+                    "WEBHOOK_LEASE",
+                    || {
+                        format!(
                             "must exceed WEBHOOK_TIMEOUT ({} s) by at least a second, got {} s",
                             delivery_timeout.as_secs(),
                             relay_lease.as_secs()
-                        ),
-                    });
-                }
+                        )
+                    },
+                )?;
                 let relay_concurrency = env
                     .parse_range("WEBHOOK_CONCURRENCY", 1, 1024)?
                     .unwrap_or(defaults.relay_concurrency);
                 let relay_tenant_slots = env
                     .parse_range("WEBHOOK_TENANT_SLOTS", 1, 1024)?
                     .unwrap_or(defaults.relay_tenant_slots.min(relay_concurrency));
-                if relay_tenant_slots > relay_concurrency {
-                    return Err(ConfigError {
-                        variable: "WEBHOOK_TENANT_SLOTS",
-                        problem: format!(
-                            "must not exceed WEBHOOK_CONCURRENCY ({relay_concurrency}), got {relay_tenant_slots}"
-                        ),
-                    });
-                }
+                require(
+                    relay_tenant_slots <= relay_concurrency,
+                    "WEBHOOK_TENANT_SLOTS",
+                    || {
+                        format!("must not exceed WEBHOOK_CONCURRENCY ({relay_concurrency}), got {relay_tenant_slots}")
+                    },
+                )?;
                 EventSettings {
                     relay_concurrency,
                     relay_tenant_slots,
@@ -615,6 +602,22 @@ impl Config {
                     }
                 },
             },
+        })
+    }
+}
+
+/// `Ok` when a rule between settings `holds`, else the error naming `variable`.
+fn require(
+    holds: bool,
+    variable: &'static str,
+    problem: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            variable,
+            problem: problem(),
         })
     }
 }

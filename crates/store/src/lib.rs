@@ -31,7 +31,7 @@ pub use jobs::{
     EventOutcome, JobChanges, NewTraining, WebhookDelivery, WebhookOutcome, ONE_ACTIVE_TRAINING,
 };
 pub use models::NewModel;
-pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
+pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
 pub use tenants::{Quota, Tenant};
