@@ -60,7 +60,18 @@ for overlay in deploy/k8s/overlays/*/; do
   render "$overlay" >"$work/$name.yaml"
   grep -c '^kind:' "$work/$name.yaml" | xargs printf '%s objects rendered\n'
   "$venv/bin/kubernetes-validate" --strict --quiet "$work/$name.yaml"
+  "$venv/bin/python" .ci/deploy-references.py "$work/$name.yaml"
 done
+log "the reference check catches selectors leaking into other pods' selectors"
+cp -r deploy/k8s "$work/k8s"
+sed -i 's/includeSelectors: false/includeSelectors: true/' "$work/k8s/base/kustomization.yaml"
+render "$work/k8s/overlays/prod" >"$work/leaky.yaml"
+if "$venv/bin/python" .ci/deploy-references.py "$work/leaky.yaml" >"$work/leaky.out"; then
+  echo "deploy-check: selectors written into the NetworkPolicy's peers were not caught" >&2
+  exit 1
+fi
+grep -q 'requires this service' "$work/leaky.out"
+
 log "validating the Secret template"
 "$venv/bin/kubernetes-validate" --strict --quiet deploy/k8s/base/secret.template.yaml
 
