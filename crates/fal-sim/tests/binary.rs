@@ -137,6 +137,7 @@ fn urls_handed_out_use_the_public_url() {
             .send()
             .await
             .unwrap();
-        assert_eq!(status.status(), 200);
+        // Reached through the public URL: queued or running (202), or done (200).
+        assert!(status.status().is_success(), "{}", status.status());
     });
 }
