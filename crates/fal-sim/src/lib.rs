@@ -11,6 +11,7 @@
 mod accounts;
 mod archive;
 mod artifacts;
+pub mod cli;
 mod config;
 mod control;
 mod faults;

@@ -74,6 +74,9 @@ pub struct Config {
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
     pub unknown_callbacks: UnknownCallbackSettings,
+    /// Webhook endpoints on this machine (`localhost`, 127.0.0.0/8, `::1`) allowed, over http
+    /// too. `None`: the mode decides (on in `avatars dev`, off in `avatars serve`).
+    pub webhook_allow_loopback: Option<bool>,
 }
 
 /// The smallest database pool the service starts with. The sequencer, relay, janitor,
@@ -179,6 +182,9 @@ pub struct EventSettings {
     pub disable_after: Duration,
     /// How often open event streams are checked for revoked keys.
     pub stream_key_check: Duration,
+    /// Webhook endpoints on loopback addresses allowed (any port, http too). Resolved per
+    /// mode from [`Config::webhook_allow_loopback`] by [`crate::Settings`].
+    pub allow_loopback: bool,
 }
 
 impl Default for EventSettings {
@@ -194,6 +200,7 @@ impl Default for EventSettings {
             relay_tenant_slots: 4,
             disable_after: Duration::from_secs(5 * 24 * 3600),
             stream_key_check: Duration::from_secs(2),
+            allow_loopback: false,
         }
     }
 }
@@ -281,6 +288,75 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every variable [`Config::from_lookup`] reads, so deployment files can be checked against
+    /// what the service understands (a test keeps this list and the reads in step).
+    pub const VARIABLES: &'static [&'static str] = &[
+        "DATABASE_URL",
+        "DATABASE_MAX_CONNECTIONS",
+        "DATABASE_ACQUIRE_TIMEOUT",
+        "DATABASE_STATEMENT_TIMEOUT",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+        "BIND_ADDR",
+        "PUBLIC_BASE_URL",
+        "STORAGE_URL",
+        "LOG_FORMAT",
+        "MAX_BODY_BYTES",
+        "REQUEST_TIMEOUT",
+        "HTTP_HEADER_READ_TIMEOUT",
+        "HTTP_MAX_CONNECTIONS",
+        "AVATAR_MIN_PHOTOS",
+        "AVATAR_MAX_PHOTOS",
+        "PHOTO_MAX_PARTS",
+        "PHOTO_DECODE_BUDGET_PIXELS",
+        "PHOTO_MAX_BYTES",
+        "PHOTO_MIN_SHORT_SIDE",
+        "PHOTO_FACE_POLICY",
+        "FETCH_ALLOW_HTTP",
+        "FETCH_ALLOWED_PRIVATE",
+        "ARCHIVE_MAX_BYTES",
+        "FETCH_TIMEOUT",
+        "GENERATION_MAX_PROMPTS",
+        "SHUTDOWN_DELAY",
+        "SHUTDOWN_WORKER_GRACE",
+        "WEBHOOK_TIMEOUT",
+        "WEBHOOK_LEASE",
+        "WEBHOOK_CONCURRENCY",
+        "WEBHOOK_TENANT_SLOTS",
+        "WEBHOOK_DISABLE_AFTER",
+        "WEBHOOK_RETRY_SCALE",
+        "WEBHOOK_ALLOW_LOOPBACK",
+        "EVENTS_KEY_CHECK_INTERVAL",
+        "EVENTS_HEARTBEAT",
+        "API_KEY_RATE_PER_SECOND",
+        "API_KEY_RATE_BURST",
+        "TENANT_MAX_ACTIVE_TRAININGS",
+        "TENANT_MAX_ACTIVE_GENERATIONS",
+        "TENANT_MAX_WEBHOOK_ENDPOINTS",
+        "TENANT_MAX_EVENT_STREAMS",
+        "FAL_UNKNOWN_CALLBACK_MAX_BYTES",
+        "FAL_UNKNOWN_CALLBACKS_MAX",
+        "FAL_UNKNOWN_CALLBACK_RETENTION",
+        "FAL_KEY",
+        "FAL_QUEUE_URL",
+        "FAL_REST_URL",
+        "FAL_CDN_URL",
+        "FAL_JWKS_URL",
+        "FAL_PORTRAIT_STEPS",
+        "FAL_PORTRAIT_LEARNING_RATE",
+        "FAL_PORTRAIT_SUBJECT_CROP",
+        "FAL_PORTRAIT_CREATE_MASKS",
+        "FAL_PORTRAIT_MULTIRESOLUTION",
+        "FAL_TRAINING_TIMEOUT",
+        "FAL_STATUS_CHECK_INTERVAL",
+        "FAL_MAX_RETRIES",
+        "FAL_AUTO_MODEL_SELECTION",
+        "FAL_TRAINER_BY_KIND",
+        "PRICE_PORTRAIT_PER_STEP_USD",
+        "PRICE_PORTRAIT_MIN_BILLED_STEPS",
+        "PRICE_FAST_LORA_PER_RUN_USD",
+        "PRICE_PRO_PER_RUN_USD",
+    ];
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -532,6 +608,7 @@ impl Config {
                         .unwrap_or(defaults.retention),
                 }
             },
+            webhook_allow_loopback: env.boolean("WEBHOOK_ALLOW_LOOPBACK")?,
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
                 queue_url: env
@@ -716,6 +793,51 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_variable_list_names_exactly_what_is_read() {
+        let read = std::sync::Mutex::new(Vec::<String>::new());
+        Config::from_lookup(|name| {
+            read.lock().unwrap().push(name.to_string());
+            None
+        })
+        .unwrap();
+        let mut read = read.into_inner().unwrap();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<String> = Config::VARIABLES.iter().map(|v| v.to_string()).collect();
+        listed.sort();
+        let before = listed.len();
+        listed.dedup();
+        assert_eq!(before, listed.len(), "Config::VARIABLES lists a name twice");
+        assert_eq!(
+            read, listed,
+            "Config::VARIABLES differs from what from_lookup reads"
+        );
+    }
+
+    #[test]
+    fn webhook_loopback_is_left_to_the_mode_unless_set() {
+        assert_eq!(config(&[]).unwrap().webhook_allow_loopback, None);
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "true")])
+                .unwrap()
+                .webhook_allow_loopback,
+            Some(true)
+        );
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "false")])
+                .unwrap()
+                .webhook_allow_loopback,
+            Some(false)
+        );
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "sometimes")])
+                .unwrap_err()
+                .variable,
+            "WEBHOOK_ALLOW_LOOPBACK"
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ impl Settings {
             http: config.http,
             photos: config.photos,
             fetch: config.fetch.clone(),
-            events: config.events,
+            events: EventSettings {
+                // `avatars serve` keeps refusing loopback receivers unless told otherwise;
+                // `avatars dev` changes this default.
+                allow_loopback: config.webhook_allow_loopback.unwrap_or(false),
+                ..config.events
+            },
             tenants: config.tenants,
             jobs: JobSettings::from_config(config),
             workers: WorkerIntervals::default(),
@@ -190,6 +195,7 @@ impl Service {
         let archive_fetcher =
             safe_fetch::SafeFetcher::new(policy(settings.fetch.max_archive_bytes))?;
         let webhook_fetcher = safe_fetch::SafeFetcher::new(safe_fetch::FetchPolicy {
+            allow_loopback: settings.events.allow_loopback,
             timeout: settings.events.delivery_timeout,
             connect_timeout: settings.events.delivery_timeout,
             max_redirects: 0,
