@@ -12,6 +12,7 @@ mod fal_callbacks;
 mod generation_cancel;
 mod generations;
 mod http_errors;
+mod metrics;
 mod openapi;
 mod operations;
 mod outbound_webhooks;
