@@ -17,6 +17,7 @@ mod openapi;
 mod operations;
 mod outbound_webhooks;
 mod photos;
+mod prometheus;
 mod shutdown;
 mod swagger_ui;
 mod trainers;
