@@ -39,6 +39,14 @@ fn jobs(scrape: &Scrape, kind: &str, status: &str) -> Option<f64> {
     scrape.value("avatars_jobs", &[("kind", kind), ("status", status)])
 }
 
+/// How many jobs of `kind` entered `status`, by the transitions.
+fn finished(scrape: &Scrape, kind: &str, status: &str) -> f64 {
+    scrape.sum(
+        "avatars_job_transitions_total",
+        &[("kind", kind), ("to", status)],
+    )
+}
+
 /// Posts a callback signed with the simulator's key, as fal would; returns the status and
 /// the body.
 async fn post_signed(app: &TestApp, request_id: &str, body: &Value, timestamp: i64) -> u16 {
@@ -76,8 +84,11 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
     ] {
         assert_eq!(callbacks(&before, outcome), Some(0.0), "{outcome}");
     }
-    assert_eq!(jobs(&before, "training", "succeeded"), Some(0.0));
-    assert_eq!(jobs(&before, "generation", "pending"), Some(0.0));
+    assert_eq!(jobs(&before, "training", "pending"), Some(0.0));
+    assert_eq!(jobs(&before, "generation", "in_progress"), Some(0.0));
+    // Finished jobs are counted by their transitions, not by a gauge.
+    assert_eq!(jobs(&before, "training", "succeeded"), None);
+    assert_eq!(finished(&before, "training", "succeeded"), 0.0);
 
     let avatar = app.avatar_with_photos(10).await;
     let id = train(&app, &avatar).await;
@@ -88,8 +99,7 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
         .await;
     let after = scrape(&app).await;
     assert_eq!(callbacks(&after, "applied"), Some(1.0), "{}", after.text);
-    assert_eq!(jobs(&after, "training", "succeeded"), Some(1.0));
-    assert_eq!(after.sum("avatars_jobs", &[("kind", "training")]), 1.0);
+    assert_eq!(after.sum("avatars_jobs", &[("kind", "training")]), 0.0);
     for (from, to) in [("pending", "uploading"), ("uploading", "submitted")] {
         assert_eq!(
             after.value(
@@ -159,7 +169,7 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
     assert_eq!(callbacks(&last, "applied"), Some(1.0));
     assert_eq!(callbacks(&last, "ignored"), Some(1.0));
     assert_eq!(callbacks(&last, "duplicate"), Some(1.0));
-    assert_eq!(jobs(&last, "training", "succeeded"), Some(1.0));
+    assert_eq!(finished(&last, "training", "succeeded"), 1.0);
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -226,7 +236,7 @@ async fn a_locked_fal_account_shows_until_fal_accepts_a_submit_again(pool: PgPoo
         "{}",
         locked.text
     );
-    assert_eq!(jobs(&locked, "training", "failed"), Some(1.0));
+    assert_eq!(finished(&locked, "training", "failed"), 1.0);
 
     // The account is topped up: the next training goes through and the state clears.
     sim.register_key(key, KeyKind::Valid);
@@ -237,7 +247,8 @@ async fn a_locked_fal_account_shows_until_fal_accepts_a_submit_again(pool: PgPoo
     .await;
     let cleared = scrape(&app).await;
     assert_eq!(cleared.value("avatars_fal_billing_locked", &[]), Some(0.0));
-    assert_eq!(jobs(&cleared, "training", "succeeded"), Some(1.0));
+    assert_eq!(finished(&cleared, "training", "succeeded"), 1.0);
+    assert_eq!(cleared.sum("avatars_jobs", &[]), 0.0);
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -343,7 +354,7 @@ async fn custody_that_cannot_finish_shows_as_a_backlog(pool: PgPool) {
     })
     .await;
     assert_eq!(callbacks(&scrape, "applied"), Some(1.0));
-    assert_eq!(jobs(&scrape, "training", "succeeded"), Some(1.0));
+    assert_eq!(finished(&scrape, "training", "succeeded"), 1.0);
 }
 
 async fn app_with_endpoint(

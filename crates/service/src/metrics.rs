@@ -24,6 +24,15 @@ use crate::context::Service;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The statuses of jobs not finished yet: what `avatars_jobs` counts.
+const LIVE: [JobStatus; 5] = [
+    JobStatus::Pending,
+    JobStatus::Uploading,
+    JobStatus::Submitted,
+    JobStatus::InProgress,
+    JobStatus::SubmitUnknown,
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     kind: &'static str,
@@ -279,10 +288,10 @@ impl Metrics {
             collect_errors: Counter::default(),
         };
         // Every series of a fixed set exists from the start, at zero, so rates and alerts
-        // see a value before the first event: job states, every transition the domain allows,
+        // see a value before the first event: live job states, every transition the domain allows,
         // successful fal calls, callback and attempt outcomes.
         for kind in JobKind::ALL {
-            for status in JobStatus::ALL {
+            for status in LIVE {
                 let _ = metrics.jobs.get_or_create(&JobLabels {
                     kind: kind.as_str(),
                     status: status.as_str(),
@@ -345,7 +354,7 @@ impl Metrics {
     fn register_all(&self) {
         self.register(
             "avatars_jobs",
-            "Jobs (trainings and generation items) by kind and status",
+            "Jobs (trainings and generation items) not finished yet, by kind and status",
             self.jobs.clone(),
         );
         self.register(
@@ -503,9 +512,9 @@ impl Metrics {
 
     fn set_snapshot(&self, snapshot: &store::WorkSnapshot) {
         for kind in JobKind::ALL {
-            for status in JobStatus::ALL {
+            for status in LIVE {
                 let count = snapshot
-                    .jobs
+                    .live_jobs
                     .iter()
                     .find(|(k, s, _)| k == kind.as_str() && s == status.as_str())
                     .map_or(0, |(_, _, n)| *n);
