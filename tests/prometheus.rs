@@ -141,7 +141,7 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_the_rules(pool: PgP
         prometheus
             .value(
                 &client,
-                r#"avatars_jobs{kind="training",status="succeeded"}"#
+                r#"avatars_jobs{kind="training",status="in_progress"}"#
             )
             .await,
         Some(0.0)
