@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod images;
 pub mod receiver;
+pub mod scrape;
 pub mod standard_webhooks;
 
 /// How long a test waits for the service to reach a state before it fails.

@@ -71,7 +71,7 @@ fn workspace_root() -> PathBuf {
 
 fn run_tests(extra: Vec<String>) -> ExitCode {
     let root = workspace_root();
-    if let Err(message) = ensure_browser() {
+    if let Err(message) = ensure_browser().and_then(|()| ensure_prometheus()) {
         eprintln!("xtask: {message}");
         return ExitCode::FAILURE;
     }
@@ -155,6 +155,57 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The Prometheus test scrapes the service with Debian's Prometheus server. The package's
+/// own service is kept from starting while it installs (the test starts its own server).
+fn ensure_prometheus() -> Result<(), String> {
+    let present = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if present("prometheus") && present("promtool") {
+        return Ok(());
+    }
+    if nix::unistd::geteuid().is_root() && present("apt-get") {
+        eprintln!("xtask: installing prometheus for the Prometheus scrape test");
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let own_policy = !policy.exists()
+            && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+            && Command::new("chmod")
+                .args(["+x", "/usr/sbin/policy-rc.d"])
+                .status()
+                .is_ok_and(|s| s.success());
+        let install = || {
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = install()
+            || (Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
+                && install());
+        if own_policy {
+            let _ = std::fs::remove_file(policy);
+        }
+        if ok && present("prometheus") && present("promtool") {
+            return Ok(());
+        }
+    }
+    Err("the Prometheus scrape test needs Prometheus: install Debian's `prometheus` package".into())
 }
 
 /// The Swagger UI test drives Debian's Chromium through ChromeDriver.

@@ -171,6 +171,8 @@ pub struct Service {
     pub event_bodies: EventBodies,
     /// Decoded pixels in flight across every photo check of this process.
     pub decode_budget: crate::photos::DecodeBudget,
+    /// The process's metrics; `store` reports job transitions into it.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -202,8 +204,9 @@ impl Service {
             ..policy(64 * 1024)
         })?;
         let decode_budget = crate::photos::DecodeBudget::new(settings.photos.decode_budget_pixels);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         Ok(Self {
-            store,
+            store: store.with_transition_observer(metrics.clone()),
             blobs,
             settings: Arc::new(settings),
             photo_fetcher: Arc::new(photo_fetcher),
@@ -218,6 +221,7 @@ impl Service {
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
             decode_budget,
+            metrics,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }

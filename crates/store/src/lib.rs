@@ -9,6 +9,7 @@ mod avatars;
 pub mod blobs;
 mod error;
 pub mod events;
+mod gauges;
 mod generations;
 mod idempotency;
 mod jobs;
@@ -25,6 +26,7 @@ pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobStore};
 pub use error::StoreError;
+pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
 pub use idempotency::IdempotencyClaim;
 pub use jobs::{
@@ -72,11 +74,15 @@ impl Default for PoolSettings {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    observer: gauges::Observer,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            observer: gauges::Observer::default(),
+        }
     }
 
     /// A pool that connects on first use, so the service can start (and report itself not
