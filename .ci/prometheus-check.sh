@@ -25,3 +25,4 @@ fi
 promtool --version | head -n 1
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
+promtool check config deploy/prometheus/prometheus.yml
