@@ -40,7 +40,7 @@ impl Application {
             resources.fal,
             crate::event_bodies::render,
         )
-        .context("building the URL fetchers")?;
+        .context("building the application layer")?;
         Ok(Self {
             state: AppState::new(service),
             listener: resources.listener,

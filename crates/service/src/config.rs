@@ -216,6 +216,8 @@ pub struct PhotoSettings {
     pub max_parts: u32,
     /// Decoded pixels in flight across the process; decodes beyond it wait their turn.
     pub decode_budget_pixels: u32,
+    /// Threads that decode and check photos and archives (`PHOTO_CHECK_THREADS`).
+    pub check_threads: u32,
     /// What face findings do to a training, per avatar kind (`PHOTO_FACE_POLICY`).
     pub face_policy: domain::FacePolicies,
 }
@@ -230,6 +232,7 @@ impl Default for PhotoSettings {
             max_parts: 100,
             // One photo at the largest accepted size (50 MP), about 150 MB as 8-bit RGB.
             decode_budget_pixels: 50_000_000,
+            check_threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
             face_policy: domain::FacePolicies::default(),
         }
     }
@@ -308,6 +311,7 @@ impl Config {
         "AVATAR_MAX_PHOTOS",
         "PHOTO_MAX_PARTS",
         "PHOTO_DECODE_BUDGET_PIXELS",
+        "PHOTO_CHECK_THREADS",
         "PHOTO_MAX_BYTES",
         "PHOTO_MIN_SHORT_SIDE",
         "PHOTO_FACE_POLICY",
@@ -449,6 +453,9 @@ impl Config {
                     decode_budget_pixels: env
                         .parse_range("PHOTO_DECODE_BUDGET_PIXELS", 1_000_000, 4_000_000_000)?
                         .unwrap_or(defaults.decode_budget_pixels),
+                    check_threads: env
+                        .parse_range("PHOTO_CHECK_THREADS", 1, 256)?
+                        .unwrap_or(defaults.check_threads),
                     max_photo_bytes: env
                         .parse_range("PHOTO_MAX_BYTES", 1024, 200 * 1024 * 1024)?
                         .unwrap_or(defaults.max_photo_bytes),
@@ -1024,17 +1031,31 @@ mod tests {
         let set = config(&[
             ("PHOTO_MAX_PARTS", "30"),
             ("PHOTO_DECODE_BUDGET_PIXELS", "1000000"),
+            ("PHOTO_CHECK_THREADS", "1"),
         ])
         .unwrap();
         assert_eq!(
-            (set.photos.max_parts, set.photos.decode_budget_pixels),
-            (30, 1_000_000)
+            (
+                set.photos.max_parts,
+                set.photos.decode_budget_pixels,
+                set.photos.check_threads
+            ),
+            (30, 1_000_000, 1)
+        );
+        assert_eq!(
+            config(&[("PHOTO_CHECK_THREADS", "256")])
+                .unwrap()
+                .photos
+                .check_threads,
+            256
         );
         let error = config(&[("AVATAR_MAX_PHOTOS", "40"), ("PHOTO_MAX_PARTS", "39")]).unwrap_err();
         assert_eq!(error.variable, "PHOTO_MAX_PARTS");
         for (name, value) in [
             ("PHOTO_MAX_PARTS", "0"),
             ("PHOTO_DECODE_BUDGET_PIXELS", "999999"),
+            ("PHOTO_CHECK_THREADS", "0"),
+            ("PHOTO_CHECK_THREADS", "257"),
             ("PHOTO_DECODE_BUDGET_PIXELS", "5000000000"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);

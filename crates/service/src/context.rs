@@ -171,11 +171,22 @@ pub struct Service {
     pub event_bodies: EventBodies,
     /// Decoded pixels in flight across every photo check of this process.
     pub decode_budget: crate::photos::DecodeBudget,
+    /// The threads photo and archive checks run on.
+    pub check_pool: crate::check_pool::CheckPool,
     /// The process's metrics; `store` reports job transitions into it.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Why the application layer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("building the URL fetchers: {0}")]
+    Fetchers(#[from] safe_fetch::FetchError),
+    #[error("starting the photo check threads: {0}")]
+    CheckThreads(std::io::Error),
 }
 
 impl Service {
@@ -185,7 +196,7 @@ impl Service {
         settings: Settings,
         fal: Option<FalLink>,
         event_bodies: EventBodies,
-    ) -> Result<Self, safe_fetch::FetchError> {
+    ) -> Result<Self, StartError> {
         let policy = |max_bytes: u64| safe_fetch::FetchPolicy {
             allow_http: settings.fetch.allow_http,
             allowed_private: settings.fetch.allowed_private.clone(),
@@ -204,6 +215,8 @@ impl Service {
             ..policy(64 * 1024)
         })?;
         let decode_budget = crate::photos::DecodeBudget::new(settings.photos.decode_budget_pixels);
+        let check_pool = crate::check_pool::CheckPool::new(settings.photos.check_threads as usize)
+            .map_err(StartError::CheckThreads)?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         Ok(Self {
             store: store.with_transition_observer(metrics.clone()),
@@ -221,6 +234,7 @@ impl Service {
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
             decode_budget,
+            check_pool,
             metrics,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })

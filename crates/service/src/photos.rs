@@ -110,6 +110,7 @@ impl DecodeBudget {
 pub fn inspect(service: &Service, path: std::path::PathBuf) -> Inspection {
     let rules = service.photo_rules();
     let budget = service.decode_budget.clone();
+    let pool = service.check_pool.clone();
     tokio::spawn(async move {
         let (probe_path, probe_rules) = (path.clone(), rules.clone());
         let probe =
@@ -117,7 +118,7 @@ pub fn inspect(service: &Service, path: std::path::PathBuf) -> Inspection {
                 .await
                 .map_err(std::io::Error::other)??;
         let _permit = budget.acquire(probe.pixels()).await;
-        tokio::task::spawn_blocking(move || media::inspect_photo_path(&path, &rules))
+        pool.run(move || media::inspect_photo_path(&path, &rules))
             .await
             .map_err(std::io::Error::other)?
     })

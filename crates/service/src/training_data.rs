@@ -21,8 +21,8 @@ pub enum TrainingDataError {
     AvatarNotFound,
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("the archive task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    #[error("building the archive failed: {0}")]
+    Task(#[from] crate::check_pool::CheckPanicked),
 }
 
 /// Writes the ZIP fal trains from: the avatar's stored photos in upload order, EXIF orientation
@@ -59,17 +59,19 @@ pub async fn build_training_archive(
         ..media::TrainingArchiveOptions::default()
     };
     let destination = destination.to_path_buf();
-    let summary = tokio::task::spawn_blocking(move || {
-        let photos = sources.into_iter().map(|(path, format, orientation)| {
-            std::fs::File::open(&path).map(|reader| media::TrainingPhoto {
-                reader,
-                format,
-                orientation,
-            })
-        });
-        media::write_training_archive_to_path(&destination, photos, &options)
-    })
-    .await??;
+    let summary = service
+        .check_pool
+        .run(move || {
+            let photos = sources.into_iter().map(|(path, format, orientation)| {
+                std::fs::File::open(&path).map(|reader| media::TrainingPhoto {
+                    reader,
+                    format,
+                    orientation,
+                })
+            });
+            media::write_training_archive_to_path(&destination, photos, &options)
+        })
+        .await??;
     drop(scratch);
     Ok(summary)
 }
@@ -194,10 +196,12 @@ pub async fn fetch_and_inspect(
     let rules = service.photo_rules();
     let limits = media::ArchiveLimits::default();
     let inspected = archive.clone();
-    let report =
-        tokio::task::spawn_blocking(move || media::inspect_archive(&inspected, &limits, &rules))
-            .await?
-            .map_err(ArchiveCheckError::Archive)?;
+    let report = service
+        .check_pool
+        .run(move || media::inspect_archive(&inspected, &limits, &rules))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(ArchiveCheckError::Archive)?;
 
     let set_rules = service.photo_set_rules();
     let mut images: Vec<ArchiveImage> = Vec::new();
