@@ -16,6 +16,7 @@ mod openapi;
 mod operations;
 mod outbound_webhooks;
 mod photos;
+mod s3;
 mod shutdown;
 mod swagger_ui;
 mod trainers;

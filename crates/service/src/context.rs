@@ -50,8 +50,6 @@ impl Default for Settings {
     }
 }
 
-/// How long a worker owns a job; longer than any single fal call it makes.
-const JOB_LEASE: Duration = Duration::from_secs(600);
 /// A generation item's budget, from creation.
 const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -96,7 +94,7 @@ impl JobSettings {
             prices: config.fal.prices.clone(),
             timeout: config.fal.training_timeout,
             status_check_interval: config.fal.status_check_interval,
-            lease: JOB_LEASE,
+            lease: config.job_lease,
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
             generation_timeout: GENERATION_TIMEOUT,
