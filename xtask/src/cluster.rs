@@ -22,7 +22,7 @@
 //! `--small` runs the same code with a few jobs and one kill (during a photo upload); `cargo
 //! xtask test` runs it after the suite.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,6 +72,8 @@ const SMALL: Plan = Plan {
 };
 
 const REPLICAS: usize = 3;
+/// Set by Ctrl-C or SIGTERM: the driver and the killer stop, and every process is stopped.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Photos per avatar (the cluster's `AVATAR_MIN_PHOTOS`).
 const PHOTOS: usize = 4;
 /// The replicas' job lease (`JOB_LEASE`), short so a killed worker's jobs move on quickly.
@@ -83,6 +85,8 @@ const GENERATION_TERMINAL: [&str; 4] = ["succeeded", "partially_succeeded", "fai
 
 pub fn run(root: &Path, small: bool) -> Result<(), String> {
     let plan = if small { SMALL } else { FULL };
+    // Under `cargo xtask test` a handler is already set; its run has ended by now.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     crate::moto::ensure()?;
     let bins = build(root)?;
     let work = root
@@ -304,7 +308,9 @@ impl Ctx {
     }
 
     fn check_deadline(&self) -> Result<(), String> {
-        if Instant::now() > self.deadline {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            Err("interrupted".into())
+        } else if Instant::now() > self.deadline {
             Err("the run did not finish before its deadline".into())
         } else {
             Ok(())
@@ -392,7 +398,11 @@ impl Ctx {
                 .await;
             match result {
                 Ok((status, value)) if status < 300 => return Ok(value),
-                Ok((status, value)) if status < 500 && status != 409 => {
+                // The key's first attempt is still in flight (or died holding it): again.
+                Ok((409, value)) if value["code"] == "idempotency_key_in_use" => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok((status, value)) if status < 500 => {
                     return Err(format!("POST {path}: {status} {value}"))
                 }
                 _ => {
@@ -457,7 +467,7 @@ async fn avatar_flow(
     ctx: Arc<Ctx>,
     n: usize,
     generations: Vec<usize>,
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(Vec<String>, Vec<String>), String> {
     let owner = format!("cluster-{n}");
     let avatar = ctx
         .create(
@@ -528,32 +538,53 @@ async fn avatar_flow(
         }
     }
 
-    let training = ctx
-        .create(
-            &format!("/avatars/{id}/train"),
-            &json!({}),
-            Some(&format!("train-{n}")),
-            || async {
-                let list = ctx
-                    .call(
-                        reqwest::Method::GET,
-                        &format!("/avatars/{id}/trainings"),
-                        None,
-                    )
-                    .await?;
-                Ok(list["items"].as_array().and_then(|a| a.first()).cloned())
-            },
+    // A training that did not succeed (its submit interrupted by a kill, say) is started again,
+    // as a caller would.
+    let mut training_ids = Vec::new();
+    for attempt in 1..=3 {
+        let training = ctx
+            .create(
+                &format!("/avatars/{id}/train"),
+                &json!({}),
+                Some(&format!("train-{n}-{attempt}")),
+                || async {
+                    let list = ctx
+                        .call(
+                            reqwest::Method::GET,
+                            &format!("/avatars/{id}/trainings"),
+                            None,
+                        )
+                        .await?;
+                    Ok(list["items"].as_array().and_then(|items| {
+                        items
+                            .iter()
+                            .find(|t| !training_ids.iter().any(|known| t["id"] == *known))
+                            .cloned()
+                    }))
+                },
+            )
+            .await?;
+        let training_id = training["id"]
+            .as_str()
+            .ok_or("training without id")?
+            .to_string();
+        training_ids.push(training_id.clone());
+        let trained = ctx
+            .wait_terminal(&format!("/trainings/{training_id}"), &TRAINING_TERMINAL)
+            .await?;
+        if trained["status"] == "succeeded" {
+            break;
+        }
+    }
+    // The avatar is trained once its model is in the service's custody.
+    let avatar = ctx
+        .wait_terminal(
+            &format!("/avatars/{id}"),
+            &["trained", "failed", "cancelled"],
         )
         .await?;
-    let training_id = training["id"]
-        .as_str()
-        .ok_or("training without id")?
-        .to_string();
-    let trained = ctx
-        .wait_terminal(&format!("/trainings/{training_id}"), &TRAINING_TERMINAL)
-        .await?;
-    if trained["status"] != "succeeded" {
-        return Ok((training_id, Vec::new()));
+    if avatar["status"] != "trained" {
+        return Ok((training_ids, Vec::new()));
     }
 
     let mut generation_ids = Vec::new();
@@ -596,7 +627,7 @@ async fn avatar_flow(
         ctx.wait_terminal(&format!("/generations/{generation}"), &GENERATION_TERMINAL)
             .await?;
     }
-    Ok((training_id, generation_ids))
+    Ok((training_ids, generation_ids))
 }
 
 /// The moment a kill was aimed at.
@@ -695,7 +726,10 @@ async fn killer(
     let mut done = Vec::new();
     let mut turn = 0usize;
     loop {
-        if activity.done.load(Ordering::SeqCst) || kills.is_some_and(|k| done.len() >= k) {
+        if activity.done.load(Ordering::SeqCst)
+            || INTERRUPTED.load(Ordering::SeqCst)
+            || kills.is_some_and(|k| done.len() >= k)
+        {
             return Ok(done);
         }
         if kills.is_none() {
@@ -753,9 +787,12 @@ async fn lease_watch(db: sqlx::PgPool, activity: Arc<Activity>) -> (f64, f64) {
 /// Everything the run measured.
 struct Report {
     trainings: usize,
-    trainings_succeeded: usize,
+    training_statuses: BTreeMap<String, usize>,
     generations: usize,
-    generations_succeeded: usize,
+    generation_statuses: BTreeMap<String, usize>,
+    planned_generations: usize,
+    interrupted_submits: i64,
+    unexplained_failures: i64,
     /// Jobs (trainings and generation items) whose applied terminal transitions are not one.
     jobs: usize,
     jobs_not_terminal_once: usize,
@@ -791,10 +828,17 @@ impl Report {
                 self.resources_not_one_terminal_event
             ));
         }
-        if self.trainings_succeeded < self.trainings
-            || self.generations_succeeded < self.generations
-        {
-            failures.push("not every job succeeded".into());
+        if self.unexplained_failures > 0 {
+            failures.push(format!(
+                "{} jobs did not succeed although their submit was not interrupted",
+                self.unexplained_failures
+            ));
+        }
+        if self.generations < self.planned_generations {
+            failures.push(format!(
+                "{} of {} generations made",
+                self.generations, self.planned_generations
+            ));
         }
         if self.duplicate_submits > 0 {
             failures.push(format!(
@@ -852,18 +896,25 @@ impl Report {
                 format!("{REPLICAS}, one PostgreSQL, one S3 (moto), one fal-sim"),
             ),
             (
-                "trainings: terminal / succeeded".into(),
+                format!("trainings of {} avatars, all terminal", plan.trainings),
+                statuses(self.trainings, &self.training_statuses),
+            ),
+            (
+                "generations, all terminal".into(),
                 format!(
-                    "{0}/{1} / {2}/{1}",
-                    self.trainings, plan.trainings, self.trainings_succeeded
+                    "{} of {}: {}",
+                    self.generations,
+                    plan.generations,
+                    statuses(self.generations, &self.generation_statuses)
                 ),
             ),
             (
-                "generations: terminal / succeeded".into(),
-                format!(
-                    "{0}/{1} / {2}/{1}",
-                    self.generations, plan.generations, self.generations_succeeded
-                ),
+                "jobs whose submit a kill interrupted (end timed_out)".into(),
+                self.interrupted_submits.to_string(),
+            ),
+            (
+                "jobs not succeeded for another reason".into(),
+                self.unexplained_failures.to_string(),
             ),
             (
                 "jobs with not exactly one terminal transition".into(),
@@ -958,6 +1009,11 @@ impl Report {
         }
         println!();
     }
+}
+
+fn statuses(total: usize, by_status: &BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 async fn run_cluster(
@@ -1060,6 +1116,9 @@ async fn run_cluster(
             ("FAL_STATUS_CHECK_INTERVAL", "2".into()),
             ("FAL_TRAINER_BY_KIND", "style=fast_lora".into()),
             ("JOB_LEASE", JOB_LEASE_SECS.to_string()),
+            // A job whose submit was interrupted before fal got it ends timed out: soon here.
+            ("GENERATION_TIMEOUT", "60".into()),
+            ("FAL_TRAINING_TIMEOUT", "120".into()),
             ("SHUTDOWN_DELAY", "0".into()),
             ("SHUTDOWN_WORKER_GRACE", "10".into()),
             ("AVATAR_MIN_PHOTOS", PHOTOS.to_string()),
@@ -1168,8 +1227,8 @@ async fn run_cluster(
     let mut first_error = None;
     while let Some(joined) = flows.join_next().await {
         match joined.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok((training, generations)) => {
-                training_ids.push(training);
+            Ok((trainings, generations)) => {
+                training_ids.extend(trainings);
                 generation_ids.extend(generations);
             }
             Err(error) => {
@@ -1212,20 +1271,36 @@ async fn run_cluster(
     settled?;
 
     // Terminal exactly once, as the API, the database and the events tell it.
-    let mut trainings_succeeded = 0;
+    let mut training_statuses = BTreeMap::new();
     for id in &training_ids {
         let training = ctx
             .call(reqwest::Method::GET, &format!("/trainings/{id}"), None)
             .await?;
-        trainings_succeeded += usize::from(training["status"] == "succeeded");
+        *training_statuses
+            .entry(training["status"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
     }
-    let mut generations_succeeded = 0;
+    let mut generation_statuses = BTreeMap::new();
     for id in &generation_ids {
         let generation = ctx
             .call(reqwest::Method::GET, &format!("/generations/{id}"), None)
             .await?;
-        generations_succeeded += usize::from(generation["status"] == "succeeded");
+        *generation_statuses
+            .entry(generation["status"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
     }
+    // A job whose submit a kill interrupted cannot know whether fal has it: it waits for fal's
+    // callback until its deadline rather than pay twice. Any other job must succeed.
+    let (interrupted_submits, unexplained_failures): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE interrupted),
+                count(*) FILTER (WHERE NOT interrupted AND status <> 'succeeded')
+         FROM (SELECT j.status, EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id
+                   AND e.applied AND e.event = 'submit_outcome_unknown') AS interrupted
+               FROM jobs j) jobs",
+    )
+    .fetch_one(&db)
+    .await
+    .map_err(|e| e.to_string())?;
     let terminal_transitions: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
         "SELECT j.id, count(e.id) FROM jobs j
          LEFT JOIN job_events e ON e.job_id = j.id AND e.applied
@@ -1345,9 +1420,12 @@ async fn run_cluster(
 
     Ok(Report {
         trainings: training_ids.len(),
-        trainings_succeeded,
+        training_statuses,
         generations: generation_ids.len(),
-        generations_succeeded,
+        generation_statuses,
+        planned_generations: plan.generations,
+        interrupted_submits,
+        unexplained_failures,
         jobs: terminal_transitions.len(),
         jobs_not_terminal_once,
         resources_not_one_terminal_event,

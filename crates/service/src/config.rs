@@ -74,6 +74,8 @@ pub struct Config {
     pub generation_max_prompts: usize,
     /// How long a worker owns a job before another replica may take it over (`JOB_LEASE`).
     pub job_lease: Duration,
+    /// A generation item's budget from its creation (`GENERATION_TIMEOUT`).
+    pub generation_timeout: Duration,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
@@ -441,6 +443,9 @@ impl Config {
             },
             job_lease: env
                 .seconds("JOB_LEASE", 5, 24 * 3600)?
+                .unwrap_or(Duration::from_secs(600)),
+            generation_timeout: env
+                .seconds("GENERATION_TIMEOUT", 30, 24 * 3600)?
                 .unwrap_or(Duration::from_secs(600)),
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
@@ -1069,6 +1074,26 @@ mod tests {
             assert_eq!(
                 config(&[("JOB_LEASE", bad)]).unwrap_err().variable,
                 "JOB_LEASE"
+            );
+        }
+    }
+
+    #[test]
+    fn the_generation_timeout_is_configurable_within_bounds() {
+        assert_eq!(
+            config(&[]).unwrap().generation_timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            config(&[("GENERATION_TIMEOUT", "30")])
+                .unwrap()
+                .generation_timeout,
+            Duration::from_secs(30)
+        );
+        for bad in ["29", "86401", "later"] {
+            assert_eq!(
+                config(&[("GENERATION_TIMEOUT", bad)]).unwrap_err().variable,
+                "GENERATION_TIMEOUT"
             );
         }
     }

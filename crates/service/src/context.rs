@@ -50,9 +50,6 @@ impl Default for Settings {
     }
 }
 
-/// A generation item's budget, from creation.
-const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// How jobs (trainings and generations) behave, from the configuration.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -97,7 +94,7 @@ impl JobSettings {
             lease: config.job_lease,
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
-            generation_timeout: GENERATION_TIMEOUT,
+            generation_timeout: config.generation_timeout,
             generation_prices: domain::GenerationPrices::default(),
         }
     }
