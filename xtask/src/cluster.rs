@@ -299,6 +299,8 @@ struct Ctx {
     activity: Arc<Activity>,
     /// Requests that failed on a killed or restarting replica and went elsewhere.
     failovers: AtomicUsize,
+    /// Re-uploads refused as duplicates of photos a killed upload left pending.
+    pending_duplicates: AtomicUsize,
     deadline: Instant,
 }
 
@@ -492,8 +494,10 @@ async fn avatar_flow(
         .to_string();
 
     // Upload until the avatar holds its photos; a retried upload's already stored photos are
-    // refused as duplicates.
+    // refused as duplicates. So are the photos a killed upload left reserved (pending, not
+    // listed) until the janitor sweeps them: then a fresh set is taken, and counted.
     let mut refusals = 0;
+    let mut variant = 0;
     loop {
         ctx.check_deadline()?;
         let listed = ctx
@@ -504,7 +508,7 @@ async fn avatar_flow(
         }
         let mut form = reqwest::multipart::Form::new();
         for i in 0..PHOTOS {
-            let part = reqwest::multipart::Part::bytes(photo(n, i))
+            let part = reqwest::multipart::Part::bytes(photo(n + 1000 * variant, i))
                 .file_name(format!("photo-{i}.jpg"))
                 .mime_str("image/jpeg")
                 .map_err(|e| e.to_string())?;
@@ -526,8 +530,19 @@ async fn avatar_flow(
             // Every file refused: fine when a lost attempt stored them (the count above
             // says so on the next turn), an error when it happens again.
             Ok((status, value)) if status < 500 => {
+                let all_duplicates = value["rejected"].as_array().is_some_and(|rejected| {
+                    rejected.len() == PHOTOS
+                        && rejected.iter().all(|r| r["code"] == "duplicate_photo")
+                });
+                let listed = ctx
+                    .call(reqwest::Method::GET, &format!("/avatars/{id}/photos"), None)
+                    .await?;
+                if all_duplicates && listed["items"].as_array().map_or(0, Vec::len) < PHOTOS {
+                    ctx.pending_duplicates.fetch_add(1, Ordering::Relaxed);
+                    variant += 1;
+                }
                 refusals += 1;
-                if refusals > 1 {
+                if refusals > 3 {
                     return Err(format!("upload to {id}: {status} {value}"));
                 }
             }
@@ -810,6 +825,7 @@ struct Report {
     longest_endpoint_lease_wait: f64,
     kills: Vec<Kill>,
     failovers: usize,
+    pending_duplicates: usize,
     drains: Vec<Duration>,
 }
 
@@ -988,6 +1004,10 @@ impl Report {
             (
                 "requests re-sent to another replica".into(),
                 self.failovers.to_string(),
+            ),
+            (
+                "re-uploads refused: same file pending from a killed upload".into(),
+                self.pending_duplicates.to_string(),
             ),
             (
                 "drain after SIGTERM (per replica)".into(),
@@ -1169,6 +1189,7 @@ async fn run_cluster(
         next: AtomicUsize::new(0),
         activity: Arc::clone(&activity),
         failovers: AtomicUsize::new(0),
+        pending_duplicates: AtomicUsize::new(0),
         deadline: Instant::now() + plan.deadline,
     });
 
@@ -1378,7 +1399,7 @@ async fn run_cluster(
 
     // Every blob the database references is in the bucket.
     let referenced: Vec<String> = sqlx::query_scalar(
-        "SELECT blob_key FROM photos
+        "SELECT blob_key FROM photos WHERE state = 'stored'
          UNION ALL SELECT artifact_key FROM models WHERE artifact_key IS NOT NULL
          UNION ALL SELECT config_key FROM models WHERE config_key IS NOT NULL
          UNION ALL SELECT blob_key FROM generation_images",
@@ -1440,6 +1461,7 @@ async fn run_cluster(
         longest_endpoint_lease_wait,
         kills,
         failovers: ctx.failovers.load(Ordering::Relaxed),
+        pending_duplicates: ctx.pending_duplicates.load(Ordering::Relaxed),
         drains,
     })
 }
