@@ -129,3 +129,28 @@ async fn an_exhausted_pool_answers_503_with_retry_after(pool: PgPool) {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// Several replicas starting at once each run `avatars migrate` (the Kubernetes init step): the
+/// migrator's advisory lock serialises them, so every one succeeds and each migration is
+/// applied once.
+#[sqlx::test(migrations = false)]
+async fn migrations_started_by_several_replicas_at_once_apply_once(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    // Each run opens a connection of its own, so the four contend in PostgreSQL.
+    let runs = (0..4).map(|_| store.migrate());
+    for run in futures_util::future::join_all(runs).await {
+        run.expect("every concurrent run succeeds");
+    }
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected: Vec<i64> = store::MIGRATOR.iter().map(|m| m.version).collect();
+    assert_eq!(
+        applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        expected,
+        "each migration recorded once"
+    );
+    assert!(applied.iter().all(|(_, success)| *success));
+}

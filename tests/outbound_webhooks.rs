@@ -719,6 +719,53 @@ async fn plain_http_is_refused_unless_allowed(pool: PgPool) {
     assert_eq!(got, ("url".into(), "forbidden_address".into()));
 }
 
+/// `avatars serve` (the settings every production process starts from) refuses a receiver on
+/// the service's own machine; `WEBHOOK_ALLOW_LOOPBACK=true` lets one on any loopback port
+/// receive over plain http, without `FETCH_ALLOW_HTTP` or an exact-address exception.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn loopback_receivers_are_refused_unless_configured(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let store = store::Store::new(pool);
+    let as_served = TestApp::spawn_with(store.clone(), |_| {}).await;
+    for url in [
+        receiver.url("/hook"),
+        receiver.url("/hook").replace("127.0.0.1", "localhost"),
+    ] {
+        let got = refused(
+            &as_served,
+            Method::POST,
+            "/webhook-endpoints",
+            json!({"url": url}),
+        )
+        .await;
+        assert_eq!(got, ("url".into(), "scheme_not_allowed".into()), "{url}");
+    }
+    drop(as_served);
+
+    let config = service::Config::from_lookup(|name| {
+        (name == "WEBHOOK_ALLOW_LOOPBACK").then(|| "true".to_string())
+    })
+    .expect("valid configuration");
+    let allow_loopback = api::Settings::from_config(&config).events.allow_loopback;
+    let app = TestApp::spawn_with(store, move |s| {
+        s.events.allow_loopback = allow_loopback;
+        s.events.relay_poll = Duration::from_millis(20);
+        s.events.sequencer_poll = Duration::from_millis(20);
+    })
+    .await;
+    let url = receiver.url("/hook").replace("127.0.0.1", "localhost");
+    let endpoint = create_endpoint(&app, json!({"url": url})).await;
+    avatar_deleted_event(&app).await;
+    wait_deliveries(&app, &id_of(&endpoint), "delivered", |items| {
+        items.len() == 1 && delivered(&items[0])
+    })
+    .await;
+    let received = receiver.wait_for_requests_to("/hook", 1, DEADLINE).await;
+    received[0]
+        .verify(endpoint["secret"].as_str().unwrap())
+        .expect("signed delivery");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Disabling, replay
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ pub mod browser;
 pub mod images;
 pub mod receiver;
 pub mod s3;
+pub mod scrape;
 pub mod standard_webhooks;
 
 /// How long a test waits for the service to reach a state before it fails.

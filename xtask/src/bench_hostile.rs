@@ -27,7 +27,9 @@ struct Case {
     bodies: Vec<PathBuf>,
 }
 
-pub fn run(root: &Path) -> Result<(), String> {
+/// Runs every case, or only those whose name contains `only`.
+pub fn run(root: &Path, only: Option<String>) -> Result<(), String> {
+    let wanted = |name: &str| only.as_deref().is_none_or(|only| name.contains(only));
     let binary = release_binary(root)?;
     let work = root.join("target/bench-hostile");
     let _ = std::fs::remove_dir_all(&work);
@@ -35,7 +37,7 @@ pub fn run(root: &Path) -> Result<(), String> {
 
     eprintln!("bench: generating the files");
     let normal = generate_photos(root, &work.join("normal"), 5)?;
-    let cases = generate_cases(&work.join("hostile"))?;
+    let cases = generate_cases(&work.join("hostile"), &wanted)?;
 
     let mut cluster =
         Cluster::start(&work.join("pg"), &ClusterOptions::test()).map_err(|e| e.to_string())?;
@@ -196,38 +198,34 @@ fn post_files(base: &str, key: &str, avatar: &str, files: &[PathBuf]) -> String 
     format!("{status}, {accepted} accepted")
 }
 
-fn generate_cases(dir: &Path) -> Result<Vec<Case>, String> {
+fn generate_cases(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<Case>, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let mut cases = Vec::new();
+    let mut case = |name: &'static str, files: &dyn Fn() -> Result<Vec<Vec<u8>>, String>| {
+        if wanted(name) {
+            let files = files()?;
+            cases.push(Case {
+                name,
+                bodies: bodies(dir, name, |_| files.clone())?,
+            });
+        }
+        Ok::<(), String>(())
+    };
 
     // 8-bit RGB at the largest accepted size, nearly all zeros: ~150 MB decoded each.
-    let bombs = (0..5)
-        .map(|i| png_file(7071, 7071, png::BitDepth::Eight, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    cases.push(Case {
-        name: "decompression-bomb PNGs (5 each)",
-        bodies: bodies(dir, "bombs", |_| bombs.clone())?,
-    });
-
+    case("decompression-bomb PNGs (5 each)", &|| {
+        (0..5)
+            .map(|i| png_file(7071, 7071, png::BitDepth::Eight, i))
+            .collect()
+    })?;
     // 16-bit RGB at the largest accepted size: 300 MB decoded each.
-    let giants = (0..3)
-        .map(|i| png_file(7071, 7071, png::BitDepth::Sixteen, 100 + i))
-        .collect::<Result<Vec<_>, _>>()?;
-    cases.push(Case {
-        name: "16-bit giant PNGs (3 each)",
-        bodies: bodies(dir, "giants", |_| giants.clone())?,
-    });
-
-    cases.push(Case {
-        name: "10,000 empty parts",
-        bodies: bodies(dir, "empty", |_| vec![Vec::new(); 10_000])?,
-    });
-
-    let small = generate_small(1000)?;
-    cases.push(Case {
-        name: "1,000 small files",
-        bodies: bodies(dir, "small", |_| small.clone())?,
-    });
+    case("16-bit giant PNGs (3 each)", &|| {
+        (0..3)
+            .map(|i| png_file(7071, 7071, png::BitDepth::Sixteen, 100 + i))
+            .collect()
+    })?;
+    case("10,000 empty parts", &|| Ok(vec![Vec::new(); 10_000]))?;
+    case("1,000 small files", &|| generate_small(1000))?;
     Ok(cases)
 }
 
@@ -239,7 +237,11 @@ fn bodies(
 ) -> Result<Vec<PathBuf>, String> {
     (0..HOSTILE_REQUESTS)
         .map(|request| {
-            let path = dir.join(format!("{name}-{request}.multipart"));
+            let slug: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let path = dir.join(format!("{slug}-{request}.multipart"));
             let mut out =
                 std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
             for (i, file) in files(request).iter().enumerate() {

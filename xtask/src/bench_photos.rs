@@ -5,6 +5,10 @@
 //! batches of ~5 MB JPEGs (each with a real face from `tests/fixtures/faces`) in one multipart
 //! request each with curl, and prints the throughput of validated-and-stored photo bytes and
 //! the process's peak resident memory (VmHWM).
+//!
+//! `cargo xtask bench-photos --against <avatars binary>` (repeatable) runs every batch with
+//! that binary too, interleaved with this build's, so builds are compared in one run on one
+//! machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +19,24 @@ use pgcluster::{Cluster, ClusterOptions};
 const BATCHES: [usize; 2] = [5, 20];
 const ROUNDS: usize = 3;
 
-pub fn run(root: &Path) -> Result<(), String> {
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let binary = release_binary(root)?;
+    let mut builds = vec![("this build".to_string(), binary.clone())];
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let other = match (arg.as_str(), args.next()) {
+            ("--against", Some(other)) => PathBuf::from(other),
+            _ => {
+                return Err(
+                    "usage: cargo xtask bench-photos [--against <avatars binary>]...".into(),
+                )
+            }
+        };
+        if !other.is_file() {
+            return Err(format!("{}: no such binary", other.display()));
+        }
+        builds.push((other.display().to_string(), other));
+    }
     let work = root.join("target/bench-photos");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -63,45 +83,47 @@ pub fn run(root: &Path) -> Result<(), String> {
     println!();
     println!("photo intake: one multipart request per batch, release build, {ROUNDS} rounds each");
     println!(
-        "{:>6} {:>8} {:>10} {:>10} {:>12} {:>14}",
+        "{:>6} {:>8} {:>10} {:>10} {:>12} {:>14}  build",
         "batch", "MB", "best s", "median s", "best MB/s", "peak RSS MB"
     );
     for batch in BATCHES {
-        let port = free_port()?;
-        let mut serve = Command::new(&binary);
-        env(&mut serve);
-        let mut server = ServerGuard(
-            serve
-                .arg("serve")
-                .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| e.to_string())?,
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&base)?;
-        let files = &photos[..batch];
-        let megabytes = files.iter().map(|p| file_len(p)).sum::<u64>() as f64 / 1e6;
-        let mut times = Vec::new();
-        for round in 0..ROUNDS {
-            let avatar = create_avatar(&base, &key, &format!("bench-{batch}-{round}"))?;
-            let started = Instant::now();
-            upload(&base, &key, &avatar, files)?;
-            times.push(started.elapsed().as_secs_f64());
+        for (build, binary) in &builds {
+            let port = free_port()?;
+            let mut serve = Command::new(binary);
+            env(&mut serve);
+            let mut server = ServerGuard(
+                serve
+                    .arg("serve")
+                    .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| e.to_string())?,
+            );
+            let base = format!("http://127.0.0.1:{port}");
+            wait_ready(&base)?;
+            let files = &photos[..batch];
+            let megabytes = files.iter().map(|p| file_len(p)).sum::<u64>() as f64 / 1e6;
+            let mut times = Vec::new();
+            for round in 0..ROUNDS {
+                let avatar = create_avatar(&base, &key, &format!("bench-{batch}-{round}-{build}"))?;
+                let started = Instant::now();
+                upload(&base, &key, &avatar, files)?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            let peak_mb = peak_rss_kb(server.0.id()).unwrap_or(0) as f64 / 1024.0;
+            server.stop();
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{:>6} {:>8.1} {:>10.3} {:>10.3} {:>12.1} {:>14.1}  {build}",
+                batch,
+                megabytes,
+                times[0],
+                times[times.len() / 2],
+                megabytes / times[0],
+                peak_mb
+            );
         }
-        let peak_mb = peak_rss_kb(server.0.id()).unwrap_or(0) as f64 / 1024.0;
-        server.stop();
-        times.sort_by(f64::total_cmp);
-        println!(
-            "{:>6} {:>8.1} {:>10.3} {:>10.3} {:>12.1} {:>14.1}",
-            batch,
-            megabytes,
-            times[0],
-            times[times.len() / 2],
-            megabytes / times[0],
-            peak_mb
-        );
     }
     println!();
     cluster.stop().map_err(|e| e.to_string())?;

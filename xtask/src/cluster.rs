@@ -1149,7 +1149,9 @@ async fn run_cluster(
             ("WEBHOOK_TIMEOUT", "3".into()),
             ("WEBHOOK_LEASE", WEBHOOK_LEASE_SECS.to_string()),
             ("WEBHOOK_RETRY_SCALE", "0.01".into()),
-            // The receiver and fal-sim listen on loopback: allowed by exact address.
+            // The webhook receiver listens on loopback.
+            ("WEBHOOK_ALLOW_LOOPBACK", "true".into()),
+            // fal-sim's files are fetched from loopback: allowed by exact address.
             ("FETCH_ALLOW_HTTP", "true".into()),
             (
                 "FETCH_ALLOWED_PRIVATE",

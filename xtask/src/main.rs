@@ -23,14 +23,16 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => run_tests(args.collect()),
-        Some("bench-photos") => match bench_photos::run(&workspace_root()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("xtask: {error}");
-                ExitCode::FAILURE
+        Some("bench-photos") => {
+            match bench_photos::run(&workspace_root(), &args.collect::<Vec<_>>()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("xtask: {error}");
+                    ExitCode::FAILURE
+                }
             }
-        },
-        Some("bench-hostile") => match bench_hostile::run(&workspace_root()) {
+        }
+        Some("bench-hostile") => match bench_hostile::run(&workspace_root(), args.next()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("xtask: {error}");
@@ -71,8 +73,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask cluster [--small]");
-            eprintln!("       cargo xtask bench-photos");
-            eprintln!("       cargo xtask bench-hostile");
+            eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
+            eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
@@ -89,7 +91,10 @@ fn workspace_root() -> PathBuf {
 
 fn run_tests(extra: Vec<String>) -> ExitCode {
     let root = workspace_root();
-    if let Err(message) = ensure_browser().and_then(|()| moto::ensure()) {
+    if let Err(message) = ensure_browser()
+        .and_then(|()| ensure_prometheus())
+        .and_then(|()| moto::ensure())
+    {
         eprintln!("xtask: {message}");
         return ExitCode::FAILURE;
     }
@@ -221,6 +226,57 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The Prometheus test scrapes the service with Debian's Prometheus server. The package's
+/// own service is kept from starting while it installs (the test starts its own server).
+fn ensure_prometheus() -> Result<(), String> {
+    let present = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if present("prometheus") && present("promtool") {
+        return Ok(());
+    }
+    if nix::unistd::geteuid().is_root() && present("apt-get") {
+        eprintln!("xtask: installing prometheus for the Prometheus scrape test");
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let own_policy = !policy.exists()
+            && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+            && Command::new("chmod")
+                .args(["+x", "/usr/sbin/policy-rc.d"])
+                .status()
+                .is_ok_and(|s| s.success());
+        let install = || {
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = install()
+            || (Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
+                && install());
+        if own_policy {
+            let _ = std::fs::remove_file(policy);
+        }
+        if ok && present("prometheus") && present("promtool") {
+            return Ok(());
+        }
+    }
+    Err("the Prometheus scrape test needs Prometheus: install Debian's `prometheus` package".into())
 }
 
 /// The Swagger UI test drives Debian's Chromium through ChromeDriver.

@@ -197,7 +197,7 @@ impl Moto {
                 self.secret_access_key.clone(),
             ),
             ("S3_ADDRESSING_STYLE".into(), "path".into()),
-            ("S3_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
         ]
     }
 }

@@ -139,8 +139,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Uploads and fetches of whole photo sets may take longer than an ordinary request.
-const LONG_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Uploads and fetches of whole photo sets may take longer than an ordinary request; a stopping
+/// process may wait this long for one to finish.
+pub const LONG_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Answers 408 when a request takes longer than allowed: `REQUEST_TIMEOUT`, or ten minutes for
 /// the routes that move photo sets and for generation requests (which may hold the answer for

@@ -95,6 +95,8 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
     let mut settings = Settings::from_config(&config);
     // One process on a laptop: nothing to hand over to, so Ctrl-C stops at once.
     settings.shutdown.delay = std::time::Duration::ZERO;
+    // A developer's receiver runs on the same laptop: allow it unless told otherwise.
+    settings.events.allow_loopback = config.webhook_allow_loopback.unwrap_or(true);
     Application::build(settings, resources)?
         .run_until_stopped(crate::shutdown_signal())
         .await?;

@@ -15,9 +15,11 @@ use store::IdempotencyClaim;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// Runs `work` at most once per (tenant, key): `scope` (e.g. `POST /avatars/{id}/train`) and
-/// `body` make the request's fingerprint, so the same key with another request is a 422.
-pub async fn idempotent<F, Fut>(
+/// Runs a JSON command at most once per (tenant, key): `scope` (e.g. `POST /avatars/{id}/train`)
+/// and `body` make the request's fingerprint, so the same key with another request is a 422.
+/// The body must be declared JSON; it is parsed into `T` for `work`, so a malformed body
+/// answers the same way each time it is sent.
+pub async fn idempotent_json<T, F, Fut>(
     state: &AppState,
     tenant: domain::TenantId,
     headers: &HeaderMap,
@@ -26,9 +28,12 @@ pub async fn idempotent<F, Fut>(
     work: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce() -> Fut,
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
+    crate::extract::require_json(headers)?;
+    let work = || async { work(crate::extract::parse_json(body)?).await };
     let Some(key) = idempotency_key(headers)? else {
         return work().await;
     };

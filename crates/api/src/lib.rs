@@ -1,6 +1,8 @@
 //! The avatars HTTP service: routes, extractors, authentication, the OpenAPI document,
 //! problem+json, and the `avatars` binary. Use cases live in the `service` crate.
 
+#[allow(unsafe_code)]
+pub mod allocator;
 pub mod app;
 pub mod application;
 pub mod auth;
@@ -11,9 +13,11 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
+mod paced_body;
 pub mod pagination;
 pub mod problem;
 pub mod rate_limit;
+pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;

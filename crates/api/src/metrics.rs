@@ -1,5 +1,6 @@
-//! Prometheus metrics of the HTTP layer, in a registry owned by the application (not a global),
-//! so several instances in one process (tests) keep their own counts.
+//! Prometheus metrics of the HTTP layer, registered in the application's registry
+//! ([`service::metrics::Metrics`], not a global), so several instances in one process (tests)
+//! keep their own counts.
 
 use std::time::Instant;
 
@@ -10,7 +11,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -27,20 +27,13 @@ struct LatencyLabels {
 }
 
 pub struct HttpMetrics {
-    registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
 }
 
-impl Default for HttpMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl HttpMetrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
+    /// The HTTP families, added to `registry`.
+    pub fn new(registry: &service::metrics::Metrics) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -57,11 +50,7 @@ impl HttpMetrics {
             "Time to produce a response, by method and route",
             latency.clone(),
         );
-        Self {
-            registry,
-            requests,
-            latency,
-        }
+        Self { requests, latency }
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
@@ -78,14 +67,6 @@ impl HttpMetrics {
                 route: route.to_string(),
             })
             .observe(seconds);
-    }
-
-    /// The registry in the text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }
 

@@ -16,7 +16,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(service: service::Service) -> Self {
         Self {
-            metrics: Arc::new(HttpMetrics::new()),
+            metrics: Arc::new(HttpMetrics::new(&service.metrics)),
             rate_limits: Arc::new(KeyRateLimits::new(&service.settings.tenants)),
             service,
         }

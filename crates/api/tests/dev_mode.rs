@@ -92,6 +92,35 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         .await
         .unwrap();
     assert_eq!(uploaded.status(), 201);
+    // A developer's webhook receiver on this machine, over plain http: allowed in dev mode.
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_port = hook_listener.local_addr().unwrap().port();
+    let hook_app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let _ = hook_tx.send(body);
+            std::future::ready(axum::http::StatusCode::NO_CONTENT)
+        }),
+    );
+    tokio::spawn(async move { axum::serve(hook_listener, hook_app).await });
+    let endpoint = client
+        .post(format!("{base}/webhook-endpoints"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "url": format!("http://localhost:{hook_port}/hook"),
+            "event_types": ["training.succeeded"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint.status(),
+        201,
+        "{}",
+        endpoint.text().await.unwrap_or_default()
+    );
+
     // Listen for the training's end before starting it, so the wait is on the service's own
     // announcement.
     let mut events = client
@@ -143,6 +172,11 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         .await
         .unwrap();
     assert!(current["model"].is_object(), "{current:#}");
+    let delivered = tokio::time::timeout(Duration::from_secs(60), hook_rx.recv())
+        .await
+        .expect("the local receiver gets the webhook within a minute")
+        .expect("a delivery");
+    assert!(delivered.contains("training.succeeded"), "{delivered}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

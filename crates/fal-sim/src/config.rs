@@ -15,6 +15,9 @@ pub enum WebhookRequestIdHeader {
 pub struct SimConfig {
     /// Address to listen on; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// Where clients reach the simulator (e.g. `http://fal-sim:9000` in a container network),
+    /// used in every URL it hands out; `http://` plus the bound address when `None`.
+    pub public_url: Option<String>,
     /// Multiplies every simulated duration (queue work, webhook retry delays, request start
     /// deadlines). 1.0 is fal's real pace; tests use e.g. 0.0005.
     pub time_factor: f64,
@@ -58,6 +61,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
             time_factor: 1.0,
             concurrency_per_endpoint: 2,
             validate_at_submit: false,

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::accounts::{Account, KeyKind};
 use crate::faults::{HeldWebhookOrder, RequestFaults, SubmitFault};
+use crate::http::json_response;
 use crate::record::{ReceivedRequest, RequestReport, WebhookOutcome};
-use crate::server::json_response;
 use crate::state::{SharedSim, Sim};
 use crate::{webhook, worker};
 

@@ -61,7 +61,10 @@ impl FalSim {
             addr: config.bind,
             source,
         })?;
-        let root = format!("http://{addr}");
+        let root = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{addr}"),
+        };
         let urls = BaseUrls {
             queue: format!("{root}/queue"),
             rest: format!("{root}/rest"),

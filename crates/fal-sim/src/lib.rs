@@ -11,10 +11,12 @@
 mod accounts;
 mod archive;
 mod artifacts;
+pub mod cli;
 mod config;
 mod control;
 mod faults;
 mod handle;
+mod http;
 mod json_text;
 mod jwks;
 mod models;

@@ -1,29 +1,8 @@
 //! `fal-sim --bind ADDR`: runs the fal simulator and prints its base URLs.
 
-use std::net::SocketAddr;
-
 use clap::Parser;
+use fal_sim::cli::Args;
 use fal_sim::{FalSim, KeyKind, SimConfig};
-
-#[derive(Parser)]
-#[command(name = "fal-sim", about = "A protocol-faithful fal.ai simulator")]
-struct Args {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:0", env = "FAL_SIM_BIND")]
-    bind: SocketAddr,
-    /// Multiplies every simulated duration (1.0 is fal's real pace).
-    #[arg(long, default_value_t = 0.01, env = "FAL_SIM_TIME_FACTOR")]
-    time_factor: f64,
-    /// A valid key to register (`id:secret`); repeatable.
-    #[arg(long = "key", env = "FAL_SIM_KEYS", value_delimiter = ',')]
-    keys: Vec<String>,
-    /// A billing-locked key to register; repeatable.
-    #[arg(long = "locked-key")]
-    locked_keys: Vec<String>,
-    /// Requests of one endpoint running at once.
-    #[arg(long, default_value_t = 2)]
-    concurrency: usize,
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let config = SimConfig {
         bind: args.bind,
+        public_url: args.public_url,
         time_factor: args.time_factor,
         concurrency_per_endpoint: args.concurrency.max(1),
         ..SimConfig::default()

@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+/// Namespaces whose first segment is not the owner.
+const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
+
+/// `{namespace/}owner/alias` of an endpoint id.
+pub(crate) fn app_path(endpoint: &str) -> Option<String> {
+    let parts: Vec<&str> = endpoint.split('/').collect();
+    let skip = usize::from(NAMESPACES.contains(&parts[0]));
+    (parts.len() >= skip + 2).then(|| parts[..skip + 2].join("/"))
+}
+
 /// What running a request of an endpoint means.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Work {
@@ -57,6 +67,17 @@ const fn opt(name: &'static str, kind: Kind) -> Field {
     }
 }
 
+const fn int(min: i64, max: i64) -> Kind {
+    Kind::Int { min, max }
+}
+
+const fn num(min: f64, max: f64) -> Kind {
+    Kind::Num { min, max }
+}
+
+const SEED: Kind = int(0, i64::MAX);
+const STEPS: Kind = int(1, 10_000);
+
 pub(crate) struct EndpointSpec {
     pub id: &'static str,
     pub work: Work,
@@ -88,14 +109,8 @@ static ENDPOINTS: &[EndpointSpec] = &[
         fields: &[
             req("images_data_url", Kind::Str),
             opt("trigger_phrase", Kind::Str),
-            opt("learning_rate", Kind::Num { min: 0.0, max: 1.0 }),
-            opt(
-                "steps",
-                Kind::Int {
-                    min: 1,
-                    max: 10_000,
-                },
-            ),
+            opt("learning_rate", num(0.0, 1.0)),
+            opt("steps", STEPS),
             opt("multiresolution_training", Kind::Bool),
             opt("subject_crop", Kind::Bool),
             opt("data_archive_format", Kind::Str),
@@ -115,13 +130,7 @@ static ENDPOINTS: &[EndpointSpec] = &[
             req("images_data_url", Kind::Str),
             opt("trigger_word", Kind::Str),
             opt("create_masks", Kind::Bool),
-            opt(
-                "steps",
-                Kind::Int {
-                    min: 1,
-                    max: 10_000,
-                },
-            ),
+            opt("steps", STEPS),
             opt("is_style", Kind::Bool),
             opt("is_input_format_already_preprocessed", Kind::Bool),
             opt("data_archive_format", Kind::Str),
@@ -137,21 +146,15 @@ static ENDPOINTS: &[EndpointSpec] = &[
                 "mode",
                 Kind::Choice(&["character", "product", "style", "general"]),
             ),
-            opt(
-                "iterations",
-                Kind::Int {
-                    min: 100,
-                    max: 10_000,
-                },
-            ),
-            opt("learning_rate", Kind::Num { min: 0.0, max: 1.0 }),
+            opt("iterations", int(100, 10_000)),
+            opt("learning_rate", num(0.0, 1.0)),
             opt(
                 "priority",
                 Kind::Choice(&["speed", "quality", "high_res_only"]),
             ),
             opt("captioning", Kind::Bool),
             opt("trigger_word", Kind::Str),
-            opt("lora_rank", Kind::Int { min: 16, max: 32 }),
+            opt("lora_rank", int(16, 32)),
             opt("finetune_type", Kind::Choice(&["full", "lora"])),
         ],
     },
@@ -161,24 +164,12 @@ static ENDPOINTS: &[EndpointSpec] = &[
         fields: &[
             req("prompt", Kind::Str),
             opt("image_size", Kind::ImageSize),
-            opt("num_inference_steps", Kind::Int { min: 1, max: 50 }),
-            opt(
-                "seed",
-                Kind::Int {
-                    min: 0,
-                    max: i64::MAX,
-                },
-            ),
+            opt("num_inference_steps", int(1, 50)),
+            opt("seed", SEED),
             opt("loras", Kind::Loras),
-            opt(
-                "guidance_scale",
-                Kind::Num {
-                    min: 0.0,
-                    max: 35.0,
-                },
-            ),
+            opt("guidance_scale", num(0.0, 35.0)),
             opt("sync_mode", Kind::Bool),
-            opt("num_images", Kind::Int { min: 1, max: 4 }),
+            opt("num_images", int(1, 4)),
             opt("enable_safety_checker", Kind::Bool),
             opt("output_format", Kind::Choice(OUTPUT_FORMATS)),
             opt("acceleration", Kind::Choice(&["none", "regular"])),
@@ -190,17 +181,11 @@ static ENDPOINTS: &[EndpointSpec] = &[
         fields: &[
             req("prompt", Kind::Str),
             req("finetune_id", Kind::Str),
-            req("finetune_strength", Kind::Num { min: 0.0, max: 2.0 }),
+            req("finetune_strength", num(0.0, 2.0)),
             opt("aspect_ratio", Kind::Choice(ASPECT_RATIOS)),
             opt("raw", Kind::Bool),
-            opt("num_images", Kind::Int { min: 1, max: 4 }),
-            opt(
-                "seed",
-                Kind::Int {
-                    min: 0,
-                    max: i64::MAX,
-                },
-            ),
+            opt("num_images", int(1, 4)),
+            opt("seed", SEED),
             opt(
                 "safety_tolerance",
                 Kind::Choice(&["1", "2", "3", "4", "5", "6"]),
@@ -210,7 +195,7 @@ static ENDPOINTS: &[EndpointSpec] = &[
             opt("sync_mode", Kind::Bool),
             opt("enhance_prompt", Kind::Bool),
             opt("image_url", Kind::Str),
-            opt("image_prompt_strength", Kind::Num { min: 0.0, max: 1.0 }),
+            opt("image_prompt_strength", num(0.0, 1.0)),
         ],
     },
 ];

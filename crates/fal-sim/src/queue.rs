@@ -11,14 +11,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::faults::SubmitFault;
+use crate::http::{authenticate, json_response, refuse_if_locked, ConnectionControl};
 use crate::models;
 use crate::record::QueueState;
-use crate::server::{authenticate, json_response, refuse_if_locked, ConnectionControl};
 use crate::state::{Outcome, RequestRecord, SharedSim, Sim};
 use crate::worker::{self, Admission};
-
-/// Namespaces whose first segment is not the owner.
-const NAMESPACES: [&str; 2] = ["workflows", "comfy"];
 
 /// Routes `/queue/{...}` by shape: `…/requests/{id}[/status[/stream]|/cancel]` or a submit.
 pub(crate) async fn dispatch(
@@ -72,13 +69,6 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// `{namespace/}owner/alias` of an endpoint id.
-pub(crate) fn app_path(endpoint: &str) -> Option<String> {
-    let parts: Vec<&str> = endpoint.split('/').collect();
-    let skip = usize::from(NAMESPACES.contains(&parts[0]));
-    (parts.len() >= skip + 2).then(|| parts[..skip + 2].join("/"))
-}
-
 async fn submit(
     sim: &SharedSim,
     connection: Option<ConnectionControl>,
@@ -114,25 +104,11 @@ async fn submit(
     let fault = sim.lock().submit_faults.pop_front();
     let mut close_after_accept = false;
     match fault {
-        Some(SubmitFault::Respond {
-            status,
-            body,
-            error_type,
-            retry_after_secs,
-            with_request_id,
-            user_timeout,
-        }) => {
-            return fault_response(
-                status,
-                body,
-                error_type,
-                retry_after_secs,
-                with_request_id,
-                user_timeout,
-            )
-        }
         Some(SubmitFault::CloseConnection { enqueue: false }) => return close(connection).await,
         Some(SubmitFault::CloseConnection { enqueue: true }) => close_after_accept = true,
+        Some(respond @ SubmitFault::Respond { .. }) => {
+            return fault_response(respond).expect("a Respond fault answers")
+        }
         None => {}
     }
 
@@ -196,7 +172,7 @@ async fn submit(
     if close_after_accept {
         return close(connection).await;
     }
-    let app = app_path(endpoint).unwrap_or_else(|| endpoint.to_owned());
+    let app = models::app_path(endpoint).unwrap_or_else(|| endpoint.to_owned());
     let urls = request_urls(sim, &app, &id);
     let mut response = json_response(
         StatusCode::OK,
@@ -217,25 +193,9 @@ async fn submit(
 /// A pending fault for status/result/cancel/stream calls, answered before anything else (as
 /// a gateway error would be).
 fn read_fault(sim: &Sim) -> Option<Response> {
-    match sim.lock().read_faults.pop_front()? {
-        SubmitFault::Respond {
-            status,
-            body,
-            error_type,
-            retry_after_secs,
-            with_request_id,
-            user_timeout,
-        } => Some(fault_response(
-            status,
-            body,
-            error_type,
-            retry_after_secs,
-            with_request_id,
-            user_timeout,
-        )),
-        // Closing is meaningful for submits only; for reads it is ignored.
-        SubmitFault::CloseConnection { .. } => None,
-    }
+    // Closing is meaningful for submits only; for reads it is ignored.
+    let fault = sim.lock().read_faults.pop_front()?;
+    fault_response(fault)
 }
 
 /// Closes the connection without answering.
@@ -252,14 +212,20 @@ async fn close(connection: Option<ConnectionControl>) -> Response {
     }
 }
 
-fn fault_response(
-    status: u16,
-    body: Option<Value>,
-    error_type: Option<String>,
-    retry_after_secs: Option<u64>,
-    with_request_id: bool,
-    user_timeout: bool,
-) -> Response {
+/// The answer a `Respond` fault gives; `None` for a `CloseConnection` fault, which answers
+/// nothing.
+fn fault_response(fault: SubmitFault) -> Option<Response> {
+    let SubmitFault::Respond {
+        status,
+        body,
+        error_type,
+        retry_after_secs,
+        with_request_id,
+        user_timeout,
+    } = fault
+    else {
+        return None;
+    };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = body.unwrap_or_else(|| default_error_body(status, error_type.as_deref()));
     let mut response = json_response(status, body);
@@ -282,7 +248,7 @@ fn fault_response(
     if with_request_id {
         insert_request_id(&mut response, &uuid::Uuid::new_v4().to_string());
     }
-    response
+    Some(response)
 }
 
 /// fal's body for a status when the fault gives none.
@@ -347,7 +313,7 @@ fn with_request<T>(
 
 /// Why a request lookup was refused.
 enum Denied {
-    Auth(crate::server::AuthError),
+    Auth(crate::http::AuthError),
     NotFound,
 }
 

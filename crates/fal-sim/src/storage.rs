@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::server::{authenticate, json_response, refuse_if_locked};
+use crate::http::{authenticate, json_response, refuse_if_locked};
 use crate::state::{PendingUpload, SharedSim, StoredFile};
 
 /// Lifecycle headers: fal-js sends the first on initiate, the Python client both.

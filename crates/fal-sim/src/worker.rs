@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use crate::accounts::Account;
 use crate::archive;
 use crate::models::{self, EndpointSpec, Work};
-use crate::queue::app_path;
 use crate::record::QueueState;
 use crate::state::{LogLine, Outcome, RequestRecord, SharedSim, Sim, StoredFile};
 use crate::{artifacts, webhook};
@@ -59,7 +58,7 @@ pub(crate) fn admit(sim: &SharedSim, admission: Admission) -> Option<(String, u6
         let record = RequestRecord {
             id: id.clone(),
             endpoint: endpoint.clone(),
-            app_path: app_path(&endpoint).unwrap_or_else(|| endpoint.clone()),
+            app_path: models::app_path(&endpoint).unwrap_or_else(|| endpoint.clone()),
             user_id: admission.account.user_id.clone(),
             input: admission.input,
             webhook: Sim::new_webhook_report(admission.webhook_url.is_some()),
@@ -411,42 +410,35 @@ async fn run(sim: &SharedSim, id: &str, spec: &'static EndpointSpec) -> Option<O
     })
 }
 
-/// Downloads a LoRA like a runner would (no auth; own CDN or loopback only).
-async fn fetch_lora(sim: &SharedSim, url: &str) -> Result<(), String> {
-    let failed = || format!("Failed to download the file from {url}");
-    let parsed = url::Url::parse(url).map_err(|_| format!("Invalid URL: {url}"))?;
-    let reachable = match parsed.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    if !reachable {
-        return Err(failed());
-    }
-    let response = sim
-        .http
-        .get(parsed)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .map_err(|_| failed())?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "Failed to download the file: HTTP {}",
-            response.status().as_u16()
-        ));
-    }
-    response.bytes().await.map(|_| ()).map_err(|_| failed())
+/// Why a runner could not download a file.
+enum DownloadError {
+    InvalidUrl,
+    /// The simulator has no internet: only its own CDN and loopback servers are reachable.
+    Unreachable,
+    /// Sending, or reading the body.
+    Transport(reqwest::Error),
+    Status(u16),
 }
 
-/// Downloads a training archive like a runner would (no auth) and checks it holds images.
-async fn check_archive(sim: &SharedSim, url: &str) -> Result<(), archive::Rejection> {
-    let download_error = |msg: String| archive::Rejection {
-        msg,
-        kind: "file_download_error",
-    };
-    let parsed = url::Url::parse(url).map_err(|_| download_error(format!("Invalid URL: {url}")))?;
+impl DownloadError {
+    /// fal's message for it; `detailed` names the transport error instead of the URL.
+    fn message(self, url: &str, detailed: bool) -> String {
+        match self {
+            DownloadError::InvalidUrl => format!("Invalid URL: {url}"),
+            DownloadError::Transport(e) if detailed => {
+                format!("Failed to download the file: {}", e.without_url())
+            }
+            DownloadError::Unreachable | DownloadError::Transport(_) => {
+                format!("Failed to download the file from {url}")
+            }
+            DownloadError::Status(status) => format!("Failed to download the file: HTTP {status}"),
+        }
+    }
+}
+
+/// Downloads a file like a runner would (no auth; own CDN or loopback only).
+async fn download(sim: &SharedSim, url: &str) -> Result<Bytes, DownloadError> {
+    let parsed = url::Url::parse(url).map_err(|_| DownloadError::InvalidUrl)?;
     let reachable = matches!(parsed.scheme(), "http" | "https")
         && match parsed.host() {
             Some(url::Host::Domain(d)) => d == "localhost",
@@ -455,10 +447,7 @@ async fn check_archive(sim: &SharedSim, url: &str) -> Result<(), archive::Reject
             None => false,
         };
     if !reachable {
-        // The simulator has no internet: only its own CDN and loopback servers are reachable.
-        return Err(download_error(format!(
-            "Failed to download the file from {url}"
-        )));
+        return Err(DownloadError::Unreachable);
     }
     let response = sim
         .http
@@ -466,17 +455,30 @@ async fn check_archive(sim: &SharedSim, url: &str) -> Result<(), archive::Reject
         .timeout(Duration::from_secs(120))
         .send()
         .await
-        .map_err(|e| download_error(format!("Failed to download the file: {}", e.without_url())))?;
+        .map_err(DownloadError::Transport)?;
     if !response.status().is_success() {
-        return Err(download_error(format!(
-            "Failed to download the file: HTTP {}",
-            response.status().as_u16()
-        )));
+        return Err(DownloadError::Status(response.status().as_u16()));
     }
-    let bytes = response
-        .bytes()
+    response.bytes().await.map_err(DownloadError::Transport)
+}
+
+/// Downloads a LoRA like a runner would.
+async fn fetch_lora(sim: &SharedSim, url: &str) -> Result<(), String> {
+    download(sim, url)
         .await
-        .map_err(|e| download_error(format!("Failed to download the file: {}", e.without_url())))?;
+        .map(|_| ())
+        .map_err(|e| e.message(url, false))
+}
+
+/// Downloads a training archive like a runner would and checks it holds images.
+async fn check_archive(sim: &SharedSim, url: &str) -> Result<(), archive::Rejection> {
+    let download_error = |msg: String| archive::Rejection {
+        msg,
+        kind: "file_download_error",
+    };
+    let bytes = download(sim, url)
+        .await
+        .map_err(|e| download_error(e.message(url, true)))?;
     let images = tokio::task::spawn_blocking(move || archive::count_images(&bytes))
         .await
         .map_err(|e| download_error(e.to_string()))??;

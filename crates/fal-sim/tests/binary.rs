@@ -77,3 +77,67 @@ fn binary_prints_its_base_urls_and_serves_them() {
         assert_eq!(submit("other-id:other-secret").await.unwrap().status(), 401);
     });
 }
+
+/// In a container network clients reach the simulator by a service name, not the address it
+/// binds: every URL it hands out (queue, CDN, status URLs in answers) uses `FAL_SIM_PUBLIC_URL`.
+#[test]
+fn urls_handed_out_use_the_public_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://localhost:{port}");
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_fal-sim"))
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .env("FAL_SIM_PUBLIC_URL", format!("{public}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut vars = std::collections::HashMap::new();
+    for line in BufReader::new(stdout).lines().take(6) {
+        let line = line.expect("utf-8");
+        let (name, value) = line.split_once('=').expect("NAME=value");
+        vars.insert(name.to_owned(), value.to_owned());
+    }
+    assert_eq!(vars["FAL_QUEUE_URL"], format!("{public}/queue"));
+    assert_eq!(vars["FAL_CDN_URL"], format!("{public}/cdn"));
+    assert_eq!(
+        vars["FAL_JWKS_URL"],
+        format!("{public}/rest/.well-known/jwks.json")
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/fal-ai/flux-lora", vars["FAL_QUEUE_URL"]))
+            .header("authorization", format!("Key {}", vars["FAL_KEY"]))
+            .json(&serde_json::json!({"prompt": "x"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status_url = answer["status_url"].as_str().expect("status_url");
+        assert!(
+            status_url.starts_with(&format!("{public}/queue/")),
+            "{answer}"
+        );
+        let status = reqwest::Client::new()
+            .get(status_url)
+            .header("authorization", format!("Key {}", vars["FAL_KEY"]))
+            .send()
+            .await
+            .unwrap();
+        // Reached through the public URL: queued or running (202), or done (200).
+        assert!(status.status().is_success(), "{}", status.status());
+    });
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// One entry of fal's 422 `detail` list.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationIssue {
     /// Location of the offending value, e.g. `["body", "prompt"]`.
@@ -19,11 +20,8 @@ pub struct ValidationIssue {
     /// Machine readable type, e.g. `value_error.missing`, `file_download_error`.
     #[serde(default, rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctx: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
 }
 

@@ -18,6 +18,7 @@ pub mod models;
 mod queue;
 mod retry;
 mod sse;
+mod status;
 mod storage;
 mod webhook;
 
@@ -25,11 +26,9 @@ pub use client::FalClient;
 pub use config::FalConfig;
 pub use endpoint::EndpointId;
 pub use error::{FalError, SubmitError, TransportStage, ValidationIssue};
-pub use queue::{
-    CancelOutcome, LogEntry, Metrics, QueuePriority, QueueStatus, RequestRef, StatusStream,
-    SubmitOptions, Submitted,
-};
+pub use queue::{CancelOutcome, QueuePriority, RequestRef, SubmitOptions, Submitted};
 pub use retry::{AttemptFailure, Operation, RetryDecision, RetryPolicies, RetryPolicy};
+pub use status::{LogEntry, Metrics, QueueStatus, StatusStream};
 pub use storage::{ByteStream, ObjectLifecycle, UploadedFile};
 pub use webhook::{
     signed_message, SignatureHeaders, VerifiedWebhook, Verifier, VerifierConfig, WebhookBody,

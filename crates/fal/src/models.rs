@@ -22,11 +22,8 @@ pub const ULTRA_FINETUNED: &str = "fal-ai/flux-pro/v1.1-ultra-finetuned";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct File {
     pub url: String,
-    #[serde(default)]
     pub content_type: Option<String>,
-    #[serde(default)]
     pub file_name: Option<String>,
-    #[serde(default)]
     pub file_size: Option<u64>,
 }
 
@@ -34,56 +31,39 @@ pub struct File {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub url: String,
-    #[serde(default)]
     pub width: Option<u32>,
-    #[serde(default)]
     pub height: Option<u32>,
-    #[serde(default)]
     pub content_type: Option<String>,
-    #[serde(default)]
     pub file_name: Option<String>,
-    #[serde(default)]
     pub file_size: Option<u64>,
 }
 
 /// Input of `fal-ai/flux-lora-portrait-trainer`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PortraitTrainerInput {
     /// URL of a ZIP of images (optionally with same-named `.txt` captions).
     pub images_data_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_phrase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiresolution_training: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_crop: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_archive_format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from_checkpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_masks: Option<bool>,
 }
 
 /// Input of `fal-ai/flux-lora-fast-training`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FastTrainerInput {
     pub images_data_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_word: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_masks: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_style: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_input_format_already_preprocessed: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_archive_format: Option<String>,
 }
 
@@ -91,9 +71,7 @@ pub struct FastTrainerInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraTrainingOutput {
     pub diffusers_lora_file: File,
-    #[serde(default)]
     pub config_file: Option<File>,
-    #[serde(default)]
     pub debug_preprocessed_output: Option<File>,
 }
 
@@ -108,28 +86,21 @@ pub enum ProTrainerMode {
 }
 
 /// Input of `fal-ai/flux-pro-trainer`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProTrainerInput {
     pub data_url: String,
     /// Required by fal: a note identifying the finetune.
     pub finetune_comment: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ProTrainerMode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterations: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
     /// `speed`, `quality` or `high_res_only`: a training field, not the queue priority.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captioning: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_word: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora_rank: Option<u32>,
     /// `full` or `lora`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune_type: Option<String>,
 }
 
@@ -140,6 +111,7 @@ pub struct ProTrainerOutput {
 }
 
 /// `image_size` of `fal-ai/flux-lora`: a preset name or explicit dimensions.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ImageSize {
@@ -147,48 +119,40 @@ pub enum ImageSize {
     /// `landscape_16_9`.
     Preset(String),
     Custom {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         width: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         height: Option<u32>,
     },
 }
 
 /// One LoRA applied by `fal-ai/flux-lora`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraWeight {
     /// URL (e.g. a trainer's `diffusers_lora_file.url`) or a Hugging Face id.
     pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<f64>,
 }
 
 /// Input of `fal-ai/flux-lora`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FluxLoraInput {
     pub prompt: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<ImageSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_inference_steps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraWeight>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_scale: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_mode: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_images: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_safety_checker: Option<bool>,
     /// `jpeg` or `png`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<String>,
 }
 
 /// Input of `fal-ai/flux-pro/v1.1-ultra-finetuned`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UltraFinetunedInput {
     pub prompt: String,
@@ -196,28 +160,17 @@ pub struct UltraFinetunedInput {
     /// Required by fal (no default); 0 to 2.
     pub finetune_strength: f64,
     /// `21:9`, `16:9`, `4:3`, `3:2`, `1:1`, `2:3`, `3:4`, `9:16`, `9:21`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aspect_ratio: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_images: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// `"1"` to `"6"`, a string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_tolerance: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_safety_checker: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_mode: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enhance_prompt: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_prompt_strength: Option<f64>,
 }
 
@@ -225,13 +178,10 @@ pub struct UltraFinetunedInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImagesOutput {
     pub images: Vec<Image>,
-    #[serde(default)]
     pub seed: Option<u64>,
     #[serde(default)]
     pub has_nsfw_concepts: Vec<bool>,
-    #[serde(default)]
     pub prompt: Option<String>,
-    #[serde(default)]
     pub timings: Option<serde_json::Value>,
 }
 
@@ -275,6 +225,14 @@ mod tests {
         assert_eq!(
             serde_json::to_value(size).unwrap(),
             serde_json::json!({"width":64,"height":48})
+        );
+        let width_only = ImageSize::Custom {
+            width: Some(64),
+            height: None,
+        };
+        assert_eq!(
+            serde_json::to_value(width_only).unwrap(),
+            serde_json::json!({"width":64})
         );
     }
 }

@@ -1,9 +1,7 @@
 //! Queue API: submit, status, status stream, result, cancel.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -12,6 +10,7 @@ use crate::client::{join_path, Failure, FalClient};
 use crate::endpoint::EndpointId;
 use crate::error::{FalError, SubmitError, TransportStage};
 use crate::retry::{AttemptFailure, Operation};
+use crate::status::{QueueStatus, StatusStream};
 
 /// Smallest `X-Fal-Request-Timeout` both official clients accept (they require more than 1 s).
 const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,65 +84,6 @@ pub struct RequestRef {
     pub cancel_url: Url,
 }
 
-/// A log line of a running or completed request. Only `message` is always present.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    pub message: String,
-    #[serde(default)]
-    pub level: Option<String>,
-    #[serde(default)]
-    pub source: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    /// Seconds.
-    #[serde(default)]
-    pub inference_time: Option<f64>,
-}
-
-/// A request's queue status. There is no failed or cancelled state: both are `Completed` with
-/// `error`/`error_type` set; the model's error itself comes from the result call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum QueueStatus {
-    InQueue {
-        #[serde(default)]
-        queue_position: Option<u64>,
-    },
-    InProgress {
-        #[serde(default)]
-        logs: Option<Vec<LogEntry>>,
-    },
-    Completed {
-        #[serde(default)]
-        logs: Option<Vec<LogEntry>>,
-        #[serde(default)]
-        metrics: Option<Metrics>,
-        #[serde(default)]
-        error: Option<String>,
-        #[serde(default)]
-        error_type: Option<String>,
-    },
-}
-
-impl QueueStatus {
-    pub fn is_completed(&self) -> bool {
-        matches!(self, QueueStatus::Completed { .. })
-    }
-
-    pub fn logs(&self) -> &[LogEntry] {
-        match self {
-            QueueStatus::InProgress { logs } | QueueStatus::Completed { logs, .. } => {
-                logs.as_deref().unwrap_or_default()
-            }
-            QueueStatus::InQueue { .. } => &[],
-        }
-    }
-}
-
 /// Answer of a cancel that fal accepted or refused as too late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -153,9 +93,6 @@ pub enum CancelOutcome {
     /// 400 `ALREADY_COMPLETED`.
     AlreadyCompleted,
 }
-
-/// Status events of [`FalClient::status_stream`]; it ends after `Completed`.
-pub type StatusStream = Pin<Box<dyn Stream<Item = Result<QueueStatus, FalError>> + Send>>;
 
 impl FalClient {
     /// Submits `input` to `endpoint` (e.g. `fal-ai/flux-lora-portrait-trainer`).
@@ -440,33 +377,6 @@ fn format_seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_bodies_parse_leniently() {
-        let q: QueueStatus = serde_json::from_str(
-            r#"{"status":"IN_QUEUE","request_id":"r","response_url":"u","queue_position":3,"extra":1}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            q,
-            QueueStatus::InQueue {
-                queue_position: Some(3)
-            }
-        );
-        let p: QueueStatus =
-            serde_json::from_str(r#"{"status":"IN_PROGRESS","logs":null}"#).unwrap();
-        assert_eq!(p.logs(), &[]);
-        let c: QueueStatus = serde_json::from_str(
-            r#"{"status":"COMPLETED","logs":[{"message":"m","timestamp":"t","labels":{}}],"metrics":{},"error":"Runner disconnected","error_type":"runner_disconnected"}"#,
-        )
-        .unwrap();
-        let QueueStatus::Completed { error_type, .. } = &c else {
-            panic!()
-        };
-        assert_eq!(error_type.as_deref(), Some("runner_disconnected"));
-        assert_eq!(c.logs()[0].message, "m");
-        assert!(serde_json::from_str::<QueueStatus>(r#"{"status":"FAILED"}"#).is_err());
-    }
 
     #[test]
     fn seconds_are_formatted_like_fal_js() {

@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{FalError, TransportStage};
-use crate::queue::{QueueStatus, StatusStream};
+use crate::status::{QueueStatus, StatusStream};
 
 struct State {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,

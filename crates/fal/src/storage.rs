@@ -25,11 +25,10 @@ const LIFECYCLE_HEADERS: [&str; 2] = [
 ];
 
 /// How long fal keeps an uploaded object, and who may read it.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObjectLifecycle {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration_duration_seconds: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_acl: Option<serde_json::Value>,
 }
 

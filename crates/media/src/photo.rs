@@ -527,12 +527,8 @@ mod tests {
 
     #[test]
     fn sixteen_bit_pngs_are_analysed_like_their_eight_bit_reduction() {
-        let rules = PhotoRules {
-            min_short_side: 64,
-            ..PhotoRules::default()
-        };
         let deep = rgb16_png(600, 400);
-        let inspected = inspect_photo_bytes(&deep, &rules).expect("accepted");
+        let inspected = inspect_photo_bytes(&deep, &small_photo_rules()).expect("accepted");
         assert_eq!((inspected.width, inspected.height), (600, 400));
         // The same picture decoded whole by `image` and reduced to 8 bits.
         let image = image::load_from_memory(&deep).expect("decodes");
@@ -591,11 +587,7 @@ mod tests {
             image::Rgb([(x % 256) as u8, ((x * y) % 251) as u8, (y % 256) as u8])
         });
         let png = interlaced_png(&picture);
-        let rules = PhotoRules {
-            min_short_side: 64,
-            ..PhotoRules::default()
-        };
-        let inspected = inspect_photo_bytes(&png, &rules).expect("accepted");
+        let inspected = inspect_photo_bytes(&png, &small_photo_rules()).expect("accepted");
         assert_eq!((inspected.width, inspected.height), (301, 203));
         let whole = GrayThumbnail::from_image(&image::load_from_memory(&png).expect("decodes"));
         assert!((inspected.metrics.mean_luma - whole.metrics().mean_luma).abs() < 2.0);
@@ -603,29 +595,28 @@ mod tests {
             inspected.perceptual_hash,
             whole.difference_hash()
         ));
-        let cut = &png[..png.len() - 40];
-        assert_eq!(
-            inspect_photo_bytes(cut, &rules)
-                .map(|_| ())
-                .map_err(|e| e.code()),
-            Err("corrupt_image")
-        );
+        assert_eq!(refusal(&png[..png.len() - 40]), Err("corrupt_image"));
     }
 
     #[test]
     fn a_truncated_png_is_corrupt() {
         let png = rgb16_png(600, 400);
-        let rules = PhotoRules {
+        assert_eq!(refusal(&png[..png.len() / 2]), Err("corrupt_image"));
+    }
+
+    /// Rules under which the small test pictures are large enough.
+    fn small_photo_rules() -> PhotoRules {
+        PhotoRules {
             min_short_side: 64,
             ..PhotoRules::default()
-        };
-        let cut = &png[..png.len() / 2];
-        assert_eq!(
-            inspect_photo_bytes(cut, &rules)
-                .map(|_| ())
-                .map_err(|e| e.code()),
-            Err("corrupt_image")
-        );
+        }
+    }
+
+    /// The code `bytes` are refused with under [`small_photo_rules`], if any.
+    fn refusal(bytes: &[u8]) -> Result<(), &'static str> {
+        inspect_photo_bytes(bytes, &small_photo_rules())
+            .map(|_| ())
+            .map_err(|e| e.code())
     }
 
     #[test]

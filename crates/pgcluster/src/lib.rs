@@ -22,8 +22,10 @@ pub const SUPERUSER: &str = "avatars";
 pub enum ClusterError {
     #[error(
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found on PATH, via \
-         `pg_config --bindir`, or under /usr/lib/postgresql/*/bin; install them (Debian: \
-         `apt-get install postgresql`) or set DATABASE_URL to an existing server"
+         `pg_config --bindir`, or under /usr/lib/postgresql/*/bin: install them (Debian and \
+         Ubuntu: `sudo apt-get install postgresql`; Fedora: `sudo dnf install \
+         postgresql-server`; macOS: `brew install postgresql`) or set DATABASE_URL to an \
+         existing server"
     )]
     BinariesNotFound,
     #[error("running as root, but neither the `postgres` nor the `nobody` user exists to run PostgreSQL as")]
@@ -88,7 +90,7 @@ impl Cluster {
     /// Starts the cluster in `data_dir`, initialising it first when the directory holds none.
     /// A server left running on the same directory by a crashed earlier run is stopped first.
     pub fn start(data_dir: &Path, options: &ClusterOptions) -> Result<Self, ClusterError> {
-        let bindir = find_bindir()?;
+        let bindir = find_or_install_bindir()?;
         let run_as = unprivileged_user()?;
         fs::create_dir_all(data_dir).map_err(io_err(format!("creating {}", data_dir.display())))?;
         let data_dir = data_dir
@@ -301,6 +303,66 @@ fn unprivileged_user() -> Result<Option<RunAs>, ClusterError> {
         .ok_or(ClusterError::NoUnprivilegedUser)
 }
 
+/// The Debian package with the server binaries.
+const DEBIAN_PACKAGE: &str = "postgresql";
+
+/// Finds the server binaries, installing the distribution's package first when they are
+/// missing and this process may (root, with apt-get). Otherwise the error says in one line what
+/// to install. `avatars dev` and `cargo xtask test` call this before starting a cluster.
+pub fn find_or_install_bindir() -> Result<PathBuf, ClusterError> {
+    let root = nix::unistd::geteuid().is_root();
+    let apt = root
+        && Command::new("apt-get")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    ensure_bindir(find_bindir, apt, install_debian_package)
+}
+
+/// [`find_or_install_bindir`] with its parts given: how to look, whether installing is
+/// possible, and how to install.
+fn ensure_bindir(
+    find: impl Fn() -> Result<PathBuf, ClusterError>,
+    can_install: bool,
+    install: impl FnOnce() -> Result<(), ClusterError>,
+) -> Result<PathBuf, ClusterError> {
+    match find() {
+        Ok(dir) => Ok(dir),
+        Err(ClusterError::BinariesNotFound) if can_install => {
+            install()?;
+            find()
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `apt-get install postgresql`, refreshing the package lists once if the first try fails.
+fn install_debian_package() -> Result<(), ClusterError> {
+    eprintln!(
+        "PostgreSQL server binaries not found: installing the Debian package {DEBIAN_PACKAGE}"
+    );
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-q", DEBIAN_PACKAGE];
+    if apt(&install) || (apt(&["update", "-q"]) && apt(&install)) {
+        Ok(())
+    } else {
+        Err(ClusterError::Command {
+            action: format!("apt-get install {DEBIAN_PACKAGE}"),
+            detail: "the package could not be installed; install it by hand or set DATABASE_URL"
+                .into(),
+        })
+    }
+}
+
 /// Finds the directory holding `initdb`, `pg_ctl` and `postgres`.
 pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     let has_server = |dir: &Path| {
@@ -351,6 +413,76 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn present_binaries_are_used_without_installing() {
+        let installed = Cell::new(false);
+        let dir = ensure_bindir(
+            || Ok(PathBuf::from("/opt/pg/bin")),
+            true,
+            || {
+                installed.set(true);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(dir, PathBuf::from("/opt/pg/bin"));
+        assert!(!installed.get());
+    }
+
+    #[test]
+    fn missing_binaries_are_installed_when_possible_and_then_found() {
+        let installed = Cell::new(false);
+        let dir = ensure_bindir(
+            || {
+                if installed.get() {
+                    Ok(PathBuf::from("/usr/lib/postgresql/17/bin"))
+                } else {
+                    Err(ClusterError::BinariesNotFound)
+                }
+            },
+            true,
+            || {
+                installed.set(true);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(dir, PathBuf::from("/usr/lib/postgresql/17/bin"));
+    }
+
+    #[test]
+    fn without_root_one_line_says_what_to_install() {
+        let error = ensure_bindir(
+            || Err(ClusterError::BinariesNotFound),
+            false,
+            || panic!("no install without root"),
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+    }
+
+    #[test]
+    fn a_failed_install_is_reported() {
+        let error = ensure_bindir(
+            || Err(ClusterError::BinariesNotFound),
+            true,
+            || {
+                Err(ClusterError::Command {
+                    action: "apt-get install postgresql".into(),
+                    detail: "no network".into(),
+                })
+            },
+        )
+        .unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("apt-get install postgresql failed"));
+    }
 
     #[test]
     fn a_cluster_starts_serves_and_stops() {

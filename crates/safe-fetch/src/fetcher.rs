@@ -254,7 +254,7 @@ fn build_client(
         .redirect(redirects)
         // Do not tell the next hop where we came from (signed URLs).
         .referer(false)
-        .https_only(!policy.allow_http)
+        .https_only(!(policy.allow_http || policy.allow_loopback))
         .connect_timeout(policy.connect_timeout)
         .timeout(policy.timeout)
         .user_agent(concat!("avatars-safe-fetch/", env!("CARGO_PKG_VERSION")))

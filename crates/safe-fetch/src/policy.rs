@@ -22,17 +22,26 @@ pub struct FetchPolicy {
     /// their IP is forbidden, e.g. a loopback server in development or tests.
     /// Empty in production.
     pub allowed_private: Vec<SocketAddr>,
+    /// Loopback addresses (127.0.0.0/8, `::1`) reachable on any port, and plain `http`
+    /// allowed to them and to `localhost`: a receiver on the developer's own machine. Off in
+    /// production.
+    pub allow_loopback: bool,
 }
 
 impl FetchPolicy {
     /// 25 MB, the largest avatar training archive the service accepts.
     pub const DEFAULT_MAX_BYTES: u64 = 25 * 1024 * 1024;
 
-    /// True when `addr` is listed in [`FetchPolicy::allowed_private`].
+    /// True when `addr` is listed in [`FetchPolicy::allowed_private`], or is a loopback
+    /// address and [`FetchPolicy::allow_loopback`] is on.
     pub fn is_excepted(&self, addr: SocketAddr) -> bool {
-        self.allowed_private
-            .iter()
-            .any(|allowed| allowed.ip() == addr.ip() && allowed.port() == addr.port())
+        (self.allow_loopback
+            && crate::address::forbidden_class(addr.ip())
+                == Some(crate::address::ForbiddenClass::Loopback))
+            || self
+                .allowed_private
+                .iter()
+                .any(|allowed| allowed.ip() == addr.ip() && allowed.port() == addr.port())
     }
 }
 
@@ -45,6 +54,7 @@ impl Default for FetchPolicy {
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
             allowed_private: Vec::new(),
+            allow_loopback: false,
         }
     }
 }

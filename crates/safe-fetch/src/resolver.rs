@@ -92,7 +92,7 @@ pub(crate) fn normalize_name(name: &str) -> String {
 
 /// `localhost` and `*.localhost` always mean this machine (RFC 6761); they
 /// are answered here instead of asking DNS, which might say otherwise.
-fn is_localhost_name(host: &str) -> bool {
+pub(crate) fn is_localhost_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 

@@ -29,6 +29,7 @@ pub(crate) fn check_parsed(url: &Url, policy: &FetchPolicy) -> Result<(), FetchE
     match url.scheme() {
         "https" => {}
         "http" if policy.allow_http => {}
+        "http" if policy.allow_loopback && names_loopback(url) => {}
         other => {
             return Err(FetchError::SchemeNotAllowed {
                 scheme: other.to_owned(),
@@ -52,6 +53,23 @@ pub(crate) fn check_parsed(url: &Url, policy: &FetchPolicy) -> Result<(), FetchE
         Host::Domain(_) => return Ok(()),
     };
     check_socket_addr(SocketAddr::new(literal, port), policy)
+}
+
+/// True when the URL's host is a loopback literal or `localhost` (which resolves to loopback
+/// only: any other address it resolves to is still refused by the resolver).
+fn names_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(v4)) => {
+            forbidden_class(IpAddr::V4(v4)) == Some(crate::address::ForbiddenClass::Loopback)
+        }
+        Some(Host::Ipv6(v6)) => {
+            forbidden_class(IpAddr::V6(v6)) == Some(crate::address::ForbiddenClass::Loopback)
+        }
+        Some(Host::Domain(name)) => {
+            crate::resolver::is_localhost_name(&crate::resolver::normalize_name(name))
+        }
+        None => false,
+    }
 }
 
 /// Refuses a forbidden address unless the policy lists it as an exception.

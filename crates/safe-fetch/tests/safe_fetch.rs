@@ -584,3 +584,67 @@ mod posting {
         assert_eq!(code(result), "forbidden_address");
     }
 }
+
+mod loopback_receivers {
+    use std::time::Duration;
+
+    use safe_fetch::{Bytes, FetchPolicy, HeaderMap, StatusCode};
+
+    use crate::servers::{main_router, other_router};
+    use crate::support::{code, fetcher, serve};
+
+    /// A developer's machine: https only in general, but a receiver on this machine allowed.
+    fn loopback_policy(allow_loopback: bool) -> FetchPolicy {
+        FetchPolicy {
+            allow_loopback,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_redirects: 0,
+            ..FetchPolicy::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_receivers_over_http_are_reached_when_allowed() {
+        let server = serve(main_router(serve(other_router()).await)).await;
+        let fetcher = fetcher(loopback_policy(true));
+        for url in [
+            format!("http://127.0.0.1:{}/hook-ok", server.port()),
+            format!("http://localhost:{}/hook-ok", server.port()),
+        ] {
+            let response = fetcher
+                .post(&url, HeaderMap::new(), Bytes::from_static(b"ping"))
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(response.status, StatusCode::ACCEPTED, "{url}");
+            assert_eq!(&response.body_snippet[..], b"ping");
+        }
+    }
+
+    #[tokio::test]
+    async fn allowing_loopback_opens_nothing_else() {
+        let fetcher = fetcher(loopback_policy(true));
+        for (url, expected) in [
+            ("http://10.0.0.1/hook", "scheme_not_allowed"),
+            ("https://10.0.0.1/hook", "forbidden_address"),
+            ("https://169.254.169.254/latest", "forbidden_address"),
+            ("https://rebind.test/hook", "forbidden_address"),
+            ("http://example.test/hook", "scheme_not_allowed"),
+        ] {
+            let result = fetcher.post(url, HeaderMap::new(), Bytes::new()).await;
+            assert_eq!(code(result), expected, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_receivers_are_refused_by_default() {
+        let server = serve(main_router(serve(other_router()).await)).await;
+        let fetcher = fetcher(loopback_policy(false));
+        let url = format!("http://127.0.0.1:{}/hook-ok", server.port());
+        assert_eq!(code(fetcher.check_url(&url)), "scheme_not_allowed");
+        let result = fetcher.post(&url, HeaderMap::new(), Bytes::new()).await;
+        assert_eq!(code(result), "scheme_not_allowed");
+        let https = format!("https://127.0.0.1:{}/hook-ok", server.port());
+        assert_eq!(code(fetcher.check_url(&https)), "forbidden_address");
+    }
+}

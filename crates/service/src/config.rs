@@ -80,6 +80,9 @@ pub struct Config {
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
     pub unknown_callbacks: UnknownCallbackSettings,
+    /// Webhook endpoints on this machine (`localhost`, 127.0.0.0/8, `::1`) allowed, over http
+    /// too. `None`: the mode decides (on in `avatars dev`, off in `avatars serve`).
+    pub webhook_allow_loopback: Option<bool>,
 }
 
 /// The smallest database pool the service starts with. The sequencer, relay, janitor,
@@ -185,6 +188,9 @@ pub struct EventSettings {
     pub disable_after: Duration,
     /// How often open event streams are checked for revoked keys.
     pub stream_key_check: Duration,
+    /// Webhook endpoints on loopback addresses allowed (any port, http too). Resolved per
+    /// mode from [`Config::webhook_allow_loopback`] by [`crate::Settings`].
+    pub allow_loopback: bool,
 }
 
 impl Default for EventSettings {
@@ -200,6 +206,7 @@ impl Default for EventSettings {
             relay_tenant_slots: 4,
             disable_after: Duration::from_secs(5 * 24 * 3600),
             stream_key_check: Duration::from_secs(2),
+            allow_loopback: false,
         }
     }
 }
@@ -287,6 +294,84 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every variable [`Config::from_lookup`] reads, so deployment files can be checked against
+    /// what the service understands (a test keeps this list and the reads in step).
+    pub const VARIABLES: &'static [&'static str] = &[
+        "DATABASE_URL",
+        "DATABASE_MAX_CONNECTIONS",
+        "DATABASE_ACQUIRE_TIMEOUT",
+        "DATABASE_STATEMENT_TIMEOUT",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+        "BIND_ADDR",
+        "PUBLIC_BASE_URL",
+        "STORAGE_URL",
+        "LOG_FORMAT",
+        "MAX_BODY_BYTES",
+        "REQUEST_TIMEOUT",
+        "HTTP_HEADER_READ_TIMEOUT",
+        "HTTP_MAX_CONNECTIONS",
+        "AVATAR_MIN_PHOTOS",
+        "AVATAR_MAX_PHOTOS",
+        "PHOTO_MAX_PARTS",
+        "PHOTO_DECODE_BUDGET_PIXELS",
+        "PHOTO_MAX_BYTES",
+        "PHOTO_MIN_SHORT_SIDE",
+        "PHOTO_FACE_POLICY",
+        "FETCH_ALLOW_HTTP",
+        "FETCH_ALLOWED_PRIVATE",
+        "ARCHIVE_MAX_BYTES",
+        "FETCH_TIMEOUT",
+        "GENERATION_MAX_PROMPTS",
+        "SHUTDOWN_DELAY",
+        "SHUTDOWN_WORKER_GRACE",
+        "WEBHOOK_TIMEOUT",
+        "WEBHOOK_LEASE",
+        "WEBHOOK_CONCURRENCY",
+        "WEBHOOK_TENANT_SLOTS",
+        "WEBHOOK_DISABLE_AFTER",
+        "WEBHOOK_RETRY_SCALE",
+        "WEBHOOK_ALLOW_LOOPBACK",
+        "EVENTS_KEY_CHECK_INTERVAL",
+        "EVENTS_HEARTBEAT",
+        "API_KEY_RATE_PER_SECOND",
+        "API_KEY_RATE_BURST",
+        "TENANT_MAX_ACTIVE_TRAININGS",
+        "TENANT_MAX_ACTIVE_GENERATIONS",
+        "TENANT_MAX_WEBHOOK_ENDPOINTS",
+        "TENANT_MAX_EVENT_STREAMS",
+        "FAL_UNKNOWN_CALLBACK_MAX_BYTES",
+        "FAL_UNKNOWN_CALLBACKS_MAX",
+        "FAL_UNKNOWN_CALLBACK_RETENTION",
+        "FAL_KEY",
+        "FAL_QUEUE_URL",
+        "FAL_REST_URL",
+        "FAL_CDN_URL",
+        "FAL_JWKS_URL",
+        "FAL_PORTRAIT_STEPS",
+        "FAL_PORTRAIT_LEARNING_RATE",
+        "FAL_PORTRAIT_SUBJECT_CROP",
+        "FAL_PORTRAIT_CREATE_MASKS",
+        "FAL_PORTRAIT_MULTIRESOLUTION",
+        "FAL_TRAINING_TIMEOUT",
+        "FAL_STATUS_CHECK_INTERVAL",
+        "FAL_MAX_RETRIES",
+        "FAL_AUTO_MODEL_SELECTION",
+        "FAL_TRAINER_BY_KIND",
+        "PRICE_PORTRAIT_PER_STEP_USD",
+        "PRICE_PORTRAIT_MIN_BILLED_STEPS",
+        "PRICE_FAST_LORA_PER_RUN_USD",
+        "PRICE_PRO_PER_RUN_USD",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+        "S3_ADDRESSING_STYLE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SESSION_TOKEN",
+        "JOB_LEASE",
+        "GENERATION_TIMEOUT",
+    ];
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -301,15 +386,12 @@ impl Config {
                 .parse_range("DATABASE_MAX_CONNECTIONS", 1, 1000)?
                 .unwrap_or(defaults.max_connections);
             let least = MIN_DATABASE_CONNECTIONS;
-            if max_connections < least {
-                return Err(ConfigError {
-                    variable: "DATABASE_MAX_CONNECTIONS",
-                    problem: format!(
-                        "must be at least {least} (the background workers may hold {} connections at once, and requests need one more), got {max_connections}",
-                        least - 1
-                    ),
-                });
-            }
+            require(max_connections >= least, "DATABASE_MAX_CONNECTIONS", || {
+                format!(
+                    "must be at least {least} (the background workers may hold {} connections at once, and requests need one more), got {max_connections}",
+                    least - 1
+                )
+            })?;
             store::PoolSettings {
                 max_connections,
                 acquire_timeout: env
@@ -367,25 +449,15 @@ impl Config {
                 let max_photos = env
                     .parse_range("AVATAR_MAX_PHOTOS", 1, 1000)?
                     .unwrap_or(defaults.max_photos);
-                if max_photos < min_photos {
-                    return Err(ConfigError {
-                        variable: "AVATAR_MAX_PHOTOS",
-                        problem: format!(
-                            "must be at least AVATAR_MIN_PHOTOS ({min_photos}), got {max_photos}"
-                        ),
-                    });
-                }
+                require(max_photos >= min_photos, "AVATAR_MAX_PHOTOS", || {
+                    format!("must be at least AVATAR_MIN_PHOTOS ({min_photos}), got {max_photos}")
+                })?;
                 let max_parts = env
                     .parse_range("PHOTO_MAX_PARTS", 1, 100_000)?
                     .unwrap_or(defaults.max_parts);
-                if max_parts < max_photos {
-                    return Err(ConfigError {
-                        variable: "PHOTO_MAX_PARTS",
-                        problem: format!(
-                            "must be at least AVATAR_MAX_PHOTOS ({max_photos}), got {max_parts}"
-                        ),
-                    });
-                }
+                require(max_parts >= max_photos, "PHOTO_MAX_PARTS", || {
+                    format!("must be at least AVATAR_MAX_PHOTOS ({max_photos}), got {max_parts}")
+                })?;
                 PhotoSettings {
                     min_photos,
                     max_photos,
@@ -469,30 +541,30 @@ impl Config {
                 let relay_lease = env
                     .seconds("WEBHOOK_LEASE", 2, 3600)?
                     .unwrap_or(defaults.relay_lease);
-                if relay_lease < delivery_timeout + Duration::from_secs(1) {
-                    return Err(ConfigError {
-                        variable: "WEBHOOK_LEASE",
-                        problem: format!(
+                require(
+                    relay_lease >= delivery_timeout + Duration::from_secs(1),
+                    "WEBHOOK_LEASE",
+                    || {
+                        format!(
                             "must exceed WEBHOOK_TIMEOUT ({} s) by at least a second, got {} s",
                             delivery_timeout.as_secs(),
                             relay_lease.as_secs()
-                        ),
-                    });
-                }
+                        )
+                    },
+                )?;
                 let relay_concurrency = env
                     .parse_range("WEBHOOK_CONCURRENCY", 1, 1024)?
                     .unwrap_or(defaults.relay_concurrency);
                 let relay_tenant_slots = env
                     .parse_range("WEBHOOK_TENANT_SLOTS", 1, 1024)?
                     .unwrap_or(defaults.relay_tenant_slots.min(relay_concurrency));
-                if relay_tenant_slots > relay_concurrency {
-                    return Err(ConfigError {
-                        variable: "WEBHOOK_TENANT_SLOTS",
-                        problem: format!(
-                            "must not exceed WEBHOOK_CONCURRENCY ({relay_concurrency}), got {relay_tenant_slots}"
-                        ),
-                    });
-                }
+                require(
+                    relay_tenant_slots <= relay_concurrency,
+                    "WEBHOOK_TENANT_SLOTS",
+                    || {
+                        format!("must not exceed WEBHOOK_CONCURRENCY ({relay_concurrency}), got {relay_tenant_slots}")
+                    },
+                )?;
                 EventSettings {
                     relay_concurrency,
                     relay_tenant_slots,
@@ -558,6 +630,7 @@ impl Config {
                         .unwrap_or(defaults.retention),
                 }
             },
+            webhook_allow_loopback: env.boolean("WEBHOOK_ALLOW_LOOPBACK")?,
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
                 queue_url: env
@@ -633,10 +706,10 @@ impl Config {
 }
 
 /// The S3 variables, checked together: a key id needs its secret, and an `http://` endpoint
-/// needs `S3_ALLOW_HTTP` (plain http is for a local or test server only).
+/// needs `AWS_ALLOW_HTTP` (plain http is for a local or test server only).
 fn s3_options(env: &Env<'_>) -> Result<store::S3Options, ConfigError> {
     let endpoint = env.url("AWS_ENDPOINT_URL")?;
-    let allow_http = env.boolean("S3_ALLOW_HTTP")?.unwrap_or(false);
+    let allow_http = env.boolean("AWS_ALLOW_HTTP")?.unwrap_or(false);
     let virtual_hosted_style = env
         .parse_with("S3_ADDRESSING_STYLE", "`path` or `virtual`", |v| match v {
             "path" => Some(false),
@@ -670,8 +743,8 @@ fn s3_options(env: &Env<'_>) -> Result<store::S3Options, ConfigError> {
             .is_some_and(|url| url.starts_with("s3://"))
     {
         return Err(ConfigError {
-            variable: "S3_ALLOW_HTTP",
-            problem: "AWS_ENDPOINT_URL is plain http; set S3_ALLOW_HTTP=true to allow it \
+            variable: "AWS_ALLOW_HTTP",
+            problem: "AWS_ENDPOINT_URL is plain http; set AWS_ALLOW_HTTP=true to allow it \
                 (a local or test server only)"
                 .into(),
         });
@@ -685,6 +758,22 @@ fn s3_options(env: &Env<'_>) -> Result<store::S3Options, ConfigError> {
         virtual_hosted_style,
         allow_http,
     })
+}
+
+/// `Ok` when a rule between settings `holds`, else the error naming `variable`.
+fn require(
+    holds: bool,
+    variable: &'static str,
+    problem: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            variable,
+            problem: problem(),
+        })
+    }
 }
 
 struct Env<'a> {
@@ -781,6 +870,51 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_variable_list_names_exactly_what_is_read() {
+        let read = std::sync::Mutex::new(Vec::<String>::new());
+        Config::from_lookup(|name| {
+            read.lock().unwrap().push(name.to_string());
+            None
+        })
+        .unwrap();
+        let mut read = read.into_inner().unwrap();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<String> = Config::VARIABLES.iter().map(|v| v.to_string()).collect();
+        listed.sort();
+        let before = listed.len();
+        listed.dedup();
+        assert_eq!(before, listed.len(), "Config::VARIABLES lists a name twice");
+        assert_eq!(
+            read, listed,
+            "Config::VARIABLES differs from what from_lookup reads"
+        );
+    }
+
+    #[test]
+    fn webhook_loopback_is_left_to_the_mode_unless_set() {
+        assert_eq!(config(&[]).unwrap().webhook_allow_loopback, None);
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "true")])
+                .unwrap()
+                .webhook_allow_loopback,
+            Some(true)
+        );
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "false")])
+                .unwrap()
+                .webhook_allow_loopback,
+            Some(false)
+        );
+        assert_eq!(
+            config(&[("WEBHOOK_ALLOW_LOOPBACK", "sometimes")])
+                .unwrap_err()
+                .variable,
+            "WEBHOOK_ALLOW_LOOPBACK"
+        );
     }
 
     #[test]
@@ -1019,7 +1153,7 @@ mod tests {
             ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
             ("AWS_SECRET_ACCESS_KEY", "s3-secret-value"),
             ("S3_ADDRESSING_STYLE", "path"),
-            ("S3_ALLOW_HTTP", "true"),
+            ("AWS_ALLOW_HTTP", "true"),
         ])
         .unwrap();
         assert_eq!(local.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
@@ -1042,14 +1176,14 @@ mod tests {
             variable(&[("S3_ADDRESSING_STYLE", "vhost")]),
             "S3_ADDRESSING_STYLE"
         );
-        assert_eq!(variable(&[("S3_ALLOW_HTTP", "maybe")]), "S3_ALLOW_HTTP");
+        assert_eq!(variable(&[("AWS_ALLOW_HTTP", "maybe")]), "AWS_ALLOW_HTTP");
         assert_eq!(
             variable(&[("AWS_ENDPOINT_URL", "minio:9000")]),
             "AWS_ENDPOINT_URL"
         );
         assert_eq!(
             variable(&[("AWS_ENDPOINT_URL", "http://minio:9000")]),
-            "S3_ALLOW_HTTP"
+            "AWS_ALLOW_HTTP"
         );
         assert_eq!(
             variable(&[("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")]),

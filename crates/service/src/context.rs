@@ -33,7 +33,12 @@ impl Settings {
             http: config.http,
             photos: config.photos,
             fetch: config.fetch.clone(),
-            events: config.events,
+            events: EventSettings {
+                // `avatars serve` keeps refusing loopback receivers unless told otherwise;
+                // `avatars dev` changes this default.
+                allow_loopback: config.webhook_allow_loopback.unwrap_or(false),
+                ..config.events
+            },
             tenants: config.tenants,
             jobs: JobSettings::from_config(config),
             workers: WorkerIntervals::default(),
@@ -161,6 +166,8 @@ pub struct Service {
     pub event_bodies: EventBodies,
     /// Decoded pixels in flight across every photo check of this process.
     pub decode_budget: crate::photos::DecodeBudget,
+    /// The process's metrics; `store` reports job transitions into it.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -185,14 +192,16 @@ impl Service {
         let archive_fetcher =
             safe_fetch::SafeFetcher::new(policy(settings.fetch.max_archive_bytes))?;
         let webhook_fetcher = safe_fetch::SafeFetcher::new(safe_fetch::FetchPolicy {
+            allow_loopback: settings.events.allow_loopback,
             timeout: settings.events.delivery_timeout,
             connect_timeout: settings.events.delivery_timeout,
             max_redirects: 0,
             ..policy(64 * 1024)
         })?;
         let decode_budget = crate::photos::DecodeBudget::new(settings.photos.decode_budget_pixels);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         Ok(Self {
-            store,
+            store: store.with_transition_observer(metrics.clone()),
             blobs,
             settings: Arc::new(settings),
             photo_fetcher: Arc::new(photo_fetcher),
@@ -207,6 +216,7 @@ impl Service {
             webhook_fetcher: Arc::new(webhook_fetcher),
             event_bodies,
             decode_budget,
+            metrics,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }

@@ -8,10 +8,11 @@ use secrecy::SecretString;
 
 use crate::config::FalSettings;
 
-/// fal's verdict on our key, learned from the last submit.
+/// fal's verdict on our key and account, learned from the last submit.
 #[derive(Debug, Default)]
 pub struct FalHealth {
     key_rejected: AtomicBool,
+    billing_locked: AtomicBool,
 }
 
 impl FalHealth {
@@ -21,6 +22,21 @@ impl FalHealth {
 
     pub fn set_key_rejected(&self, rejected: bool) {
         self.key_rejected.store(rejected, Ordering::Relaxed);
+    }
+
+    /// fal refused the last submit because our account is locked (billing).
+    pub fn billing_locked(&self) -> bool {
+        self.billing_locked.load(Ordering::Relaxed)
+    }
+
+    /// Remembers fal's answer to a submit (or an upload before it): refused for the key or
+    /// the account, or accepted (`None`).
+    pub fn record_refusal(&self, error: Option<&fal::FalError>) {
+        self.set_key_rejected(matches!(error, Some(fal::FalError::Unauthorized { .. })));
+        self.billing_locked.store(
+            matches!(error, Some(fal::FalError::BillingLocked { .. })),
+            Ordering::Relaxed,
+        );
     }
 }
 

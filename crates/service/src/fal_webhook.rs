@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::context::Service;
 use crate::error::ServiceError;
 use crate::jobs::{self, FalOutcome};
+use crate::metrics::CallbackResult;
 
 /// The job a callback names in the URL given to fal at submit.
 #[derive(Debug, Clone, Default)]
@@ -35,11 +36,15 @@ pub enum CallbackOutcome {
 
 impl CallbackOutcome {
     pub fn as_str(self) -> &'static str {
+        self.counted().as_str()
+    }
+
+    fn counted(self) -> CallbackResult {
         match self {
-            Self::Applied => "applied",
-            Self::Ignored => "ignored",
-            Self::Duplicate => "duplicate",
-            Self::UnknownRequest => "unknown_request",
+            Self::Applied => CallbackResult::Applied,
+            Self::Ignored => CallbackResult::Ignored,
+            Self::Duplicate => CallbackResult::Duplicate,
+            Self::UnknownRequest => CallbackResult::UnknownRequest,
         }
     }
 }
@@ -59,7 +64,23 @@ pub async fn receive_callback(
     headers: &fal::SignatureHeaders,
     body: &[u8],
 ) -> Result<CallbackOutcome, ServiceError> {
+    // `verify` counts the callbacks it refuses.
     let payload = verify(service, headers, body).await?;
+    let outcome = apply(service, target, body, payload).await;
+    service.metrics.fal_callback(match &outcome {
+        Ok(outcome) => outcome.counted(),
+        Err(_) => CallbackResult::Error,
+    });
+    outcome
+}
+
+/// Records a verified callback and applies it to its job.
+async fn apply(
+    service: &Service,
+    target: &CallbackTarget,
+    body: &[u8],
+    payload: fal::WebhookBody,
+) -> Result<CallbackOutcome, ServiceError> {
     let request_id = payload.request_id.clone();
     let job = correlate(service, target, &request_id).await?;
     if let Some(job) = &job {
@@ -131,28 +152,42 @@ async fn verify(
             "this service has no fal connection",
         ));
     };
-    let verified =
-        fal.verifier
-            .verify_headers(headers, body)
-            .await
-            .map_err(|error| match error {
-                fal::WebhookError::JwksUnavailable(_) => ServiceError::unavailable(
-                    "jwks_unavailable",
-                    "fal's signing keys cannot be fetched now; retry later",
-                )
-                .with_source(error),
-                fal::WebhookError::MalformedBody(_) => {
-                    ServiceError::bad_request("malformed_webhook", "the body is not a fal callback")
-                        .with_source(error)
-                }
-                other => ServiceError::new(
-                    crate::ErrorKind::Unauthenticated,
-                    "invalid_signature",
-                    "the callback's signature is missing, stale or invalid",
-                )
-                .with_source(other),
-            })?;
+    let verified = fal
+        .verifier
+        .verify_headers(headers, body)
+        .await
+        .inspect_err(|error| service.metrics.fal_callback(refusal(error)))
+        .map_err(|error| match error {
+            fal::WebhookError::JwksUnavailable(_) => ServiceError::unavailable(
+                "jwks_unavailable",
+                "fal's signing keys cannot be fetched now; retry later",
+            )
+            .with_source(error),
+            fal::WebhookError::MalformedBody(_) => {
+                ServiceError::bad_request("malformed_webhook", "the body is not a fal callback")
+                    .with_source(error)
+            }
+            other => ServiceError::new(
+                crate::ErrorKind::Unauthenticated,
+                "invalid_signature",
+                "the callback's signature is missing, stale or invalid",
+            )
+            .with_source(other),
+        })?;
     Ok(verified.body)
+}
+
+/// Why a callback was refused, as counted.
+fn refusal(error: &fal::WebhookError) -> CallbackResult {
+    match error {
+        fal::WebhookError::StaleTimestamp { .. } => CallbackResult::Stale,
+        fal::WebhookError::JwksUnavailable(_) => CallbackResult::KeysUnavailable,
+        fal::WebhookError::MalformedBody(_) => CallbackResult::Malformed,
+        fal::WebhookError::MissingHeader(_)
+        | fal::WebhookError::InvalidHeader(_)
+        | fal::WebhookError::MalformedSignature
+        | fal::WebhookError::BadSignature => CallbackResult::BadSignature,
+    }
 }
 
 /// The job a callback is for: by our job id and token first (works before the request id is

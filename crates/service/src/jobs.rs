@@ -181,7 +181,14 @@ pub async fn cancel_job(
     }
     let request = request_ref(service, job);
     if let (Some(fal), Some(request)) = (service.fal.as_ref(), request) {
-        match fal.client.cancel(&request).await {
+        match service
+            .metrics
+            .fal_call(
+                crate::metrics::FalOperation::Cancel,
+                fal.client.cancel(&request),
+            )
+            .await
+        {
             Ok(fal::CancelOutcome::CancellationRequested) => {}
             Ok(fal::CancelOutcome::AlreadyCompleted) => {
                 reconcile_job(service, job, None).await;
@@ -257,7 +264,14 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
     let Some(request) = request_ref(service, job) else {
         return;
     };
-    let status = match fal.client.status(&request, true).await {
+    let status = match service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Status,
+            fal.client.status(&request, true),
+        )
+        .await
+    {
         Ok(status) => status,
         Err(error) => {
             tracing::warn!(%error, "status lookup failed");
@@ -299,7 +313,14 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
             .await
         }
         fal::QueueStatus::Completed { error, .. } => {
-            let outcome = match fal.client.result(&request).await {
+            let outcome = match service
+                .metrics
+                .fal_call(
+                    crate::metrics::FalOperation::Result,
+                    fal.client.result(&request),
+                )
+                .await
+            {
                 Ok(result) if error.is_none() => FalOutcome::Succeeded(result),
                 Ok(result) => {
                     let (code, message) =
@@ -337,7 +358,14 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
 #[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
     if let (Some(fal), Some(request)) = (service.fal.as_ref(), request_ref(service, job)) {
-        match fal.client.cancel(&request).await {
+        match service
+            .metrics
+            .fal_call(
+                crate::metrics::FalOperation::Cancel,
+                fal.client.cancel(&request),
+            )
+            .await
+        {
             Ok(fal::CancelOutcome::AlreadyCompleted) => {
                 // fal finished meanwhile: the result wins over the deadline.
                 reconcile_job(service, job, Some(fence)).await;

@@ -18,6 +18,7 @@ pub mod fal_webhook;
 pub mod generation_items;
 pub mod generations;
 pub mod jobs;
+pub mod metrics;
 pub mod photo_set;
 pub mod photos;
 pub mod readiness;

@@ -64,9 +64,11 @@ pub fn summarize(
     let mut usable = 0u32;
     let mut shares = Vec::new();
     for photo in photos {
-        let counts = domain::photos::counts_for_training(policy, photo.faces.as_ref());
+        let counts = domain::photos::counts_for_training(policy, photo.facts.faces.as_ref());
         usable += u32::from(counts);
-        let Some(check) = &photo.faces else { continue };
+        let Some(check) = &photo.facts.faces else {
+            continue;
+        };
         if let Some(face) = &check.largest {
             shares.push(face.share);
         }
@@ -79,7 +81,7 @@ pub fn summarize(
         }
         photos_with_findings.push(PhotoFindings {
             photo_id: photo.id,
-            file_name: photo.file_name.clone(),
+            file_name: photo.facts.file_name.clone(),
             findings: codes,
             counts,
         });
@@ -118,7 +120,10 @@ fn near_duplicate_groups(photos: &[PhotoRecord]) -> Vec<Vec<PhotoId>> {
     }
     for i in 0..photos.len() {
         for j in i + 1..photos.len() {
-            if media::is_near_duplicate(photos[i].perceptual_hash, photos[j].perceptual_hash) {
+            if media::is_near_duplicate(
+                photos[i].facts.perceptual_hash,
+                photos[j].facts.perceptual_hash,
+            ) {
                 let (a, b) = (root(&mut group_of, i), root(&mut group_of, j));
                 group_of[b.max(a)] = a.min(b);
             }

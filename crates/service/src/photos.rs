@@ -10,7 +10,7 @@ use std::sync::Arc;
 use domain::{Avatar, AvatarId, PhotoFormat, PhotoId, PhotoWarning, TenantId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use store::{NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
+use store::{PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -143,7 +143,7 @@ pub async fn admit(
         }
         Err(media::InspectError::Io(error)) => return Err(ServiceError::internal(error)),
     };
-    let new = NewPhoto {
+    let new = PhotoFacts {
         file_name: file_name.to_string(),
         format: format_of(inspection.format),
         width: inspection.width,
@@ -305,7 +305,7 @@ impl PhotoBatch {
             stored_before: existing.len(),
             known: existing
                 .into_iter()
-                .map(|photo| (photo.sha256, Some(photo.id)))
+                .map(|photo| (photo.facts.sha256, Some(photo.id)))
                 .collect(),
             service: service.clone(),
             tenant_id,

@@ -47,7 +47,11 @@ pub async fn build_training_archive(
     for (index, photo) in photos.iter().enumerate() {
         let path = scratch.path().join(format!("{index:04}"));
         service.blobs.get_to_file(&photo.blob_key, &path).await?;
-        sources.push((path, media_format(photo.format), photo.orientation));
+        sources.push((
+            path,
+            media_format(photo.facts.format),
+            photo.facts.orientation,
+        ));
     }
     let options = media::TrainingArchiveOptions {
         caption,

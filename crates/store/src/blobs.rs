@@ -272,3 +272,38 @@ impl BlobStore {
         }
     }
 }
+
+/// Whether the S3 client reads the environment variable `name`: [`BlobStore::from_url`] starts
+/// from `AmazonS3Builder::from_env`, which takes every `AWS_*` variable object_store knows
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`, ...).
+pub fn s3_reads_variable(name: &str) -> bool {
+    name.starts_with("AWS_")
+        && name
+            .to_ascii_lowercase()
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_s3_variables_are_those_object_store_knows() {
+        for name in [
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ALLOW_HTTP",
+        ] {
+            assert!(super::s3_reads_variable(name), "{name}");
+        }
+        for name in [
+            "AWS_ENDPOINT_URLS",
+            "AWS_NOT_A_SETTING",
+            "S3_ENDPOINT",
+            "aws_region",
+        ] {
+            assert!(!super::s3_reads_variable(name), "{name}");
+        }
+    }
+}

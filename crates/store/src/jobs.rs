@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::avatars::{avatar_page, change_avatar_status};
 use crate::error::StoreError;
 use crate::events::insert_training_event;
+use crate::gauges::Changed;
 use crate::generations::announce_if_finished;
 use crate::models::{record_model_in, NewModel};
 use crate::records::{
@@ -164,7 +165,9 @@ async fn ignore(
 
 /// Applies `event` inside `tx`: the domain's verdict, the guarded update, the event record,
 /// the avatar's side of a finished training, and the caller-visible event. With `claim`, the
-/// update also leases the job to the claimer under a new fence.
+/// update also leases the job to the claimer under a new fence. A status change is added to
+/// `changed`, for the caller to report once the transaction committed.
+#[allow(clippy::too_many_arguments)]
 async fn apply_event_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
@@ -173,6 +176,7 @@ async fn apply_event_in(
     changes: &JobChanges,
     cause: &str,
     claim: Option<Claim>,
+    changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
     let current: Option<(JobStatusColumn, Option<f64>, i64)> =
         sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
@@ -258,6 +262,11 @@ async fn apply_event_in(
         return Ok(EventOutcome::Applied(Box::new(job)));
     }
     record_event(tx, job_id, event, Some(from), Some(to), true, cause).await?;
+    changed.push(Changed {
+        kind: job.kind,
+        from,
+        to,
+    });
     if job.kind == JobKind::Training && to.is_terminal() && to != JobStatus::Succeeded {
         if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
             change_avatar_status(tx, TenantId(job.tenant_id), avatar_id, |avatar| {
@@ -403,8 +412,20 @@ impl Store {
         cause: &str,
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let outcome = apply_event_in(&mut tx, job_id, event, fence, changes, cause, None).await?;
+        let mut changed = Vec::new();
+        let outcome = apply_event_in(
+            &mut tx,
+            job_id,
+            event,
+            fence,
+            changes,
+            cause,
+            None,
+            &mut changed,
+        )
+        .await?;
         tx.commit().await?;
+        self.observer.committed(&changed);
         Ok(outcome)
     }
 
@@ -457,9 +478,19 @@ impl Store {
         };
         let mut last = EventOutcome::NotFound;
         let mut any_applied = false;
+        let mut changed = Vec::new();
         for (event, changes) in events {
-            last =
-                apply_event_in(&mut tx, job_id, *event, None, changes, "fal webhook", None).await?;
+            last = apply_event_in(
+                &mut tx,
+                job_id,
+                *event,
+                None,
+                changes,
+                "fal webhook",
+                None,
+                &mut changed,
+            )
+            .await?;
             any_applied |= matches!(last, EventOutcome::Applied(_));
         }
         if !any_applied {
@@ -469,6 +500,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.observer.committed(&changed);
         Ok(WebhookOutcome::Processed(last))
     }
 
@@ -519,6 +551,7 @@ impl Store {
             JobEvent::UploadReclaimed
         };
         let claim = Claim { owner, lease };
+        let mut changed = Vec::new();
         let outcome = apply_event_in(
             &mut tx,
             id,
@@ -527,9 +560,11 @@ impl Store {
             &JobChanges::default(),
             "worker claimed the job",
             Some(claim),
+            &mut changed,
         )
         .await?;
         tx.commit().await?;
+        self.observer.committed(&changed);
         Ok(match outcome {
             EventOutcome::Applied(job) => Some(*job),
             EventOutcome::Ignored { .. } | EventOutcome::NotFound => None,

@@ -9,6 +9,7 @@ mod avatars;
 pub mod blobs;
 mod error;
 pub mod events;
+mod gauges;
 mod generations;
 mod idempotency;
 mod jobs;
@@ -25,13 +26,14 @@ pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options};
 pub use error::StoreError;
+pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
 pub use idempotency::IdempotencyClaim;
 pub use jobs::{
     EventOutcome, JobChanges, NewTraining, WebhookDelivery, WebhookOutcome, ONE_ACTIVE_TRAINING,
 };
 pub use models::NewModel;
-pub use photos::{photo_blob_key, NewPhoto, PhotoRecord, PhotoRemoval, Reservation};
+pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
 pub use tenants::{Quota, Tenant};
@@ -72,11 +74,15 @@ impl Default for PoolSettings {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    observer: gauges::Observer,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            observer: gauges::Observer::default(),
+        }
     }
 
     /// A pool that connects on first use, so the service can start (and report itself not

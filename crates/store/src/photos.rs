@@ -15,6 +15,14 @@ use crate::Store;
 pub struct PhotoRecord {
     pub id: PhotoId,
     pub avatar_id: AvatarId,
+    pub facts: PhotoFacts,
+    pub blob_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What inspecting a photo found, stored with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoFacts {
     pub file_name: String,
     pub format: PhotoFormat,
     pub width: u32,
@@ -25,23 +33,6 @@ pub struct PhotoRecord {
     pub perceptual_hash: u64,
     pub warnings: Vec<PhotoWarning>,
     /// Faces found at upload; `None` for photos stored before faces were checked.
-    pub faces: Option<FaceCheck>,
-    pub blob_key: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// What an inspected photo is, before it is stored.
-#[derive(Debug, Clone)]
-pub struct NewPhoto {
-    pub file_name: String,
-    pub format: PhotoFormat,
-    pub width: u32,
-    pub height: u32,
-    pub orientation: u8,
-    pub bytes: u64,
-    pub sha256: String,
-    pub perceptual_hash: u64,
-    pub warnings: Vec<PhotoWarning>,
     pub faces: Option<FaceCheck>,
 }
 
@@ -97,9 +88,7 @@ impl TryFrom<PhotoRow> for PhotoRecord {
     type Error = StoreError;
 
     fn try_from(row: PhotoRow) -> Result<Self, StoreError> {
-        Ok(PhotoRecord {
-            id: PhotoId(row.id),
-            avatar_id: AvatarId(row.avatar_id),
+        let facts = PhotoFacts {
             format: parse_column("photos", "format", &row.format, PhotoFormat::parse)?,
             file_name: row.file_name,
             width: row.width as u32,
@@ -111,6 +100,11 @@ impl TryFrom<PhotoRow> for PhotoRecord {
             perceptual_hash: row.perceptual_hash as u64,
             warnings: row.warnings.0,
             faces: row.faces.map(|f| f.0),
+        };
+        Ok(PhotoRecord {
+            id: PhotoId(row.id),
+            avatar_id: AvatarId(row.avatar_id),
+            facts,
             blob_key: row.blob_key,
             created_at: row.created_at,
         })
@@ -171,7 +165,7 @@ impl Store {
         &self,
         tenant_id: TenantId,
         avatar_id: AvatarId,
-        mut new: NewPhoto,
+        mut new: PhotoFacts,
         rules: PhotoSetRules,
         is_near_duplicate: impl Fn(u64, u64) -> bool,
     ) -> Result<Reservation, StoreError> {

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::extract::AppJson;
 use crate::problem::{ApiError, Problem};
+use crate::responses::Unauthorized;
 use crate::state::AppState;
 use service::training_data;
 
@@ -37,7 +38,7 @@ pub struct InspectArchiveRequest {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The archive was read; `usable` says whether it can be trained from", body = ArchiveInspection),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 422, description = "The URL cannot be fetched (`errors[0].code` names why) or the archive is refused as a whole (`archive_rejected`, with `reason`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

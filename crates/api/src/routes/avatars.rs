@@ -1,8 +1,8 @@
 //! `/avatars`: create, list, read, rename and delete a tenant's avatars.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use domain::{AvatarId, NewAvatar, TriggerPhrase, Violations};
 use serde::Deserialize;
@@ -12,6 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId};
 use crate::problem::{ApiError, Problem};
+use crate::responses::{
+    located, AvatarNotFound, AvatarPath, InvalidFields, InvalidQuery, MalformedJson, NotJson,
+    Unauthorized,
+};
 use crate::state::AppState;
 use crate::views::avatars::{AvatarPage, AvatarResponse, Kind, Status};
 
@@ -67,12 +71,12 @@ pub struct ListAvatarsQuery {
     responses(
         (status = 201, description = "Created", body = AvatarResponse,
             headers(("location" = String, description = "URL of the new avatar"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
         (status = 409, description = "Trigger phrase already used (`trigger_phrase_taken`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each listed in `errors`", body = Problem, content_type = "application/problem+json"),
+        NotJson,
+        InvalidFields,
     )
 )]
 pub async fn create_avatar(
@@ -87,14 +91,8 @@ pub async fn create_avatar(
         body.trigger_phrase.as_deref(),
     )?;
     let avatar = service::avatars::create_avatar(&state, caller.tenant_id, new).await?;
-    let location =
-        HeaderValue::from_str(&format!("/avatars/{}", avatar.id)).map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(AvatarResponse::from(avatar)),
-    )
-        .into_response())
+    let location = format!("/avatars/{}", avatar.id);
+    located(StatusCode::CREATED, &location, AvatarResponse::from(avatar))
 }
 
 /// List avatars.
@@ -109,8 +107,8 @@ pub async fn create_avatar(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of avatars", body = AvatarPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        InvalidQuery,
     )
 )]
 pub async fn list_avatars(
@@ -134,12 +132,12 @@ pub async fn list_avatars(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "get_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar", body = AvatarResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
     )
 )]
 pub async fn get_avatar(
@@ -159,17 +157,17 @@ pub async fn get_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "update_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     request_body = UpdateAvatarRequest,
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The updated avatar", body = AvatarResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        AvatarNotFound,
         (status = 409, description = "Trigger phrase taken (`trigger_phrase_taken`) or fixed by training (`trigger_phrase_locked`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each listed in `errors`", body = Problem, content_type = "application/problem+json"),
+        NotJson,
+        InvalidFields,
     )
 )]
 pub async fn update_avatar(
@@ -201,12 +199,12 @@ pub async fn update_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "delete_avatar",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
     )
 )]
 pub async fn delete_avatar(

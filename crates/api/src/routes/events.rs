@@ -64,7 +64,7 @@ pub struct StreamedEvent {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = StreamedEvent),
-        (status = 401, description = "Missing, unknown or revoked API key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        crate::responses::Unauthorized,
         (status = 422, description = "Invalid filter, or unknown `Last-Event-ID` (`unknown_event_id`)", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`) or the tenant's open streams (`event_stream_quota_exceeded`) are at their limit", body = crate::problem::Problem, content_type = "application/problem+json"),
     )

@@ -17,9 +17,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::extract::{parse_json, AppQuery, PathId};
+use crate::extract::{AppQuery, PathId};
+use crate::idempotency::idempotent_json;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
+use crate::responses::{
+    located, AvatarNotFound, AvatarPath, FalNotConfigured, GenerationNotFound, GenerationPath,
+    InvalidQuery, NotJson, Unauthorized,
+};
 use crate::state::AppState;
 use crate::views::generations::{generation_view, GenerationPage, GenerationResponse};
 
@@ -112,7 +117,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
     tag = "generations",
     operation_id = "create_generation",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1-255 printable ASCII)"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N <= 60): answer when the generation finishes, up to N seconds"),
     ),
@@ -124,13 +129,13 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
         (status = 202, description = "Accepted; follow the generation at its Location", body = GenerationResponse,
             headers(("location" = String, description = "URL of the generation"))),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
         (status = 409, description = "The avatar has no trained model (`avatar_not_trained`), or the same Idempotency-Key in flight (`idempotency_key_in_use`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        NotJson,
         (status = 422, description = "Invalid fields (`validation_failed`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's running generations (`generation_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "fal is not configured (`fal_not_configured`)", body = Problem, content_type = "application/problem+json"),
+        FalNotConfigured,
     )
 )]
 pub async fn create_generation(
@@ -140,16 +145,15 @@ pub async fn create_generation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    crate::extract::require_json(&headers)?;
     let wait = preferred_wait(&headers);
-    crate::idempotency::idempotent(
+    let scope = format!("POST /avatars/{id}/generations");
+    idempotent_json(
         &state,
         caller.tenant_id,
         &headers,
-        &format!("POST /avatars/{id}/generations"),
+        &scope,
         &body,
-        || async {
-            let request: GenerateRequest = parse_json(&body)?;
+        |request: GenerateRequest| async {
             let input = GenerationInput::from(request);
             let started =
                 service::generations::create(&state, caller.tenant_id, AvatarId(id), &input, wait)
@@ -168,9 +172,7 @@ fn started_response(started: Started, wait: Option<Duration>) -> Result<Response
         StatusCode::ACCEPTED
     };
     let location = format!("/generations/{}", started.generation.record.id);
-    let location = HeaderValue::from_str(&location).map_err(ApiError::internal)?;
-    let body = generation_view(started.generation);
-    let mut response = (status, [(header::LOCATION, location)], Json(body)).into_response();
+    let mut response = located(status, &location, generation_view(started.generation))?;
     if let Some(wait) = wait {
         // RFC 7240: say which preference was honoured (and with what cap).
         if let Ok(value) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
@@ -186,12 +188,12 @@ fn started_response(started: Started, wait: Option<Duration>) -> Result<Response
     path = "/generations/{id}",
     tag = "generations",
     operation_id = "get_generation",
-    params(("id" = Uuid, Path, description = "Generation id")),
+    params(GenerationPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The generation and its items", body = GenerationResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such generation (`generation_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        GenerationNotFound,
     )
 )]
 pub async fn get_generation(
@@ -212,12 +214,12 @@ pub async fn get_generation(
     path = "/generations/{id}/cancel",
     tag = "generations",
     operation_id = "cancel_generation",
-    params(("id" = Uuid, Path, description = "Generation id")),
+    params(GenerationPath),
     security(("api_key" = [])),
     responses(
         (status = 202, description = "Cancelled, or being cancelled on fal; the generation as it is now", body = GenerationResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such generation (`generation_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        GenerationNotFound,
         (status = 409, description = "Every item already ended (`generation_finished`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "fal could not be reached to cancel (`fal_unavailable`); retry", body = Problem, content_type = "application/problem+json"),
     )
@@ -237,13 +239,13 @@ pub async fn cancel_generation(
     path = "/avatars/{id}/generations",
     tag = "generations",
     operation_id = "list_generations",
-    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
+    params(AvatarPath, PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = GenerationPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
+        InvalidQuery,
     )
 )]
 pub async fn list_generations(
@@ -273,7 +275,7 @@ pub async fn list_generations(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The image", content_type = "image/*", body = Vec<u8>),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 404, description = "No such generation or image (`generation_not_found`, `image_not_found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

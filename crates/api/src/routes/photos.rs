@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::{parse_json, PathId};
+use crate::paced_body::PacedBody;
 use crate::problem::{ApiError, Problem};
+use crate::responses::{AvatarNotFound, AvatarPath, AvatarTraining, Unauthorized};
 
 use crate::state::AppState;
 use crate::views::photos::{PhotoBatchReport, PhotoList, PhotoSetReport};
@@ -45,7 +47,7 @@ pub struct PhotoUrls {
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "add_photos",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     request_body(
         description = "Photo files as multipart/form-data, or `{\"urls\": [...]}` as JSON",
         content(
@@ -57,9 +59,9 @@ pub struct PhotoUrls {
     responses(
         (status = 201, description = "At least one photo accepted; the report lists every file", body = PhotoBatchReport),
         (status = 400, description = "Malformed multipart or JSON body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The avatar is training (`avatar_training`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
+        AvatarTraining,
         (status = 413, description = "The whole request is larger than a full set of photos (`payload_too_large`), or carries more parts than `PHOTO_MAX_PARTS` (`too_many_parts`, with `limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither multipart/form-data nor JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No file part (`no_files`), or every file rejected (`photos_rejected`, with `rejected`)", body = Problem, content_type = "application/problem+json"),
@@ -114,7 +116,7 @@ async fn upload_parts(
     // Requests larger than a whole set are refused outright.
     let whole_stream = multer::SizeLimit::new().whole_stream(batch.max_upload_bytes());
     let constraints = multer::Constraints::new().size_limit(whole_stream);
-    let body = request.into_body().into_data_stream();
+    let body = PacedBody::new(request.into_body().into_data_stream());
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.file_name().or(field.name()).map(str::to_string);
@@ -172,12 +174,12 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "list_photos",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photos, oldest first", body = PhotoList),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
     )
 )]
 pub async fn list_photos(
@@ -202,12 +204,12 @@ pub async fn list_photos(
     path = "/avatars/{id}/photo-set",
     tag = "photos",
     operation_id = "get_photo_set",
-    params(("id" = Uuid, Path, description = "Avatar id")),
+    params(AvatarPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photo set summary", body = PhotoSetReport),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
     )
 )]
 pub async fn get_photo_set(
@@ -228,15 +230,15 @@ pub async fn get_photo_set(
     tag = "photos",
     operation_id = "delete_photo",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("photo_id" = Uuid, Path, description = "Photo id"),
     ),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 404, description = "No such avatar or photo (`avatar_not_found`, `photo_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The avatar is training (`avatar_training`)", body = Problem, content_type = "application/problem+json"),
+        AvatarTraining,
     )
 )]
 pub async fn delete_photo(

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::training::TrainingInput;
@@ -12,9 +12,14 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::extract::{parse_json, AppQuery, PathId};
+use crate::extract::{AppQuery, PathId};
+use crate::idempotency::idempotent_json;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
+use crate::responses::{
+    located, AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
+    TrainingNotFound, TrainingPath, Unauthorized,
+};
 use crate::state::AppState;
 use crate::views::trainings::{
     generation_preset_view, training_preset_view, training_view, PresetsResponse, TrainingPage,
@@ -65,7 +70,7 @@ impl From<TrainRequest> for TrainingInput {
     tag = "trainings",
     operation_id = "train_avatar",
     params(
-        ("id" = Uuid, Path, description = "Avatar id"),
+        AvatarPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1-255 printable ASCII)"),
     ),
     request_body = TrainRequest,
@@ -73,14 +78,14 @@ impl From<TrainRequest> for TrainingInput {
     responses(
         (status = 202, description = "Accepted; follow the training at its Location", body = TrainingResponse,
             headers(("location" = String, description = "URL of the training"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        AvatarNotFound,
         (status = 409, description = "Photo set not trainable (`photo_set_not_trainable`, with counts), a training already running (`training_in_progress`), or the same Idempotency-Key in flight (`idempotency_key_in_use`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        NotJson,
         (status = 422, description = "Invalid fields (`validation_failed`), an unusable archive (`archive_unusable`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's running trainings (`training_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "fal is not configured (`fal_not_configured`)", body = Problem, content_type = "application/problem+json"),
+        FalNotConfigured,
     )
 )]
 pub async fn train_avatar(
@@ -90,22 +95,19 @@ pub async fn train_avatar(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    crate::extract::require_json(&headers)?;
-    crate::idempotency::idempotent(
+    let scope = format!("POST /avatars/{id}/train");
+    idempotent_json(
         &state,
         caller.tenant_id,
         &headers,
-        &format!("POST /avatars/{id}/train"),
+        &scope,
         &body,
-        || async {
-            let request: TrainRequest = parse_json(&body)?;
+        |request: TrainRequest| async {
             let input = TrainingInput::from(request);
             let training =
                 service::trainings::create(&state, caller.tenant_id, AvatarId(id), &input).await?;
-            let location = HeaderValue::from_str(&format!("/trainings/{}", training.job.id))
-                .map_err(ApiError::internal)?;
-            let body = Json(training_view(training));
-            Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response())
+            let location = format!("/trainings/{}", training.job.id);
+            located(StatusCode::ACCEPTED, &location, training_view(training))
         },
     )
     .await
@@ -117,12 +119,12 @@ pub async fn train_avatar(
     path = "/trainings/{id}",
     tag = "trainings",
     operation_id = "get_training",
-    params(("id" = Uuid, Path, description = "Training id")),
+    params(TrainingPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The training", body = TrainingResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such training (`training_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        TrainingNotFound,
     )
 )]
 pub async fn get_training(
@@ -140,13 +142,13 @@ pub async fn get_training(
     path = "/avatars/{id}/trainings",
     tag = "trainings",
     operation_id = "list_trainings",
-    params(("id" = Uuid, Path, description = "Avatar id"), PageQuery),
+    params(AvatarPath, PageQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = TrainingPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such avatar (`avatar_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        AvatarNotFound,
+        InvalidQuery,
     )
 )]
 pub async fn list_trainings(
@@ -170,12 +172,12 @@ pub async fn list_trainings(
     path = "/trainings/{id}/cancel",
     tag = "trainings",
     operation_id = "cancel_training",
-    params(("id" = Uuid, Path, description = "Training id")),
+    params(TrainingPath),
     security(("api_key" = [])),
     responses(
         (status = 202, description = "The training after the cancel request", body = TrainingResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such training (`training_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        TrainingNotFound,
         (status = 409, description = "The training already finished (`training_finished`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "fal could not be reached (`fal_unavailable`)", body = Problem, content_type = "application/problem+json"),
     )
@@ -201,7 +203,7 @@ pub async fn cancel_training(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The presets", body = PresetsResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
     )
 )]
 pub async fn list_presets(State(state): State<AppState>, _caller: Caller) -> Json<PresetsResponse> {

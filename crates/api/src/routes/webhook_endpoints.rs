@@ -2,7 +2,7 @@
 //! Webhooks, and the log of every delivery.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -12,6 +12,10 @@ use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId, PathIds};
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
+use crate::responses::{
+    located, DeliveryNotFound, EndpointNotFound, EndpointPath, InvalidQuery, MalformedJson,
+    Unauthorized,
+};
 use crate::state::AppState;
 use crate::views::webhook_endpoints::{
     CreatedEndpointResponse, DeliveryPage, DeliveryResponse, DeliveryStatus, EndpointPage,
@@ -92,8 +96,8 @@ pub struct ListDeliveriesQuery {
     responses(
         (status = 201, description = "Registered; the secret is shown only now", body = CreatedEndpointResponse,
             headers(("location" = String, description = "URL of the new endpoint"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
         (status = 422, description = "Invalid fields (`forbidden_address`, `scheme_not_allowed`, `unknown_event_type`, ...)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's endpoints (`webhook_endpoint_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
     )
@@ -110,17 +114,12 @@ pub async fn create_webhook_endpoint(
     };
     let (endpoint, secret) =
         webhook_endpoints::create_endpoint(&state, caller.tenant_id, spec).await?;
-    let location = HeaderValue::from_str(&format!("/webhook-endpoints/{}", endpoint.id))
-        .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(CreatedEndpointResponse {
-            endpoint: endpoint.into(),
-            secret,
-        }),
-    )
-        .into_response())
+    let location = format!("/webhook-endpoints/{}", endpoint.id);
+    let body = CreatedEndpointResponse {
+        endpoint: endpoint.into(),
+        secret,
+    };
+    located(StatusCode::CREATED, &location, body)
 }
 
 /// List webhook endpoints.
@@ -135,8 +134,8 @@ pub async fn create_webhook_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of endpoints", body = EndpointPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        InvalidQuery,
     )
 )]
 pub async fn list_webhook_endpoints(
@@ -156,12 +155,12 @@ pub async fn list_webhook_endpoints(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "get_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint", body = EndpointResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
     )
 )]
 pub async fn get_webhook_endpoint(
@@ -182,14 +181,14 @@ pub async fn get_webhook_endpoint(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "update_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     request_body = UpdateEndpointRequest,
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        EndpointNotFound,
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -216,12 +215,12 @@ pub async fn update_webhook_endpoint(
     path = "/webhook-endpoints/{id}",
     tag = "webhook endpoints",
     operation_id = "delete_webhook_endpoint",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
     )
 )]
 pub async fn delete_webhook_endpoint(
@@ -242,14 +241,14 @@ pub async fn delete_webhook_endpoint(
     path = "/webhook-endpoints/{id}/rotate-secret",
     tag = "webhook endpoints",
     operation_id = "rotate_webhook_secret",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(EndpointPath),
     request_body(content = Option<RotateSecretRequest>, description = "Optional; an empty body keeps the default overlap"),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Rotated", body = RotatedSecretResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
+        MalformedJson,
+        Unauthorized,
+        EndpointNotFound,
         (status = 422, description = "Invalid `overlap_seconds`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -283,13 +282,13 @@ pub async fn rotate_webhook_secret(
     path = "/webhook-endpoints/{id}/deliveries",
     tag = "webhook endpoints",
     operation_id = "list_webhook_deliveries",
-    params(("id" = Uuid, Path, description = "Endpoint id"), ListDeliveriesQuery),
+    params(EndpointPath, ListDeliveriesQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of deliveries", body = DeliveryPage),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint (`webhook_endpoint_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid query parameter", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        EndpointNotFound,
+        InvalidQuery,
     )
 )]
 pub async fn list_webhook_deliveries(
@@ -317,14 +316,14 @@ pub async fn list_webhook_deliveries(
     tag = "webhook endpoints",
     operation_id = "get_webhook_delivery",
     params(
-        ("id" = Uuid, Path, description = "Endpoint id"),
+        EndpointPath,
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
     ),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The delivery", body = DeliveryResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        DeliveryNotFound,
     )
 )]
 pub async fn get_webhook_delivery(
@@ -347,14 +346,14 @@ pub async fn get_webhook_delivery(
     tag = "webhook endpoints",
     operation_id = "replay_webhook_delivery",
     params(
-        ("id" = Uuid, Path, description = "Endpoint id"),
+        EndpointPath,
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
     ),
     security(("api_key" = [])),
     responses(
         (status = 202, description = "Queued to be sent now", body = DeliveryResponse),
-        (status = 401, description = "Missing, unknown or revoked API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        DeliveryNotFound,
         (status = 409, description = "The endpoint is disabled (`webhook_endpoint_disabled`); enable it first", body = Problem, content_type = "application/problem+json"),
     )
 )]

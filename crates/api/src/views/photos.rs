@@ -103,9 +103,10 @@ pub struct PhotoResponse {
 }
 
 impl From<PhotoRecord> for PhotoResponse {
-    fn from(p: PhotoRecord) -> Self {
+    fn from(record: PhotoRecord) -> Self {
+        let p = record.facts;
         Self {
-            id: p.id.0,
+            id: record.id.0,
             file_name: p.file_name,
             format: p.format.as_str().to_string(),
             width: p.width,
@@ -115,7 +116,7 @@ impl From<PhotoRecord> for PhotoResponse {
             sha256: p.sha256,
             warnings: p.warnings.into_iter().map(Into::into).collect(),
             faces: p.faces.map(Into::into),
-            created_at: p.created_at,
+            created_at: record.created_at,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::context::Service;
 use crate::events::signing;
+use crate::metrics::WebhookAttempt;
 
 /// Delays after failed attempts 1..=7 (Standard Webhooks' and Svix's schedule); the 8th
 /// failure is final.
@@ -200,6 +201,14 @@ async fn attempt(
         ),
     };
     let succeeded = result.succeeded;
+    service
+        .metrics
+        .webhook_attempt(match (result.status_code, &next) {
+            (_, NextStep::Delivered) => WebhookAttempt::Delivered,
+            (Some(410), _) => WebhookAttempt::Gone,
+            (Some(_), _) => WebhookAttempt::Rejected,
+            (None, _) => WebhookAttempt::Unreachable,
+        });
     service
         .store
         .finish_attempt(

@@ -33,7 +33,14 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
         let Some(request) = jobs::request_ref(service, &job) else {
             return;
         };
-        match fal.client.result(&request).await {
+        match service
+            .metrics
+            .fal_call(
+                crate::metrics::FalOperation::Result,
+                fal.client.result(&request),
+            )
+            .await
+        {
             Ok(result) => {
                 if let Err(error) = service
                     .store
@@ -131,7 +138,13 @@ pub(super) async fn copy_to_blob(
     key: &str,
 ) -> anyhow::Result<(String, u64)> {
     let url = url::Url::parse(url)?;
-    let mut stream = fal.client.download(&url).await?;
+    let mut stream = service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Download,
+            fal.client.download(&url),
+        )
+        .await?;
     let scratch = tempfile::Builder::new()
         .prefix("avatars-artifact-")
         .tempfile_in(&service.settings.scratch_dir)?;

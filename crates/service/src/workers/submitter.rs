@@ -85,9 +85,13 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
     let lifecycle = fal::ObjectLifecycle::expires_after(
         service.settings.jobs.timeout + Duration::from_secs(3600),
     );
-    let uploaded = match fal
-        .client
-        .upload_file(&archive, "application/zip", Some(&lifecycle))
+    let uploaded = match service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Upload,
+            fal.client
+                .upload_file(&archive, "application/zip", Some(&lifecycle)),
+        )
         .await
     {
         Ok(uploaded) => uploaded,
@@ -173,9 +177,16 @@ pub(super) async fn send(
     let next_check = Utc::now()
         + chrono::Duration::from_std(service.settings.jobs.status_check_interval)
             .unwrap_or_default();
-    match fal.client.submit(&job.endpoint, input, &options).await {
+    match service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Submit,
+            fal.client.submit(&job.endpoint, input, &options),
+        )
+        .await
+    {
         Ok(submitted) => {
-            fal.health.set_key_rejected(false);
+            fal.health.record_refusal(None);
             record(
                 service,
                 &job,
@@ -398,9 +409,13 @@ pub(super) async fn upload_lora(
         .prefix("avatars-lora-")
         .tempfile_in(&service.settings.scratch_dir)?;
     service.blobs.get_to_file(key, scratch.path()).await?;
-    let uploaded = fal
-        .client
-        .upload_file(scratch.path(), "application/octet-stream", None)
+    let uploaded = service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Upload,
+            fal.client
+                .upload_file(scratch.path(), "application/octet-stream", None),
+        )
         .await?;
     Ok(uploaded.file_url.to_string())
 }
@@ -415,8 +430,7 @@ async fn refused(
     cause: &str,
 ) {
     let failure = crate::fal_errors::submit_refusal(job.kind(), &job.endpoint, error);
-    fal.health
-        .set_key_rejected(matches!(error, fal::FalError::Unauthorized { .. }));
+    fal.health.record_refusal(Some(error));
     record(
         service,
         job,

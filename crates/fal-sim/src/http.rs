@@ -1,0 +1,70 @@
+//! What every route shares: JSON answers, connection control, and who is calling.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::{
+    Account, KeyKind, BILLING_LOCK_DETAIL, MALFORMED_KEY_DETAIL, UNKNOWN_KEY_DETAIL,
+};
+use crate::state::Sim;
+
+/// Lets a handler close the connection it arrived on.
+#[derive(Clone)]
+pub(crate) struct ConnectionControl(pub CancellationToken);
+
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Why a call was not authenticated.
+pub(crate) enum AuthError {
+    Unauthorized(&'static str),
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            AuthError::Unauthorized(detail) => json_response(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"detail": detail}),
+            ),
+        }
+    }
+}
+
+/// Resolves `Authorization: Key <id>:<secret>` to an account.
+pub(crate) fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Account, AuthError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Unauthorized(MALFORMED_KEY_DETAIL))?;
+    let key = value
+        .strip_prefix("Key ")
+        .ok_or(AuthError::Unauthorized(MALFORMED_KEY_DETAIL))?
+        .trim();
+    if !key.contains(':') {
+        return Err(AuthError::Unauthorized(MALFORMED_KEY_DETAIL));
+    }
+    sim.lock()
+        .accounts
+        .get(key)
+        .cloned()
+        .ok_or(AuthError::Unauthorized(UNKNOWN_KEY_DETAIL))
+}
+
+/// 403 for billing-locked accounts on calls that would cost money (submit, upload). fal fails
+/// these "before enqueue"; whether reads also fail is [UNVERIFIED], so reads are allowed.
+pub(crate) fn refuse_if_locked(account: &Account) -> Option<Response> {
+    (account.kind == KeyKind::BillingLocked).then(|| {
+        json_response(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"detail": BILLING_LOCK_DETAIL}),
+        )
+    })
+}

@@ -1,0 +1,607 @@
+//! The process's Prometheus registry: what the application records (job transitions, fal
+//! callbacks and calls, webhook attempts), what it reads from the database when scraped (jobs
+//! by state, backlogs, lags, overdue jobs) and the database pool. The transport adds its own
+//! families with [`Metrics::register`] and serves [`Service::render_metrics`].
+//!
+//! Every label takes its values from a fixed set, so no caller can grow the series.
+//! The database-derived gauges describe the whole database: every replica reports the same
+//! values (alert on their `max`).
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use domain::{JobKind, JobStatus};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::context::Service;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The statuses of jobs not finished yet: what `avatars_jobs` counts.
+const LIVE: [JobStatus; 5] = [
+    JobStatus::Pending,
+    JobStatus::Uploading,
+    JobStatus::Submitted,
+    JobStatus::InProgress,
+    JobStatus::SubmitUnknown,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    kind: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FalCallLabels {
+    operation: &'static str,
+    /// `ok`, or the class of the error (see [`fal_error_class`]).
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
+}
+
+/// What became of a fal callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackResult {
+    /// It changed its job.
+    Applied,
+    /// The same delivery was recorded before.
+    Duplicate,
+    /// Late, repeated or out of order for its job: nothing changed.
+    Ignored,
+    /// No job matches its request.
+    UnknownRequest,
+    /// Its signature is missing, malformed or made by no key of fal's.
+    BadSignature,
+    /// Its signature's timestamp is outside the tolerance (a replay, or a skewed clock).
+    Stale,
+    /// Signed, but not a fal callback.
+    Malformed,
+    /// fal's keys could not be fetched to check it (it is refused so that fal retries).
+    KeysUnavailable,
+    /// Verified, but recording it failed (it is refused so that fal retries).
+    Error,
+}
+
+impl CallbackResult {
+    pub const ALL: [CallbackResult; 9] = [
+        Self::Applied,
+        Self::Duplicate,
+        Self::Ignored,
+        Self::UnknownRequest,
+        Self::BadSignature,
+        Self::Stale,
+        Self::Malformed,
+        Self::KeysUnavailable,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+            Self::UnknownRequest => "unknown_request",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+            Self::Malformed => "malformed",
+            Self::KeysUnavailable => "keys_unavailable",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A call this service makes to fal, as timed and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FalOperation {
+    Submit,
+    Status,
+    Result,
+    Cancel,
+    /// A file sent to fal's storage (a training archive, a LoRA).
+    Upload,
+    /// A file fetched from fal's CDN (a LoRA, an image); timed until its body starts.
+    Download,
+}
+
+impl FalOperation {
+    pub const ALL: [FalOperation; 6] = [
+        Self::Submit,
+        Self::Status,
+        Self::Result,
+        Self::Cancel,
+        Self::Upload,
+        Self::Download,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submit => "submit",
+            Self::Status => "status",
+            Self::Result => "result",
+            Self::Cancel => "cancel",
+            Self::Upload => "upload",
+            Self::Download => "download",
+        }
+    }
+}
+
+/// The class of a fal error, as a label value.
+pub fn fal_error_class(error: &fal::FalError) -> &'static str {
+    use fal::FalError as E;
+    match error {
+        E::Unauthorized { .. } => "unauthorized",
+        E::BillingLocked { .. } => "billing_locked",
+        E::Forbidden { .. } => "forbidden",
+        E::NotFound { .. } => "not_found",
+        E::Validation { .. } => "validation",
+        E::RateLimited { .. } => "rate_limited",
+        E::UserTimeout { .. } => "timeout",
+        E::Server { .. } => "server",
+        E::Http { .. } => "http",
+        E::Transport { .. } => "transport",
+        E::Decode { .. } => "decode",
+        _ => "other",
+    }
+}
+
+/// Errors of calls to fal, classified for [`Metrics::fal_call`].
+pub trait FalCallError {
+    fn class(&self) -> &'static str;
+}
+
+impl FalCallError for fal::FalError {
+    fn class(&self) -> &'static str {
+        fal_error_class(self)
+    }
+}
+
+impl FalCallError for fal::SubmitError {
+    fn class(&self) -> &'static str {
+        match self {
+            fal::SubmitError::NotAccepted(error) => fal_error_class(error),
+            // fal may have the request: whatever the cause, the outcome is what matters.
+            fal::SubmitError::OutcomeUnknown { .. } => "outcome_unknown",
+        }
+    }
+}
+
+/// What a webhook delivery attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAttempt {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The receiver answered something else (it is retried on the schedule).
+    Rejected,
+    /// The receiver answered 410 Gone: the endpoint is disabled.
+    Gone,
+    /// No answer: refused address, connection, timeout.
+    Unreachable,
+}
+
+impl WebhookAttempt {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+            Self::Gone => "gone",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The registry and every family the application records into.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    jobs: Family<JobLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+    overdue: Family<KindLabels, Gauge>,
+    callbacks: Family<OutcomeLabels, Counter>,
+    fal_calls: Family<FalCallLabels, Counter>,
+    fal_call_seconds: Family<OperationLabels, Histogram>,
+    fal_billing_locked: Gauge,
+    fal_unauthorized: Gauge,
+    relay_attempts: Family<OutcomeLabels, Counter>,
+    deliveries_due: Gauge,
+    delivery_lag: FloatGauge,
+    sequencer_lag: FloatGauge,
+    custody_backlog: Gauge,
+    result_fetch_backlog: Gauge,
+    custody_oldest: FloatGauge,
+    pool_connections: Family<PoolLabels, Gauge>,
+    pool_max: Gauge,
+    pool_acquire_seconds: FloatGauge,
+    collect_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            jobs: Family::default(),
+            transitions: Family::default(),
+            overdue: Family::default(),
+            callbacks: Family::default(),
+            fal_calls: Family::default(),
+            fal_call_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
+            }),
+            fal_billing_locked: Gauge::default(),
+            fal_unauthorized: Gauge::default(),
+            relay_attempts: Family::default(),
+            deliveries_due: Gauge::default(),
+            delivery_lag: FloatGauge::default(),
+            sequencer_lag: FloatGauge::default(),
+            custody_backlog: Gauge::default(),
+            result_fetch_backlog: Gauge::default(),
+            custody_oldest: FloatGauge::default(),
+            pool_connections: Family::default(),
+            pool_max: Gauge::default(),
+            pool_acquire_seconds: FloatGauge::default(),
+            collect_errors: Counter::default(),
+        };
+        // Every series of a fixed set exists from the start, at zero, so rates and alerts
+        // see a value before the first event: live job states, every transition the domain allows,
+        // successful fal calls, callback and attempt outcomes.
+        for kind in JobKind::ALL {
+            for status in LIVE {
+                let _ = metrics.jobs.get_or_create(&JobLabels {
+                    kind: kind.as_str(),
+                    status: status.as_str(),
+                });
+            }
+            let _ = metrics.overdue.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
+        }
+        for kind in JobKind::ALL {
+            for from in JobStatus::ALL {
+                for event in domain::JobEvent::ALL {
+                    match domain::transition(from, event) {
+                        domain::Transition::Apply { to } if to != from => {
+                            let _ = metrics.transitions.get_or_create(&TransitionLabels {
+                                kind: kind.as_str(),
+                                from: from.as_str(),
+                                to: to.as_str(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for operation in FalOperation::ALL {
+            let labels = OperationLabels {
+                operation: operation.as_str(),
+            };
+            let _ = metrics.fal_call_seconds.get_or_create(&labels);
+            let _ = metrics.fal_calls.get_or_create(&FalCallLabels {
+                operation: operation.as_str(),
+                result: "ok",
+            });
+        }
+        for outcome in CallbackResult::ALL {
+            let _ = metrics.callbacks.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        for outcome in [
+            WebhookAttempt::Delivered,
+            WebhookAttempt::Rejected,
+            WebhookAttempt::Gone,
+            WebhookAttempt::Unreachable,
+        ] {
+            let _ = metrics.relay_attempts.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        for state in ["in_use", "idle"] {
+            let _ = metrics
+                .pool_connections
+                .get_or_create(&PoolLabels { state });
+        }
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        self.register(
+            "avatars_jobs",
+            "Jobs (trainings and generation items) not finished yet, by kind and status",
+            self.jobs.clone(),
+        );
+        self.register(
+            "avatars_job_transitions",
+            "Job status changes made by this process, by kind and the statuses left and entered",
+            self.transitions.clone(),
+        );
+        self.register(
+            "avatars_jobs_overdue",
+            "Jobs still at fal past their deadline: no callback came and reconciliation has not settled them",
+            self.overdue.clone(),
+        );
+        self.register(
+            "avatars_fal_callbacks",
+            "fal callbacks received by this process, by outcome",
+            self.callbacks.clone(),
+        );
+        self.register(
+            "avatars_fal_calls",
+            "Calls to fal by operation and result (ok or the error class), retries included",
+            self.fal_calls.clone(),
+        );
+        self.register(
+            "avatars_fal_call_duration_seconds",
+            "Time of calls to fal by operation, retries included",
+            self.fal_call_seconds.clone(),
+        );
+        self.register(
+            "avatars_fal_billing_locked",
+            "1 while fal reports our account locked (billing): every submit is refused",
+            self.fal_billing_locked.clone(),
+        );
+        self.register(
+            "avatars_fal_unauthorized",
+            "1 while fal rejects our API key",
+            self.fal_unauthorized.clone(),
+        );
+        self.register(
+            "avatars_webhook_attempts",
+            "Outbound webhook delivery attempts made by this process, by outcome",
+            self.relay_attempts.clone(),
+        );
+        self.register(
+            "avatars_webhook_deliveries_due",
+            "Webhook deliveries due now to enabled endpoints",
+            self.deliveries_due.clone(),
+        );
+        self.register(
+            "avatars_webhook_delivery_lag_seconds",
+            "How long the oldest due webhook delivery has been due (0 when none is)",
+            self.delivery_lag.clone(),
+        );
+        self.register(
+            "avatars_sequencer_lag_seconds",
+            "Age of the oldest event not yet sequenced (0 when none waits)",
+            self.sequencer_lag.clone(),
+        );
+        self.register(
+            "avatars_custody_backlog",
+            "Finished jobs whose artifacts are still to be copied into our storage",
+            self.custody_backlog.clone(),
+        );
+        self.register(
+            "avatars_result_fetch_backlog",
+            "Succeeded jobs whose result is still to be fetched from fal",
+            self.result_fetch_backlog.clone(),
+        );
+        self.register(
+            "avatars_custody_oldest_seconds",
+            "How long the oldest job of the custody and result-fetch backlogs has waited",
+            self.custody_oldest.clone(),
+        );
+        self.register(
+            "avatars_db_pool_connections",
+            "Database pool connections of this process, in use or idle",
+            self.pool_connections.clone(),
+        );
+        self.register(
+            "avatars_db_pool_max_connections",
+            "Most connections the database pool of this process opens",
+            self.pool_max.clone(),
+        );
+        self.register(
+            "avatars_db_pool_acquire_seconds",
+            "Time the last scrape waited for a pool connection (requests wait as long when the pool is exhausted)",
+            self.pool_acquire_seconds.clone(),
+        );
+        self.register(
+            "avatars_metrics_collect_errors",
+            "Scrapes whose database-derived gauges could not be read (they keep their last values)",
+            self.collect_errors.clone(),
+        );
+    }
+
+    /// Adds a family of the caller's (the transport's) to the registry.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .register(name, help, metric);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn fal_callback(&self, outcome: CallbackResult) {
+        self.callbacks
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_attempt(&self, outcome: WebhookAttempt) {
+        self.relay_attempts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Times and counts one call to fal.
+    pub async fn fal_call<T, E: FalCallError>(
+        &self,
+        operation: FalOperation,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        self.fal_call_seconds
+            .get_or_create(&OperationLabels {
+                operation: operation.as_str(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        self.fal_calls
+            .get_or_create(&FalCallLabels {
+                operation: operation.as_str(),
+                result: match &result {
+                    Ok(_) => "ok",
+                    Err(error) => error.class(),
+                },
+            })
+            .inc();
+        result
+    }
+
+    fn set_snapshot(&self, snapshot: &store::WorkSnapshot) {
+        for kind in JobKind::ALL {
+            for status in LIVE {
+                let count = snapshot
+                    .live_jobs
+                    .iter()
+                    .find(|(k, s, _)| k == kind.as_str() && s == status.as_str())
+                    .map_or(0, |(_, _, n)| *n);
+                self.jobs
+                    .get_or_create(&JobLabels {
+                        kind: kind.as_str(),
+                        status: status.as_str(),
+                    })
+                    .set(count);
+            }
+            let overdue = snapshot
+                .overdue
+                .iter()
+                .find(|(k, _)| k == kind.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.overdue
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(overdue);
+        }
+        self.custody_backlog.set(snapshot.custody_backlog);
+        self.result_fetch_backlog.set(snapshot.result_fetch_backlog);
+        self.custody_oldest.set(snapshot.custody_oldest_seconds);
+        self.sequencer_lag.set(snapshot.sequencer_lag_seconds);
+        self.deliveries_due.set(snapshot.deliveries_due);
+        self.delivery_lag.set(snapshot.delivery_lag_seconds);
+    }
+}
+
+impl store::TransitionObserver for Metrics {
+    fn transitioned(&self, kind: JobKind, from: JobStatus, to: JobStatus) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                kind: kind.as_str(),
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+    }
+}
+
+impl Service {
+    /// Reads the database-derived gauges and the pool, then renders every family. The reads
+    /// are bounded by the pool's acquire timeout and the statement timeout; when they fail the
+    /// gauges keep their last values and `avatars_metrics_collect_errors_total` grows.
+    pub async fn render_metrics(&self) -> String {
+        let metrics = &self.metrics;
+        let pool = self.store.pool();
+        let size = i64::from(pool.size());
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        metrics
+            .pool_connections
+            .get_or_create(&PoolLabels { state: "in_use" })
+            .set((size - idle).max(0));
+        metrics
+            .pool_connections
+            .get_or_create(&PoolLabels { state: "idle" })
+            .set(idle);
+        metrics
+            .pool_max
+            .set(i64::from(pool.options().get_max_connections()));
+        if let Some(fal) = &self.fal {
+            metrics
+                .fal_unauthorized
+                .set(i64::from(fal.health.key_rejected()));
+            metrics
+                .fal_billing_locked
+                .set(i64::from(fal.health.billing_locked()));
+        }
+        let started = Instant::now();
+        match self.store.work_snapshot().await {
+            Ok(snapshot) => {
+                metrics
+                    .pool_acquire_seconds
+                    .set(snapshot.acquired_in.as_secs_f64());
+                metrics.set_snapshot(&snapshot);
+            }
+            Err(error) => {
+                // Most often the pool had no connection to give within its acquire timeout.
+                metrics
+                    .pool_acquire_seconds
+                    .set(started.elapsed().as_secs_f64());
+                tracing::warn!(%error, "reading the gauges of /metrics");
+                metrics.collect_errors.inc();
+            }
+        }
+        metrics.render()
+    }
+}
