@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod images;
 pub mod receiver;
+pub mod s3;
 pub mod scrape;
 pub mod standard_webhooks;
 
@@ -51,6 +52,8 @@ pub struct FalOptions {
     pub training_timeout: Duration,
     /// The fal key the service uses; the simulator's default key when `None`.
     pub key: Option<String>,
+    /// The blob store; a fresh local directory when `None`.
+    pub blobs: Option<store::BlobStore>,
 }
 
 impl Default for FalOptions {
@@ -60,6 +63,7 @@ impl Default for FalOptions {
             status_check_interval: Duration::from_secs(3600),
             training_timeout: Duration::from_secs(1800),
             key: None,
+            blobs: None,
         }
     }
 }
@@ -81,7 +85,12 @@ impl TestApp {
 
     /// An app whose settings `configure` adjusts from the defaults.
     pub async fn spawn_with(store: store::Store, configure: impl FnOnce(&mut Settings)) -> Self {
-        Self::start(store, configure, None).await
+        Self::start(store, configure, None, None).await
+    }
+
+    /// An app without fal whose blobs live in `blobs` (an S3 bucket, say).
+    pub async fn spawn_on_blobs(pool: sqlx::PgPool, blobs: store::BlobStore) -> Self {
+        Self::start(store::Store::new(pool), |_| {}, None, Some(blobs)).await
     }
 
     /// An app connected to a fresh fal simulator, with its workers running.
@@ -109,6 +118,7 @@ impl TestApp {
                 configure(settings);
             },
             Some((Arc::new(sim), key)),
+            options.blobs,
         )
         .await
     }
@@ -149,10 +159,12 @@ impl TestApp {
         store: store::Store,
         configure: impl FnOnce(&mut Settings),
         fal: Option<(Arc<fal_sim::FalSim>, String)>,
+        blobs: Option<store::BlobStore>,
     ) -> Self {
         let blobs_dir = tempfile::tempdir().expect("blob dir");
         let scratch_dir = tempfile::tempdir().expect("scratch dir");
-        let blobs = store::BlobStore::local(blobs_dir.path()).expect("blob store");
+        let blobs =
+            blobs.unwrap_or_else(|| store::BlobStore::local(blobs_dir.path()).expect("blob store"));
         let mut settings = Settings {
             scratch_dir: scratch_dir.path().to_path_buf(),
             ..Settings::default()

@@ -15,7 +15,9 @@ use pgcluster::{Cluster, ClusterOptions};
 mod bench_hostile;
 mod bench_photos;
 mod bench_webhooks;
+mod cluster;
 mod face_photos;
+mod moto;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -44,6 +46,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("cluster") => {
+            let small = match args.next().as_deref() {
+                None => false,
+                Some("--small") => true,
+                Some(other) => {
+                    eprintln!("xtask cluster: unknown argument {other:?} (only --small)");
+                    return ExitCode::from(2);
+                }
+            };
+            match cluster::run(&workspace_root(), small) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("xtask: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("bench-webhooks") => match bench_webhooks::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -53,6 +72,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
+            eprintln!("       cargo xtask cluster [--small]");
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
@@ -71,10 +91,38 @@ fn workspace_root() -> PathBuf {
 
 fn run_tests(extra: Vec<String>) -> ExitCode {
     let root = workspace_root();
-    if let Err(message) = ensure_browser().and_then(|()| ensure_prometheus()) {
+    if let Err(message) = ensure_browser()
+        .and_then(|()| ensure_prometheus())
+        .and_then(|()| moto::ensure())
+    {
         eprintln!("xtask: {message}");
         return ExitCode::FAILURE;
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scratch = root
+        .join("target")
+        .join(format!("xtask-s3-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    // Held until the end of this function: dropping it stops the server.
+    let s3 = match runtime.block_on(moto::Moto::start(&scratch.join("moto.log"))) {
+        Ok(moto) => {
+            eprintln!(
+                "xtask: started an S3-compatible server (moto) at {}",
+                moto.endpoint
+            );
+            moto
+        }
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     // Held until the end of this function: dropping it stops the server.
     let mut cluster = None;
@@ -128,6 +176,10 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
         .args(["test", "--workspace"])
         .args(&extra)
         .env("DATABASE_URL", &database_url)
+        .env("AVATARS_TEST_S3_ENDPOINT", &s3.endpoint)
+        .env("AVATARS_TEST_S3_BUCKET", moto::BUCKET)
+        .env("AVATARS_TEST_S3_ACCESS_KEY_ID", &s3.access_key_id)
+        .env("AVATARS_TEST_S3_SECRET_ACCESS_KEY", &s3.secret_access_key)
         // Tests mostly wait on I/O: run more of them than there are cores.
         .env(
             "RUST_TEST_THREADS",
@@ -146,6 +198,25 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
         drop(cluster);
         let _ = std::fs::remove_dir_all(data_dir);
     }
+    drop(s3);
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    // The whole suite (no filter) ends with a small run of the local cluster: three `serve`
+    // processes, one of them killed and restarted mid-work, nothing lost.
+    let status = match status {
+        Ok(status) if status.success() && extra.is_empty() => {
+            eprintln!("xtask: the local cluster, small run (cargo xtask cluster --small)");
+            match cluster::run(&root, true) {
+                Ok(()) => Ok(status),
+                Err(error) => {
+                    eprintln!("xtask: cluster --small: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        other => other,
+    };
 
     match status {
         Ok(status) if status.success() => ExitCode::SUCCESS,

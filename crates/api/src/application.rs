@@ -90,10 +90,12 @@ pub fn blob_store(
     default_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<store::BlobStore> {
     let blobs = match (&config.storage_url, default_dir) {
-        (Some(url), _) => store::BlobStore::from_url(url).map_err(|e| service::ConfigError {
-            variable: "STORAGE_URL",
-            problem: e.to_string(),
-        })?,
+        (Some(url), _) => {
+            store::BlobStore::from_url(url, &config.s3).map_err(|e| service::ConfigError {
+                variable: "STORAGE_URL",
+                problem: e.to_string(),
+            })?
+        }
         (None, Some(dir)) => store::BlobStore::local(dir)
             .with_context(|| format!("creating the blob directory {}", dir.display()))?,
         (None, None) => {

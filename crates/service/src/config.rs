@@ -63,6 +63,8 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     pub public_base_url: Option<String>,
     pub storage_url: Option<String>,
+    /// How to reach the S3-compatible store when `storage_url` is `s3://`.
+    pub s3: store::S3Options,
     pub log_format: LogFormat,
     pub http: HttpLimits,
     pub photos: PhotoSettings,
@@ -70,6 +72,10 @@ pub struct Config {
     pub fal: FalSettings,
     /// Most prompts in one generation request.
     pub generation_max_prompts: usize,
+    /// How long a worker owns a job before another replica may take it over (`JOB_LEASE`).
+    pub job_lease: Duration,
+    /// A generation item's budget from its creation (`GENERATION_TIMEOUT`).
+    pub generation_timeout: Duration,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
@@ -359,6 +365,15 @@ impl Config {
         "PRICE_PORTRAIT_MIN_BILLED_STEPS",
         "PRICE_FAST_LORA_PER_RUN_USD",
         "PRICE_PRO_PER_RUN_USD",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+        "S3_ADDRESSING_STYLE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_SESSION_TOKEN",
+        "JOB_LEASE",
+        "GENERATION_TIMEOUT",
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -407,6 +422,7 @@ impl Config {
                 .url("PUBLIC_BASE_URL")?
                 .map(|u| u.trim_end_matches('/').to_string()),
             storage_url: env.string("STORAGE_URL"),
+            s3: s3_options(&env)?,
             log_format: env
                 .parse_with("LOG_FORMAT", "`text` or `json`", |v| match v {
                     "text" => Some(LogFormat::Text),
@@ -504,6 +520,12 @@ impl Config {
                         .unwrap_or(defaults.timeout),
                 }
             },
+            job_lease: env
+                .seconds("JOB_LEASE", 5, 24 * 3600)?
+                .unwrap_or(Duration::from_secs(600)),
+            generation_timeout: env
+                .seconds("GENERATION_TIMEOUT", 30, 24 * 3600)?
+                .unwrap_or(Duration::from_secs(600)),
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
                 .unwrap_or(10),
@@ -688,6 +710,61 @@ impl Config {
             },
         })
     }
+}
+
+/// The S3 variables, checked together: a key id needs its secret, and an `http://` endpoint
+/// needs `AWS_ALLOW_HTTP` (plain http is for a local or test server only).
+fn s3_options(env: &Env<'_>) -> Result<store::S3Options, ConfigError> {
+    let endpoint = env.url("AWS_ENDPOINT_URL")?;
+    let allow_http = env.boolean("AWS_ALLOW_HTTP")?.unwrap_or(false);
+    let virtual_hosted_style = env
+        .parse_with("S3_ADDRESSING_STYLE", "`path` or `virtual`", |v| match v {
+            "path" => Some(false),
+            "virtual" => Some(true),
+            _ => None,
+        })?
+        .unwrap_or(false);
+    let access_key_id = env.string("AWS_ACCESS_KEY_ID");
+    let secret_access_key = env.secret("AWS_SECRET_ACCESS_KEY");
+    match (&access_key_id, &secret_access_key) {
+        (Some(_), None) => {
+            return Err(ConfigError {
+                variable: "AWS_SECRET_ACCESS_KEY",
+                problem: "required when AWS_ACCESS_KEY_ID is set".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError {
+                variable: "AWS_ACCESS_KEY_ID",
+                problem: "required when AWS_SECRET_ACCESS_KEY is set".into(),
+            })
+        }
+        _ => {}
+    }
+    if !allow_http
+        && endpoint
+            .as_deref()
+            .is_some_and(|url| url.starts_with("http://"))
+        && env
+            .string("STORAGE_URL")
+            .is_some_and(|url| url.starts_with("s3://"))
+    {
+        return Err(ConfigError {
+            variable: "AWS_ALLOW_HTTP",
+            problem: "AWS_ENDPOINT_URL is plain http; set AWS_ALLOW_HTTP=true to allow it \
+                (a local or test server only)"
+                .into(),
+        });
+    }
+    Ok(store::S3Options {
+        endpoint,
+        region: env.string("AWS_REGION"),
+        access_key_id,
+        secret_access_key,
+        session_token: env.secret("AWS_SESSION_TOKEN"),
+        virtual_hosted_style,
+        allow_http,
+    })
 }
 
 /// `Ok` when a rule between settings `holds`, else the error naming `variable`.
@@ -1078,6 +1155,102 @@ mod tests {
             config.fal.key.as_ref().unwrap().expose_secret(),
             "id:secret"
         );
+    }
+
+    #[test]
+    fn s3_is_configured_explicitly() {
+        let s3 = |vars: &[(&str, &str)]| {
+            let mut all = vec![("STORAGE_URL", "s3://bucket/prefix")];
+            all.extend_from_slice(vars);
+            config(&all)
+        };
+        let defaults = s3(&[]).unwrap().s3;
+        assert_eq!(defaults.endpoint, None);
+        assert!(!defaults.virtual_hosted_style && !defaults.allow_http);
+
+        let local = s3(&[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "s3-secret-value"),
+            ("S3_ADDRESSING_STYLE", "path"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ])
+        .unwrap();
+        assert_eq!(local.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(local.s3.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(local.s3.access_key_id.as_deref(), Some("AKIAEXAMPLE"));
+        assert_eq!(
+            local.s3.secret_access_key.as_ref().unwrap().expose_secret(),
+            "s3-secret-value"
+        );
+        assert!(!format!("{local:?}").contains("s3-secret-value"));
+        assert!(
+            s3(&[("S3_ADDRESSING_STYLE", "virtual")])
+                .unwrap()
+                .s3
+                .virtual_hosted_style
+        );
+
+        let variable = |vars: &[(&str, &str)]| s3(vars).unwrap_err().variable;
+        assert_eq!(
+            variable(&[("S3_ADDRESSING_STYLE", "vhost")]),
+            "S3_ADDRESSING_STYLE"
+        );
+        assert_eq!(variable(&[("AWS_ALLOW_HTTP", "maybe")]), "AWS_ALLOW_HTTP");
+        assert_eq!(
+            variable(&[("AWS_ENDPOINT_URL", "minio:9000")]),
+            "AWS_ENDPOINT_URL"
+        );
+        assert_eq!(
+            variable(&[("AWS_ENDPOINT_URL", "http://minio:9000")]),
+            "AWS_ALLOW_HTTP"
+        );
+        assert_eq!(
+            variable(&[("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")]),
+            "AWS_SECRET_ACCESS_KEY"
+        );
+        assert_eq!(
+            variable(&[("AWS_SECRET_ACCESS_KEY", "s3-secret-value")]),
+            "AWS_ACCESS_KEY_ID"
+        );
+        // A plain http endpoint matters only when the blobs are on S3.
+        assert!(config(&[("AWS_ENDPOINT_URL", "http://minio:9000")]).is_ok());
+    }
+
+    #[test]
+    fn the_job_lease_is_configurable_within_bounds() {
+        assert_eq!(config(&[]).unwrap().job_lease, Duration::from_secs(600));
+        assert_eq!(
+            config(&[("JOB_LEASE", "5")]).unwrap().job_lease,
+            Duration::from_secs(5)
+        );
+        for bad in ["4", "86401", "soon"] {
+            assert_eq!(
+                config(&[("JOB_LEASE", bad)]).unwrap_err().variable,
+                "JOB_LEASE"
+            );
+        }
+    }
+
+    #[test]
+    fn the_generation_timeout_is_configurable_within_bounds() {
+        assert_eq!(
+            config(&[]).unwrap().generation_timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            config(&[("GENERATION_TIMEOUT", "30")])
+                .unwrap()
+                .generation_timeout,
+            Duration::from_secs(30)
+        );
+        for bad in ["29", "86401", "later"] {
+            assert_eq!(
+                config(&[("GENERATION_TIMEOUT", bad)]).unwrap_err().variable,
+                "GENERATION_TIMEOUT"
+            );
+        }
     }
 
     #[test]

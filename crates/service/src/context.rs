@@ -55,11 +55,6 @@ impl Default for Settings {
     }
 }
 
-/// How long a worker owns a job; longer than any single fal call it makes.
-const JOB_LEASE: Duration = Duration::from_secs(600);
-/// A generation item's budget, from creation.
-const GENERATION_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// How jobs (trainings and generations) behave, from the configuration.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -101,10 +96,10 @@ impl JobSettings {
             prices: config.fal.prices.clone(),
             timeout: config.fal.training_timeout,
             status_check_interval: config.fal.status_check_interval,
-            lease: JOB_LEASE,
+            lease: config.job_lease,
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
-            generation_timeout: GENERATION_TIMEOUT,
+            generation_timeout: config.generation_timeout,
             generation_prices: domain::GenerationPrices::default(),
         }
     }

@@ -1,7 +1,13 @@
-//! Whether this process can do its work: its database is reachable and migrated, and fal has
-//! not refused its key.
+//! Whether this process can do its work: its database is reachable and migrated, its blob
+//! store answers with the bucket present and the credentials accepted, and fal has not refused
+//! its key.
+
+use std::time::Duration;
 
 use crate::context::Service;
+
+/// How long the blob store may take to answer the readiness check.
+const BLOB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the service is not ready, in words an operator can act on; empty when ready.
 pub async fn not_ready_reasons(service: &Service) -> Vec<String> {
@@ -20,6 +26,20 @@ pub async fn not_ready_reasons(service: &Service) -> Vec<String> {
             vec!["database unreachable".to_string()]
         }
     };
+    match tokio::time::timeout(BLOB_CHECK_TIMEOUT, service.blobs.health()).await {
+        Ok(store::BlobHealth::Ready) => {}
+        Ok(
+            store::BlobHealth::Missing(reason)
+            | store::BlobHealth::CredentialsRefused(reason)
+            | store::BlobHealth::Unavailable(reason),
+        ) => reasons.push(format!(
+            "blob storage: {reason}; check STORAGE_URL and the S3 settings"
+        )),
+        Err(_) => reasons.push(format!(
+            "blob storage: no answer within {} s",
+            BLOB_CHECK_TIMEOUT.as_secs()
+        )),
+    }
     if service
         .fal
         .as_ref()

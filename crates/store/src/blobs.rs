@@ -1,6 +1,6 @@
 //! Blob storage for photo bytes and trained artifacts, behind `object_store`: a local directory
 //! by default, S3 or any S3-compatible store when `STORAGE_URL` says `s3://bucket/prefix`
-//! (credentials, region and endpoint from the usual `AWS_*` variables).
+//! (endpoint, region, credentials and addressing style from [`S3Options`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,52 @@ pub enum BlobError {
     Backend(#[from] object_store::Error),
     #[error("reading or writing a local file: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How to reach an S3-compatible store. Unset fields fall back to what the AWS environment
+/// provides (a web identity token, instance metadata), so a pod's role works without keys.
+#[derive(Clone, Default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible server; AWS's regional endpoint when `None`.
+    pub endpoint: Option<String>,
+    /// Region signed into every request (`us-east-1` when `None`).
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub session_token: Option<SecretString>,
+    /// `https://bucket.endpoint/key` instead of `https://endpoint/bucket/key`.
+    pub virtual_hosted_style: bool,
+    /// Allow an `http://` endpoint (a local or test server).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// Why the blob store cannot serve, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobHealth {
+    Ready,
+    /// The bucket (or directory) does not exist.
+    Missing(String),
+    /// The store refused our credentials.
+    CredentialsRefused(String),
+    /// Any other failure: unreachable, timed out, a server error.
+    Unavailable(String),
 }
 
 /// Handle to the blob store; cheap to clone.
@@ -52,16 +99,34 @@ impl BlobStore {
         })
     }
 
-    /// `s3://bucket[/prefix]` for S3-compatible stores; `file:///abs/dir` or a plain path for a
-    /// local directory.
-    pub fn from_url(url: &str) -> Result<Self, BlobError> {
+    /// `s3://bucket[/prefix]` for S3-compatible stores, reached as `s3` says; `file:///abs/dir`
+    /// or a plain path for a local directory.
+    pub fn from_url(url: &str, s3: &S3Options) -> Result<Self, BlobError> {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(BlobError::Config("s3:// URL without a bucket".into()));
             }
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(s3.virtual_hosted_style)
+                .with_allow_http(s3.allow_http);
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
+            }
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            }
+            if let Some(id) = &s3.access_key_id {
+                builder = builder.with_access_key_id(id);
+            }
+            if let Some(secret) = &s3.secret_access_key {
+                builder = builder.with_secret_access_key(secret.expose_secret());
+            }
+            if let Some(token) = &s3.session_token {
+                builder = builder.with_token(token.expose_secret());
+            }
+            let s3 = builder
                 .build()
                 .map_err(|e| BlobError::Config(e.to_string()))?;
             let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
@@ -88,6 +153,54 @@ impl BlobStore {
 
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Whether the store answers, with its bucket present and our credentials accepted: reads
+    /// a probe key that is never written, which costs one request and needs no listing
+    /// permission. S3 answers a missing key `NoSuchKey` and a missing bucket `NoSuchBucket`,
+    /// both 404: the error code in the answer tells them apart.
+    pub async fn health(&self) -> BlobHealth {
+        let probe = ObjectPath::from("readiness-probe");
+        let error = match self.inner.get(&probe).await {
+            Ok(_) => return BlobHealth::Ready,
+            Err(error) => error,
+        };
+        let mut answer = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            answer.push_str(&format!(" / {cause}"));
+            source = cause.source();
+        }
+        match error {
+            object_store::Error::NotFound { .. } if !answer.contains("NoSuchBucket") => {
+                BlobHealth::Ready
+            }
+            object_store::Error::NotFound { .. } => {
+                BlobHealth::Missing(format!("{} does not exist", self.description))
+            }
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                tracing::warn!(%error, location = %self.description, "blob storage refused our credentials");
+                BlobHealth::CredentialsRefused(format!(
+                    "{} refused the credentials",
+                    self.description
+                ))
+            }
+            error => {
+                tracing::warn!(%error, location = %self.description, "blob storage check failed");
+                BlobHealth::Unavailable(format!("{} did not answer", self.description))
+            }
+        }
+    }
+
+    /// Every key in the store.
+    pub async fn keys(&self) -> Result<Vec<String>, BlobError> {
+        let mut listing = self.inner.list(None);
+        let mut keys = Vec::new();
+        while let Some(meta) = listing.next().await {
+            keys.push(meta?.location.to_string());
+        }
+        Ok(keys)
     }
 
     fn path(key: &str) -> Result<ObjectPath, BlobError> {

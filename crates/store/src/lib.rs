@@ -24,7 +24,7 @@ pub mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
-pub use blobs::{BlobError, BlobStore};
+pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options};
 pub use error::StoreError;
 pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
