@@ -281,6 +281,7 @@ pub struct PhotoBatch {
     pending: VecDeque<Pending>,
     accepted: Vec<PhotoRecord>,
     rejected: Vec<RejectedFile>,
+    /// Files checked at once: as many as the check pool runs (more would only queue there).
     in_flight_limit: usize,
     /// SHA-256 of every file in the avatar's set or earlier in this request, with the stored
     /// photo's id: exact duplicates are refused without decoding them.
@@ -316,7 +317,7 @@ impl PhotoBatch {
             pending: VecDeque::new(),
             accepted: Vec::new(),
             rejected: Vec::new(),
-            in_flight_limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            in_flight_limit: service.settings.photos.check_threads as usize,
         })
     }
 
