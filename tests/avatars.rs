@@ -184,14 +184,7 @@ async fn every_invalid_create_field_is_named(pool: PgPool) {
             "{body}"
         );
     }
-    let listed: Value = app
-        .request(Method::GET, "/avatars")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/avatars").await;
     assert_eq!(
         listed["items"].as_array().unwrap().len(),
         0,
@@ -446,14 +439,7 @@ async fn listing_pages_through_every_avatar_newest_first(pool: PgPool) {
     assert_eq!(pages, 3);
     assert_eq!(seen, created, "every avatar once, newest first");
 
-    let odd: Value = app
-        .request(Method::GET, "/avatars?owner_ref=odd&limit=100")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let odd: Value = app.get_json("/avatars?owner_ref=odd&limit=100").await;
     assert_eq!(odd["items"].as_array().unwrap().len(), 3);
     assert!(odd["items"]
         .as_array()
@@ -462,23 +448,9 @@ async fn listing_pages_through_every_avatar_newest_first(pool: PgPool) {
         .all(|a| a["owner_ref"] == "odd"));
     assert_eq!(odd["next_cursor"], Value::Null);
 
-    let drafts: Value = app
-        .request(Method::GET, "/avatars?status=draft")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let drafts: Value = app.get_json("/avatars?status=draft").await;
     assert_eq!(drafts["items"].as_array().unwrap().len(), 7);
-    let trained: Value = app
-        .request(Method::GET, "/avatars?status=trained")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trained: Value = app.get_json("/avatars?status=trained").await;
     assert_eq!(trained["items"], json!([]));
 }
 

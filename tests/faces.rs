@@ -99,14 +99,7 @@ async fn each_photo_reports_its_faces_with_the_largest_ones_box(pool: PgPool) {
         ],
     )
     .await;
-    let listed: Value = app
-        .request(Method::GET, &format!("/avatars/{id}/photos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(&format!("/avatars/{id}/photos")).await;
     for photos in [&report["accepted"], &listed["items"]] {
         let by_name = |name: &str| -> Value {
             photos

@@ -102,14 +102,7 @@ async fn a_mixed_batch_keeps_the_good_files_and_names_each_rejection(pool: PgPoo
     assert_eq!(report["avatar"]["photo_count"], 2);
     assert_eq!(report["avatar"]["status"], "draft");
 
-    let listed: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}/photos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(&format!("/avatars/{avatar}/photos")).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
     assert_eq!(app.blob_files().len(), 2, "only accepted photos are stored");
 }
@@ -227,14 +220,7 @@ async fn the_avatar_is_ready_at_the_minimum_and_refuses_past_the_maximum(pool: P
     assert_eq!(report["avatar"]["photo_count"], 20);
 
     // Deleting down below the minimum makes the avatar a draft again.
-    let listed: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}/photos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(&format!("/avatars/{avatar}/photos")).await;
     let ids: Vec<String> = listed["items"]
         .as_array()
         .unwrap()
@@ -249,14 +235,7 @@ async fn the_avatar_is_ready_at_the_minimum_and_refuses_past_the_maximum(pool: P
             .unwrap();
         assert_eq!(response.status(), 204);
     }
-    let current: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(
         (current["photo_count"].as_u64(), current["status"].as_str()),
         (Some(9), Some("draft"))
@@ -427,14 +406,7 @@ async fn a_failed_blob_write_leaves_no_photo_and_no_blob(pool: PgPool) {
     assert_eq!(rows, 0);
     std::fs::remove_file(&tenant_dirs).unwrap();
     assert!(app.blob_files().is_empty());
-    let current: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(current["photo_count"], 0);
     // The same photo goes in once storage works again.
     let response = app
@@ -477,14 +449,7 @@ async fn an_upload_abandoned_mid_way_is_swept_with_its_blob(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(pending, 0);
-    let listed: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}/photos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(&format!("/avatars/{avatar}/photos")).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
 

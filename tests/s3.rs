@@ -28,14 +28,7 @@ async fn photos_models_and_images_live_in_s3(pool: PgPool) {
     let id = avatar["id"].as_str().unwrap();
     let response = app.upload(id, blackbox::images::portrait_set(10)).await;
     assert_eq!(response.status(), 201);
-    let photos: Value = app
-        .request(Method::GET, &format!("/avatars/{id}/photos"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let photos: Value = app.get_json(&format!("/avatars/{id}/photos")).await;
     assert_eq!(photos["items"].as_array().unwrap().len(), 10);
 
     app.start_training(id, json!({"preset": "fast"})).await;

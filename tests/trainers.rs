@@ -3,7 +3,6 @@
 
 use blackbox::{FalOptions, TestApp};
 use fal_sim::SubmitFault;
-use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -37,14 +36,7 @@ async fn the_fast_lora_trainer_trains_end_to_end(pool: PgPool) {
     assert_eq!(done["trainer"], "fast_lora");
     assert_eq!(done["endpoint"], "fal-ai/flux-lora-fast-training");
     assert_eq!(done["model"]["model_type"], "lora");
-    let avatar: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar["status"], "trained");
     assert_eq!(avatar["trained_model"]["training_id"], id.as_str());
 }
@@ -76,13 +68,6 @@ async fn a_trainer_fal_has_withdrawn_fails_with_trainer_unavailable(pool: PgPool
     assert!(message.contains("FAL_TRAINER_BY_KIND"), "{message}");
     assert!(message.contains("fal-ai/flux-pro-trainer"), "{message}");
     // The avatar is free to train again with another trainer.
-    let avatar: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar["status"], "failed");
 }

@@ -10,13 +10,7 @@ use sqlx::PgPool;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn training(app: &TestApp, id: &str) -> Value {
-    app.request(Method::GET, &format!("/trainings/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/trainings/{id}")).await
 }
 
 /// Waits until the training satisfies `done`.
@@ -93,14 +87,7 @@ async fn a_portrait_training_reaches_trained_by_webhook_alone(pool: PgPool) {
         sha256_hex(&from_fal)
     );
 
-    let avatar_now: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar_now: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar_now["status"], "trained");
     assert_eq!(avatar_now["trained_model"]["model_type"], "lora");
     assert_eq!(avatar_now["trained_model"]["training_id"], id);
@@ -147,14 +134,7 @@ async fn a_style_avatar_trains_a_pro_finetune(pool: PgPool) {
     assert_eq!(done["model"]["model_type"], "finetune");
     let finetune_id = done["model"]["finetune_id"].as_str().unwrap();
     assert!(!finetune_id.is_empty());
-    let avatar_now: Value = app
-        .request(Method::GET, &format!("/avatars/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar_now: Value = app.get_json(&format!("/avatars/{id}")).await;
     assert_eq!(avatar_now["trained_model"]["finetune_id"], finetune_id);
     let input = &app
         .sim
@@ -335,14 +315,7 @@ async fn one_training_at_a_time_and_idempotent_retries(pool: PgPool) {
         (409, "training_in_progress")
     );
 
-    let listed: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}/trainings"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json(&format!("/avatars/{avatar}/trainings")).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 
     // Cross-tenant: the training is invisible.
@@ -792,14 +765,7 @@ async fn a_422_from_fal_fails_the_training_without_retry(pool: PgPool) {
         .filter(|r| r.method == "POST" && r.path.contains("trainer"))
         .count();
     assert_eq!(submits, 1);
-    let avatar_now: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar_now: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar_now["status"], "failed");
 }
 
@@ -925,14 +891,7 @@ async fn a_queued_training_is_cancelled_on_fal(pool: PgPool) {
             .unwrap()
             .cancel_requested
     );
-    let avatar_now: Value = app
-        .request(Method::GET, &format!("/avatars/{avatar}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let avatar_now: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar_now["status"], "cancelled");
     let (status, body) = problem(
         app.request(Method::POST, &format!("/trainings/{id}/cancel"))
@@ -1035,14 +994,7 @@ async fn deleting_an_avatar_cancels_its_training_on_fal(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn presets_list_every_trainer_with_costs(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let presets: Value = app
-        .request(Method::GET, "/presets")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let presets: Value = app.get_json("/presets").await;
     let training = presets["training"].as_array().unwrap();
     assert_eq!(training.len(), 9);
     let find = |trainer: &str, preset: &str| {

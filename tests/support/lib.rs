@@ -348,6 +348,17 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
+    /// The JSON body of a `GET` with this app's default key (whatever its status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A request with this app's default key.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.request_as(&self.key, method, path)
