@@ -76,6 +76,12 @@ pub struct Config {
     pub job_lease: Duration,
     /// A generation item's budget from its creation (`GENERATION_TIMEOUT`).
     pub generation_timeout: Duration,
+    /// Attempts at fetching a finished job's result and copying its artifacts into our
+    /// storage before the job fails `artifact_unavailable` (`CUSTODY_MAX_ATTEMPTS`).
+    pub custody_max_attempts: u32,
+    /// The wait after the first failed custody attempt, doubling after each further one up
+    /// to 64 times this (`CUSTODY_RETRY_INTERVAL`).
+    pub custody_retry_interval: Duration,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
@@ -374,6 +380,8 @@ impl Config {
         "AWS_SESSION_TOKEN",
         "JOB_LEASE",
         "GENERATION_TIMEOUT",
+        "CUSTODY_MAX_ATTEMPTS",
+        "CUSTODY_RETRY_INTERVAL",
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -526,6 +534,12 @@ impl Config {
             generation_timeout: env
                 .seconds("GENERATION_TIMEOUT", 30, 24 * 3600)?
                 .unwrap_or(Duration::from_secs(600)),
+            custody_max_attempts: env
+                .parse_range("CUSTODY_MAX_ATTEMPTS", 1, 100)?
+                .unwrap_or(8),
+            custody_retry_interval: env
+                .seconds("CUSTODY_RETRY_INTERVAL", 1, 3600)?
+                .unwrap_or(Duration::from_secs(10)),
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
                 .unwrap_or(10),
@@ -1249,6 +1263,42 @@ mod tests {
             assert_eq!(
                 config(&[("GENERATION_TIMEOUT", bad)]).unwrap_err().variable,
                 "GENERATION_TIMEOUT"
+            );
+        }
+    }
+
+    #[test]
+    fn custody_attempts_and_their_interval_are_configurable_within_bounds() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.custody_max_attempts, 8);
+        assert_eq!(defaults.custody_retry_interval, Duration::from_secs(10));
+        let edges = config(&[
+            ("CUSTODY_MAX_ATTEMPTS", "1"),
+            ("CUSTODY_RETRY_INTERVAL", "1"),
+        ])
+        .unwrap();
+        assert_eq!(edges.custody_max_attempts, 1);
+        assert_eq!(edges.custody_retry_interval, Duration::from_secs(1));
+        assert_eq!(
+            config(&[("CUSTODY_MAX_ATTEMPTS", "100")])
+                .unwrap()
+                .custody_max_attempts,
+            100
+        );
+        for bad in ["0", "101", "many"] {
+            assert_eq!(
+                config(&[("CUSTODY_MAX_ATTEMPTS", bad)])
+                    .unwrap_err()
+                    .variable,
+                "CUSTODY_MAX_ATTEMPTS"
+            );
+        }
+        for bad in ["0", "3601", "soon"] {
+            assert_eq!(
+                config(&[("CUSTODY_RETRY_INTERVAL", bad)])
+                    .unwrap_err()
+                    .variable,
+                "CUSTODY_RETRY_INTERVAL"
             );
         }
     }

@@ -71,6 +71,10 @@ pub struct JobSettings {
     pub generation_max_prompts: usize,
     /// A generation item's budget, from creation.
     pub generation_timeout: Duration,
+    /// Custody attempts before a finished job fails `artifact_unavailable`.
+    pub custody_max_attempts: u32,
+    /// The first wait between custody attempts; it doubles, up to 64 times this.
+    pub custody_retry_interval: Duration,
     pub generation_prices: domain::GenerationPrices,
 }
 
@@ -100,6 +104,8 @@ impl JobSettings {
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
             generation_timeout: config.generation_timeout,
+            custody_max_attempts: config.custody_max_attempts,
+            custody_retry_interval: config.custody_retry_interval,
             generation_prices: domain::GenerationPrices::default(),
         }
     }

@@ -719,4 +719,30 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Counts a failed custody attempt (a result fetch or an artifact copy) and gives the job
+    /// back to be claimed again: after `first_wait` the first time, twice as long after each
+    /// further failure, at most 64 times `first_wait`. Returns the attempts failed so far, or
+    /// `None` when the lease was lost.
+    pub async fn record_custody_failure(
+        &self,
+        job_id: Uuid,
+        fence: i64,
+        first_wait: std::time::Duration,
+    ) -> Result<Option<u32>, StoreError> {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE jobs SET custody_attempts = custody_attempts + 1,
+                 lease_until = now() + make_interval(
+                     secs => $3::float8 * power(2, least(custody_attempts, 6))),
+                 lease_owner = NULL
+             WHERE id = $1 AND fence = $2
+             RETURNING custody_attempts",
+        )
+        .bind(job_id)
+        .bind(fence)
+        .bind(first_wait.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(attempts.map(|n| n.max(0) as u32))
+    }
 }

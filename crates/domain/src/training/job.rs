@@ -3,7 +3,10 @@
 //! `pending -> uploading -> submitted -> in_progress -> succeeded | failed | cancelled |
 //! timed_out`, plus `submit_unknown`: the submit's outcome is unknown, so the job is never
 //! resubmitted on its own and is resolved by a webhook, a status lookup or the deadline.
-//! Terminal states never change; a late or duplicate event is ignored with a reason.
+//! Terminal states never change, with one exception: a job fal finished but whose result or
+//! artifacts the service could not take into its custody (`succeeded` with custody pending,
+//! shown to callers as still in progress) ends `failed` through `artifact_unavailable`. A late
+//! or duplicate event is ignored with a reason.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +92,17 @@ impl JobStatus {
     pub fn is_active(self) -> bool {
         !self.is_terminal()
     }
+
+    /// The status callers see. fal's success is not the job's until the service holds its
+    /// result and artifacts: until then (`custody_pending`) it shows as still in progress, as
+    /// its avatar (still `training`) or generation does. Custody ends it `succeeded`, or
+    /// `failed` with `artifact_unavailable`.
+    pub fn as_seen(self, custody_pending: bool) -> JobStatus {
+        match self {
+            Self::Succeeded if custody_pending => Self::InProgress,
+            other => other,
+        }
+    }
 }
 
 /// Something that happened to a job.
@@ -118,10 +132,13 @@ pub enum JobEvent {
     Cancelled,
     /// The deadline (`FAL_TRAINING_TIMEOUT`) passed.
     TimedOut,
+    /// fal finished the job but its result or artifacts could not be fetched into the
+    /// service's storage within the configured attempts (`CUSTODY_MAX_ATTEMPTS`).
+    ArtifactUnavailable,
 }
 
 impl JobEvent {
-    pub const ALL: [JobEvent; 11] = [
+    pub const ALL: [JobEvent; 12] = [
         Self::UploadStarted,
         Self::UploadReclaimed,
         Self::Submitted,
@@ -133,6 +150,7 @@ impl JobEvent {
         Self::FalFailed,
         Self::Cancelled,
         Self::TimedOut,
+        Self::ArtifactUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +166,7 @@ impl JobEvent {
             Self::FalFailed => "fal_failed",
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
+            Self::ArtifactUnavailable => "artifact_unavailable",
         }
     }
 
@@ -179,7 +198,7 @@ pub fn target(event: JobEvent) -> JobStatus {
         E::UploadStarted | E::UploadReclaimed => S::Uploading,
         E::Submitted | E::Queued => S::Submitted,
         E::SubmitOutcomeUnknown => S::SubmitUnknown,
-        E::SubmitRejected | E::FalFailed => S::Failed,
+        E::SubmitRejected | E::FalFailed | E::ArtifactUnavailable => S::Failed,
         E::Started => S::InProgress,
         E::Completed => S::Succeeded,
         E::Cancelled => S::Cancelled,
@@ -208,6 +227,7 @@ pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
             S::SubmitUnknown,
         ],
         E::TimedOut => vec![S::Uploading, S::Submitted, S::InProgress, S::SubmitUnknown],
+        E::ArtifactUnavailable => vec![S::Succeeded],
     }
 }
 
@@ -216,7 +236,10 @@ pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
 pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
     use JobEvent as E;
     use JobStatus as S;
-    if from.is_terminal() {
+    // The one move out of a terminal state: fal's success whose artifacts never reached our
+    // storage (callers saw it as still in progress).
+    let losing_artifacts = (event, from) == (E::ArtifactUnavailable, S::Succeeded);
+    if from.is_terminal() && !losing_artifacts {
         return Transition::Ignore {
             reason: REASON_TERMINAL,
         };
@@ -261,6 +284,9 @@ pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
         // A job that never reached fal can still run out of time while uploading.
         (E::TimedOut, S::Uploading | S::Submitted | S::InProgress | S::SubmitUnknown) => apply,
         (E::TimedOut, _) => ignore(REASON_PREMATURE),
+
+        (E::ArtifactUnavailable, S::Succeeded) => apply,
+        (E::ArtifactUnavailable, _) => ignore(REASON_PREMATURE),
     }
 }
 
@@ -327,6 +353,9 @@ mod tests {
     fn terminal_states_never_change() {
         for from in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in JobEvent::ALL {
+                if (from, event) == (S::Succeeded, E::ArtifactUnavailable) {
+                    continue;
+                }
                 assert_eq!(
                     transition(from, event),
                     Transition::Ignore {
@@ -343,7 +372,7 @@ mod tests {
         // One row per event: the outcome from pending, uploading, submitted, in_progress,
         // submit_unknown ('A' applies; otherwise the ignore reason's first letter:
         // 'd'uplicate, 's'tale, 'p'remature).
-        let table: [(JobEvent, &str); 11] = [
+        let table: [(JobEvent, &str); 12] = [
             (E::UploadStarted, "Adsss"),
             (E::UploadReclaimed, "pAsss"),
             (E::Submitted, "pAdsA"),
@@ -355,6 +384,7 @@ mod tests {
             (E::FalFailed, "ppAAA"),
             (E::Cancelled, "AAAAA"),
             (E::TimedOut, "pAAAA"),
+            (E::ArtifactUnavailable, "ppppp"),
         ];
         let active = [
             S::Pending,
@@ -388,6 +418,32 @@ mod tests {
             transition(S::Uploading, E::UploadReclaimed),
             Transition::Apply { to: S::Uploading }
         );
+    }
+
+    #[test]
+    fn a_success_awaiting_custody_shows_as_in_progress() {
+        assert_eq!(S::Succeeded.as_seen(true), S::InProgress);
+        assert_eq!(S::Succeeded.as_seen(false), S::Succeeded);
+        for status in JobStatus::ALL.into_iter().filter(|s| *s != S::Succeeded) {
+            assert_eq!(status.as_seen(true), status);
+            assert_eq!(status.as_seen(false), status);
+        }
+    }
+
+    #[test]
+    fn only_a_success_awaiting_custody_can_lose_its_artifacts() {
+        assert_eq!(
+            transition(S::Succeeded, E::ArtifactUnavailable),
+            Transition::Apply { to: S::Failed }
+        );
+        for from in [S::Failed, S::Cancelled, S::TimedOut] {
+            assert_eq!(
+                transition(from, E::ArtifactUnavailable),
+                Transition::Ignore {
+                    reason: REASON_TERMINAL
+                }
+            );
+        }
     }
 
     #[test]

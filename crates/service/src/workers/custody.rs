@@ -1,13 +1,13 @@
 //! Custody: results fetched and artifacts (LoRA weights, generated images) copied from fal's
 //! CDN into our storage, because fal's copies expire.
 
-use std::time::Duration;
+use std::fmt::Display;
 
-use domain::{JobKind, JobStatus};
+use domain::{JobEvent, JobKind, JobStatus};
 use futures_util::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use store::{JobRecord, NewModel};
+use store::{JobChanges, JobRecord, NewModel};
 use tokio::io::AsyncWriteExt;
 
 use super::defer;
@@ -47,14 +47,13 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
                     .store_fetched_result(job.id, fence, &result)
                     .await
                 {
-                    tracing::warn!(%error, "storing a fetched result");
+                    retry_or_fail(service, &job, "storing a fetched result", &error).await;
                     return;
                 }
                 job.result = Some(result);
             }
             Err(error) => {
-                tracing::warn!(%error, "fetching a result; will retry");
-                defer(service, &job, Duration::from_secs(10)).await;
+                retry_or_fail(service, &job, "fetching the result", &error).await;
                 return;
             }
         }
@@ -74,7 +73,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
         domain::ModelType::Finetune => match jobs::finetune_model(&job, &result) {
             Some(model) => model,
             None => {
-                tracing::error!("the Pro trainer's result has no finetune id");
+                fail_custody(service, &job, "the trainer's result has no finetune id").await;
                 return;
             }
         },
@@ -83,6 +82,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
                 Ok(output) => output,
                 Err(error) => {
                     tracing::error!(%error, "the LoRA trainer's result has no weights file");
+                    fail_custody(service, &job, "the trainer's result has no weights file").await;
                     return;
                 }
             };
@@ -94,8 +94,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
                 {
                     Ok(copied) => copied,
                     Err(error) => {
-                        tracing::warn!(%error, "copying the LoRA weights; will retry");
-                        defer(service, &job, Duration::from_secs(10)).await;
+                        retry_or_fail(service, &job, "copying the LoRA weights", &error).await;
                         return;
                     }
                 };
@@ -105,8 +104,7 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
                     match copy_to_blob(service, fal, &file.url, &key).await {
                         Ok(_) => Some(key),
                         Err(error) => {
-                            tracing::warn!(%error, "copying the LoRA config; will retry");
-                            defer(service, &job, Duration::from_secs(10)).await;
+                            retry_or_fail(service, &job, "copying the LoRA config", &error).await;
                             return;
                         }
                     }
@@ -126,9 +124,82 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
         }
     };
     if let Err(error) = service.store.complete_training(job.id, fence, &model).await {
-        tracing::warn!(%error, "recording the model");
+        retry_or_fail(service, &job, "recording the model", &error).await;
     }
 }
+
+/// A custody attempt failed: the job is tried again after a growing wait
+/// (`CUSTODY_RETRY_INTERVAL`, doubling) until `CUSTODY_MAX_ATTEMPTS` attempts failed, and then
+/// ends `failed` with `artifact_unavailable`.
+async fn retry_or_fail(
+    service: &Service,
+    job: &JobRecord,
+    what: &str,
+    error: &(dyn Display + Sync),
+) {
+    let settings = &service.settings.jobs;
+    let attempts = match service
+        .store
+        .record_custody_failure(job.id, job.fence, settings.custody_retry_interval)
+        .await
+    {
+        Ok(Some(attempts)) => attempts,
+        // Another worker holds the job now.
+        Ok(None) => return,
+        Err(store_error) => {
+            tracing::warn!(%error, %store_error, what, "custody failed and could not be counted");
+            defer(service, job, settings.custody_retry_interval).await;
+            return;
+        }
+    };
+    if attempts < settings.custody_max_attempts {
+        tracing::warn!(%error, what, attempts, "custody failed; will retry");
+        return;
+    }
+    tracing::warn!(%error, what, attempts, "custody failed for the last time");
+    fail_custody(
+        service,
+        job,
+        &format!("{what} failed {attempts} times; last error: {error}"),
+    )
+    .await;
+}
+
+/// Ends a job whose result or artifacts cannot be taken into custody: `failed` with
+/// `artifact_unavailable`. A training's avatar is released (it keeps its previous model or
+/// returns to `ready`) and `training.failed` is emitted, in the same transaction; a generation
+/// item closes and its generation is announced when it was the last.
+async fn fail_custody(service: &Service, job: &JobRecord, message: &str) {
+    if job.status() != JobStatus::Succeeded {
+        // A failed generation item that was to be resubmitted with our copy of the LoRA.
+        give_up(service, job).await;
+        return;
+    }
+    let changes = JobChanges {
+        error_code: Some(ARTIFACT_UNAVAILABLE.to_string()),
+        error_message: Some(format!(
+            "fal finished, but its result could not be kept: {message}"
+        )),
+        custody_needed: Some(false),
+        result_fetch_needed: Some(false),
+        ..JobChanges::default()
+    };
+    super::record(
+        service,
+        job,
+        JobEvent::ArtifactUnavailable,
+        job.fence,
+        changes,
+        "custody attempts exhausted",
+    )
+    .await;
+    if let Some(generation) = job.generation_id {
+        crate::generation_items::announce(service, generation);
+    }
+}
+
+/// The code of a job whose result or artifacts could not be taken into custody.
+pub const ARTIFACT_UNAVAILABLE: &str = "artifact_unavailable";
 
 /// Streams a file from fal's CDN into the blob store, hashing it on the way.
 pub(super) async fn copy_to_blob(
@@ -178,8 +249,7 @@ pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job
     let url = match upload_lora(service, fal, &model).await {
         Ok(url) => url,
         Err(error) => {
-            tracing::warn!(%error, "re-uploading the LoRA; will retry");
-            defer(service, &job, Duration::from_secs(10)).await;
+            retry_or_fail(service, &job, "re-uploading the LoRA", &error).await;
             return;
         }
     };
@@ -229,7 +299,7 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
         Ok(output) => output,
         Err(error) => {
             tracing::error!(%error, "the generation's result has no images");
-            give_up(service, &job).await;
+            fail_custody(service, &job, "the result has no images").await;
             return;
         }
     };
@@ -259,8 +329,7 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
         let bytes = match copy_to_blob(service, fal, &image.url, &key).await {
             Ok((_, bytes)) => bytes,
             Err(error) => {
-                tracing::warn!(%error, "copying a generated image; will retry");
-                defer(service, &job, Duration::from_secs(10)).await;
+                retry_or_fail(service, &job, "copying a generated image", &error).await;
                 return;
             }
         };
@@ -285,6 +354,6 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
     {
         Ok(true) => crate::generation_items::announce(service, generation_id),
         Ok(false) => {}
-        Err(error) => tracing::warn!(%error, "recording generated images"),
+        Err(error) => retry_or_fail(service, &job, "recording generated images", &error).await,
     }
 }
