@@ -1198,3 +1198,116 @@ async fn a_job_row_with_an_unknown_status_or_kind_fails_loudly_when_read(pool: P
         assert_eq!(response.status(), 500, "{column} {value:?}");
     }
 }
+
+/// fal finished the training, but its LoRA weights expired before the service copied them:
+/// custody tries `CUSTODY_MAX_ATTEMPTS` times, then the training fails `artifact_unavailable`,
+/// the avatar is released and `training.failed` is emitted. No read ever shows a succeeded
+/// training beside an avatar still training.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.jobs.custody_max_attempts = 3;
+        settings.jobs.custody_retry_interval = Duration::from_secs(2);
+    })
+    .await;
+    let sim = app.sim.as_ref().unwrap();
+    sim.fault_next_requests(
+        1,
+        None,
+        RequestFaults {
+            webhook: WebhookFaults {
+                hold: true,
+                ..WebhookFaults::default()
+            },
+            ..RequestFaults::default()
+        },
+    );
+    let avatar = app.avatar_with_photos(10).await;
+    let mut events = app.request(Method::GET, "/events").send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    let started = app.start_training(&avatar, json!({})).await;
+    let id = started["id"].as_str().unwrap().to_string();
+    sim.wait_until(DEADLINE, "fal finished the training", |s| {
+        s.requests().first().is_some_and(|r| r.output.is_some())
+    })
+    .await
+    .unwrap();
+    let lora = sim.requests().remove(0).output.unwrap()["diffusers_lora_file"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sim.expire_file(&lora));
+    let mut released = 0;
+    sim.wait_until(DEADLINE, "fal's callback is released", |s| {
+        released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
+        released > 0
+    })
+    .await
+    .unwrap();
+
+    let seen_in_progress_at_full_progress = std::cell::Cell::new(false);
+    let failed = app
+        .eventually("custody gives up", || {
+            let (app, id, avatar) = (&app, &id, &avatar);
+            let seen = &seen_in_progress_at_full_progress;
+            async move {
+                let training = training(app, id).await;
+                let avatar: Value = app
+                    .request(Method::GET, &format!("/avatars/{avatar}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_ne!(training["status"], "succeeded", "{training:#}");
+                if training["status"] == "in_progress" {
+                    assert_eq!(avatar["status"], "training");
+                    if training["progress"] == 1.0 {
+                        seen.set(true);
+                    }
+                }
+                if training["status"] == "failed" {
+                    Ok((training, avatar))
+                } else {
+                    Err(format!("{training:#}"))
+                }
+            }
+        })
+        .await;
+    let (training, avatar_now) = failed;
+    assert!(
+        seen_in_progress_at_full_progress.get(),
+        "fal's success awaiting custody shows as in progress"
+    );
+    assert_eq!(training["error"]["code"], "artifact_unavailable");
+    assert_eq!(training["model"], Value::Null);
+    assert_eq!(avatar_now["status"], "failed");
+    let lora_path = lora.split("/files/").nth(1).unwrap().to_string();
+    let downloads = sim
+        .received_requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&lora_path))
+        .count();
+    assert_eq!(downloads, 3, "exactly CUSTODY_MAX_ATTEMPTS downloads");
+
+    // The event reached the stream.
+    let mut text = String::new();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !text.contains("event: training.failed") {
+        match tokio::time::timeout_at(until, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no training.failed event: {other:?}\n{text}"),
+        }
+    }
+    assert!(text.contains("artifact_unavailable"), "{text}");
+
+    // The avatar can train again.
+    let response = app
+        .request(Method::POST, &format!("/avatars/{avatar}/train"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
