@@ -650,3 +650,67 @@ async fn generation_requests_are_checked_before_anything_is_spent(pool: PgPool) 
     }
     assert!(app.sim.as_ref().unwrap().requests().is_empty());
 }
+
+/// fal made the image, but it expired before the service copied it: after
+/// `CUSTODY_MAX_ATTEMPTS` downloads the item fails `artifact_unavailable` and the generation
+/// ends, instead of staying in progress for ever.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_image_that_cannot_be_kept_fails_its_item_after_the_attempts(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.jobs.custody_max_attempts = 2;
+        settings.jobs.custody_retry_interval = Duration::from_secs(1);
+    })
+    .await;
+    let avatar = trained(&app, "character").await;
+    let id = avatar["id"].as_str().unwrap();
+    let sim = app.sim.as_ref().unwrap();
+    sim.fault_next_requests(
+        1,
+        Some("fal-ai/flux-lora"),
+        RequestFaults {
+            webhook: WebhookFaults {
+                hold: true,
+                ..WebhookFaults::default()
+            },
+            ..RequestFaults::default()
+        },
+    );
+    let started = generate(&app, id, json!({"prompt": "x"})).await;
+    let generation = started["id"].as_str().unwrap().to_string();
+    sim.wait_until(Duration::from_secs(60), "fal made the image", |s| {
+        s.requests()
+            .iter()
+            .any(|r| r.endpoint == "fal-ai/flux-lora" && r.output.is_some())
+    })
+    .await
+    .unwrap();
+    let image = sim_requests(&app, "fal-ai/flux-lora")[0]
+        .output
+        .as_ref()
+        .unwrap()["images"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sim.expire_file(&image));
+    let mut released = 0;
+    sim.wait_until(Duration::from_secs(60), "fal's callback is released", |s| {
+        released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
+        released > 0
+    })
+    .await
+    .unwrap();
+
+    let done = wait_generation(&app, &generation, finished).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let item = &done["items"][0];
+    assert_eq!(item["status"], "failed");
+    assert_eq!(item["error"]["code"], "artifact_unavailable");
+    assert_eq!(item["images"].as_array().map_or(0, Vec::len), 0);
+    let image_path = image.split("/files/").nth(1).unwrap().to_string();
+    let downloads = sim
+        .received_requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&image_path))
+        .count();
+    assert_eq!(downloads, 2, "exactly CUSTODY_MAX_ATTEMPTS downloads");
+}
