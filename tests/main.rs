@@ -5,6 +5,7 @@ mod auth;
 mod avatars;
 mod connections;
 mod database;
+mod deletion;
 mod events;
 mod faces;
 mod fairness;

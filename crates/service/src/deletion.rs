@@ -1,5 +1,9 @@
-//! Deleting an avatar: its running trainings are cancelled on fal, its rows deleted (the
-//! `avatar.deleted` event written in the same transaction), its blobs queued and purged.
+//! Deleting an avatar erases the person: its running trainings and generation items are
+//! cancelled on fal, then in one transaction (with the `avatar.deleted` event) its photos,
+//! models and generated-image rows are deleted, every blob holding the person (photos, caller
+//! archives, LoRA weights and configs, generated images) is queued for deletion, and its jobs
+//! and generations are kept as billing records stripped of prompts, trigger phrase and
+//! results. The queued blobs are purged at once (the janitor retries what fails).
 
 use domain::{AvatarId, TenantId};
 
@@ -13,10 +17,14 @@ pub async fn delete_avatar(
     tenant_id: TenantId,
     avatar_id: AvatarId,
 ) -> Result<(), ServiceError> {
-    // Running trainings are cancelled on fal first: nobody will want their result.
-    for job in service.store.active_trainings(tenant_id, avatar_id).await? {
+    // Running jobs are cancelled on fal first: nobody will want their result.
+    for job in service
+        .store
+        .active_jobs_of_avatar(tenant_id, avatar_id)
+        .await?
+    {
         if let Err(error) = crate::jobs::cancel_job(service, &job, "the avatar was deleted").await {
-            tracing::warn!(training = %job.id, ?error, "cancelling a training of a deleted avatar");
+            tracing::warn!(job = %job.id, ?error, "cancelling a job of a deleted avatar");
         }
     }
     service

@@ -325,6 +325,8 @@ impl Store {
 
     /// Deletes the avatar and its photos, queueing their blobs for deletion and announcing
     /// `avatar.deleted` in the same transaction.
+    /// Deletes an avatar with everything that holds the person (see the statements below);
+    /// its jobs and generations stay as billing records.
     pub async fn delete_avatar(&self, tenant_id: TenantId, id: AvatarId) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let locked: Option<uuid::Uuid> = sqlx::query_scalar(
@@ -338,10 +340,51 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let avatar = fetch_avatar(&mut tx, tenant_id, id).await?;
+        // Every blob that holds the person: photos, caller-supplied training archives, LoRA
+        // weights and configs, generated images. The janitor purges them.
         sqlx::query(
             "INSERT INTO blob_deletions (blob_key)
              SELECT blob_key FROM photos WHERE tenant_id = $1 AND avatar_id = $2
+             UNION SELECT input_blob_key FROM jobs
+                 WHERE tenant_id = $1 AND avatar_id = $2 AND input_blob_key IS NOT NULL
+             UNION SELECT artifact_key FROM models
+                 WHERE tenant_id = $1 AND avatar_id = $2 AND artifact_key IS NOT NULL
+             UNION SELECT config_key FROM models
+                 WHERE tenant_id = $1 AND avatar_id = $2 AND config_key IS NOT NULL
+             UNION SELECT i.blob_key FROM generation_images i
+                 JOIN generations g ON g.id = i.generation_id
+                 WHERE g.tenant_id = $1 AND g.avatar_id = $2
              ON CONFLICT (blob_key) DO NOTHING",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM generation_images i USING generations g
+             WHERE g.id = i.generation_id AND g.tenant_id = $1 AND g.avatar_id = $2",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        // Generations and jobs stay as billing records (endpoint, preset, counts, cost,
+        // status, timings) without personal data: prompts are what the caller wrote about the
+        // person, the trigger phrase names them, results point at their images and weights.
+        sqlx::query(
+            "UPDATE generations SET request = request - 'prompts' - 'prompt' - 'negative_prompt'
+             WHERE tenant_id = $1 AND avatar_id = $2",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET params = params - 'prompt' - 'negative_prompt' - 'images_data_url'
+                     - 'trigger_phrase' - 'trigger_word',
+                 trigger_phrase = NULL, input_blob_key = NULL, result = NULL,
+                 custody_needed = false, result_fetch_needed = false, updated_at = now()
+             WHERE tenant_id = $1 AND avatar_id = $2",
         )
         .bind(tenant_id.0)
         .bind(id.0)

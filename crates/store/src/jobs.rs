@@ -383,19 +383,19 @@ impl Store {
         .await
     }
 
-    /// The avatar's live trainings (to cancel them when it is deleted).
-    pub async fn active_trainings(
+    /// The avatar's live jobs, trainings and generation items (to cancel them when it is
+    /// deleted).
+    pub async fn active_jobs_of_avatar(
         &self,
         tenant_id: TenantId,
         avatar_id: AvatarId,
     ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE tenant_id = $1 AND avatar_id = $2 AND kind = $3 AND status = ANY($4)"
+             WHERE tenant_id = $1 AND avatar_id = $2 AND status = ANY($3)"
         ))
         .bind(tenant_id.0)
         .bind(avatar_id.0)
-        .bind(JobKind::Training.as_str())
         .bind(names(JobStatus::ALL.into_iter().filter(|s| s.is_active())))
         .fetch_all(&self.pool)
         .await?)
