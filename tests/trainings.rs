@@ -495,7 +495,20 @@ async fn fifty_identical_deliveries_at_once_make_one_transition(pool: PgPool) {
         response.json::<Value>().await.unwrap()["outcome"],
         "ignored"
     );
-    assert_eq!(training(&app, &id).await["status"], "succeeded");
+    // fal's success stands, but the LoRA file is missing, so custody is still trying: callers
+    // read the training as in progress, as its avatar (still training) says.
+    let read = training(&app, &id).await;
+    assert_eq!(read["status"], "in_progress", "{read:#}");
+    assert_eq!(read["progress"], 1.0);
+    let avatar: Value = app
+        .request(Method::GET, &format!("/avatars/{avatar}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(avatar["status"], "training");
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
