@@ -35,7 +35,9 @@ pub struct TrainingResponse {
     pub avatar_id: Option<Uuid>,
     /// `pending`, `uploading`, `submitted`, `in_progress`, `submit_unknown` (fal may or may not
     /// have the request; resolved by its callback, a status lookup or the deadline; never
-    /// resubmitted), `succeeded`, `failed`, `cancelled`, `timed_out`.
+    /// resubmitted), `succeeded`, `failed`, `cancelled`, `timed_out`. A training fal finished
+    /// stays `in_progress` (progress 1) until its model is in the service's storage; if it
+    /// cannot be kept it ends `failed` with `artifact_unavailable`.
     #[schema(value_type = crate::openapi::JobStatus)]
     pub status: String,
     #[schema(value_type = Option<crate::openapi::Trainer>)]
