@@ -3,11 +3,15 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use blackbox::{FalOptions, TestApp};
+use fal_sim::{RequestFaults, WebhookFaults};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn blobs(app: &TestApp) -> BTreeSet<PathBuf> {
     app.blob_files().into_iter().collect()
@@ -110,4 +114,92 @@ async fn deleting_a_trained_avatar_removes_every_blob_of_the_person(pool: PgPool
         json!([]),
         "{generation:#}"
     );
+}
+
+/// fal finished the training, but its LoRA is not kept yet (its file expired, custody keeps
+/// retrying): deleting the avatar ends the training cancelled rather than leaving custody to
+/// keep the person's weights for nobody, and every blob of the person goes.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn deleting_an_avatar_whose_training_is_finishing_cancels_it(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool.clone(), FalOptions::default(), |settings| {
+        settings.jobs.custody_max_attempts = 100;
+        settings.jobs.custody_retry_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let sim = app.sim.as_ref().unwrap();
+    sim.fault_next_requests(
+        1,
+        None,
+        RequestFaults {
+            webhook: WebhookFaults {
+                hold: true,
+                ..WebhookFaults::default()
+            },
+            ..RequestFaults::default()
+        },
+    );
+    let baseline = blobs(&app);
+    let avatar = app.avatar_with_photos(10).await;
+    let started = app.start_training(&avatar, json!({})).await;
+    let id = started["id"].as_str().unwrap().to_string();
+    sim.wait_until(DEADLINE, "fal finished the training", |s| {
+        s.requests().first().is_some_and(|r| r.output.is_some())
+    })
+    .await
+    .unwrap();
+    let lora = sim.requests().remove(0).output.unwrap()["diffusers_lora_file"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sim.expire_file(&lora));
+    let mut released = 0;
+    sim.wait_until(DEADLINE, "fal's callback is released", |s| {
+        released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
+        released > 0
+    })
+    .await
+    .unwrap();
+    app.eventually("custody failed once", || async {
+        let (status, attempts): (String, i32) =
+            sqlx::query_as("SELECT status, custody_attempts FROM jobs WHERE id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if status == "finishing" && attempts >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{status} after {attempts} custody attempts"))
+        }
+    })
+    .await;
+    let (_, training) = get(&app, &format!("/trainings/{id}")).await;
+    assert_eq!(training["status"], "in_progress", "{training:#}");
+
+    let response = app
+        .request(Method::DELETE, &format!("/avatars/{avatar}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+
+    let (status, training) = get(&app, &format!("/trainings/{id}")).await;
+    assert_eq!(status, 200, "{training:#}");
+    assert_eq!(training["status"], "cancelled", "{training:#}");
+    assert_eq!(training["error"]["message"], "the avatar was deleted");
+    assert_eq!(training["model"], Value::Null);
+    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(models, 0);
+    app.eventually("every blob of the person is gone", || async {
+        let now = blobs(&app);
+        if now == baseline {
+            Ok(())
+        } else {
+            Err(format!("left: {:#?}", now.difference(&baseline)))
+        }
+    })
+    .await;
 }

@@ -455,7 +455,7 @@ async fn a_duplicate_webhook_leaves_one_result(pool: PgPool) {
     let (images, completions): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM generation_images),
                 (SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id
-                 WHERE j.kind = 'generation' AND e.event = 'completed' AND e.applied)",
+                 WHERE j.kind = 'generation' AND e.event = 'fal_succeeded' AND e.applied)",
     )
     .fetch_one(&pool)
     .await

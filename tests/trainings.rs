@@ -385,7 +385,7 @@ async fn duplicate_webhooks_change_nothing(pool: PgPool) {
     })
     .await
     .unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND event = 'completed' AND applied")
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND event = 'fal_succeeded' AND applied")
         .bind(id)
         .fetch_one(&pool)
         .await
@@ -477,9 +477,10 @@ async fn fifty_identical_deliveries_at_once_make_one_transition(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(status, "succeeded");
+    // fal succeeded; its LoRA file is missing, so the job is still finishing (custody).
+    assert_eq!(status, "finishing");
     let applied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND to_status = 'succeeded'",
+        "SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND to_status = 'finishing'",
     )
     .bind(&id)
     .fetch_one(&pool)
@@ -1218,7 +1219,7 @@ async fn a_job_row_with_an_unknown_status_or_kind_fails_loudly_when_read(pool: P
 /// training beside an avatar still training.
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(pool: PgPool) {
-    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+    let app = TestApp::spawn_with_fal_and(pool.clone(), FalOptions::default(), |settings| {
         settings.jobs.custody_max_attempts = 3;
         settings.jobs.custody_retry_interval = Duration::from_secs(2);
     })
@@ -1262,8 +1263,15 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
     let failed = app
         .eventually("custody gives up", || {
             let (app, id, avatar) = (&app, &id, &avatar);
-            let seen = &seen_in_progress_at_full_progress;
+            let (seen, pool) = (&seen_in_progress_at_full_progress, &pool);
             async move {
+                let stored: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                    .bind(uuid::Uuid::parse_str(id).unwrap())
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                // Not even the stored row calls it a success while the LoRA is not kept.
+                assert_ne!(stored, "succeeded");
                 let training = training(app, id).await;
                 let avatar: Value = app
                     .request(Method::GET, &format!("/avatars/{avatar}"))
@@ -1277,6 +1285,7 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
                 if training["status"] == "in_progress" {
                     assert_eq!(avatar["status"], "training");
                     if training["progress"] == 1.0 {
+                        assert_eq!(stored, "finishing");
                         seen.set(true);
                     }
                 }

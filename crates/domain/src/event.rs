@@ -100,6 +100,7 @@ impl EventType {
             JobStatus::Pending
             | JobStatus::Uploading
             | JobStatus::SubmitUnknown
+            | JobStatus::Finishing
             | JobStatus::Succeeded => None,
         }
     }

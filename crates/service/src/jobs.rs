@@ -73,10 +73,16 @@ pub fn completion_events(
     };
     match outcome {
         FalOutcome::Succeeded(result) => {
-            // A finetune id is the whole model: recorded now, nothing to keep.
+            // A finetune id is the whole model: recorded now, nothing to keep. Anything else
+            // (LoRA weights, images) finishes in custody.
             let model = finetune_model(job, &result);
+            let event = if model.is_some() {
+                JobEvent::Completed
+            } else {
+                JobEvent::FalSucceeded
+            };
             events.push((
-                JobEvent::Completed,
+                event,
                 JobChanges {
                     result: Some(result),
                     custody_needed: Some(model.is_none()),
@@ -87,7 +93,7 @@ pub fn completion_events(
             ))
         }
         FalOutcome::SucceededWithoutPayload => events.push((
-            JobEvent::Completed,
+            JobEvent::FalSucceeded,
             JobChanges {
                 result_fetch_needed: Some(true),
                 progress: Some(1.0),
@@ -176,7 +182,9 @@ pub async fn cancel_job(
     cause: &str,
 ) -> Result<JobRecord, ServiceError> {
     let status = job.status();
-    if status.is_terminal() {
+    // A finishing job is done at fal: as when fal answers that a request already completed,
+    // its result wins.
+    if status.is_terminal() || status == JobStatus::Finishing {
         return Ok(job.clone());
     }
     let request = request_ref(service, job);

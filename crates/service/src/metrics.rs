@@ -419,7 +419,7 @@ impl Metrics {
         );
         self.register(
             "avatars_result_fetch_backlog",
-            "Succeeded jobs whose result is still to be fetched from fal",
+            "Finishing jobs whose result is still to be fetched from fal",
             self.result_fetch_backlog.clone(),
         );
         self.register(

@@ -1,12 +1,13 @@
 use chrono::{DateTime, Utc};
 use domain::{
-    Avatar, AvatarChange, AvatarId, AvatarKind, AvatarStatus, EventType, ModelType, NewAvatar,
-    TenantId,
+    Avatar, AvatarChange, AvatarId, AvatarKind, AvatarStatus, EventType, JobEvent, JobStatus,
+    ModelType, NewAvatar, TenantId,
 };
 use sqlx::PgConnection;
 
 use crate::error::StoreError;
 use crate::events::{insert_event, EventSnapshot};
+use crate::jobs::{apply_event_in, JobChanges};
 use crate::records::{parse_column, split_page};
 use crate::Store;
 
@@ -340,6 +341,36 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let avatar = fetch_avatar(&mut tx, tenant_id, id).await?;
+        // A job still finishing would keep fal's result for nobody: it ends cancelled, and
+        // whatever custody copied for it is discarded (see `Store::discard_artifacts`).
+        let finishing: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE tenant_id = $1 AND avatar_id = $2 AND status = $3",
+        )
+        .bind(tenant_id.0)
+        .bind(id.0)
+        .bind(JobStatus::Finishing.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = Vec::new();
+        for job_id in finishing {
+            let cause = "the avatar was deleted";
+            let changes = JobChanges {
+                error_code: Some("cancelled".into()),
+                error_message: Some(cause.into()),
+                ..JobChanges::default()
+            };
+            apply_event_in(
+                &mut tx,
+                job_id,
+                JobEvent::Cancelled,
+                None,
+                &changes,
+                cause,
+                None,
+                &mut changed,
+            )
+            .await?;
+        }
         // Every blob that holds the person: photos, caller-supplied training archives, LoRA
         // weights and configs, generated images. The janitor purges them.
         sqlx::query(
@@ -410,6 +441,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.observer.committed(&changed);
         Ok(())
     }
 }

@@ -58,7 +58,7 @@ pub struct WorkSnapshot {
     pub overdue: Vec<(String, i64)>,
     /// Finished jobs whose artifacts are still to be copied into our storage.
     pub custody_backlog: i64,
-    /// Succeeded jobs whose result is still to be fetched from fal.
+    /// Finishing jobs whose result is still to be fetched from fal.
     pub result_fetch_backlog: i64,
     /// How long the oldest of those has waited.
     pub custody_oldest_seconds: f64,
@@ -112,7 +112,7 @@ impl Store {
             "SELECT kind, count(*) AS n FROM jobs
              WHERE status IN ({at_fal}) AND deadline_at <= now()
              GROUP BY kind",
-            at_fal = quoted(&domain::allowed_from(domain::JobEvent::Completed)),
+            at_fal = quoted(&domain::allowed_from(domain::JobEvent::FalSucceeded)),
         ))
         .fetch_all(&mut *conn)
         .await?
@@ -128,7 +128,7 @@ impl Store {
              WHERE (custody_needed OR result_fetch_needed)
                AND (status = $1 OR (custody_needed AND status = $2 AND kind = $3))",
         )
-        .bind(JobStatus::Succeeded.as_str())
+        .bind(JobStatus::Finishing.as_str())
         .bind(JobStatus::Failed.as_str())
         .bind(JobKind::Generation.as_str())
         .fetch_one(&mut *conn)

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::avatars::avatar_page;
 use crate::error::StoreError;
 use crate::events::insert_generation_event;
+use crate::jobs::complete_custody_in;
 use crate::records::{
     generation_by_id, generation_images, generation_jobs, parse_column, record_created, tenant_row,
     GenerationImage, GenerationRecord, JobRecord, GENERATION_COLUMNS, JOB_COLUMNS,
@@ -168,8 +169,8 @@ impl Store {
         generation_images(&self.pool, generation_id).await
     }
 
-    /// Records a succeeded item's images and clears its custody flag, in one transaction.
-    /// Safe to repeat. False when the lease was lost.
+    /// Records a finishing item's images and completes it, in one transaction. Safe to
+    /// repeat. False when the lease was lost or the item is no longer finishing.
     pub async fn complete_generation_item(
         &self,
         job_id: Uuid,
@@ -177,16 +178,18 @@ impl Store {
         images: &[GenerationImage],
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let job = clear_item_flags(&mut tx, job_id, fence, Some(JobStatus::Succeeded)).await?;
-        let Some(
-            job @ JobRecord {
-                generation_id: Some(generation_id),
-                ..
-            },
-        ) = job
-        else {
+        let generation_id: Option<Uuid> =
+            sqlx::query_scalar("SELECT generation_id FROM jobs WHERE id = $1 AND fence = $2")
+                .bind(job_id)
+                .bind(fence)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        let Some(generation_id) = generation_id else {
             return Ok(false);
         };
+        // The images first: finishing the item may settle its generation, whose event lists
+        // them.
         for image in images {
             sqlx::query(
                 "INSERT INTO generation_images (generation_id, job_id, item_index, image_index, blob_key,
@@ -208,9 +211,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        announce_if_finished(&mut tx, &job).await?;
-        tx.commit().await?;
-        Ok(true)
+        let mut changed = Vec::new();
+        let completed = complete_custody_in(&mut tx, job_id, fence, None, &mut changed).await?;
+        if completed {
+            tx.commit().await?;
+            self.observer.committed(&changed);
+        }
+        Ok(completed)
     }
 
     /// Resubmits a LoRA item whose request certainly failed because fal could not fetch the

@@ -133,7 +133,7 @@ async fn record_event(
 }
 
 /// A lease taken with a transition: a worker claiming the job.
-struct Claim {
+pub(crate) struct Claim {
     owner: Uuid,
     lease: std::time::Duration,
 }
@@ -168,7 +168,7 @@ async fn ignore(
 /// update also leases the job to the claimer under a new fence. A status change is added to
 /// `changed`, for the caller to report once the transaction committed.
 #[allow(clippy::too_many_arguments)]
-async fn apply_event_in(
+pub(crate) async fn apply_event_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
     event: JobEvent,
@@ -288,6 +288,37 @@ async fn apply_event_in(
         record_model_in(tx, &job, model).await?;
     }
     Ok(EventOutcome::Applied(Box::new(job)))
+}
+
+/// Ends custody of a `finishing` job inside `tx`: `completed`, under the lease holder's fence,
+/// with its custody flags cleared (and a training's model recorded and made its avatar's). False
+/// when the job is not the caller's to finish any more (lease lost, cancelled meanwhile); the
+/// caller then rolls back whatever it wrote in `tx`.
+pub(crate) async fn complete_custody_in(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    fence: i64,
+    model: Option<NewModel>,
+    changed: &mut Vec<Changed>,
+) -> Result<bool, StoreError> {
+    let changes = JobChanges {
+        custody_needed: Some(false),
+        result_fetch_needed: Some(false),
+        model,
+        ..JobChanges::default()
+    };
+    let outcome = apply_event_in(
+        tx,
+        job_id,
+        JobEvent::Completed,
+        Some(fence),
+        &changes,
+        "custody complete",
+        None,
+        changed,
+    )
+    .await?;
+    Ok(matches!(outcome, EventOutcome::Applied(_)))
 }
 
 impl Store {
@@ -614,7 +645,7 @@ impl Store {
         .bind(next_check_in.as_secs_f64())
         .bind(limit)
         // At fal: where its result can arrive.
-        .bind(names(allowed_from(JobEvent::Completed)))
+        .bind(names(allowed_from(JobEvent::FalSucceeded)))
         .bind(JobStatus::Uploading.as_str())
         .bind(names(allowed_from(JobEvent::TimedOut)))
         .fetch_all(&self.pool)
@@ -650,8 +681,8 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    /// Leases a succeeded job whose result must still be fetched or whose artifacts must still
-    /// be copied into our storage.
+    /// Leases a finishing job (its result must still be fetched or its artifacts copied into
+    /// our storage), or a failed generation item awaiting a resubmit with our copy of its LoRA.
     pub async fn claim_custody(
         &self,
         owner: Uuid,
@@ -672,7 +703,7 @@ impl Store {
         ))
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(JobStatus::Succeeded.as_str())
+        .bind(JobStatus::Finishing.as_str())
         .bind(JobStatus::Failed.as_str())
         .bind(JobKind::Generation.as_str())
         .fetch_optional(&self.pool)
@@ -724,6 +755,25 @@ impl Store {
     /// back to be claimed again: after `first_wait` the first time, twice as long after each
     /// further failure, at most 64 times `first_wait`. Returns the attempts failed so far, or
     /// `None` when the lease was lost.
+    /// Queues for deletion the artifacts custody copied for a job that then ended without
+    /// them (cancelled while finishing, say, because its avatar was deleted). Nothing is queued
+    /// while the job is still finishing or succeeded: the keys are the job's own, and another
+    /// worker may hold them.
+    pub async fn discard_artifacts(&self, job_id: Uuid, keys: &[String]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blob_deletions (blob_key)
+             SELECT unnest($2::text[])
+             WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status <> ALL($3))
+             ON CONFLICT (blob_key) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(keys)
+        .bind(names([JobStatus::Finishing, JobStatus::Succeeded]))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn record_custody_failure(
         &self,
         job_id: Uuid,

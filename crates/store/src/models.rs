@@ -1,13 +1,14 @@
 //! Trained models: created when a training's artifacts are in our custody.
 
-use domain::{AvatarChange, AvatarId, EventType, JobStatus, ModelType, TenantId};
+use domain::{AvatarChange, AvatarId, EventType, ModelType, TenantId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::avatars::lock_avatar;
 use crate::error::StoreError;
 use crate::events::insert_training_event;
-use crate::records::{JobRecord, ModelRecord, JOB_COLUMNS, MODEL_COLUMNS};
+use crate::jobs::complete_custody_in;
+use crate::records::{JobRecord, ModelRecord, MODEL_COLUMNS};
 use crate::Store;
 
 /// A model to record for a finished training.
@@ -87,23 +88,14 @@ impl Store {
         model: &NewModel,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let job: Option<JobRecord> = sqlx::query_as(&format!(
-            "UPDATE jobs SET custody_needed = false, result_fetch_needed = false, lease_owner = NULL,
-                 lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = $3
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(job_id)
-        .bind(fence)
-        .bind(JobStatus::Succeeded.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(job) = job else {
-            return Ok(false);
-        };
-        record_model_in(&mut tx, &job, model).await?;
-        tx.commit().await?;
-        Ok(true)
+        let mut changed = Vec::new();
+        let completed =
+            complete_custody_in(&mut tx, job_id, fence, Some(model.clone()), &mut changed).await?;
+        if completed {
+            tx.commit().await?;
+            self.observer.committed(&changed);
+        }
+        Ok(completed)
     }
 
     /// The model a training produced, if it is in custody.

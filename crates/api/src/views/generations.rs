@@ -97,11 +97,7 @@ pub fn render_generation(
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                status: job
-                    .status()
-                    .as_seen(job.custody_needed || job.result_fetch_needed)
-                    .as_str()
-                    .to_string(),
+                status: job.status().as_seen().as_str().to_string(),
                 finished: item_finished(&job),
                 attempts,
                 fal_request_id: job.fal_request_id.clone(),

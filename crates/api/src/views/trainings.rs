@@ -91,11 +91,7 @@ pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> Tra
     TrainingResponse {
         id: job.id,
         avatar_id: job.avatar_id,
-        status: job
-            .status()
-            .as_seen(job.custody_needed || job.result_fetch_needed)
-            .as_str()
-            .to_string(),
+        status: job.status().as_seen().as_str().to_string(),
         trainer: job.trainer,
         endpoint: job.endpoint,
         preset: job.preset,

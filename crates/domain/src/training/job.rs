@@ -1,12 +1,12 @@
 //! The job state machine shared by trainings and generations.
 //!
-//! `pending -> uploading -> submitted -> in_progress -> succeeded | failed | cancelled |
-//! timed_out`, plus `submit_unknown`: the submit's outcome is unknown, so the job is never
-//! resubmitted on its own and is resolved by a webhook, a status lookup or the deadline.
-//! Terminal states never change, with one exception: a job fal finished but whose result or
-//! artifacts the service could not take into its custody (`succeeded` with custody pending,
-//! shown to callers as still in progress) ends `failed` through `artifact_unavailable`. A late
-//! or duplicate event is ignored with a reason.
+//! `pending -> uploading -> submitted -> in_progress -> [finishing ->] succeeded | failed |
+//! cancelled | timed_out`, plus `submit_unknown`: the submit's outcome is unknown, so the job is
+//! never resubmitted on its own and is resolved by a webhook, a status lookup or the deadline.
+//! `finishing`: fal succeeded, and the service is still fetching the result or copying its
+//! artifacts into its own storage; it ends `succeeded` when they are held, or `failed` with
+//! `artifact_unavailable` when they cannot be. Terminal states never change; a late or
+//! duplicate event is ignored with a reason.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,8 @@ pub enum JobStatus {
     InProgress,
     /// The submit may or may not have reached fal.
     SubmitUnknown,
+    /// fal succeeded; the service is taking its result and artifacts into custody.
+    Finishing,
     Succeeded,
     Failed,
     Cancelled,
@@ -52,12 +54,13 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 9] = [
+    pub const ALL: [JobStatus; 10] = [
         Self::Pending,
         Self::Uploading,
         Self::Submitted,
         Self::InProgress,
         Self::SubmitUnknown,
+        Self::Finishing,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
@@ -71,6 +74,7 @@ impl JobStatus {
             Self::Submitted => "submitted",
             Self::InProgress => "in_progress",
             Self::SubmitUnknown => "submit_unknown",
+            Self::Finishing => "finishing",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -94,12 +98,11 @@ impl JobStatus {
     }
 
     /// The status callers see. fal's success is not the job's until the service holds its
-    /// result and artifacts: until then (`custody_pending`) it shows as still in progress, as
-    /// its avatar (still `training`) or generation does. Custody ends it `succeeded`, or
-    /// `failed` with `artifact_unavailable`.
-    pub fn as_seen(self, custody_pending: bool) -> JobStatus {
+    /// result and artifacts: while `finishing` it shows as still in progress, as its avatar
+    /// (still `training`) or generation does.
+    pub fn as_seen(self) -> JobStatus {
         match self {
-            Self::Succeeded if custody_pending => Self::InProgress,
+            Self::Finishing => Self::InProgress,
             other => other,
         }
     }
@@ -124,7 +127,11 @@ pub enum JobEvent {
     Queued,
     /// fal reports IN_PROGRESS (also progress updates).
     Started,
-    /// fal's result is a success.
+    /// fal's result is a success, and its result or artifacts must still be taken into the
+    /// service's custody.
+    FalSucceeded,
+    /// The job's result and artifacts are held by the service (at once when there is nothing to
+    /// keep, or when custody ends).
     Completed,
     /// fal's result is an error.
     FalFailed,
@@ -138,7 +145,7 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
-    pub const ALL: [JobEvent; 12] = [
+    pub const ALL: [JobEvent; 13] = [
         Self::UploadStarted,
         Self::UploadReclaimed,
         Self::Submitted,
@@ -146,6 +153,7 @@ impl JobEvent {
         Self::SubmitRejected,
         Self::Queued,
         Self::Started,
+        Self::FalSucceeded,
         Self::Completed,
         Self::FalFailed,
         Self::Cancelled,
@@ -162,6 +170,7 @@ impl JobEvent {
             Self::SubmitRejected => "submit_rejected",
             Self::Queued => "queued",
             Self::Started => "started",
+            Self::FalSucceeded => "fal_succeeded",
             Self::Completed => "completed",
             Self::FalFailed => "fal_failed",
             Self::Cancelled => "cancelled",
@@ -200,6 +209,7 @@ pub fn target(event: JobEvent) -> JobStatus {
         E::SubmitOutcomeUnknown => S::SubmitUnknown,
         E::SubmitRejected | E::FalFailed | E::ArtifactUnavailable => S::Failed,
         E::Started => S::InProgress,
+        E::FalSucceeded => S::Finishing,
         E::Completed => S::Succeeded,
         E::Cancelled => S::Cancelled,
         E::TimedOut => S::TimedOut,
@@ -218,16 +228,18 @@ pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
         E::SubmitOutcomeUnknown | E::SubmitRejected => vec![S::Uploading],
         E::Queued => vec![S::Submitted, S::SubmitUnknown],
         E::Started => vec![S::Submitted, S::SubmitUnknown, S::InProgress],
-        E::Completed | E::FalFailed => vec![S::Submitted, S::InProgress, S::SubmitUnknown],
+        E::FalSucceeded | E::FalFailed => vec![S::Submitted, S::InProgress, S::SubmitUnknown],
+        E::Completed => vec![S::Submitted, S::InProgress, S::SubmitUnknown, S::Finishing],
         E::Cancelled => vec![
             S::Pending,
             S::Uploading,
             S::Submitted,
             S::InProgress,
             S::SubmitUnknown,
+            S::Finishing,
         ],
         E::TimedOut => vec![S::Uploading, S::Submitted, S::InProgress, S::SubmitUnknown],
-        E::ArtifactUnavailable => vec![S::Succeeded],
+        E::ArtifactUnavailable => vec![S::Finishing],
     }
 }
 
@@ -236,10 +248,7 @@ pub fn allowed_from(event: JobEvent) -> Vec<JobStatus> {
 pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
     use JobEvent as E;
     use JobStatus as S;
-    // The one move out of a terminal state: fal's success whose artifacts never reached our
-    // storage (callers saw it as still in progress).
-    let losing_artifacts = (event, from) == (E::ArtifactUnavailable, S::Succeeded);
-    if from.is_terminal() && !losing_artifacts {
+    if from.is_terminal() {
         return Transition::Ignore {
             reason: REASON_TERMINAL,
         };
@@ -247,8 +256,24 @@ pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
     let apply = Transition::Apply { to: target(event) };
     let ignore = |reason| Transition::Ignore { reason };
     match (event, from) {
-        // Cancelling is possible at any active point; fal is told separately.
+        // Cancelling is possible at any active point; fal is told separately. A job cancelled
+        // while finishing keeps nothing of fal's result.
         (E::Cancelled, _) => apply,
+
+        // Once fal succeeded, only custody's outcome (or a cancel) moves the job.
+        (
+            E::UploadStarted
+            | E::UploadReclaimed
+            | E::Submitted
+            | E::SubmitOutcomeUnknown
+            | E::SubmitRejected
+            | E::Queued
+            | E::Started
+            | E::FalFailed
+            | E::TimedOut,
+            S::Finishing,
+        ) => ignore(REASON_STALE),
+        (E::FalSucceeded, S::Finishing) => ignore(REASON_DUPLICATE),
 
         (E::UploadStarted, S::Pending) => apply,
         (E::UploadStarted, S::Uploading) => ignore(REASON_DUPLICATE),
@@ -278,14 +303,18 @@ pub fn transition(from: JobStatus, event: JobEvent) -> Transition {
         (E::Started, S::Submitted | S::SubmitUnknown | S::InProgress) => apply,
         (E::Started, _) => ignore(REASON_PREMATURE),
 
-        (E::Completed | E::FalFailed, S::Submitted | S::InProgress | S::SubmitUnknown) => apply,
-        (E::Completed | E::FalFailed, _) => ignore(REASON_PREMATURE),
+        (
+            E::FalSucceeded | E::Completed | E::FalFailed,
+            S::Submitted | S::InProgress | S::SubmitUnknown,
+        ) => apply,
+        (E::Completed, S::Finishing) => apply,
+        (E::FalSucceeded | E::Completed | E::FalFailed, _) => ignore(REASON_PREMATURE),
 
         // A job that never reached fal can still run out of time while uploading.
         (E::TimedOut, S::Uploading | S::Submitted | S::InProgress | S::SubmitUnknown) => apply,
         (E::TimedOut, _) => ignore(REASON_PREMATURE),
 
-        (E::ArtifactUnavailable, S::Succeeded) => apply,
+        (E::ArtifactUnavailable, S::Finishing) => apply,
         (E::ArtifactUnavailable, _) => ignore(REASON_PREMATURE),
     }
 }
@@ -353,9 +382,6 @@ mod tests {
     fn terminal_states_never_change() {
         for from in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in JobEvent::ALL {
-                if (from, event) == (S::Succeeded, E::ArtifactUnavailable) {
-                    continue;
-                }
                 assert_eq!(
                     transition(from, event),
                     Transition::Ignore {
@@ -370,21 +396,22 @@ mod tests {
     #[test]
     fn the_full_transition_table() {
         // One row per event: the outcome from pending, uploading, submitted, in_progress,
-        // submit_unknown ('A' applies; otherwise the ignore reason's first letter:
+        // submit_unknown, finishing ('A' applies; otherwise the ignore reason's first letter:
         // 'd'uplicate, 's'tale, 'p'remature).
-        let table: [(JobEvent, &str); 12] = [
-            (E::UploadStarted, "Adsss"),
-            (E::UploadReclaimed, "pAsss"),
-            (E::Submitted, "pAdsA"),
-            (E::SubmitOutcomeUnknown, "pAssd"),
-            (E::SubmitRejected, "pAsss"),
-            (E::Queued, "ppAsA"),
-            (E::Started, "ppAAA"),
-            (E::Completed, "ppAAA"),
-            (E::FalFailed, "ppAAA"),
-            (E::Cancelled, "AAAAA"),
-            (E::TimedOut, "pAAAA"),
-            (E::ArtifactUnavailable, "ppppp"),
+        let table: [(JobEvent, &str); 13] = [
+            (E::UploadStarted, "Adssss"),
+            (E::UploadReclaimed, "pAssss"),
+            (E::Submitted, "pAdsAs"),
+            (E::SubmitOutcomeUnknown, "pAssds"),
+            (E::SubmitRejected, "pAssss"),
+            (E::Queued, "ppAsAs"),
+            (E::Started, "ppAAAs"),
+            (E::FalSucceeded, "ppAAAd"),
+            (E::Completed, "ppAAAA"),
+            (E::FalFailed, "ppAAAs"),
+            (E::Cancelled, "AAAAAA"),
+            (E::TimedOut, "pAAAAs"),
+            (E::ArtifactUnavailable, "pppppA"),
         ];
         let active = [
             S::Pending,
@@ -392,6 +419,7 @@ mod tests {
             S::Submitted,
             S::InProgress,
             S::SubmitUnknown,
+            S::Finishing,
         ];
         for (event, row) in table {
             for (from, cell) in active.into_iter().zip(row.chars()) {
@@ -422,21 +450,19 @@ mod tests {
 
     #[test]
     fn a_success_awaiting_custody_shows_as_in_progress() {
-        assert_eq!(S::Succeeded.as_seen(true), S::InProgress);
-        assert_eq!(S::Succeeded.as_seen(false), S::Succeeded);
-        for status in JobStatus::ALL.into_iter().filter(|s| *s != S::Succeeded) {
-            assert_eq!(status.as_seen(true), status);
-            assert_eq!(status.as_seen(false), status);
+        assert_eq!(S::Finishing.as_seen(), S::InProgress);
+        for status in JobStatus::ALL.into_iter().filter(|s| *s != S::Finishing) {
+            assert_eq!(status.as_seen(), status);
         }
     }
 
     #[test]
     fn only_a_success_awaiting_custody_can_lose_its_artifacts() {
         assert_eq!(
-            transition(S::Succeeded, E::ArtifactUnavailable),
+            transition(S::Finishing, E::ArtifactUnavailable),
             Transition::Apply { to: S::Failed }
         );
-        for from in [S::Failed, S::Cancelled, S::TimedOut] {
+        for from in [S::Succeeded, S::Failed, S::Cancelled, S::TimedOut] {
             assert_eq!(
                 transition(from, E::ArtifactUnavailable),
                 Transition::Ignore {
@@ -471,6 +497,7 @@ mod tests {
             E::Queued,
             E::Started,
             E::Started,
+            E::FalSucceeded,
             E::Completed,
         ] {
             match transition(status, event) {

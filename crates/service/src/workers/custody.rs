@@ -123,9 +123,26 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
             }
         }
     };
-    if let Err(error) = service.store.complete_training(job.id, fence, &model).await {
-        retry_or_fail(service, &job, "recording the model", &error).await;
+    match service.store.complete_training(job.id, fence, &model).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let copied = [model.artifact_key, model.config_key];
+            discard(service, &job, copied.into_iter().flatten().collect()).await;
+        }
+        Err(error) => retry_or_fail(service, &job, "recording the model", &error).await,
     }
+}
+
+/// Custody copied artifacts for a job that ended meanwhile without them (cancelled because its
+/// avatar was deleted, say): they are queued for deletion, unless the job is still someone's.
+async fn discard(service: &Service, job: &JobRecord, keys: Vec<String>) {
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(error) = service.store.discard_artifacts(job.id, &keys).await {
+        tracing::warn!(%error, "queueing discarded artifacts for deletion");
+    }
+    crate::workers::janitor::purge_deleted_blobs(service).await;
 }
 
 /// A custody attempt failed: the job is tried again after a growing wait
@@ -170,7 +187,7 @@ async fn retry_or_fail(
 /// returns to `ready`) and `training.failed` is emitted, in the same transaction; a generation
 /// item closes and its generation is announced when it was the last.
 async fn fail_custody(service: &Service, job: &JobRecord, message: &str) {
-    if job.status() != JobStatus::Succeeded {
+    if job.status() != JobStatus::Finishing {
         // A failed generation item that was to be resubmitted with our copy of the LoRA.
         give_up(service, job).await;
         return;
@@ -353,7 +370,10 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
         .await
     {
         Ok(true) => crate::generation_items::announce(service, generation_id),
-        Ok(false) => {}
+        Ok(false) => {
+            let copied = images.into_iter().map(|image| image.blob_key).collect();
+            discard(service, &job, copied).await;
+        }
         Err(error) => retry_or_fail(service, &job, "recording generated images", &error).await,
     }
 }
