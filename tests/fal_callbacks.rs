@@ -1,22 +1,37 @@
-//! fal callbacks that name no job of ours: kept small, few, and not for long.
+//! fal callbacks that name no job of ours (kept small, few, and not for long, and applied
+//! once a job learns their request id), and callbacks signed for someone else.
 
 use std::time::Duration;
 
 use blackbox::{FalOptions, TestApp};
+use fal_sim::{RequestFaults, SubmitFault, WebhookFaults};
+use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-async fn post_signed(app: &TestApp, request_id: &str, body: &[u8]) -> Value {
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Posts `body` signed by fal-sim's key for `user_id`, with `request_id` in the signed header.
+async fn post_signed_as(
+    app: &TestApp,
+    user_id: &str,
+    request_id: &str,
+    body: &[u8],
+) -> reqwest::Response {
     let sim = app.sim.as_ref().unwrap();
     let mut request = app
         .client
         .post(app.url("/webhooks/fal"))
         .body(body.to_vec());
     let now = chrono::Utc::now().timestamp();
-    for (name, value) in sim.webhook_headers(request_id, "sim-user", now, body) {
+    for (name, value) in sim.webhook_headers(request_id, user_id, now, body) {
         request = request.header(name, value);
     }
-    let response = request.send().await.unwrap();
+    request.send().await.unwrap()
+}
+
+async fn post_signed(app: &TestApp, request_id: &str, body: &[u8]) -> Value {
+    let response = post_signed_as(app, "sim-user", request_id, body).await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -92,4 +107,118 @@ async fn unknown_callbacks_are_kept_small_few_and_not_for_long(pool: PgPool) {
     post_signed(&app, "r-6", &callback("r-6", 10)).await;
     let ids: Vec<String> = kept(&pool).await.into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, ["r-3", "r-6"]);
+}
+
+/// fal called back before the submit's answer (and so the request id) was stored here: the
+/// callback names no job yet and is kept; once the answer arrives and the id is stored, the
+/// kept callback is applied and the training finishes, without waiting for a status check.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_callback_that_beat_its_request_id_is_applied_once_the_id_is_stored(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let sim = app.sim.as_ref().unwrap();
+    sim.fail_next_submits(1, SubmitFault::HoldResponse);
+    sim.fault_next_requests(
+        1,
+        None,
+        RequestFaults {
+            webhook: WebhookFaults {
+                drop: true,
+                ..WebhookFaults::default()
+            },
+            ..RequestFaults::default()
+        },
+    );
+    let avatar = app.avatar_with_photos(10).await;
+    let started = app.start_training(&avatar, json!({})).await;
+    let training_id = started["id"].as_str().unwrap().to_string();
+    sim.wait_until(DEADLINE, "fal finished the training", |s| {
+        s.requests().first().is_some_and(|r| r.output.is_some())
+    })
+    .await
+    .unwrap();
+    let request = sim.requests().remove(0);
+    let request_id = request.request_id.clone();
+    let body = json!({
+        "request_id": request_id,
+        "gateway_request_id": request_id,
+        "status": "OK",
+        "payload": request.output.unwrap(),
+    })
+    .to_string();
+    let ack = post_signed(&app, &request_id, body.as_bytes()).await;
+    assert_eq!(ack["outcome"], "unknown_request", "{ack:#}");
+    let training = app.get_json(&format!("/trainings/{training_id}")).await;
+    assert_eq!(training["status"], "uploading", "{training:#}");
+    assert_eq!(training["fal_request_id"], Value::Null);
+
+    sim.release_held_submits(1);
+    let trained = app
+        .wait_for_json(&format!("/trainings/{training_id}"), "trained", |t| {
+            t["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(trained["fal_request_id"], request_id.as_str());
+    assert!(trained["model"].is_object(), "{trained:#}");
+    let (job_id, outcome): (Option<uuid::Uuid>, String) =
+        sqlx::query_as("SELECT job_id, outcome FROM webhook_inbox WHERE fal_request_id = $1")
+            .bind(&request_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(job_id.map(|id| id.to_string()), Some(training_id));
+    assert_eq!(outcome, "applied");
+    let statuses = sim
+        .received_requests()
+        .iter()
+        .filter(|r| r.path.contains(&request_id) && r.path.ends_with("/status"))
+        .count();
+    assert_eq!(statuses, 0, "no status lookup was needed");
+}
+
+/// With `FAL_WEBHOOK_USER_ID`, a callback correctly signed for another fal user is refused;
+/// the configured user's is taken.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn callbacks_for_another_fal_user_are_refused(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.fal_webhook_user_id = Some("our-fal-user".into());
+    })
+    .await;
+    let body = callback("r-1", 0);
+    let response = post_signed_as(&app, "someone-else", "r-1", &body).await;
+    assert_eq!(response.status(), 403);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "foreign_fal_user", "{problem:#}");
+    let response = post_signed_as(&app, "our-fal-user", "r-1", &body).await;
+    assert_eq!(response.status(), 200);
+    let ack: Value = response.json().await.unwrap();
+    assert_eq!(ack["outcome"], "unknown_request");
+    let metrics = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("avatars_fal_callbacks_total{outcome=\"foreign_user\"} 1")),
+        "{metrics}"
+    );
+}
+
+/// The signed request id header and the body must name the same request.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_callback_whose_header_and_body_name_different_requests_is_refused(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let response = post_signed_as(&app, "sim-user", "r-1", &callback("r-2", 0)).await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "request_id_mismatch", "{problem:#}");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 0, "nothing is recorded");
 }

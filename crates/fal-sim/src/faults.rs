@@ -30,6 +30,9 @@ pub enum SubmitFault {
         #[serde(default = "default_true")]
         enqueue: bool,
     },
+    /// Accept the request (it runs, and calls back), but hold the answer to the submit until
+    /// [`crate::FalSim::release_held_submits`]: the caller does not know the request id yet.
+    HoldResponse,
 }
 
 /// How a request fails instead of producing output.

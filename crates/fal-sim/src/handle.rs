@@ -84,6 +84,7 @@ impl FalSim {
             changed: Notify::new(),
             http,
             shutdown: CancellationToken::new(),
+            held_submits: tokio::sync::Semaphore::new(0),
         });
         if let Some(key) = default_key {
             sim.register_key(&key, KeyKind::Valid);
@@ -163,6 +164,12 @@ impl FalSim {
     /// Lets a stalled request run. False when unknown.
     pub fn release(&self, request_id: &str) -> bool {
         worker::release(&self.sim, request_id)
+    }
+
+    /// Lets `count` submit answers held by a `HoldResponse` fault go (now, or as soon as they
+    /// are held).
+    pub fn release_held_submits(&self, count: usize) {
+        self.sim.held_submits.add_permits(count);
     }
 
     /// Delivers every held webhook, one after another in `order`. Returns how many.

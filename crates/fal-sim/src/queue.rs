@@ -103,9 +103,11 @@ async fn submit(
 
     let fault = sim.lock().submit_faults.pop_front();
     let mut close_after_accept = false;
+    let mut hold_answer = false;
     match fault {
         Some(SubmitFault::CloseConnection { enqueue: false }) => return close(connection).await,
         Some(SubmitFault::CloseConnection { enqueue: true }) => close_after_accept = true,
+        Some(SubmitFault::HoldResponse) => hold_answer = true,
         Some(respond @ SubmitFault::Respond { .. }) => {
             return fault_response(respond).expect("a Respond fault answers")
         }
@@ -171,6 +173,11 @@ async fn submit(
     };
     if close_after_accept {
         return close(connection).await;
+    }
+    if hold_answer {
+        if let Ok(permit) = sim.held_submits.acquire().await {
+            permit.forget();
+        }
     }
     let app = models::app_path(endpoint).unwrap_or_else(|| endpoint.to_owned());
     let urls = request_urls(sim, &app, &id);

@@ -35,6 +35,8 @@ pub(crate) struct Sim {
     pub http: reqwest::Client,
     pub keys: Mutex<SigningKeys>,
     pub shutdown: CancellationToken,
+    /// Permits for submit answers held by a `HoldResponse` fault.
+    pub held_submits: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]

@@ -37,6 +37,8 @@ pub struct PortraitOverrides {
 pub struct FalSettings {
     /// Absent: dev mode runs the in-process simulator instead.
     pub key: Option<SecretString>,
+    /// The fal user id callbacks must carry (`X-Fal-Webhook-User-Id`); any when absent.
+    pub webhook_user_id: Option<String>,
     pub queue_url: String,
     pub rest_url: String,
     pub cdn_url: String,
@@ -353,6 +355,7 @@ impl Config {
         "FAL_UNKNOWN_CALLBACKS_MAX",
         "FAL_UNKNOWN_CALLBACK_RETENTION",
         "FAL_KEY",
+        "FAL_WEBHOOK_USER_ID",
         "FAL_QUEUE_URL",
         "FAL_REST_URL",
         "FAL_CDN_URL",
@@ -654,6 +657,9 @@ impl Config {
             webhook_allow_loopback: env.boolean("WEBHOOK_ALLOW_LOOPBACK")?,
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
+                webhook_user_id: env
+                    .string("FAL_WEBHOOK_USER_ID")
+                    .map(|v| v.trim().to_string()),
                 queue_url: env
                     .url("FAL_QUEUE_URL")?
                     .unwrap_or_else(|| "https://queue.fal.run".into()),

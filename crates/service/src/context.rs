@@ -23,6 +23,8 @@ pub struct Settings {
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
     pub unknown_callbacks: UnknownCallbackSettings,
+    /// Callbacks from another fal user are refused (`FAL_WEBHOOK_USER_ID`).
+    pub fal_webhook_user_id: Option<String>,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -44,6 +46,7 @@ impl Settings {
             workers: WorkerIntervals::default(),
             shutdown: config.shutdown,
             unknown_callbacks: config.unknown_callbacks,
+            fal_webhook_user_id: config.fal.webhook_user_id.clone(),
             scratch_dir: std::env::temp_dir(),
         }
     }

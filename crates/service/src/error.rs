@@ -17,6 +17,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The caller's credentials (a signature, say) are missing or do not verify.
     Unauthenticated,
+    /// The caller is known, but this is not theirs to do.
+    Forbidden,
     NotFound,
     /// The resource's state does not allow it now.
     Conflict,

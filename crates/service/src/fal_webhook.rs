@@ -30,7 +30,8 @@ pub enum CallbackOutcome {
     Ignored,
     /// The same delivery was recorded before.
     Duplicate,
-    /// No job matches; kept for reconciliation while fewer than the configured number are.
+    /// No job matches; kept while fewer than the configured number are, and applied when a job
+    /// learns its request id.
     UnknownRequest,
 }
 
@@ -174,7 +175,78 @@ async fn verify(
             )
             .with_source(other),
         })?;
+    if let Some(expected) = &service.settings.fal_webhook_user_id {
+        if &verified.user_id != expected {
+            service.metrics.fal_callback(CallbackResult::ForeignUser);
+            return Err(ServiceError::new(
+                crate::ErrorKind::Forbidden,
+                "foreign_fal_user",
+                "the callback is signed for another fal user than FAL_WEBHOOK_USER_ID",
+            ));
+        }
+    }
+    // The signed header names the request; a body naming another one was not what fal signed
+    // for it. (Whether fal puts `request_id` or `gateway_request_id` there is not documented.)
+    let body_ids = [
+        Some(verified.body.request_id.as_str()),
+        verified.body.gateway_request_id.as_deref(),
+    ];
+    if !body_ids.contains(&Some(verified.header_request_id.as_str())) {
+        service
+            .metrics
+            .fal_callback(CallbackResult::RequestIdMismatch);
+        return Err(ServiceError::bad_request(
+            "request_id_mismatch",
+            "the callback's X-Fal-Webhook-Request-Id differs from the request id in its body",
+        ));
+    }
     Ok(verified.body)
+}
+
+/// Applies the callbacks kept for `job`'s request id while no job had it (fal called back
+/// before the submit's answer was stored). Called once the id is stored.
+pub async fn apply_kept_callbacks(service: &Service, job: &JobRecord) {
+    let Some(request_id) = job.fal_request_id.clone() else {
+        return;
+    };
+    let kept = match service.store.kept_callbacks(&request_id).await {
+        Ok(kept) => kept,
+        Err(error) => {
+            tracing::warn!(%error, "reading callbacks kept for a request id");
+            return;
+        }
+    };
+    for (inbox_id, body) in kept {
+        let payload = match serde_json::from_value::<fal::WebhookBody>(body) {
+            Ok(payload) => payload,
+            Err(_) => {
+                // Kept without its body (too large for an unknown request): the status
+                // lookup at the job's next check learns the same.
+                tracing::warn!(inbox_id, "a kept callback has no body to apply");
+                continue;
+            }
+        };
+        let events = jobs::completion_events(job, &request_id, fal_outcome(payload));
+        match service
+            .store
+            .adopt_kept_callback(inbox_id, job.id, &events)
+            .await
+        {
+            Ok(Some(outcome)) => {
+                tracing::info!(
+                    inbox_id,
+                    applied = matches!(outcome, store::EventOutcome::Applied(_)),
+                    "applied a callback kept before its request id was stored"
+                );
+                service.work.notify_waiters();
+                if let Some(generation) = job.generation_id {
+                    crate::generation_items::announce(service, generation);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, inbox_id, "applying a kept callback"),
+        }
+    }
 }
 
 /// Why a callback was refused, as counted.

@@ -90,6 +90,10 @@ pub enum CallbackResult {
     Stale,
     /// Signed, but not a fal callback.
     Malformed,
+    /// Signed for another fal user than `FAL_WEBHOOK_USER_ID`.
+    ForeignUser,
+    /// Its signed request id header names another request than its body.
+    RequestIdMismatch,
     /// fal's keys could not be fetched to check it (it is refused so that fal retries).
     KeysUnavailable,
     /// Verified, but recording it failed (it is refused so that fal retries).
@@ -97,7 +101,7 @@ pub enum CallbackResult {
 }
 
 impl CallbackResult {
-    pub const ALL: [CallbackResult; 9] = [
+    pub const ALL: [CallbackResult; 11] = [
         Self::Applied,
         Self::Duplicate,
         Self::Ignored,
@@ -105,6 +109,8 @@ impl CallbackResult {
         Self::BadSignature,
         Self::Stale,
         Self::Malformed,
+        Self::ForeignUser,
+        Self::RequestIdMismatch,
         Self::KeysUnavailable,
         Self::Error,
     ];
@@ -118,6 +124,8 @@ impl CallbackResult {
             Self::BadSignature => "bad_signature",
             Self::Stale => "stale",
             Self::Malformed => "malformed",
+            Self::ForeignUser => "foreign_user",
+            Self::RequestIdMismatch => "request_id_mismatch",
             Self::KeysUnavailable => "keys_unavailable",
             Self::Error => "error",
         }

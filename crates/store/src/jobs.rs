@@ -290,6 +290,31 @@ pub(crate) async fn apply_event_in(
     Ok(EventOutcome::Applied(Box::new(job)))
 }
 
+/// Applies what a recorded callback says to its job inside `tx`; the inbox row says `ignored`
+/// when nothing applied. Returns the last event's outcome.
+async fn apply_callback_in(
+    tx: &mut Transaction<'_, Postgres>,
+    inbox_id: i64,
+    job_id: Uuid,
+    events: &[(JobEvent, JobChanges)],
+    cause: &str,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
+    let mut last = EventOutcome::NotFound;
+    let mut any_applied = false;
+    for (event, changes) in events {
+        last = apply_event_in(tx, job_id, *event, None, changes, cause, None, changed).await?;
+        any_applied |= matches!(last, EventOutcome::Applied(_));
+    }
+    if !any_applied {
+        sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
+            .bind(inbox_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(last)
+}
+
 /// Ends custody of a `finishing` job inside `tx`: `completed`, under the lease holder's fence,
 /// with its custody flags cleared (and a training's model recorded and made its avatar's). False
 /// when the job is not the caller's to finish any more (lease lost, cancelled meanwhile); the
@@ -507,32 +532,63 @@ impl Store {
             tx.commit().await?;
             return Ok(WebhookOutcome::UnknownRequest);
         };
-        let mut last = EventOutcome::NotFound;
-        let mut any_applied = false;
         let mut changed = Vec::new();
-        for (event, changes) in events {
-            last = apply_event_in(
-                &mut tx,
-                job_id,
-                *event,
-                None,
-                changes,
-                "fal webhook",
-                None,
-                &mut changed,
-            )
-            .await?;
-            any_applied |= matches!(last, EventOutcome::Applied(_));
-        }
-        if !any_applied {
-            sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
-                .bind(inbox_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let last = apply_callback_in(
+            &mut tx,
+            inbox_id,
+            job_id,
+            events,
+            "fal webhook",
+            &mut changed,
+        )
+        .await?;
         tx.commit().await?;
         self.observer.committed(&changed);
         Ok(WebhookOutcome::Processed(last))
+    }
+
+    /// Verified callbacks kept for `fal_request_id` while no job had that request id: inbox
+    /// id and body, oldest first.
+    pub async fn kept_callbacks(
+        &self,
+        fal_request_id: &str,
+    ) -> Result<Vec<(i64, Value)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, body FROM webhook_inbox
+             WHERE fal_request_id = $1 AND outcome = 'unknown_request' ORDER BY id",
+        )
+        .bind(fal_request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Applies a kept callback to the job that now has its request id, in one transaction with
+    /// marking it taken; `None` when another replica took it first.
+    pub async fn adopt_kept_callback(
+        &self,
+        inbox_id: i64,
+        job_id: Uuid,
+        events: &[(JobEvent, JobChanges)],
+    ) -> Result<Option<EventOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let taken = sqlx::query(
+            "UPDATE webhook_inbox SET job_id = $2, outcome = 'applied'
+             WHERE id = $1 AND outcome = 'unknown_request'",
+        )
+        .bind(inbox_id)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let mut changed = Vec::new();
+        let cause = "fal webhook received before its request id was stored";
+        let last =
+            apply_callback_in(&mut tx, inbox_id, job_id, events, cause, &mut changed).await?;
+        tx.commit().await?;
+        self.observer.committed(&changed);
+        Ok(Some(last))
     }
 
     /// Forgets callbacks for unknown requests received more than `older_than` ago. Returns

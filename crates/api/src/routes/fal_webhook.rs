@@ -48,8 +48,9 @@ pub struct WebhookAck {
     request_body(content = String, description = "fal's callback body, verified byte for byte"),
     responses(
         (status = 200, description = "Recorded", body = WebhookAck),
-        (status = 400, description = "Not a fal callback body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not a fal callback body (`malformed_webhook`), or its signed request id header names another request than its body (`request_id_mismatch`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, stale or invalid signature (`invalid_signature`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Signed for another fal user than `FAL_WEBHOOK_USER_ID` (`foreign_fal_user`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "fal's signing keys cannot be fetched now (`jwks_unavailable`); fal retries", body = Problem, content_type = "application/problem+json"),
     )

@@ -153,12 +153,19 @@ pub(crate) async fn record(
     changes: JobChanges,
     cause: &str,
 ) {
-    if let Err(error) = service
+    match service
         .store
         .apply_event(job.id, event, Some(fence), &changes, cause)
         .await
     {
-        tracing::warn!(%error, cause, "recording a job event");
+        // fal may have called back before its request id was stored here.
+        Ok(store::EventOutcome::Applied(now))
+            if job.fal_request_id.is_none() && now.fal_request_id.is_some() =>
+        {
+            crate::fal_webhook::apply_kept_callbacks(service, &now).await;
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, cause, "recording a job event"),
     }
 }
 
