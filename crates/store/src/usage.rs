@@ -103,31 +103,42 @@ impl Store {
                  FROM generations
                  WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
              ),
-             items AS (
-                 -- The latest attempt of each item; finished as domain::item_finished says.
-                 SELECT DISTINCT ON (j.generation_id, j.item_index) j.generation_id, j.status,
-                        j.status = ANY($4) AND NOT j.custody_needed AND NOT j.result_fetch_needed
-                            AS finished
-                 FROM jobs j JOIN chosen c ON c.id = j.generation_id
-                 ORDER BY j.generation_id, j.item_index, j.attempt DESC
+             attempts AS (
+                 SELECT j.generation_id, j.attempt, j.status, j.custody_needed,
+                        j.result_fetch_needed, j.actual_cost_usd,
+                        max(j.attempt) OVER (PARTITION BY j.generation_id, j.item_index)
+                            AS last_attempt
+                 FROM chosen c JOIN jobs j ON j.generation_id = c.id
              ),
              per_generation AS (
-                 SELECT c.id, c.day, c.estimated_cost_usd,
-                        bool_or(NOT i.finished) AS any_unfinished,
-                        bool_and(i.status = 'pending') AS all_pending,
-                        bool_or(i.status = 'succeeded') AS any_succeeded,
-                        bool_and(i.status = 'succeeded') AS all_succeeded
-                 FROM chosen c JOIN items i ON i.generation_id = c.id
-                 GROUP BY c.id, c.day, c.estimated_cost_usd
+                 -- Over the latest attempt of each item (finished as domain::item_finished
+                 -- says); the actual cost over every attempt.
+                 SELECT generation_id,
+                        bool_or(NOT (status = ANY($4) AND NOT custody_needed
+                                     AND NOT result_fetch_needed))
+                            FILTER (WHERE attempt = last_attempt) AS any_unfinished,
+                        bool_and(status = 'pending')
+                            FILTER (WHERE attempt = last_attempt) AS all_pending,
+                        bool_or(status = 'succeeded')
+                            FILTER (WHERE attempt = last_attempt) AS any_succeeded,
+                        bool_and(status = 'succeeded')
+                            FILTER (WHERE attempt = last_attempt) AS all_succeeded,
+                        sum(actual_cost_usd) AS actual_cost_usd
+                 FROM attempts
+                 GROUP BY generation_id
+             ),
+             images AS (
+                 SELECT gi.generation_id, count(*) AS images
+                 FROM chosen c JOIN generation_images gi ON gi.generation_id = c.id
+                 GROUP BY gi.generation_id
              )
-             SELECT p.day, p.any_unfinished, p.all_pending, p.any_succeeded, p.all_succeeded,
-                    count(*) AS count,
-                    sum((SELECT count(*) FROM generation_images gi WHERE gi.generation_id = p.id))::bigint
-                        AS images,
-                    sum(p.estimated_cost_usd) AS estimated_cost_usd,
-                    sum((SELECT sum(j.actual_cost_usd) FROM jobs j WHERE j.generation_id = p.id))
-                        AS actual_cost_usd
-             FROM per_generation p
+             SELECT c.day, p.any_unfinished, p.all_pending, p.any_succeeded, p.all_succeeded,
+                    count(*) AS count, coalesce(sum(i.images), 0)::bigint AS images,
+                    sum(c.estimated_cost_usd) AS estimated_cost_usd,
+                    sum(p.actual_cost_usd) AS actual_cost_usd
+             FROM chosen c
+                  JOIN per_generation p ON p.generation_id = c.id
+                  LEFT JOIN images i ON i.generation_id = c.id
              GROUP BY 1, 2, 3, 4, 5",
         )
         .bind(tenant_id.0)
