@@ -25,3 +25,4 @@ mod swagger_ui;
 mod trainers;
 mod training_data;
 mod trainings;
+mod usage;

@@ -18,7 +18,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::openapi::ApiDoc;
 use crate::routes::{
-    archives, avatars, events, fal_webhook, generations, ops, photos, trainings, webhook_endpoints,
+    archives, avatars, events, fal_webhook, generations, ops, photos, trainings, usage,
+    webhook_endpoints,
 };
 use crate::state::AppState;
 
@@ -66,6 +67,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook_endpoints::get_webhook_delivery))
         .routes(routes!(webhook_endpoints::replay_webhook_delivery))
         .routes(routes!(events::stream_events))
+        .routes(routes!(usage::get_usage))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(fal_webhook::fal_webhook))

@@ -20,6 +20,7 @@ Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem
         (name = "trainings", description = "Training avatars on fal.ai, and the presets"),
         (name = "generations", description = "Generating images with trained avatars"),
         (name = "webhook endpoints", description = "Where the service sends your events, signed per Standard Webhooks, and the delivery log"),
+        (name = "usage", description = "What a tenant's trainings and generations came to, for billing"),
         (name = "events", description = "Live events as Server-Sent Events"),
         (name = "webhooks", description = "Callbacks from fal.ai"),
         (name = "operations", description = "Health, readiness and metrics")
@@ -80,7 +81,7 @@ closed_set! {
 
     /// A generation's status, from its items': `pending`, `in_progress`, `succeeded`, `failed` (no
     /// item succeeded) or `partially_succeeded`.
-    GenerationStatus = ["pending", "in_progress", "succeeded", "failed", "partially_succeeded"];
+    GenerationStatus = domain::GenerationStatus::ALL.map(domain::GenerationStatus::as_str);
 
     /// A fal trainer: `portrait` (portrait LoRA), `pro` (FLUX.1 [pro] finetune) or `fast_lora`
     /// (general LoRA).

@@ -318,6 +318,86 @@ pub fn item_finished(item: ItemState) -> bool {
     item.status.is_terminal() && !item.custody_needed && !item.result_fetch_needed
 }
 
+/// A generation's status, from the latest attempts of its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GenerationStatus {
+    Pending,
+    InProgress,
+    Succeeded,
+    /// Finished and no item succeeded.
+    Failed,
+    /// Finished with some items succeeded and some not.
+    PartiallySucceeded,
+}
+
+impl GenerationStatus {
+    pub const ALL: [GenerationStatus; 5] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::Succeeded,
+        Self::Failed,
+        Self::PartiallySucceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::PartiallySucceeded => "partially_succeeded",
+        }
+    }
+}
+
+/// What a generation's status depends on, summed up over the latest attempts of its items
+/// (a database can compute this per generation and group by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ItemsSummary {
+    /// Some item is not finished ([`item_finished`]).
+    pub any_unfinished: bool,
+    /// Every item's job is `pending`.
+    pub all_pending: bool,
+    pub any_succeeded: bool,
+    pub all_succeeded: bool,
+}
+
+impl ItemsSummary {
+    pub fn of(items: impl IntoIterator<Item = ItemState>) -> Self {
+        let mut summary = Self {
+            any_unfinished: false,
+            all_pending: true,
+            any_succeeded: false,
+            all_succeeded: true,
+        };
+        for item in items {
+            summary.any_unfinished |= !item_finished(item);
+            summary.all_pending &= item.status == JobStatus::Pending;
+            summary.any_succeeded |= item.status == JobStatus::Succeeded;
+            summary.all_succeeded &= item.status == JobStatus::Succeeded;
+        }
+        summary
+    }
+}
+
+/// THE rule of a generation's status: `pending` while every item waits, `in_progress` while
+/// any is unfinished, then `succeeded`, `failed` (no item succeeded) or `partially_succeeded`.
+pub fn generation_status(items: ItemsSummary) -> GenerationStatus {
+    if items.any_unfinished {
+        if items.all_pending {
+            GenerationStatus::Pending
+        } else {
+            GenerationStatus::InProgress
+        }
+    } else if items.all_succeeded {
+        GenerationStatus::Succeeded
+    } else if !items.any_succeeded {
+        GenerationStatus::Failed
+    } else {
+        GenerationStatus::PartiallySucceeded
+    }
+}
+
 /// What a generation announces once the latest attempts of its items are `items`: nothing
 /// while any is unfinished, then `generation.succeeded` when any image was made and
 /// `generation.failed` otherwise.
@@ -505,6 +585,39 @@ mod tests {
         // Rounded per image, not over the batch: 4 x 0.75 MP is 4 MP, not 3.
         assert_eq!(estimate_lora_generation_cost(1024, 768, 4, &prices), 0.14);
         assert_eq!(estimate_lora_generation_cost(1024, 1024, 0, &prices), 0.0);
+    }
+
+    #[test]
+    fn a_generation_status_follows_its_items() {
+        use JobStatus as S;
+        let status =
+            |items: &[ItemState]| generation_status(ItemsSummary::of(items.iter().copied()));
+        let done = |s| item(s, false, false);
+        assert_eq!(
+            status(&[done(S::Pending), done(S::Pending)]),
+            GenerationStatus::Pending
+        );
+        assert_eq!(
+            status(&[done(S::Pending), done(S::Submitted)]),
+            GenerationStatus::InProgress
+        );
+        // Succeeded but its images are still being copied: not finished.
+        assert_eq!(
+            status(&[item(S::Succeeded, true, false)]),
+            GenerationStatus::InProgress
+        );
+        assert_eq!(
+            status(&[done(S::Succeeded), done(S::Succeeded)]),
+            GenerationStatus::Succeeded
+        );
+        assert_eq!(
+            status(&[done(S::Failed), done(S::TimedOut)]),
+            GenerationStatus::Failed
+        );
+        assert_eq!(
+            status(&[done(S::Succeeded), done(S::Cancelled)]),
+            GenerationStatus::PartiallySucceeded
+        );
     }
 
     #[test]

@@ -20,11 +20,12 @@ pub use photos::{
 };
 pub mod generation;
 pub mod training;
+pub mod usage;
 pub use generation::{
     estimate_finetune_generation_cost, estimate_lora_generation_cost, generation_preset,
-    generation_presets, item_finished, settled_event, GenerationPreset, GenerationPresetName,
-    GenerationPrices, ImageSizePreset, ItemState, FINETUNE_GENERATION_ENDPOINT,
-    LORA_GENERATION_ENDPOINT,
+    generation_presets, generation_status, item_finished, settled_event, GenerationPreset,
+    GenerationPresetName, GenerationPrices, GenerationStatus, ImageSizePreset, ItemState,
+    ItemsSummary, FINETUNE_GENERATION_ENDPOINT, LORA_GENERATION_ENDPOINT,
 };
 pub use training::{
     adapt_to_kind, allowed_from, estimate_training_cost, progress_from_logs, progress_step_crossed,

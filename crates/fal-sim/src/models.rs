@@ -259,6 +259,38 @@ impl EndpointSpec {
     }
 }
 
+impl EndpointSpec {
+    /// What fal bills a finished request as (`X-Fal-Billable-Units`), by fal-protocol §6:
+    /// portrait trainer steps (at least 1000), one per fast or pro training run, megapixels
+    /// (rounded up per image, 1024 x 1024 pixels each) for flux-lora, images for
+    /// ultra-finetuned.
+    pub fn billable_units(&self, input: &Value, output: &Value) -> u64 {
+        let images = || {
+            output
+                .get("images")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        match self.work {
+            Work::LoraTraining { .. } if self.id == "fal-ai/flux-lora-portrait-trainer" => {
+                self.work_units(input).0.max(1000)
+            }
+            Work::LoraTraining { .. } | Work::ProTraining => 1,
+            Work::LoraGeneration => images()
+                .iter()
+                .map(|image| {
+                    let side = |name| image.get(name).and_then(Value::as_u64).unwrap_or(0);
+                    (side("width") * side("height"))
+                        .div_ceil(1024 * 1024)
+                        .max(1)
+                })
+                .sum(),
+            Work::UltraGeneration => images().len() as u64,
+        }
+    }
+}
+
 fn check_field(field: &Field, object: &Map<String, Value>) -> Option<Value> {
     let name = field.name;
     let value = match object.get(name) {

@@ -425,8 +425,19 @@ fn status(sim: &SharedSim, headers: &HeaderMap, app: &str, id: &str, query: &str
 fn result(sim: &SharedSim, headers: &HeaderMap, app: &str, id: &str) -> Response {
     let found = with_request(sim, headers, app, id, |_, _, record| {
         match (&record.state, &record.outcome) {
-            (QueueState::Completed, Some(Outcome::Success { output, .. })) => {
-                json_response(StatusCode::OK, output.clone())
+            (
+                QueueState::Completed,
+                Some(Outcome::Success {
+                    output,
+                    billable_units,
+                    ..
+                }),
+            ) => {
+                let mut response = json_response(StatusCode::OK, output.clone());
+                response
+                    .headers_mut()
+                    .insert("x-fal-billable-units", HeaderValue::from(*billable_units));
+                response
             }
             (
                 QueueState::Completed,

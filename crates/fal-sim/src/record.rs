@@ -93,6 +93,9 @@ pub struct RequestReport {
     pub error_type: Option<String>,
     /// Status the result call answers with once completed.
     pub result_status: Option<u16>,
+    /// Set once completed successfully: the `X-Fal-Billable-Units` the result call sends.
+    #[serde(default)]
+    pub billable_units: Option<u64>,
     pub cancel_requested: bool,
     pub webhook: WebhookReport,
 }

@@ -83,6 +83,8 @@ pub(crate) enum Outcome {
     Success {
         output: Value,
         inference_time: f64,
+        /// Sent as `X-Fal-Billable-Units` with the result.
+        billable_units: u64,
     },
     Failure {
         http_status: u16,
@@ -124,6 +126,10 @@ pub(crate) struct RequestRecord {
 
 impl RequestRecord {
     pub fn report(&self) -> RequestReport {
+        let billable_units = match &self.outcome {
+            Some(Outcome::Success { billable_units, .. }) => Some(*billable_units),
+            _ => None,
+        };
         let (output, error_type, result_status) = match &self.outcome {
             Some(Outcome::Success { output, .. }) => (Some(output.clone()), None, Some(200)),
             Some(Outcome::Failure {
@@ -142,6 +148,7 @@ impl RequestRecord {
             output,
             error_type,
             result_status,
+            billable_units,
             cancel_requested: self.cancel_requested,
             webhook: self.webhook.clone(),
         }

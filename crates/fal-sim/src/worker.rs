@@ -405,6 +405,7 @@ async fn run(sim: &SharedSim, id: &str, spec: &'static EndpointSpec) -> Option<O
     }
     let output = produce_output(sim, id, spec, &input).await;
     Some(Outcome::Success {
+        billable_units: spec.billable_units(&input, &output),
         output,
         inference_time: real_total.as_secs_f64(),
     })

@@ -136,6 +136,13 @@ fn truncate(text: &str) -> String {
     }
 }
 
+/// `X-Fal-Billable-Units`: a non-negative number, or nothing usable.
+pub(crate) fn billable_units(headers: &HeaderMap) -> Option<f64> {
+    header_str(headers, "x-fal-billable-units")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|units| units.is_finite() && *units >= 0.0)
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -150,6 +157,31 @@ mod tests {
             map.insert(*k, v.parse().unwrap());
         }
         map
+    }
+
+    #[test]
+    fn billed_units_are_read_when_usable() {
+        assert_eq!(
+            billable_units(&headers(&[("x-fal-billable-units", "2500")])),
+            Some(2500.0)
+        );
+        assert_eq!(
+            billable_units(&headers(&[("x-fal-billable-units", " 1.5 ")])),
+            Some(1.5)
+        );
+        assert_eq!(
+            billable_units(&headers(&[("x-fal-billable-units", "-1")])),
+            None
+        );
+        assert_eq!(
+            billable_units(&headers(&[("x-fal-billable-units", "NaN")])),
+            None
+        );
+        assert_eq!(
+            billable_units(&headers(&[("x-fal-billable-units", "lots")])),
+            None
+        );
+        assert_eq!(billable_units(&HeaderMap::new()), None);
     }
 
     #[test]

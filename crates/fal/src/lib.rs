@@ -26,7 +26,7 @@ pub use client::FalClient;
 pub use config::FalConfig;
 pub use endpoint::EndpointId;
 pub use error::{FalError, SubmitError, TransportStage, ValidationIssue};
-pub use queue::{CancelOutcome, QueuePriority, RequestRef, SubmitOptions, Submitted};
+pub use queue::{BilledResult, CancelOutcome, QueuePriority, RequestRef, SubmitOptions, Submitted};
 pub use retry::{AttemptFailure, Operation, RetryDecision, RetryPolicies, RetryPolicy};
 pub use status::{LogEntry, Metrics, QueueStatus, StatusStream};
 pub use storage::{ByteStream, ObjectLifecycle, UploadedFile};

@@ -94,6 +94,15 @@ pub enum CancelOutcome {
     AlreadyCompleted,
 }
 
+/// A completed request's output and what fal billed for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BilledResult {
+    pub output: serde_json::Value,
+    /// The `X-Fal-Billable-Units` header: the units (steps, runs, megapixels, images; by
+    /// endpoint) fal billed. `None` when fal sent none, or nothing readable.
+    pub billable_units: Option<f64>,
+}
+
 impl FalClient {
     /// Submits `input` to `endpoint` (e.g. `fal-ai/flux-lora-portrait-trainer`).
     ///
@@ -248,8 +257,13 @@ impl FalClient {
 
     /// The bare model output of a completed request. A failed request re-emits the model's
     /// error with fal's status and body, classified like any other error.
-    #[tracing::instrument(skip_all, fields(request_id = %request.request_id))]
     pub async fn result(&self, request: &RequestRef) -> Result<serde_json::Value, FalError> {
+        Ok(self.billed_result(request).await?.output)
+    }
+
+    /// [`FalClient::result`] with what fal billed for the request, when it said.
+    #[tracing::instrument(skip_all, fields(request_id = %request.request_id))]
+    pub async fn billed_result(&self, request: &RequestRef) -> Result<BilledResult, FalError> {
         let answer = self
             .send_with_retry(Operation::Result, || {
                 Ok(self
@@ -258,9 +272,13 @@ impl FalClient {
             })
             .await
             .map_err(|f| f.error)?;
-        serde_json::from_slice(&answer.body).map_err(|source| FalError::Decode {
+        let output = serde_json::from_slice(&answer.body).map_err(|source| FalError::Decode {
             context: "result",
             source,
+        })?;
+        Ok(BilledResult {
+            output,
+            billable_units: crate::classify::billable_units(&answer.headers),
         })
     }
 

@@ -133,6 +133,8 @@ pub struct TenantLimits {
     pub max_webhook_endpoints: u32,
     /// Open event streams of one tenant on one replica.
     pub max_event_streams: u32,
+    /// Most days one usage report may span (`USAGE_MAX_RANGE_DAYS`).
+    pub usage_max_range_days: u32,
 }
 
 impl Default for TenantLimits {
@@ -144,6 +146,7 @@ impl Default for TenantLimits {
             max_active_generations: 20,
             max_webhook_endpoints: 10,
             max_event_streams: 5,
+            usage_max_range_days: 366,
         }
     }
 }
@@ -351,6 +354,7 @@ impl Config {
         "TENANT_MAX_ACTIVE_GENERATIONS",
         "TENANT_MAX_WEBHOOK_ENDPOINTS",
         "TENANT_MAX_EVENT_STREAMS",
+        "USAGE_MAX_RANGE_DAYS",
         "FAL_UNKNOWN_CALLBACK_MAX_BYTES",
         "FAL_UNKNOWN_CALLBACKS_MAX",
         "FAL_UNKNOWN_CALLBACK_RETENTION",
@@ -638,6 +642,9 @@ impl Config {
                     max_event_streams: env
                         .parse_range("TENANT_MAX_EVENT_STREAMS", 1, 10_000)?
                         .unwrap_or(defaults.max_event_streams),
+                    usage_max_range_days: env
+                        .parse_range("USAGE_MAX_RANGE_DAYS", 1, 3660)?
+                        .unwrap_or(defaults.usage_max_range_days),
                 }
             },
             unknown_callbacks: {
@@ -984,6 +991,7 @@ mod tests {
             ("API_KEY_RATE_PER_SECOND", "0"),
             ("TENANT_MAX_WEBHOOK_ENDPOINTS", "0"),
             ("TENANT_MAX_EVENT_STREAMS", "many"),
+            ("USAGE_MAX_RANGE_DAYS", "0"),
             ("WEBHOOK_DISABLE_AFTER", "0"),
             ("WEBHOOK_CONCURRENCY", "0"),
         ] {

@@ -31,27 +31,12 @@ pub fn latest_attempts(jobs: Vec<JobRecord>) -> Vec<(JobRecord, i32)> {
     items
 }
 
-/// The generation's status from its items': `pending`, `in_progress`, `succeeded`, `failed`
-/// (no item succeeded) or `partially_succeeded`.
+/// The generation's status from its items' (the domain's rule).
 pub fn generation_status(items: &[&JobRecord]) -> &'static str {
-    use domain::JobStatus as S;
-    if items.iter().any(|job| !item_finished(job)) {
-        if items.iter().all(|job| job.status() == S::Pending) {
-            return "pending";
-        }
-        return "in_progress";
-    }
-    let succeeded = items
-        .iter()
-        .filter(|job| job.status() == S::Succeeded)
-        .count();
-    if succeeded == items.len() {
-        "succeeded"
-    } else if succeeded == 0 {
-        "failed"
-    } else {
-        "partially_succeeded"
-    }
+    domain::generation_status(domain::ItemsSummary::of(
+        items.iter().map(|job| job.item_state()),
+    ))
+    .as_str()
 }
 
 /// Tells waiters in this process that an item of `generation_id` finished.

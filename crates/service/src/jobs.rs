@@ -325,12 +325,16 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
                 .metrics
                 .fal_call(
                     crate::metrics::FalOperation::Result,
-                    fal.client.result(&request),
+                    fal.client.billed_result(&request),
                 )
                 .await
+                .map(|billed| (billed.output, billed.billable_units))
             {
-                Ok(result) if error.is_none() => FalOutcome::Succeeded(result),
-                Ok(result) => {
+                Ok((result, units)) if error.is_none() => {
+                    crate::usage::record_billing(service, job, units).await;
+                    FalOutcome::Succeeded(result)
+                }
+                Ok((result, _)) => {
                     let (code, message) =
                         crate::fal_errors::failure_code(error.as_deref(), Some(&result));
                     FalOutcome::Failed { code, message }

@@ -25,6 +25,7 @@ pub mod photos;
 pub mod readiness;
 pub mod training_data;
 pub mod trainings;
+pub mod usage;
 pub mod webhook_endpoints;
 pub mod workers;
 

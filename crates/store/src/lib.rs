@@ -20,6 +20,7 @@ mod photos;
 mod readiness;
 mod records;
 mod tenants;
+mod usage;
 pub mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};

@@ -6,4 +6,5 @@ pub mod generations;
 pub mod ops;
 pub mod photos;
 pub mod trainings;
+pub mod usage;
 pub mod webhook_endpoints;

@@ -7,4 +7,5 @@ pub mod avatars;
 pub mod generations;
 pub mod photos;
 pub mod trainings;
+pub mod usage;
 pub mod webhook_endpoints;

@@ -37,11 +37,15 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
             .metrics
             .fal_call(
                 crate::metrics::FalOperation::Result,
-                fal.client.result(&request),
+                fal.client.billed_result(&request),
             )
             .await
         {
-            Ok(result) => {
+            Ok(fal::BilledResult {
+                output: result,
+                billable_units,
+            }) => {
+                crate::usage::record_billing(service, &job, billable_units).await;
                 if let Err(error) = service
                     .store
                     .store_fetched_result(job.id, fence, &result)
