@@ -1333,3 +1333,162 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
         .unwrap();
     assert_eq!(response.status(), 202);
 }
+
+/// A paid POST whose request runs longer than its key's lease keeps the key: it renews the
+/// lease while it runs, so a retry meanwhile is told the key is in use instead of paying again;
+/// once it answered, the retry replays that answer.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_idempotency_key_is_not_taken_over_while_its_request_runs(pool: PgPool) {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    let archive = {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..10 {
+            writer
+                .start_file(
+                    format!("img{i}.jpg"),
+                    zip::write::SimpleFileOptions::default(),
+                )
+                .unwrap();
+            std::io::Write::write_all(&mut writer, &blackbox::images::portrait(i)).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    };
+    // The caller's archive is served only when the test says so.
+    let (arrived, release) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/photos.zip",
+        axum::routing::get({
+            let (arrived, release) = (arrived.clone(), release.clone());
+            move || async move {
+                arrived.add_permits(1);
+                release.acquire().await.unwrap().forget();
+                archive.clone()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let app = TestApp::spawn_with_fal_and(pool.clone(), FalOptions::default(), |settings| {
+        settings.fetch.allow_http = true;
+        settings.fetch.allowed_private = vec![addr];
+        settings.http.idempotency_lease = Duration::from_secs(1);
+    })
+    .await;
+    let avatar = app.avatar_with_photos(10).await;
+    let path = format!("/avatars/{avatar}/train");
+    let body = json!({"images_data_url": format!("http://{addr}/photos.zip")});
+    let post = || {
+        app.request(Method::POST, &path)
+            .header("idempotency-key", "slow")
+            .json(&body)
+            .send()
+    };
+    let first = tokio::spawn(post());
+    tokio::time::timeout(DEADLINE, arrived.acquire())
+        .await
+        .expect("the archive is fetched")
+        .unwrap()
+        .forget();
+    app.eventually("the request outlived its first lease", || async {
+        let renewed: bool = sqlx::query_scalar(
+            "SELECT lease_until > created_at + interval '2 seconds' FROM idempotency_keys",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        renewed.then_some(()).ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let (status, body) = problem(post().await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["code"], "idempotency_key_in_use");
+
+    release.add_permits(1);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 202);
+    let created: Value = first.json().await.unwrap();
+    let replay = post().await.unwrap();
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replayed: Value = replay.json().await.unwrap();
+    assert_eq!(replayed["id"], created["id"]);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+}
+
+/// A request that created its training and then stopped before answering (its process died,
+/// its client went away) left its key in flight, bound to the training: once the key's lease
+/// ran out, a retry answers with that training instead of paying for a second one. A request
+/// that died before creating anything leaves its key free a lease later.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_key_whose_request_died_answers_with_what_it_created(pool: PgPool) {
+    let (app, avatar) = trained_app(pool.clone(), FalOptions::default()).await;
+    let path = format!("/avatars/{avatar}/train");
+    let created = app.start_training(&avatar, json!({})).await;
+    let training_id: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let tenant = app.store.find_tenant_by_name("tenant-a").await.unwrap().id;
+    let hash = sha256_hex(format!("POST {path}\n{{}}").as_bytes());
+    let leave_in_flight = |key: &'static str, lease: &'static str, resource: Option<uuid::Uuid>| {
+        let pool = pool.clone();
+        let hash = hash.clone();
+        async move {
+            sqlx::query(&format!(
+                "INSERT INTO idempotency_keys (tenant_id, key, request_hash, state, claim_token,
+                     lease_until, resource_kind, resource_id)
+                 VALUES ($1, $2, $3, 'in_flight', gen_random_uuid(), now() + interval '{lease}',
+                     CASE WHEN $4::uuid IS NULL THEN NULL ELSE 'training' END, $4)"
+            ))
+            .bind(tenant.0)
+            .bind(key)
+            .bind(&hash)
+            .bind(resource)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let post = |key: &'static str| {
+        app.request(Method::POST, &path)
+            .header("idempotency-key", key)
+            .json(&json!({}))
+            .send()
+    };
+
+    // Its request may still be running: in use.
+    leave_in_flight("alive", "1 minute", Some(training_id)).await;
+    let (status, body) = problem(post("alive").await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["code"], "idempotency_key_in_use");
+
+    // Its request died after committing the training: the training, not a second one.
+    leave_in_flight("died-after", "-1 second", Some(training_id)).await;
+    for _ in 0..2 {
+        let response = post("died-after").await.unwrap();
+        assert_eq!(response.status(), 202);
+        assert_eq!(response.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            response.headers()["location"],
+            format!("/trainings/{training_id}").as_str()
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], training_id.to_string());
+    }
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+
+    // Its request died before creating anything: the key is free, and this request does the
+    // work (here refused, as the avatar's training runs: the refusal is the key's answer).
+    leave_in_flight("died-before", "-1 second", None).await;
+    let (status, body) = problem(post("died-before").await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["code"], "training_in_progress");
+}

@@ -1,8 +1,12 @@
 //! `Idempotency-Key` for the POSTs that cost money (trainings, generations).
 //!
-//! The key is claimed in its own committed row before the work, so a concurrent duplicate sees
-//! it in flight (409); the answer (2xx or a 4xx problem) is stored and replayed with
-//! `idempotent-replayed: true`; a 5xx releases the key so the caller can retry.
+//! The key is claimed in its own committed row before the work, under a lease the request
+//! renews while it runs, so a concurrent duplicate sees it in flight (409) for as long as the
+//! first request may still run, and a key whose request died is free again a lease later. The
+//! training or generation the request creates is bound to the key in the creating transaction:
+//! from then on the key answers with that resource, whatever happens to the request. The answer
+//! (2xx or a 4xx problem) is stored and replayed with `idempotent-replayed: true`; a 5xx or
+//! quota refusal before anything was created releases the key so the caller can retry.
 
 use std::future::Future;
 
@@ -10,7 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use store::IdempotencyClaim;
+use store::{IdempotencyClaim, IdempotencyHold, IdempotentResource};
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -18,7 +22,8 @@ use crate::state::AppState;
 /// Runs a JSON command at most once per (tenant, key): `scope` (e.g. `POST /avatars/{id}/train`)
 /// and `body` make the request's fingerprint, so the same key with another request is a 422.
 /// The body must be declared JSON; it is parsed into `T` for `work`, so a malformed body
-/// answers the same way each time it is sent.
+/// answers the same way each time it is sent. `work` passes the hold to the use case, which
+/// binds what it creates to the key.
 pub async fn idempotent_json<T, F, Fut>(
     state: &AppState,
     tenant: domain::TenantId,
@@ -29,25 +34,26 @@ pub async fn idempotent_json<T, F, Fut>(
 ) -> Result<Response, ApiError>
 where
     T: serde::de::DeserializeOwned,
-    F: FnOnce(T) -> Fut,
+    F: FnOnce(T, Option<IdempotencyHold>) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
     crate::extract::require_json(headers)?;
-    let work = || async { work(crate::extract::parse_json(body)?).await };
+    let work = |hold| async { work(crate::extract::parse_json(body)?, hold).await };
     let Some(key) = idempotency_key(headers)? else {
-        return work().await;
+        return work(None).await;
     };
     let mut hasher = Sha256::new();
     hasher.update(format!("{scope}\n").as_bytes());
     hasher.update(body);
     let hash = hex::encode(hasher.finalize());
-    let tenant = tenant.0;
-    match state
+    let tenant_id = tenant.0;
+    let lease = state.settings.http.idempotency_lease;
+    let hold = match state
         .store
-        .claim_idempotency_key(tenant, &key, &hash, std::time::Duration::from_secs(120))
+        .claim_idempotency_key(tenant_id, &key, &hash, lease)
         .await?
     {
-        IdempotencyClaim::Claimed => {}
+        IdempotencyClaim::Claimed(hold) => hold,
         IdempotencyClaim::InFlight => {
             return Err(ApiError::conflict(
                 "idempotency_key_in_use",
@@ -66,19 +72,95 @@ where
             body,
             headers,
         } => return Ok(replay(status, body, headers)),
-    }
-    let outcome = work().await;
+        IdempotencyClaim::Committed(resource) => {
+            // Its request created this and never answered: answer with it, and keep that.
+            let response = committed(state, tenant, resource).await?;
+            let response = remember(state, tenant_id, &key, None, response).await?;
+            return Ok(mark_replayed(response));
+        }
+    };
+    let renewing = tokio::spawn(renew(state.clone(), hold.clone(), lease));
+    let _stop_renewing = AbortOnDrop(renewing);
+    let outcome = work(Some(hold.clone())).await;
     let status = match &outcome {
         Ok(response) => response.status(),
         Err(error) => error.status(),
     };
-    // A quota refusal is transient like a 5xx: the same key must be able to succeed later.
+    // A quota refusal is transient like a 5xx: the same key must be able to succeed later,
+    // unless the request got as far as creating its resource.
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        state.store.release_idempotency_key(tenant, &key).await?;
-        return outcome;
+        match state.store.release_idempotency_key(&hold).await? {
+            None => return outcome,
+            Some(resource) => {
+                tracing::warn!(%status, "the request failed after creating its resource; answering with the resource");
+                let response = committed(state, tenant, resource).await?;
+                return remember(state, tenant_id, &key, Some(&hold), response).await;
+            }
+        }
     }
     // Keep the answer, success or refusal, to replay it byte for byte.
     let response = outcome.unwrap_or_else(IntoResponse::into_response);
+    remember(state, tenant_id, &key, Some(&hold), response).await
+}
+
+/// Keeps the key's claim alive while its request runs.
+async fn renew(state: AppState, hold: IdempotencyHold, lease: std::time::Duration) {
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match state.store.renew_idempotency_key(&hold, lease).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => tracing::warn!(%error, "renewing an Idempotency-Key"),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The resource a key's request created, as its request would have answered: 202 at its
+/// Location.
+async fn committed(
+    state: &AppState,
+    tenant: domain::TenantId,
+    resource: IdempotentResource,
+) -> Result<Response, ApiError> {
+    match resource {
+        IdempotentResource::Training(id) => {
+            let training = service::trainings::get(state, tenant, id).await?;
+            crate::responses::located(
+                StatusCode::ACCEPTED,
+                &format!("/trainings/{id}"),
+                crate::views::trainings::training_view(training),
+            )
+        }
+        IdempotentResource::Generation(id) => {
+            let generation = service::generations::get(state, tenant, id).await?;
+            crate::responses::located(
+                StatusCode::ACCEPTED,
+                &format!("/generations/{id}"),
+                crate::views::generations::generation_view(generation),
+            )
+        }
+    }
+}
+
+/// Stores `response` as the key's answer and returns it.
+async fn remember(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    key: &str,
+    hold: Option<&IdempotencyHold>,
+    response: Response,
+) -> Result<Response, ApiError> {
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
@@ -97,9 +179,23 @@ where
     let response = Response::from_parts(parts, axum::body::Body::from(bytes));
     state
         .store
-        .finish_idempotency_key(tenant, &key, status.as_u16(), &body_json, &headers_json)
+        .finish_idempotency_key(
+            tenant_id,
+            key,
+            hold,
+            status.as_u16(),
+            &body_json,
+            &headers_json,
+        )
         .await?;
     Ok(response)
+}
+
+fn mark_replayed(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -135,8 +231,5 @@ fn replay(status: u16, body: Value, headers: Value) -> Response {
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    response
-        .headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    response
+    mark_replayed(response)
 }

@@ -287,6 +287,9 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Connections served at once; further clients wait in the listen queue.
     pub max_connections: usize,
+    /// The lease of an Idempotency-Key in flight: its request renews it every third of this
+    /// while it runs, so only a request that died loses its key, this long after.
+    pub idempotency_lease: Duration,
 }
 
 impl Default for HttpLimits {
@@ -296,6 +299,7 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            idempotency_lease: Duration::from_secs(10),
         }
     }
 }
@@ -324,6 +328,7 @@ impl Config {
         "REQUEST_TIMEOUT",
         "HTTP_HEADER_READ_TIMEOUT",
         "HTTP_MAX_CONNECTIONS",
+        "IDEMPOTENCY_LEASE",
         "AVATAR_MIN_PHOTOS",
         "AVATAR_MAX_PHOTOS",
         "PHOTO_MAX_PARTS",
@@ -459,6 +464,9 @@ impl Config {
                 max_connections: env
                     .parse_range("HTTP_MAX_CONNECTIONS", 1, 1_000_000)?
                     .unwrap_or(http_defaults.max_connections),
+                idempotency_lease: env
+                    .seconds("IDEMPOTENCY_LEASE", 1, 600)?
+                    .unwrap_or(http_defaults.idempotency_lease),
             },
             photos: {
                 let defaults = PhotoSettings::default();

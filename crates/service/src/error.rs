@@ -273,6 +273,11 @@ impl From<store::StoreError> for ServiceError {
         use store::StoreError;
         match error {
             StoreError::NotFound => Self::not_found("not_found", "no such resource"),
+            // The request's Idempotency-Key claim ran out and another request holds it now.
+            error if error.is_conflict_on(store::IDEMPOTENCY_CLAIM) => Self::conflict(
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being handled; retry shortly",
+            ),
             error if error.is_unavailable() => Self::unavailable(
                 "database_unavailable",
                 "the database is unreachable or busy; retry later",

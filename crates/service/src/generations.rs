@@ -54,6 +54,7 @@ pub async fn create(
     avatar_id: AvatarId,
     input: &GenerationInput,
     wait: Option<Duration>,
+    idempotency: Option<&store::IdempotencyHold>,
 ) -> Result<Started, ServiceError> {
     let avatar = jobs::tenant_avatar(service, tenant, avatar_id).await?;
     let settings = &service.settings.jobs;
@@ -71,7 +72,11 @@ pub async fn create(
     let new = new_generation(service, tenant, avatar_id, &request, &model, &plan);
     tracing::Span::current().record("generation_id", tracing::field::display(new.id));
     let limit = service.settings.tenants.max_active_generations;
-    let record = match service.store.insert_generation(&new, limit).await {
+    let record = match service
+        .store
+        .insert_generation(&new, limit, idempotency)
+        .await
+    {
         Err(store::StoreError::QuotaReached { limit }) => {
             return Err(ServiceError::limit_reached(
                 "generation_quota_exceeded",

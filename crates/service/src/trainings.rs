@@ -30,6 +30,7 @@ pub async fn create(
     tenant: TenantId,
     avatar_id: AvatarId,
     input: &TrainingInput,
+    idempotency: Option<&store::IdempotencyHold>,
 ) -> Result<Training, ServiceError> {
     let avatar = jobs::tenant_avatar(service, tenant, avatar_id).await?;
     let settings = &service.settings.jobs;
@@ -80,7 +81,7 @@ pub async fn create(
         webhook_token: jobs::new_webhook_token(),
         deadline_at: jobs::deadline_from_now(settings),
     };
-    let job = insert(service, &new).await?;
+    let job = insert(service, &new, idempotency).await?;
     service.work.notify_waiters();
     load(service, job).await
 }
@@ -141,9 +142,13 @@ async fn check_photo_set(
 }
 
 /// Stores the job; a kept archive is removed again when that fails.
-async fn insert(service: &Service, new: &NewTraining) -> Result<JobRecord, ServiceError> {
+async fn insert(
+    service: &Service,
+    new: &NewTraining,
+    idempotency: Option<&store::IdempotencyHold>,
+) -> Result<JobRecord, ServiceError> {
     let limit = service.settings.tenants.max_active_trainings;
-    match service.store.insert_training(new, limit).await {
+    match service.store.insert_training(new, limit, idempotency).await {
         Ok(job) => Ok(job),
         Err(error) => {
             if let Some(key) = &new.input_blob_key {

@@ -57,6 +57,7 @@ impl Store {
         &self,
         new: &NewGeneration,
         max_active: u32,
+        idempotency: Option<&crate::IdempotencyHold>,
     ) -> Result<GenerationRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::tenants::check_quota(
@@ -111,6 +112,12 @@ impl Store {
             record_created(&mut tx, item.job_id, "generation requested").await?;
         }
         insert_generation_event(&mut tx, new.id, EventType::GenerationQueued).await?;
+        crate::idempotency::bind_resource_in(
+            &mut tx,
+            idempotency,
+            crate::IdempotentResource::Generation(new.id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(generation)
     }

@@ -353,6 +353,7 @@ impl Store {
         &self,
         new: &NewTraining,
         max_active: u32,
+        idempotency: Option<&crate::IdempotencyHold>,
     ) -> Result<JobRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::tenants::check_quota(&mut tx, new.tenant_id, Quota::ActiveTrainings, max_active)
@@ -386,6 +387,12 @@ impl Store {
         })
         .await?;
         insert_training_event(&mut tx, &job, EventType::TrainingQueued, None).await?;
+        crate::idempotency::bind_resource_in(
+            &mut tx,
+            idempotency,
+            crate::IdempotentResource::Training(job.id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(job)
     }

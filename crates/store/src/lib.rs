@@ -29,7 +29,7 @@ pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options};
 pub use error::StoreError;
 pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
-pub use idempotency::IdempotencyClaim;
+pub use idempotency::{IdempotencyClaim, IdempotencyHold, IdempotentResource, IDEMPOTENCY_CLAIM};
 pub use jobs::{
     EventOutcome, JobChanges, NewTraining, WebhookDelivery, WebhookOutcome, ONE_ACTIVE_TRAINING,
 };

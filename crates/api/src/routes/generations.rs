@@ -147,17 +147,24 @@ pub async fn create_generation(
 ) -> Result<Response, ApiError> {
     let wait = preferred_wait(&headers);
     let scope = format!("POST /avatars/{id}/generations");
+    let state = &state;
     idempotent_json(
-        &state,
+        state,
         caller.tenant_id,
         &headers,
         &scope,
         &body,
-        |request: GenerateRequest| async {
+        |request: GenerateRequest, hold| async move {
             let input = GenerationInput::from(request);
-            let started =
-                service::generations::create(&state, caller.tenant_id, AvatarId(id), &input, wait)
-                    .await?;
+            let started = service::generations::create(
+                state,
+                caller.tenant_id,
+                AvatarId(id),
+                &input,
+                wait,
+                hold.as_ref(),
+            )
+            .await?;
             started_response(started, wait)
         },
     )

@@ -96,16 +96,23 @@ pub async fn train_avatar(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let scope = format!("POST /avatars/{id}/train");
+    let state = &state;
     idempotent_json(
-        &state,
+        state,
         caller.tenant_id,
         &headers,
         &scope,
         &body,
-        |request: TrainRequest| async {
+        |request: TrainRequest, hold| async move {
             let input = TrainingInput::from(request);
-            let training =
-                service::trainings::create(&state, caller.tenant_id, AvatarId(id), &input).await?;
+            let training = service::trainings::create(
+                state,
+                caller.tenant_id,
+                AvatarId(id),
+                &input,
+                hold.as_ref(),
+            )
+            .await?;
             let location = format!("/trainings/{}", training.job.id);
             located(StatusCode::ACCEPTED, &location, training_view(training))
         },
