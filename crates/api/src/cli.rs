@@ -103,7 +103,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, config));
-    // After the server and workers stopped: their last spans go out before the process ends.
+    // Tasks still held by the runtime end their spans as it drops; then the spans not yet
+    // exported go out before the process ends.
+    drop(runtime);
     if let Some(traces) = traces {
         traces.shutdown();
     }
