@@ -22,6 +22,7 @@ mod prometheus;
 mod s3;
 mod shutdown;
 mod swagger_ui;
+mod traces;
 mod trainers;
 mod training_data;
 mod trainings;

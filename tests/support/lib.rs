@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 pub mod browser;
 pub mod images;
+pub mod otlp;
 pub mod receiver;
 pub mod s3;
 pub mod scrape;

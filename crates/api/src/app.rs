@@ -119,13 +119,23 @@ pub fn router(state: AppState) -> Router {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
                     // The path only: query strings may carry tokens.
-                    tracing::info_span!(
+                    let span = tracing::info_span!(
                         "request",
                         request_id,
                         method = %request.method(),
                         path = %request.uri().path(),
                         tenant_id = tracing::field::Empty,
-                    )
+                        otel.kind = "server",
+                    );
+                    // The caller's W3C trace context, when it sent a valid one.
+                    service::trace_context::continue_trace(
+                        &span,
+                        request
+                            .headers()
+                            .get(service::trace_context::TRACEPARENT)
+                            .and_then(|v| v.to_str().ok()),
+                    );
+                    span
                 })
                 .on_request(())
                 .on_response(

@@ -84,7 +84,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(config.log_format);
+    let traces = match crate::telemetry::Traces::new(&config.traces) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("invalid configuration: OTEL_EXPORTER_OTLP_ENDPOINT: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(config.log_format, traces.as_ref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,6 +103,12 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, config));
+    // Tasks still held by the runtime end their spans as it drops; then the spans not yet
+    // exported go out before the process ends.
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

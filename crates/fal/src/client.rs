@@ -13,6 +13,12 @@ use crate::config::FalConfig;
 use crate::error::{FalError, TransportStage};
 use crate::retry::{AttemptFailure, Operation, RetryDecision};
 
+/// Headers the caller adds to every request the client sends (a W3C `traceparent`, say).
+/// Asked again for each attempt, from within the client's span for the call.
+pub trait RequestHeaders: Send + Sync {
+    fn add_to(&self, headers: &mut HeaderMap);
+}
+
 /// Client of fal's queue and storage APIs. Cheap to clone.
 #[derive(Clone)]
 pub struct FalClient {
@@ -20,6 +26,7 @@ pub struct FalClient {
     pub(crate) config: Arc<FalConfig>,
     /// `Key <key>`, marked sensitive so that no formatter prints it.
     auth: HeaderValue,
+    extra_headers: Option<Arc<dyn RequestHeaders>>,
 }
 
 impl std::fmt::Debug for FalClient {
@@ -62,11 +69,35 @@ impl FalClient {
             http,
             config: Arc::new(config),
             auth,
+            extra_headers: None,
         })
+    }
+
+    /// Adds the headers `source` gives to every request, queue and storage alike.
+    pub fn with_request_headers(mut self, source: Arc<dyn RequestHeaders>) -> Self {
+        self.extra_headers = Some(source);
+        self
     }
 
     pub fn config(&self) -> &FalConfig {
         &self.config
+    }
+
+    /// The request with the caller's extra headers, if any.
+    pub(crate) fn with_extra_headers(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        let Some(source) = &self.extra_headers else {
+            return builder;
+        };
+        let mut headers = HeaderMap::new();
+        source.add_to(&mut headers);
+        if headers.is_empty() {
+            builder
+        } else {
+            builder.headers(headers)
+        }
     }
 
     /// Adds the key and `Accept: application/json`.
@@ -141,7 +172,11 @@ impl FalClient {
                 attempt: Some(AttemptFailure::Transport { stage }),
             }
         };
-        let response = builder.send().await.map_err(transport)?;
+        let response = self
+            .with_extra_headers(builder)
+            .send()
+            .await
+            .map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(transport)?;

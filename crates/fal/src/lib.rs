@@ -22,7 +22,7 @@ mod status;
 mod storage;
 mod webhook;
 
-pub use client::FalClient;
+pub use client::{FalClient, RequestHeaders};
 pub use config::FalConfig;
 pub use endpoint::EndpointId;
 pub use error::{FalError, SubmitError, TransportStage, ValidationIssue};

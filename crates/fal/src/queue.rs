@@ -331,7 +331,7 @@ impl FalClient {
         url.set_path(&path);
         url.set_query(Some(if with_logs { "logs=1" } else { "logs=0" }));
         let response = self
-            .authorized_accepting(self.http.get(url), "text/event-stream")
+            .with_extra_headers(self.authorized_accepting(self.http.get(url), "text/event-stream"))
             .send()
             .await
             .map_err(|e| {

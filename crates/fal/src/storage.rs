@@ -82,9 +82,11 @@ impl FalClient {
         let mut retries = 0;
         loop {
             let attempt = self
-                .http
-                .get(url.clone())
-                .timeout(self.config.upload_timeout)
+                .with_extra_headers(
+                    self.http
+                        .get(url.clone())
+                        .timeout(self.config.upload_timeout),
+                )
                 .send()
                 .await;
             let error = match attempt {

@@ -22,6 +22,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// Export of spans over OTLP/HTTP (protobuf), with the standard OpenTelemetry variable names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// The collector's base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`); spans go to `{base}/v1/traces`.
+    /// `None`: no spans are exported and no trace context is kept or sent.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// How long finished spans wait to be sent in a batch (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay: Duration,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "avatars".into(),
+            schedule_delay: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Overrides of the portrait trainer's balanced preset, with the seed's variable names.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PortraitOverrides {
@@ -68,6 +90,7 @@ pub struct Config {
     /// How to reach the S3-compatible store when `storage_url` is `s3://`.
     pub s3: store::S3Options,
     pub log_format: LogFormat,
+    pub traces: TraceSettings,
     pub http: HttpLimits,
     pub photos: PhotoSettings,
     pub fetch: FetchSettings,
@@ -324,6 +347,9 @@ impl Config {
         "PUBLIC_BASE_URL",
         "STORAGE_URL",
         "LOG_FORMAT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_BSP_SCHEDULE_DELAY",
         "MAX_BODY_BYTES",
         "REQUEST_TIMEOUT",
         "HTTP_HEADER_READ_TIMEOUT",
@@ -450,6 +476,22 @@ impl Config {
                     _ => None,
                 })?
                 .unwrap_or(LogFormat::Text),
+            traces: {
+                let defaults = TraceSettings::default();
+                TraceSettings {
+                    otlp_endpoint: env
+                        .url("OTEL_EXPORTER_OTLP_ENDPOINT")?
+                        .map(|u| u.trim_end_matches('/').to_string()),
+                    service_name: env
+                        .string("OTEL_SERVICE_NAME")
+                        .map(|name| name.trim().to_string())
+                        .unwrap_or(defaults.service_name),
+                    schedule_delay: env
+                        .parse_range("OTEL_BSP_SCHEDULE_DELAY", 1, 60_000)?
+                        .map(Duration::from_millis)
+                        .unwrap_or(defaults.schedule_delay),
+                }
+            },
             http: HttpLimits {
                 max_body_bytes: env
                     .parse_range("MAX_BODY_BYTES", 1024, 1024 * 1024 * 1024)?
@@ -975,6 +1017,38 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.generation_max_prompts, 3);
+    }
+
+    #[test]
+    fn trace_export_is_off_unless_an_endpoint_is_set() {
+        let defaults = config(&[]).unwrap().traces;
+        assert_eq!(defaults.otlp_endpoint, None);
+        assert_eq!(defaults.service_name, "avatars");
+        assert_eq!(defaults.schedule_delay, Duration::from_secs(5));
+        let set = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_SERVICE_NAME", "avatars-eu"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1"),
+        ])
+        .unwrap()
+        .traces;
+        assert_eq!(set.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(set.service_name, "avatars-eu");
+        assert_eq!(set.schedule_delay, Duration::from_millis(1));
+        assert_eq!(
+            config(&[("OTEL_BSP_SCHEDULE_DELAY", "60000")])
+                .unwrap()
+                .traces
+                .schedule_delay,
+            Duration::from_secs(60)
+        );
+        for (name, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60001"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
     }
 
     #[test]

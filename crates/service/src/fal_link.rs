@@ -70,10 +70,12 @@ impl FalLink {
             url("FAL_CDN_URL", &settings.cdn_url)?,
         );
         config.retry.submit.max_retries = settings.max_retries;
-        let client = fal::FalClient::new(config).map_err(|e| FalSetupError {
-            variable: "FAL_KEY",
-            problem: e.to_string(),
-        })?;
+        let client = fal::FalClient::new(config)
+            .map_err(|e| FalSetupError {
+                variable: "FAL_KEY",
+                problem: e.to_string(),
+            })?
+            .with_request_headers(Arc::new(crate::trace_context::FalTraceHeaders));
         let verifier = fal::Verifier::new(fal::VerifierConfig::with_jwks_url(url(
             "FAL_JWKS_URL",
             &settings.jwks_url,

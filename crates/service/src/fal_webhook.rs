@@ -5,8 +5,11 @@
 //! single transaction; success is reported only after the commit, so fal retries anything we
 //! did not durably take.
 
+use opentelemetry::trace::TraceContextExt;
 use sha2::{Digest, Sha256};
 use store::{JobRecord, WebhookDelivery, WebhookOutcome};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::context::Service;
@@ -90,6 +93,30 @@ async fn apply(
         span.record("tenant_id", tracing::field::display(job.tenant_id));
         span.record("avatar_id", tracing::field::debug(job.avatar_id));
     }
+    // Applied in the trace of the request that created the job, linked to this callback's.
+    let span = tracing::info_span!("apply_callback", fal_request_id = %request_id);
+    if let Some(traceparent) = job.as_ref().and_then(|j| j.traceparent.as_deref()) {
+        let callback = tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .clone();
+        crate::trace_context::continue_trace(&span, Some(traceparent));
+        span.add_link(callback);
+    }
+    apply_to(service, job, body, payload, request_id)
+        .instrument(span)
+        .await
+}
+
+/// Records a verified callback and applies it to `job` (`None`: an unknown request).
+async fn apply_to(
+    service: &Service,
+    job: Option<JobRecord>,
+    body: &[u8],
+    payload: fal::WebhookBody,
+    request_id: String,
+) -> Result<CallbackOutcome, ServiceError> {
     let delivery = WebhookDelivery {
         fal_request_id: request_id.clone(),
         body_sha256: hex::encode(Sha256::digest(body)),

@@ -228,6 +228,7 @@ fn new_generation(
             + chrono::Duration::from_std(settings.generation_timeout)
                 .unwrap_or(chrono::Duration::minutes(10)),
         items,
+        traceparent: crate::trace_context::current_traceparent(),
     }
 }
 

@@ -80,6 +80,7 @@ pub async fn create(
         estimated_cost_usd: domain::estimate_training_cost(&request.params, &settings.prices),
         webhook_token: jobs::new_webhook_token(),
         deadline_at: jobs::deadline_from_now(settings),
+        traceparent: crate::trace_context::current_traceparent(),
     };
     let job = insert(service, &new, idempotency).await?;
     service.work.notify_waiters();

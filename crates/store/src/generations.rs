@@ -38,6 +38,8 @@ pub struct NewGeneration {
     pub estimated_cost_usd: Option<f64>,
     pub deadline_at: DateTime<Utc>,
     pub items: Vec<NewGenerationItem>,
+    /// The W3C `traceparent` of the creating request, kept with each item's job.
+    pub traceparent: Option<String>,
 }
 
 /// One prompt of a generation: its job.
@@ -89,8 +91,9 @@ impl Store {
         for (index, item) in new.items.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
-                     trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index)
-                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index,
+                     traceparent)
+                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15)",
             )
             .bind(item.job_id)
             .bind(new.tenant_id.0)
@@ -106,6 +109,7 @@ impl Store {
             .bind(index as i32)
             .bind(JobKind::Generation.as_str())
             .bind(JobStatus::Pending.as_str())
+            .bind(&new.traceparent)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_write)?;
@@ -261,10 +265,10 @@ impl Store {
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                  trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id,
-                 item_index, attempt)
+                 item_index, attempt, traceparent)
              SELECT $2, tenant_id, avatar_id, kind, $4, endpoint, preset, params, trigger_phrase,
                  estimated_cost_usd, $3, now() + (deadline_at - created_at), generation_id,
-                 item_index, attempt + 1
+                 item_index, attempt + 1, traceparent
              FROM jobs WHERE id = $1
              ON CONFLICT (generation_id, item_index, attempt) WHERE generation_id IS NOT NULL DO NOTHING
              RETURNING id",

@@ -52,6 +52,8 @@ pub struct NewTraining {
     pub webhook_token: String,
     /// The training's whole budget, from creation: past it the job is cancelled as timed out.
     pub deadline_at: DateTime<Utc>,
+    /// The W3C `traceparent` of the creating request, continued by the workers.
+    pub traceparent: Option<String>,
 }
 
 /// Fields changed together with a transition; `None` leaves a field as it is.
@@ -360,8 +362,9 @@ impl Store {
             .await?;
         let job: JobRecord = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-                 trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, deadline_at)
-             VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, deadline_at,
+                 traceparent)
+             VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(new.id)
@@ -378,6 +381,7 @@ impl Store {
         .bind(new.deadline_at)
         .bind(JobKind::Training.as_str())
         .bind(JobStatus::Pending.as_str())
+        .bind(&new.traceparent)
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;

@@ -122,6 +122,8 @@ pub struct JobRecord {
     pub item_index: Option<i32>,
     /// 1, or 2 for a generation item resubmitted after fal could not fetch the LoRA.
     pub attempt: i32,
+    /// The W3C `traceparent` of the request that created the job, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 impl JobRecord {
@@ -148,7 +150,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, tr
     response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
-    generation_id, item_index, attempt";
+    generation_id, item_index, attempt, traceparent";
 
 /// Stored artifacts of a model, for generation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]

@@ -79,6 +79,8 @@ pub struct DueDelivery {
     pub id: Uuid,
     pub event_id: Uuid,
     pub payload: Value,
+    /// The W3C `traceparent` of the request that created the event's job, if any.
+    pub traceparent: Option<String>,
 }
 
 /// Whether an attempt could start.
@@ -450,8 +452,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT d.id, d.event_id, e.payload
+            "SELECT d.id, d.event_id, e.payload, j.traceparent
              FROM webhook_deliveries d JOIN outbox_events e ON e.id = d.event_id
+                  LEFT JOIN jobs j ON j.id = e.job_id
              WHERE d.endpoint_id = $1 AND d.status = 'pending' AND d.next_attempt_at <= now()
              ORDER BY d.event_position LIMIT $2",
         )

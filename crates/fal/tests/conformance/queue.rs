@@ -613,3 +613,56 @@ async fn submit_time_validation_is_a_simulator_option() {
     assert!(env.sim.requests().is_empty());
     env.sim.shutdown().await;
 }
+
+/// Counts the times it is asked, and sends the count.
+struct CountingHeaders(std::sync::atomic::AtomicU32);
+
+impl fal::RequestHeaders for CountingHeaders {
+    fn add_to(&self, headers: &mut http::HeaderMap) {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        headers.insert("x-caller-header", n.into());
+    }
+}
+
+#[tokio::test]
+async fn the_callers_headers_go_on_every_request_asked_for_each() {
+    let env = common::start().await;
+    let client = env
+        .client
+        .clone()
+        .with_request_headers(std::sync::Arc::new(CountingHeaders(Default::default())));
+    let archive = common::TempFile::with_bytes("training.zip", &common::training_zip(2));
+    client
+        .upload_file(&archive.0, "application/zip", None)
+        .await
+        .expect("upload");
+    let submitted = client
+        .submit(
+            models::FLUX_LORA,
+            &serde_json::json!({"prompt": "x"}),
+            &SubmitOptions::default(),
+        )
+        .await
+        .expect("submit");
+    client
+        .status(&submitted.request_ref(), false)
+        .await
+        .expect("status");
+    let sent: Vec<String> = env
+        .sim
+        .received_requests()
+        .iter()
+        .map(|r| {
+            r.header("x-caller-header")
+                .unwrap_or_else(|| panic!("{} {} without the header", r.method, r.path))
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (1..=sent.len()).map(|n| n.to_string()).collect();
+    assert!(
+        sent.len() >= 4,
+        "initiate, upload, submit, status: {sent:?}"
+    );
+    assert_eq!(sent, expected, "asked once per request, in order");
+    env.sim.shutdown().await;
+}

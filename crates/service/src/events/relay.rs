@@ -13,6 +13,7 @@ use rand::Rng;
 use safe_fetch::HeaderMap;
 use store::webhooks::{AttemptResult, AttemptStart, DueDelivery, EndpointClaim, NextStep};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::context::Service;
 use crate::events::signing;
@@ -87,7 +88,13 @@ async fn deliver_to_endpoint(service: Service, claim: EndpointClaim) {
             break;
         }
         for delivery in due {
-            match attempt(&service, &claim, &delivery).await {
+            let span = tracing::info_span!(
+                "webhook_delivery",
+                delivery_id = %delivery.id,
+                event_id = %delivery.event_id,
+            );
+            crate::trace_context::continue_trace(&span, delivery.traceparent.as_deref());
+            match attempt(&service, &claim, &delivery).instrument(span).await {
                 Ok(Held::Delivered) => {}
                 // A failing endpoint gives its slot up at once: its other deliveries wait for
                 // their turn behind other endpoints rather than each costing a timeout now.
@@ -155,6 +162,7 @@ async fn attempt(
             headers.insert(name, value);
         }
     }
+    crate::trace_context::inject_current(&mut headers);
     let sent_at = Instant::now();
     // The fetcher's deadline covers the whole attempt (resolving, connecting, sending,
     // reading), so a black hole costs one `delivery_timeout` per attempt and no more.

@@ -18,7 +18,7 @@ use crate::jobs;
 
 /// Fetches a missing result and copies a LoRA's files into our storage (fal's CDN copy
 /// expires), then records the model.
-#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
+/// Runs in the job's span (see `job_span!`).
 pub(super) async fn take_custody(service: &Service, job: JobRecord) {
     let fence = job.fence;
     let Some(fal) = service.fal.as_ref() else {

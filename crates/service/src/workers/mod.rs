@@ -3,6 +3,24 @@
 //! and the janitor. Each claims work with a lease and a fencing token, so any number of
 //! replicas can run them.
 
+/// The span a worker handles `job` in: a root of its own, continuing the trace of the request
+/// that created the job (when traces are exported), so one training is one trace.
+macro_rules! job_span {
+    ($name:literal, $job:expr) => {{
+        let job: &store::JobRecord = $job;
+        let span = tracing::info_span!(
+            parent: None,
+            $name,
+            job_id = %job.id,
+            tenant_id = %job.tenant_id,
+            avatar_id = ?job.avatar_id,
+            kind = job.kind().as_str(),
+        );
+        crate::trace_context::continue_trace(&span, job.traceparent.as_deref());
+        span
+    }};
+}
+
 mod custody;
 pub mod janitor;
 mod reconciler;
@@ -14,6 +32,7 @@ use domain::JobEvent;
 use store::{JobChanges, JobRecord};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::context::Service;
 pub use crate::context::WorkerIntervals;
@@ -128,8 +147,14 @@ async fn drain(service: Service, queue: JobQueue, mut stopping: watch::Receiver<
                 JobQueue::Custody => service.store.claim_custody(worker, lease).await,
             };
             match (claimed, queue) {
-                (Ok(Some(job)), JobQueue::Submit) => submitter::submit(&service, job).await,
-                (Ok(Some(job)), JobQueue::Custody) => custody::take_custody(&service, job).await,
+                (Ok(Some(job)), JobQueue::Submit) => {
+                    let span = job_span!("submit_job", &job);
+                    submitter::submit(&service, job).instrument(span).await
+                }
+                (Ok(Some(job)), JobQueue::Custody) => {
+                    let span = job_span!("custody", &job);
+                    custody::take_custody(&service, job).instrument(span).await
+                }
                 (Ok(None), _) => break,
                 (Err(error), _) => {
                     tracing::warn!(%error, ?queue, "claiming a job");

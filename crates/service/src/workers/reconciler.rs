@@ -3,6 +3,7 @@
 use chrono::Utc;
 use domain::{JobEvent, JobStatus};
 use store::JobRecord;
+use tracing::Instrument;
 
 use super::record;
 use crate::context::Service;
@@ -28,12 +29,13 @@ pub(super) async fn reconcile_due(service: &Service) {
         }
     };
     for job in jobs {
-        check(service, &job).await;
+        let span = job_span!("reconcile", &job);
+        check(service, &job).instrument(span).await;
     }
 }
 
 /// One overdue job: timed out, interrupted mid-submit, or looked up at fal.
-#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
+/// Runs in the job's span (see `job_span!`).
 async fn check(service: &Service, job: &JobRecord) {
     let fence = job.fence;
     let past_deadline = job.deadline_at.is_some_and(|d| d <= Utc::now());

@@ -17,7 +17,7 @@ use crate::jobs;
 
 /// Uploads the training data and submits the job to fal. The submit is sent at most once: the
 /// job is marked before it leaves, so a crash after that is an unknown outcome, not a retry.
-#[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
+/// Runs in the job's span (see `job_span!`).
 pub(super) async fn submit(service: &Service, job: JobRecord) {
     if job.cancel_requested_at.is_some() {
         fail(
