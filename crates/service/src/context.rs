@@ -25,6 +25,8 @@ pub struct Settings {
     pub unknown_callbacks: UnknownCallbackSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
+    /// Seals webhook signing secrets and derives fal callback tokens.
+    pub secrets: Arc<crate::secrets::KeyRing>,
 }
 
 impl Settings {
@@ -45,6 +47,13 @@ impl Settings {
             shutdown: config.shutdown,
             unknown_callbacks: config.unknown_callbacks,
             scratch_dir: std::env::temp_dir(),
+            // Without SECRETS_KEYS (tests; `avatars serve` refuses to start and `avatars dev`
+            // keeps a ring in its data directory), a random key that lives as long as the
+            // process: what it sealed is unreadable after a restart.
+            secrets: config
+                .secrets_keys
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::secrets::KeyRing::generate("ephemeral").0)),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod photo_set;
 pub mod photos;
 pub mod readiness;
+pub mod secrets;
 pub mod training_data;
 pub mod trainings;
 pub mod webhook_endpoints;
