@@ -436,7 +436,7 @@ mod tests {
             ("k1:not*base64", "base64"),
             (&format!("k1:{short}"), "16 bytes"),
         ] {
-            let error = KeyRing::parse(text).err().expect(text).to_string();
+            let error = KeyRing::parse(text).expect_err(text).to_string();
             assert!(error.contains(fragment), "{text:?}: {error}");
             assert!(!error.contains(&short) && !error.contains(&key_text(1)));
         }
