@@ -82,8 +82,16 @@ log "compose: resolving the file for the keyless demo and for fal.ai"
 docker-compose -f deploy/compose.yaml --env-file deploy/demo.env config >"$work/demo.yaml"
 grep -q 'FAL_QUEUE_URL: http://fal-sim:9000/queue' "$work/demo.yaml"
 env -u COMPOSE_PROFILES FAL_KEY=id:secret PUBLIC_BASE_URL=https://avatars.example.com \
+  SECRETS_KEYS=k1:MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE= \
   docker-compose -f deploy/compose.yaml config >"$work/fal.yaml"
 grep -q "FAL_QUEUE_URL: ''" "$work/fal.yaml"
+# Without a key ring (and without the demo settings) it refuses too, naming SECRETS_KEYS.
+if env -u SECRETS_KEYS -u COMPOSE_PROFILES FAL_KEY=id:secret \
+  docker-compose -f deploy/compose.yaml config >/dev/null 2>"$work/err"; then
+  echo "deploy-check: compose started without SECRETS_KEYS" >&2
+  exit 1
+fi
+grep -q SECRETS_KEYS "$work/err"
 # Without a key and without the demo settings the file refuses to start, naming FAL_KEY.
 if env -u FAL_KEY -u COMPOSE_PROFILES docker-compose -f deploy/compose.yaml config >/dev/null 2>"$work/err"; then
   echo "deploy-check: compose started without FAL_KEY" >&2

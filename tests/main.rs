@@ -20,6 +20,7 @@ mod outbound_webhooks;
 mod photos;
 mod prometheus;
 mod s3;
+mod secrets_at_rest;
 mod shutdown;
 mod swagger_ui;
 mod traces;

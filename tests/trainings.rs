@@ -3,6 +3,7 @@ use std::time::Duration;
 use blackbox::{problem, FalOptions, TestApp};
 use fal_sim::{FailSpec, KeyKind, RequestFaults, SignatureFault, SubmitFault, WebhookFaults};
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -1086,9 +1087,9 @@ async fn a_webhook_arriving_before_the_request_id_was_stored_completes_the_job(p
     let job_id = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-             trigger_phrase, webhook_token, lease_owner, lease_until, fence, submit_started_at)
+             trigger_phrase, lease_owner, lease_until, fence, submit_started_at)
          SELECT $1, tenant_id, id, 'training', 'uploading', 'pro', 'fal-ai/flux-pro-trainer', 'balanced', $2,
-             trigger_phrase, 'tok-early', gen_random_uuid(), now() + interval '10 minutes', 1, now()
+             trigger_phrase, gen_random_uuid(), now() + interval '10 minutes', 1, now()
          FROM avatars WHERE id = $3::uuid",
     )
     .bind(job_id)
@@ -1115,9 +1116,11 @@ async fn a_webhook_arriving_before_the_request_id_was_stored_completes_the_job(p
         "unknown_request"
     );
     let body = json!({"request_id": "req-early", "status": "OK", "payload": {"finetune_id": "ft-early"}, "error": null}).to_string();
+    // The job's token is derived from its id under the service's keys.
+    let token = app.running().settings.secrets.job_token(job_id);
     let response = post_signed(
         &app,
-        &format!("?job={job_id}&token=tok-early"),
+        &format!("?job={job_id}&token={}", token.expose_secret()),
         "req-early",
         body.as_bytes(),
         now(),
@@ -1169,9 +1172,9 @@ async fn a_job_row_with_an_unknown_status_or_kind_fails_loudly_when_read(pool: P
             let id = uuid::Uuid::now_v7();
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset,
-                     params, trigger_phrase, webhook_token)
+                     params, trigger_phrase)
                  SELECT $1, tenant_id, id, $2, $3, 'portrait', 'fal-ai/flux-lora-portrait-trainer',
-                     'balanced', '{}', trigger_phrase, 'tok'
+                     'balanced', '{}', trigger_phrase
                  FROM avatars WHERE id = $4::uuid",
             )
             .bind(id)

@@ -239,7 +239,13 @@ impl TestApp {
 
     /// Stops this process's server and workers and starts new ones on the same address,
     /// database, blob store and simulator: a restart of the service.
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// A restart with settings `configure` changes (a new configuration deployed).
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut Settings)) -> Self {
+        configure(&mut self.settings);
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

@@ -45,10 +45,12 @@ pub fn run(root: &Path, only: Option<String>) -> Result<(), String> {
         .ensure_database("bench")
         .map_err(|e| e.to_string())?;
     let database_url = cluster.url("bench");
+    let (_, ring) = service::secrets::KeyRing::generate("bench");
     let env = |command: &mut Command| {
         command
             .env("DATABASE_URL", &database_url)
             .env("STORAGE_URL", work.join("blobs"))
+            .env("SECRETS_KEYS", secrecy::ExposeSecret::expose_secret(&ring))
             .env("RUST_LOG", "error");
     };
     let mut migrate = Command::new(&binary);

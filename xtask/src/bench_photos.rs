@@ -59,10 +59,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .ensure_database("bench")
         .map_err(|e| e.to_string())?;
     let database_url = cluster.url("bench");
+    let (_, ring) = service::secrets::KeyRing::generate("bench");
     let env = |command: &mut Command| {
         command
             .env("DATABASE_URL", &database_url)
             .env("STORAGE_URL", work.join("blobs"))
+            .env("SECRETS_KEYS", secrecy::ExposeSecret::expose_secret(&ring))
             .env("RUST_LOG", "warn");
     };
     let mut migrate = Command::new(&binary);

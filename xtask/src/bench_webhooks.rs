@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use fal_sim::{FalSim, SimConfig};
 use pgcluster::{Cluster, ClusterOptions};
+use secrecy::{ExposeSecret, SecretString};
+use service::secrets::KeyRing;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
@@ -274,7 +276,12 @@ fn bench(root: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // The server derives each job's callback token from the job id under this ring; the
+    // bench derives the same tokens for the URLs it posts to.
+    let (ring, ring_text) = KeyRing::generate("bench");
     let setup = Setup {
+        ring,
+        ring_text,
         binary,
         work: work.0.clone(),
         database_url,
@@ -295,6 +302,8 @@ fn bench(root: &Path) -> Result<(), String> {
 }
 
 struct Setup {
+    ring: KeyRing,
+    ring_text: SecretString,
     binary: PathBuf,
     work: PathBuf,
     database_url: String,
@@ -327,14 +336,14 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
         next_n += count;
         start
     };
-    let warmup = seed(&pool, tenant, take(WARMUP), WARMUP).await?;
+    let warmup = seed(&pool, &setup.ring, tenant, take(WARMUP), WARMUP).await?;
     let mut service_jobs = Vec::new();
     for _ in SENDERS {
-        service_jobs.push(seed(&pool, tenant, take(REQUESTS), REQUESTS).await?);
+        service_jobs.push(seed(&pool, &setup.ring, tenant, take(REQUESTS), REQUESTS).await?);
     }
     let mut pgbench_jobs = Vec::new();
     for _ in SENDERS {
-        pgbench_jobs.push(seed(&pool, tenant, take(REQUESTS), REQUESTS).await?);
+        pgbench_jobs.push(seed(&pool, &setup.ring, tenant, take(REQUESTS), REQUESTS).await?);
     }
     seed_pgbench_queue(&pool, &pgbench_jobs.concat()).await?;
     sqlx::query("VACUUM ANALYZE")
@@ -354,6 +363,7 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("PUBLIC_BASE_URL", &base)
             .env("FAL_KEY", key)
+            .env("SECRETS_KEYS", setup.ring_text.expose_secret())
             .env("FAL_QUEUE_URL", sim.queue_url().as_str())
             .env("FAL_REST_URL", sim.rest_url().as_str())
             .env("FAL_CDN_URL", sim.cdn_url().as_str())
@@ -501,24 +511,26 @@ fn log_tail(path: &Path) -> String {
 /// Inserts `count` avatars, each with one pro training in `submitted` that fal has accepted.
 async fn seed(
     pool: &PgPool,
+    ring: &KeyRing,
     tenant: Uuid,
     first: usize,
     count: usize,
 ) -> Result<Vec<SeedJob>, String> {
     let jobs: Vec<SeedJob> = (first..first + count)
-        .map(|n| SeedJob {
-            n,
-            id: Uuid::now_v7(),
-            token: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())[..48]
-                .to_string(),
-            request_id: Uuid::new_v4().to_string(),
-            gateway_request_id: Uuid::new_v4().to_string(),
+        .map(|n| {
+            let id = Uuid::now_v7();
+            SeedJob {
+                n,
+                id,
+                token: ring.job_token(id).expose_secret().to_string(),
+                request_id: Uuid::new_v4().to_string(),
+                gateway_request_id: Uuid::new_v4().to_string(),
+            }
         })
         .collect();
     let avatar_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let phrases: Vec<String> = jobs.iter().map(|j| format!("bench_{}", j.n)).collect();
     let job_ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-    let tokens: Vec<String> = jobs.iter().map(|j| j.token.clone()).collect();
     let request_ids: Vec<String> = jobs.iter().map(|j| j.request_id.clone()).collect();
     // The balanced pro preset, as `TrainingParams::to_json` writes it.
     let params = serde_json::json!({
@@ -539,19 +551,18 @@ async fn seed(
     .map_err(|e| format!("seeding avatars: {e}"))?;
     sqlx::query(
         "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-             trigger_phrase, estimated_cost_usd, webhook_token, fal_request_id, fence,
+             trigger_phrase, estimated_cost_usd, fal_request_id, fence,
              submit_started_at, submitted_at, next_check_at, deadline_at, created_at)
          SELECT j, $1, a, 'training', 'submitted', 'pro', 'fal-ai/flux-pro-trainer', 'balanced', $2,
-             t, 2.0, tok, r, 1, now(), now(), now() + interval '1 hour', now() + interval '1 day',
+             t, 2.0, r, 1, now(), now(), now() + interval '1 hour', now() + interval '1 day',
              now() - interval '1 minute'
-         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[]) AS x(j, a, t, tok, r)",
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[]) AS x(j, a, t, r)",
     )
     .bind(tenant)
     .bind(&params)
     .bind(&job_ids)
     .bind(&avatar_ids)
     .bind(&phrases)
-    .bind(&tokens)
     .bind(&request_ids)
     .execute(&mut *tx)
     .await
@@ -806,7 +817,7 @@ async fn wait_custody_drained(pool: &PgPool) -> Result<i64, String> {
 /// (built by PostgreSQL here, by the service in Rust).
 /// The first line stands in for `job_by_id`: it reads the job row by key and, through a shared
 /// sequence, hands each transaction a distinct job and the body fal would have sent for it.
-const PGBENCH_SCRIPT: &str = r#"SELECT q.job_id, q.request_id, q.body_sha256, q.body, q.result, j.webhook_token,
+const PGBENCH_SCRIPT: &str = r#"SELECT q.job_id, q.request_id, q.body_sha256, q.body, q.result,
     j.tenant_id, j.avatar_id, j.trigger_phrase
   FROM bench_pgbench_queue q JOIN jobs j ON j.id = q.job_id
   WHERE q.n = (SELECT nextval('bench_pgbench_seq')) \gset
@@ -828,7 +839,7 @@ UPDATE jobs SET
     updated_at = now()
   WHERE id = :job_id AND status = 'submitted'
   RETURNING id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-    trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url,
+    trigger_phrase, input_blob_key, estimated_cost_usd, fal_request_id, status_url,
     response_url, cancel_url, queue_position, progress, error_code, error_message, result,
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures,
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at;
@@ -847,7 +858,7 @@ UPDATE avatars SET current_model_id = :model_id, status = 'trained', updated_at 
   WHERE id = :avatar_id;
 INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
   SELECT gen_random_uuid(), j.tenant_id, 'training.succeeded', j.id, j.avatar_id,
-    jsonb_build_object('kind', 'training', 'job', to_jsonb(j) - 'webhook_token', 'model', to_jsonb(m))
+    jsonb_build_object('kind', 'training', 'job', to_jsonb(j), 'model', to_jsonb(m))
   FROM jobs j JOIN models m ON m.training_id = j.id WHERE j.id = :job_id;
 COMMIT;
 "#;

@@ -1119,6 +1119,9 @@ async fn run_cluster(
     let key = avatars(&["api-keys", "create", "--tenant", "cluster"])?;
 
     let prefix = format!("cluster-{}", std::process::id());
+    // One key ring for every replica: each opens the signing secrets the others sealed and
+    // verifies the callback tokens the others gave fal.
+    let (_, ring) = service::secrets::KeyRing::generate("cluster");
     let mut replicas = Vec::new();
     for index in 0..REPLICAS {
         let port = crate::bench_photos::free_port()?;
@@ -1129,6 +1132,10 @@ async fn run_cluster(
             ("BIND_ADDR", format!("127.0.0.1:{port}")),
             ("PUBLIC_BASE_URL", base.clone()),
             ("FAL_KEY", sim_env["FAL_KEY"].clone()),
+            (
+                "SECRETS_KEYS",
+                secrecy::ExposeSecret::expose_secret(&ring).to_string(),
+            ),
             ("FAL_QUEUE_URL", sim_env["FAL_QUEUE_URL"].clone()),
             ("FAL_REST_URL", sim_env["FAL_REST_URL"].clone()),
             ("FAL_CDN_URL", sim_env["FAL_CDN_URL"].clone()),

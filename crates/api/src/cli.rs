@@ -46,6 +46,9 @@ enum Command {
     /// Manage the API keys callers authenticate with.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
+    /// Manage secrets at rest (webhook signing secrets sealed under SECRETS_KEYS).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -69,6 +72,20 @@ enum ApiKeysCommand {
     },
     /// Revoke a key by id; requests with it are refused from then on.
     Revoke { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Rewrite every webhook signing secret not sealed under the primary (first) key of
+    /// SECRETS_KEYS: after a new key was put first, and to seal secrets stored before sealing.
+    /// Safe to repeat and to run while the service serves.
+    Reencrypt {
+        /// Rows rewritten per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+    },
+    /// Count the signing secrets sealed under each key id (never the secrets).
+    Status,
 }
 
 pub fn main() -> ExitCode {
@@ -122,6 +139,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The key ring of `avatars serve` and `avatars secrets`: without it, secrets could be neither
+/// sealed nor opened.
+fn require_key_ring(
+    config: &Config,
+    command: &str,
+) -> Result<std::sync::Arc<service::secrets::KeyRing>, ConfigError> {
+    config.secrets_keys.clone().ok_or_else(|| ConfigError {
+        variable: "SECRETS_KEYS",
+        problem: format!(
+            "required for `avatars {command}`: the keys that seal webhook signing secrets and \
+             derive fal callback tokens, as `id:base64key,...` (the first one primary; make a \
+             key with `openssl rand -base64 32`)"
+        ),
+    })
+}
+
 fn require_database(config: &Config, command: &str) -> Result<store::Store, anyhow::Error> {
     let url = config.database_url.as_ref().ok_or_else(|| ConfigError {
         variable: "DATABASE_URL",
@@ -172,6 +205,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Serve { migrate } => {
             let store = require_database(&config, "serve")?;
+            require_key_ring(&config, "serve")?;
             if migrate {
                 store.migrate().await.context("applying migrations")?;
                 tracing::info!("migrations applied");
@@ -196,7 +230,50 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let store = require_database(&config, "api-keys")?;
             api_keys(&store, command).await
         }
+        Command::Secrets(command) => {
+            let store = require_database(&config, "secrets")?;
+            let ring = require_key_ring(&config, "secrets")?;
+            secrets(&store, &ring, command).await
+        }
     }
+}
+
+async fn secrets(
+    store: &store::Store,
+    ring: &service::secrets::KeyRing,
+    command: SecretsCommand,
+) -> anyhow::Result<()> {
+    let mut unreadable = 0;
+    if let SecretsCommand::Reencrypt { batch } = command {
+        let report = service::secrets::reencrypt(store, ring, batch)
+            .await
+            .context("re-encrypting the signing secrets")?;
+        eprintln!(
+            "resealed {} signing secrets under key {:?}",
+            report.resealed,
+            ring.primary_id()
+        );
+        unreadable = report.unreadable;
+    }
+    println!("{:<32}  secrets", "key id");
+    for (key_id, count) in store
+        .secrets_by_key()
+        .await
+        .context("counting the signing secrets")?
+    {
+        let label = match key_id.as_deref() {
+            None => "(not sealed)".to_string(),
+            Some(id) if ring.key_ids().contains(&id) => id.to_string(),
+            Some(id) => format!("{id} (not in SECRETS_KEYS)"),
+        };
+        println!("{label:<32}  {count}");
+    }
+    anyhow::ensure!(
+        unreadable == 0,
+        "{unreadable} signing secrets do not open with the keys in SECRETS_KEYS (their key ids \
+         are listed above); add the key they were sealed under and run again"
+    );
+    Ok(())
 }
 
 async fn api_keys(store: &store::Store, command: ApiKeysCommand) -> anyhow::Result<()> {

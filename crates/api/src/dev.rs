@@ -57,6 +57,9 @@ pub async fn run(config: Config, bind: SocketAddr, data_dir: PathBuf) -> anyhow:
         key.expose_secret()
     );
     let mut config = config;
+    if config.secrets_keys.is_none() {
+        config.secrets_keys = Some(dev_key_ring(&data_dir)?);
+    }
     if config.public_base_url.is_none() {
         config.public_base_url = Some(base.clone());
     }
@@ -127,6 +130,26 @@ async fn dev_api_key(store: &store::Store, data_dir: &Path) -> anyhow::Result<Se
     write_private(&path, key.expose_secret())
         .with_context(|| format!("saving the dev key to {}", path.display()))?;
     Ok(key)
+}
+
+/// Without SECRETS_KEYS, dev seals secrets under a ring kept in the data directory, made on
+/// first start, so what it sealed still opens after a restart.
+fn dev_key_ring(data_dir: &Path) -> anyhow::Result<std::sync::Arc<service::secrets::KeyRing>> {
+    let path = data_dir.join("secrets-keys");
+    let ring = match std::fs::read_to_string(&path) {
+        Ok(saved) => service::secrets::KeyRing::parse(saved.trim())
+            .with_context(|| format!("reading the dev key ring {}", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let (ring, text) = service::secrets::KeyRing::generate("dev");
+            write_private(&path, text.expose_secret())
+                .with_context(|| format!("saving the dev key ring to {}", path.display()))?;
+            ring
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", path.display()));
+        }
+    };
+    Ok(std::sync::Arc::new(ring))
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -114,6 +114,9 @@ pub struct Config {
     /// Webhook endpoints on this machine (`localhost`, 127.0.0.0/8, `::1`) allowed, over http
     /// too. `None`: the mode decides (on in `avatars dev`, off in `avatars serve`).
     pub webhook_allow_loopback: Option<bool>,
+    /// The key ring that seals webhook signing secrets and derives fal callback tokens
+    /// (`SECRETS_KEYS`). Required by `avatars serve`; `avatars dev` keeps its own.
+    pub secrets_keys: Option<std::sync::Arc<crate::secrets::KeyRing>>,
 }
 
 /// The smallest database pool the service starts with. The sequencer, relay, janitor,
@@ -420,6 +423,7 @@ impl Config {
         "GENERATION_TIMEOUT",
         "CUSTODY_MAX_ATTEMPTS",
         "CUSTODY_RETRY_INTERVAL",
+        "SECRETS_KEYS",
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -712,6 +716,18 @@ impl Config {
                 }
             },
             webhook_allow_loopback: env.boolean("WEBHOOK_ALLOW_LOOPBACK")?,
+            secrets_keys: match env.string("SECRETS_KEYS") {
+                None => None,
+                // The problem never repeats the value: it holds keys.
+                Some(text) => Some(std::sync::Arc::new(
+                    crate::secrets::KeyRing::parse(&text).map_err(|error| ConfigError {
+                        variable: "SECRETS_KEYS",
+                        problem: format!(
+                            "{error} (expected `id:base64key,...`, the first key primary)"
+                        ),
+                    })?,
+                )),
+            },
             fal: FalSettings {
                 key: env.secret("FAL_KEY"),
                 webhook_user_id: env
@@ -1401,13 +1417,40 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
+        let ring_key = "c2VjcmV0LWtleS1ieXRlcy1mb3ItdGhlLXJpbmctMDE=";
         let config = config(&[
             ("FAL_KEY", "fal-secret-value"),
             ("DATABASE_URL", "postgres://u:db-password@h/d"),
+            ("SECRETS_KEYS", &format!("k1:{ring_key}")),
         ])
         .unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains("fal-secret-value"));
         assert!(!printed.contains("db-password"));
+        assert!(!printed.contains(ring_key));
+        assert!(printed.contains("k1"));
+    }
+
+    #[test]
+    fn the_key_ring_is_read_primary_first_and_never_echoed() {
+        assert!(config(&[]).unwrap().secrets_keys.is_none());
+        let (k2, k1) = (
+            "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI=",
+            "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE=",
+        );
+        let ring = config(&[("SECRETS_KEYS", &format!("k2:{k2}, k1:{k1}"))])
+            .unwrap()
+            .secrets_keys
+            .unwrap();
+        assert_eq!(ring.key_ids(), vec!["k2", "k1"]);
+        let short = "c2hvcnQ=";
+        let error = config(&[("SECRETS_KEYS", &format!("k2:{k2},k1:{short}"))]).unwrap_err();
+        assert_eq!(error.variable, "SECRETS_KEYS");
+        assert!(
+            error.problem.contains("32 random bytes"),
+            "{}",
+            error.problem
+        );
+        assert!(!error.to_string().contains(short) && !error.to_string().contains(k2));
     }
 }

@@ -27,6 +27,8 @@ pub struct Settings {
     pub fal_webhook_user_id: Option<String>,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
+    /// Seals webhook signing secrets and derives fal callback tokens.
+    pub secrets: Arc<crate::secrets::KeyRing>,
 }
 
 impl Settings {
@@ -48,6 +50,13 @@ impl Settings {
             unknown_callbacks: config.unknown_callbacks,
             fal_webhook_user_id: config.fal.webhook_user_id.clone(),
             scratch_dir: std::env::temp_dir(),
+            // Without SECRETS_KEYS (tests; `avatars serve` refuses to start and `avatars dev`
+            // keeps a ring in its data directory), a random key that lives as long as the
+            // process: what it sealed is unreadable after a restart.
+            secrets: config
+                .secrets_keys
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::secrets::KeyRing::generate("ephemeral").0)),
         }
     }
 }

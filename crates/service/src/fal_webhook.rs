@@ -302,7 +302,11 @@ async fn correlate(
                 .fal_request_id
                 .as_deref()
                 .is_none_or(|known| known == request_id);
-            if jobs::token_matches(token, &candidate.webhook_token) && same_request {
+            let genuine = service
+                .settings
+                .secrets
+                .job_token_matches(candidate.id, token);
+            if genuine && same_request {
                 return Ok(Some(candidate));
             }
         }

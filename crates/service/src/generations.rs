@@ -209,7 +209,6 @@ fn new_generation(
                 params,
                 trigger_phrase: trigger.clone(),
                 estimated_cost_usd: Some(plan.cost_per_prompt),
-                webhook_token: jobs::new_webhook_token(),
             }
         })
         .collect();

@@ -405,26 +405,18 @@ pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
     }
 }
 
-/// A new per-job webhook token.
-pub fn new_webhook_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
-/// Compares a presented token with the job's without leaking how much matched.
-pub fn token_matches(presented: &str, expected: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
-}
-
-/// The URL fal calls back for `job`.
-pub fn webhook_url(base: &str, job: &JobRecord) -> Result<url::Url, url::ParseError> {
+/// The URL fal calls back for `job`: the job id and its token, derived from the id under the
+/// primary key of the ring (never stored).
+pub fn webhook_url(
+    base: &str,
+    job: &JobRecord,
+    ring: &crate::secrets::KeyRing,
+) -> Result<url::Url, url::ParseError> {
+    use secrecy::ExposeSecret;
     let mut url = url::Url::parse(&format!("{}/webhooks/fal", base.trim_end_matches('/')))?;
     url.query_pairs_mut()
         .append_pair("job", &job.id.to_string())
-        .append_pair("token", &job.webhook_token);
+        .append_pair("token", ring.job_token(job.id).expose_secret());
     Ok(url)
 }
 

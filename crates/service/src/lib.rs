@@ -24,6 +24,7 @@ pub mod photo_set;
 pub mod photos;
 pub mod readiness;
 pub mod trace_context;
+pub mod secrets;
 pub mod training_data;
 pub mod trainings;
 pub mod usage;

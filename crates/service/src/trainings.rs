@@ -78,7 +78,6 @@ pub async fn create(
             .unwrap_or(avatar.trigger_phrase),
         input_blob_key,
         estimated_cost_usd: domain::estimate_training_cost(&request.params, &settings.prices),
-        webhook_token: jobs::new_webhook_token(),
         deadline_at: jobs::deadline_from_now(settings),
         traceparent: crate::trace_context::current_traceparent(),
     };

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::{FieldViolation, TenantId, Violations};
+use secrecy::SecretString;
 use store::webhooks::{
-    AttemptRecord, DeliveryRecord, EndpointPatch, EndpointRecord, NewEndpoint, ReplayOutcome,
+    AttemptRecord, DeliveryRecord, EndpointPatch, EndpointRecord, NewEndpoint, NewSecret,
+    ReplayOutcome,
 };
 use store::StoreError;
 use uuid::Uuid;
@@ -46,7 +48,7 @@ pub struct EndpointChanges {
 /// A new signing secret, shown to the caller once.
 #[derive(Debug, Clone)]
 pub struct RotatedSecret {
-    pub secret: String,
+    pub secret: SecretString,
     /// Until then the previous secrets sign too.
     pub previous_secrets_expire_at: DateTime<Utc>,
 }
@@ -153,13 +155,30 @@ fn dedup(types: Option<Vec<String>>) -> Option<Vec<String>> {
     })
 }
 
-/// Registers an endpoint; returns it with its signing secret (`whsec_...`).
+/// A new signing secret for `endpoint_id` and its row, sealed under the primary key.
+fn new_sealed_secret(service: &Service, endpoint_id: Uuid) -> (SecretString, NewSecret) {
+    let secret = signing::new_secret();
+    let id = Uuid::now_v7();
+    let sealed = service
+        .settings
+        .secrets
+        .seal_signing_secret(endpoint_id, id, &secret);
+    let row = NewSecret {
+        id,
+        key_id: sealed.key_id,
+        sealed: sealed.bytes,
+    };
+    (secret, row)
+}
+
+/// Registers an endpoint; returns it with its signing secret (`whsec_...`), which is stored
+/// only sealed.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 pub async fn create_endpoint(
     service: &Service,
     tenant_id: TenantId,
     spec: EndpointSpec,
-) -> Result<(EndpointRecord, String), ServiceError> {
+) -> Result<(EndpointRecord, SecretString), ServiceError> {
     let mut errors = Violations::default();
     let url = check_url(service, &spec.url, &mut errors).await;
     if let Some(types) = &spec.event_types {
@@ -169,14 +188,15 @@ pub async fn create_endpoint(
     let Some(url) = url.filter(|_| errors.is_empty()) else {
         return Err(errors.into());
     };
-    let secret = signing::new_secret();
+    let id = Uuid::now_v7();
+    let (secret, sealed) = new_sealed_secret(service, id);
     let new = NewEndpoint {
-        id: Uuid::now_v7(),
+        id,
         tenant_id,
         url,
         description: spec.description,
         event_types: dedup(spec.event_types),
-        secret: secret.clone(),
+        secret: sealed,
     };
     let limit = service.settings.tenants.max_webhook_endpoints;
     let endpoint = match service.store.create_webhook_endpoint(&new, limit).await {
@@ -291,10 +311,10 @@ pub async fn rotate_secret(
             format!("must be from 0 to {MAX_OVERLAP_SECS}"),
         ));
     }
-    let secret = signing::new_secret();
+    let (secret, sealed) = new_sealed_secret(service, id);
     let previous_secrets_expire_at = service
         .store
-        .rotate_webhook_secret(tenant_id, id, &secret, Duration::from_secs(overlap))
+        .rotate_webhook_secret(tenant_id, id, &sealed, Duration::from_secs(overlap))
         .await
         .map_err(endpoint_missing(id))?;
     Ok(RotatedSecret {

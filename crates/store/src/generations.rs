@@ -50,7 +50,6 @@ pub struct NewGenerationItem {
     pub params: Value,
     pub trigger_phrase: String,
     pub estimated_cost_usd: Option<f64>,
-    pub webhook_token: String,
 }
 
 impl Store {
@@ -91,9 +90,9 @@ impl Store {
         for (index, item) in new.items.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
-                     trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index,
+                     trigger_phrase, estimated_cost_usd, deadline_at, generation_id, item_index,
                      traceparent)
-                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15)",
+                 VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14)",
             )
             .bind(item.job_id)
             .bind(new.tenant_id.0)
@@ -103,7 +102,6 @@ impl Store {
             .bind(&item.params)
             .bind(&item.trigger_phrase)
             .bind(item.estimated_cost_usd)
-            .bind(&item.webhook_token)
             .bind(new.deadline_at)
             .bind(new.id)
             .bind(index as i32)
@@ -241,7 +239,6 @@ impl Store {
         fence: i64,
         model_id: Uuid,
         lora_url: &str,
-        webhook_token: &str,
     ) -> Result<Option<Uuid>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let cleared = sqlx::query(
@@ -264,10 +261,10 @@ impl Store {
         let next = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
-                 trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id,
+                 trigger_phrase, estimated_cost_usd, deadline_at, generation_id,
                  item_index, attempt, traceparent)
-             SELECT $2, tenant_id, avatar_id, kind, $4, endpoint, preset, params, trigger_phrase,
-                 estimated_cost_usd, $3, now() + (deadline_at - created_at), generation_id,
+             SELECT $2, tenant_id, avatar_id, kind, $3, endpoint, preset, params, trigger_phrase,
+                 estimated_cost_usd, now() + (deadline_at - created_at), generation_id,
                  item_index, attempt + 1, traceparent
              FROM jobs WHERE id = $1
              ON CONFLICT (generation_id, item_index, attempt) WHERE generation_id IS NOT NULL DO NOTHING
@@ -275,7 +272,6 @@ impl Store {
         )
         .bind(job_id)
         .bind(next)
-        .bind(webhook_token)
         .bind(JobStatus::Pending.as_str())
         .fetch_optional(&mut *tx)
         .await?;

@@ -49,7 +49,6 @@ pub struct NewTraining {
     pub trigger_phrase: String,
     pub input_blob_key: Option<String>,
     pub estimated_cost_usd: Option<f64>,
-    pub webhook_token: String,
     /// The training's whole budget, from creation: past it the job is cancelled as timed out.
     pub deadline_at: DateTime<Utc>,
     /// The W3C `traceparent` of the creating request, continued by the workers.
@@ -362,9 +361,8 @@ impl Store {
             .await?;
         let job: JobRecord = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-                 trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, deadline_at,
-                 traceparent)
-             VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15)
+                 trigger_phrase, input_blob_key, estimated_cost_usd, deadline_at, traceparent)
+             VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(new.id)
@@ -377,7 +375,6 @@ impl Store {
         .bind(&new.trigger_phrase)
         .bind(&new.input_blob_key)
         .bind(new.estimated_cost_usd)
-        .bind(&new.webhook_token)
         .bind(new.deadline_at)
         .bind(JobKind::Training.as_str())
         .bind(JobStatus::Pending.as_str())

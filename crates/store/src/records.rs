@@ -91,9 +91,6 @@ pub struct JobRecord {
     pub trigger_phrase: Option<String>,
     pub input_blob_key: Option<String>,
     pub estimated_cost_usd: Option<f64>,
-    /// Never leaves the service: not even in event snapshots.
-    #[serde(skip, default)]
-    pub webhook_token: String,
     pub fal_request_id: Option<String>,
     pub status_url: Option<String>,
     pub response_url: Option<String>,
@@ -146,7 +143,7 @@ impl JobRecord {
 }
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params, \
-    trigger_phrase, input_blob_key, estimated_cost_usd, webhook_token, fal_request_id, status_url, \
+    trigger_phrase, input_blob_key, estimated_cost_usd, fal_request_id, status_url, \
     response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \

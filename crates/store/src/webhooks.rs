@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::delivery::{AttemptOutcome, DeliveryStatus};
 use domain::TenantId;
+use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -38,7 +39,76 @@ pub struct NewEndpoint {
     pub url: String,
     pub description: Option<String>,
     pub event_types: Option<Vec<String>>,
-    pub secret: String,
+    pub secret: NewSecret,
+}
+
+/// A signing secret to store, sealed by the caller under key `key_id` for the row `id` of its
+/// endpoint.
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    pub id: Uuid,
+    pub key_id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// A signing secret as stored.
+#[derive(Debug, Clone)]
+pub enum StoredSecret {
+    /// Sealed under key `key_id`: `nonce || ciphertext`.
+    Sealed { key_id: String, bytes: Vec<u8> },
+    /// Written before secrets were sealed; sealed by the next re-encryption.
+    Legacy(SecretString),
+}
+
+/// One signing secret row.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub stored: StoredSecret,
+}
+
+#[derive(sqlx::FromRow)]
+struct SecretColumns {
+    id: Uuid,
+    endpoint_id: Uuid,
+    key_id: Option<String>,
+    sealed: Option<Vec<u8>>,
+    secret: Option<String>,
+}
+
+impl From<SecretColumns> for SecretRow {
+    fn from(row: SecretColumns) -> Self {
+        let stored = match (row.key_id, row.sealed) {
+            (Some(key_id), Some(bytes)) => StoredSecret::Sealed { key_id, bytes },
+            // The table's check makes a row without a seal hold a legacy secret.
+            _ => StoredSecret::Legacy(SecretString::from(row.secret.unwrap_or_default())),
+        };
+        Self {
+            id: row.id,
+            endpoint_id: row.endpoint_id,
+            stored,
+        }
+    }
+}
+
+const SECRET_COLUMNS: &str = "id, endpoint_id, key_id, sealed, secret";
+
+async fn insert_secret(
+    tx: &mut sqlx::PgConnection,
+    endpoint_id: Uuid,
+    secret: &NewSecret,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_endpoint_secrets (id, endpoint_id, key_id, sealed) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(secret.id)
+    .bind(endpoint_id)
+    .bind(&secret.key_id)
+    .bind(&secret.sealed)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// A partial update; `None` leaves a field as it is. `event_types: Some(None)` subscribes to
@@ -103,7 +173,7 @@ pub struct StartedAttempt {
     pub try_number: i32,
     pub url: String,
     /// Every live signing secret, newest first.
-    pub secrets: Vec<String>,
+    pub secrets: Vec<SecretRow>,
 }
 
 /// How an attempt ended.
@@ -156,14 +226,7 @@ impl Store {
         .bind(&new.event_types)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO webhook_endpoint_secrets (id, endpoint_id, secret) VALUES ($1, $2, $3)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(new.id)
-        .bind(&new.secret)
-        .execute(&mut *tx)
-        .await?;
+        insert_secret(&mut tx, new.id, &new.secret).await?;
         tx.commit().await?;
         Ok(endpoint)
     }
@@ -260,7 +323,7 @@ impl Store {
         &self,
         tenant_id: TenantId,
         id: Uuid,
-        secret: &str,
+        secret: &NewSecret,
         overlap: Duration,
     ) -> Result<DateTime<Utc>, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -287,14 +350,7 @@ impl Store {
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO webhook_endpoint_secrets (id, endpoint_id, secret) VALUES ($1, $2, $3)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(secret)
-        .execute(&mut *tx)
-        .await?;
+        insert_secret(&mut tx, id, secret).await?;
         tx.commit().await?;
         Ok(expires_at)
     }
@@ -519,14 +575,15 @@ impl Store {
             .bind(number)
             .execute(&mut *tx)
             .await?;
-        let secrets: Vec<String> = sqlx::query_scalar(
-            "SELECT secret FROM webhook_endpoint_secrets
+        let secrets: Vec<SecretColumns> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM webhook_endpoint_secrets
              WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())
-             ORDER BY created_at DESC, id DESC",
-        )
+             ORDER BY created_at DESC, id DESC"
+        ))
         .bind(claim.endpoint_id)
         .fetch_all(&mut *tx)
         .await?;
+        let secrets = secrets.into_iter().map(SecretRow::from).collect();
         tx.commit().await?;
         Ok(AttemptStart::Started(StartedAttempt {
             delivery_id,
@@ -623,6 +680,71 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Up to `limit` signing secrets after `after` (by id) not sealed under `key_id`: sealed
+    /// under another key, or legacy plaintext. Expired secrets are included: they may still
+    /// be in their overlap when a clock disagrees, and the re-encryption must leave no row
+    /// behind.
+    pub async fn secrets_not_sealed_under(
+        &self,
+        key_id: &str,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SecretRow>, StoreError> {
+        let rows: Vec<SecretColumns> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM webhook_endpoint_secrets
+             WHERE key_id IS DISTINCT FROM $1 AND ($2::uuid IS NULL OR id > $2)
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(key_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(SecretRow::from).collect())
+    }
+
+    /// Replaces the stored form of each secret with its new seal, in one transaction, each
+    /// only if the row still holds what was read (another process may have resealed it
+    /// meanwhile). Clears any legacy plaintext. Returns how many rows changed.
+    pub async fn reseal_secrets(
+        &self,
+        resealed: &[(SecretRow, NewSecret)],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        for (old, new) in resealed {
+            let (old_key, old_bytes) = match &old.stored {
+                StoredSecret::Sealed { key_id, bytes } => (Some(key_id.as_str()), Some(bytes)),
+                StoredSecret::Legacy(_) => (None, None),
+            };
+            changed += sqlx::query(
+                "UPDATE webhook_endpoint_secrets SET key_id = $3, sealed = $4, secret = NULL
+                 WHERE id = $1 AND endpoint_id = $2
+                   AND key_id IS NOT DISTINCT FROM $5 AND sealed IS NOT DISTINCT FROM $6",
+            )
+            .bind(old.id)
+            .bind(old.endpoint_id)
+            .bind(&new.key_id)
+            .bind(&new.sealed)
+            .bind(old_key)
+            .bind(old_bytes)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// How many signing secrets are stored under each key id (`None`: legacy plaintext).
+    pub async fn secrets_by_key(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT key_id, count(*) FROM webhook_endpoint_secrets GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// When the earliest pending delivery falls due, to sleep until then.

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -117,7 +118,7 @@ pub async fn create_webhook_endpoint(
     let location = format!("/webhook-endpoints/{}", endpoint.id);
     let body = CreatedEndpointResponse {
         endpoint: endpoint.into(),
-        secret,
+        secret: secret.expose_secret().to_string(),
     };
     located(StatusCode::CREATED, &location, body)
 }
@@ -269,7 +270,7 @@ pub async fn rotate_webhook_secret(
         webhook_endpoints::rotate_secret(&state, caller.tenant_id, id, request.overlap_seconds)
             .await?;
     Ok(Json(RotatedSecretResponse {
-        secret: rotated.secret,
+        secret: rotated.secret.expose_secret().to_string(),
         previous_secrets_expire_at: rotated.previous_secrets_expire_at,
     }))
 }

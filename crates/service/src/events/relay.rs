@@ -146,11 +146,42 @@ async fn attempt(
         AttemptStart::NotDue => return Ok(Held::Delivered),
         AttemptStart::LeaseLost => return Ok(Held::Lost),
     };
+    let secrets = match crate::secrets::open_signing_secrets(
+        &service.settings.secrets,
+        &started.secrets,
+    ) {
+        Ok(secrets) => secrets,
+        Err(problem) => {
+            // Nothing is sent unsigned: the attempt fails and is retried on the schedule, so
+            // deliveries resume once the key is back in SECRETS_KEYS.
+            tracing::error!(endpoint_id = %claim.endpoint_id, %problem, "cannot sign a delivery");
+            let result = AttemptResult {
+                succeeded: false,
+                status_code: None,
+                latency_ms: 0,
+                error: Some(problem),
+                response_snippet: None,
+            };
+            let next = retry_after_failure(started.try_number, None, settings);
+            service
+                .store
+                .finish_attempt(
+                    claim,
+                    delivery.id,
+                    started.number,
+                    &result,
+                    next,
+                    settings.disable_after,
+                )
+                .await?;
+            return Ok(Held::Failed);
+        }
+    };
     let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
     let msg_id = delivery.event_id.to_string();
     let timestamp = Utc::now().timestamp();
     let mut headers = HeaderMap::new();
-    let signature = signing::signature_header(&started.secrets, &msg_id, timestamp, &body);
+    let signature = signing::signature_header(&secrets, &msg_id, timestamp, &body);
     for (name, value) in [
         ("content-type", "application/json".to_string()),
         ("user-agent", "avatars-webhooks/1".to_string()),

@@ -276,13 +276,7 @@ pub(super) async fn resubmit_with_our_lora(service: &Service, fal: &FalLink, job
     };
     match service
         .store
-        .resubmit_generation_item(
-            job.id,
-            job.fence,
-            model.id,
-            &url,
-            &jobs::new_webhook_token(),
-        )
+        .resubmit_generation_item(job.id, job.fence, model.id, &url)
         .await
     {
         Ok(Some(next)) => {

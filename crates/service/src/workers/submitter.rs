@@ -133,7 +133,7 @@ pub(super) async fn send(
 ) {
     let fence = job.fence;
     let job = job.clone();
-    let webhook = match jobs::webhook_url(base, &job) {
+    let webhook = match jobs::webhook_url(base, &job, &service.settings.secrets) {
         Ok(url) => url,
         Err(error) => {
             fail(
