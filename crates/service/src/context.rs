@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, TenantLimits,
-    UnknownCallbackSettings,
+    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, RetentionSettings,
+    TenantLimits, UnknownCallbackSettings,
 };
 use crate::fal_link::FalLink;
 
@@ -23,6 +23,7 @@ pub struct Settings {
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
     pub unknown_callbacks: UnknownCallbackSettings,
+    pub retention: RetentionSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
 }
@@ -41,9 +42,13 @@ impl Settings {
             },
             tenants: config.tenants,
             jobs: JobSettings::from_config(config),
-            workers: WorkerIntervals::default(),
+            workers: WorkerIntervals {
+                janitor: config.janitor_interval,
+                ..WorkerIntervals::default()
+            },
             shutdown: config.shutdown,
             unknown_callbacks: config.unknown_callbacks,
+            retention: config.retention,
             scratch_dir: std::env::temp_dir(),
         }
     }
@@ -116,7 +121,7 @@ impl Default for JobSettings {
 pub struct WorkerIntervals {
     pub idle_poll: Duration,
     pub reconcile_tick: Duration,
-    /// Between clean-up rounds (abandoned uploads, deleted blobs).
+    /// Between clean-up rounds (retention, deleted blobs, abandoned uploads).
     pub janitor: Duration,
 }
 

@@ -19,6 +19,7 @@ pub mod notifications;
 mod photos;
 mod readiness;
 mod records;
+pub mod retention;
 mod tenants;
 pub mod webhooks;
 
@@ -35,6 +36,7 @@ pub use jobs::{
 pub use models::NewModel;
 pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
+pub use retention::{Trim, TrimBatches, TrimReport};
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
 pub use tenants::{Quota, Tenant};
 
