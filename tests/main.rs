@@ -18,6 +18,7 @@ mod operations;
 mod outbound_webhooks;
 mod photos;
 mod prometheus;
+mod retention;
 mod s3;
 mod shutdown;
 mod swagger_ui;

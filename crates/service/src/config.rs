@@ -1207,21 +1207,45 @@ mod tests {
         assert_eq!(set.janitor_interval, Duration::from_secs(5));
         // A long delivered horizon raises the failed one's default with it.
         let long = config(&[("RETENTION_DELIVERED_EVENTS", "31536000")]).unwrap();
-        assert_eq!(long.retention.failed_events, Duration::from_secs(31_536_000));
+        assert_eq!(
+            long.retention.failed_events,
+            Duration::from_secs(31_536_000)
+        );
         for (vars, variable) in [
-            (vec![("RETENTION_DELIVERED_EVENTS", "59")], "RETENTION_DELIVERED_EVENTS"),
-            (vec![("RETENTION_JOB_EVENTS", "315360001")], "RETENTION_JOB_EVENTS"),
-            (vec![("RETENTION_IDEMPOTENCY_KEYS", "a day")], "RETENTION_IDEMPOTENCY_KEYS"),
+            (
+                vec![("RETENTION_DELIVERED_EVENTS", "59")],
+                "RETENTION_DELIVERED_EVENTS",
+            ),
+            (
+                vec![("RETENTION_JOB_EVENTS", "315360001")],
+                "RETENTION_JOB_EVENTS",
+            ),
+            (
+                vec![("RETENTION_IDEMPOTENCY_KEYS", "a day")],
+                "RETENTION_IDEMPOTENCY_KEYS",
+            ),
             (vec![("RETENTION_BATCH_ROWS", "0")], "RETENTION_BATCH_ROWS"),
-            (vec![("RETENTION_BATCH_ROWS", "100001")], "RETENTION_BATCH_ROWS"),
-            (vec![("RETENTION_LOCK_TIMEOUT", "0")], "RETENTION_LOCK_TIMEOUT"),
+            (
+                vec![("RETENTION_BATCH_ROWS", "100001")],
+                "RETENTION_BATCH_ROWS",
+            ),
+            (
+                vec![("RETENTION_LOCK_TIMEOUT", "0")],
+                "RETENTION_LOCK_TIMEOUT",
+            ),
             (vec![("JANITOR_INTERVAL", "0")], "JANITOR_INTERVAL"),
             (
-                vec![("RETENTION_DELIVERED_EVENTS", "7200"), ("RETENTION_FAILED_EVENTS", "3600")],
+                vec![
+                    ("RETENTION_DELIVERED_EVENTS", "7200"),
+                    ("RETENTION_FAILED_EVENTS", "3600"),
+                ],
                 "RETENTION_FAILED_EVENTS",
             ),
             (
-                vec![("BLOB_DELETE_RETRY_BASE", "60"), ("BLOB_DELETE_RETRY_MAX", "59")],
+                vec![
+                    ("BLOB_DELETE_RETRY_BASE", "60"),
+                    ("BLOB_DELETE_RETRY_MAX", "59"),
+                ],
                 "BLOB_DELETE_RETRY_MAX",
             ),
         ] {

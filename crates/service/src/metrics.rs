@@ -352,7 +352,9 @@ impl Metrics {
             });
         }
         for table in store::Trim::TABLES {
-            let _ = metrics.retention_trimmed.get_or_create(&TableLabels { table });
+            let _ = metrics
+                .retention_trimmed
+                .get_or_create(&TableLabels { table });
         }
         for state in ["in_use", "idle"] {
             let _ = metrics

@@ -36,8 +36,8 @@ pub use jobs::{
 pub use models::NewModel;
 pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
-pub use retention::{Trim, TrimBatches, TrimReport};
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
+pub use retention::{Trim, TrimBatches, TrimReport};
 pub use tenants::{Quota, Tenant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

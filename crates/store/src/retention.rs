@@ -20,7 +20,10 @@ pub enum Trim {
     /// than `failed` ago whose deliveries ended, one or more of them failed (a failed delivery
     /// can be replayed until then). An event with a delivery still pending, to a disabled
     /// endpoint too, is kept.
-    OutboxEvents { delivered: Duration, failed: Duration },
+    OutboxEvents {
+        delivered: Duration,
+        failed: Duration,
+    },
     /// fal callbacks of our jobs received more than this ago, once their job is finished (or
     /// gone).
     FalCallbacks(Duration),
@@ -195,10 +198,7 @@ impl Store {
         if let Some(second) = second {
             statement = statement.bind(second.as_secs_f64());
         }
-        let deleted = statement
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = statement.execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(deleted)
     }

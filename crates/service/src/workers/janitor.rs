@@ -109,7 +109,10 @@ pub async fn trim_expired(service: &Service) {
                     );
                 }
                 if report.lock_timed_out {
-                    tracing::info!(table, "a trim waited too long for a lock; the rest waits for the next round");
+                    tracing::info!(
+                        table,
+                        "a trim waited too long for a lock; the rest waits for the next round"
+                    );
                 }
             }
             Err(error) => tracing::warn!(%error, table, "trimming rows past their retention"),
