@@ -18,6 +18,7 @@ use pgcluster::{Cluster, ClusterOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+/// Old events by default; `cargo xtask bench-retention <rows>` sets another number.
 const OLD_EVENTS: i64 = 1_000_000;
 const RECENT_EVENTS: i64 = 10_000;
 const WRITERS: usize = 4;
@@ -31,7 +32,15 @@ impl Drop for WorkDir {
     }
 }
 
-pub fn run(root: &Path) -> Result<(), String> {
+pub fn run(root: &Path, rows: Option<String>) -> Result<(), String> {
+    let old_events = match rows {
+        None => OLD_EVENTS,
+        Some(rows) => rows
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(format!("bench-retention: {rows:?} is not a number of rows"))?,
+    };
     let dir = root.join("target/bench-retention");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -47,7 +56,7 @@ pub fn run(root: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(bench(&url));
+    let result = runtime.block_on(bench(&url, old_events));
     drop(runtime);
     cluster.stop().map_err(|e| e.to_string())?;
     result
@@ -57,7 +66,7 @@ fn db(error: sqlx::Error) -> String {
     format!("database: {error}")
 }
 
-async fn bench(url: &str) -> Result<(), String> {
+async fn bench(url: &str, old_events: i64) -> Result<(), String> {
     let store = store::Store::connect_lazy(url, 4).map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
     let pool = PgPoolOptions::new()
@@ -66,9 +75,9 @@ async fn bench(url: &str) -> Result<(), String> {
         .await
         .map_err(db)?;
 
-    eprintln!("bench: filling {OLD_EVENTS} old events, their deliveries and attempts");
+    eprintln!("bench: filling {old_events} old events, their deliveries and attempts");
     let filled = Instant::now();
-    fill(&pool).await?;
+    fill(&pool, old_events).await?;
     let sizes: (String, String, String) = sqlx::query_as(
         "SELECT pg_size_pretty(pg_total_relation_size('outbox_events')),
                 pg_size_pretty(pg_total_relation_size('webhook_deliveries')),
@@ -104,6 +113,10 @@ async fn bench(url: &str) -> Result<(), String> {
         batches.rows,
         batches.lock_timeout.as_millis()
     );
+    let plan = store
+        .explain_trim_batch(trim, batches)
+        .await
+        .map_err(|e| e.to_string())?;
     *phase.lock().unwrap() = Phase::During;
     let started = Instant::now();
     let report = store.trim(trim, batches).await.map_err(|e| e.to_string())?;
@@ -130,7 +143,7 @@ async fn bench(url: &str) -> Result<(), String> {
 
     println!();
     println!(
-        "Trim of {OLD_EVENTS} delivered events 8 days old (each with 1 delivery and 1 attempt; \
+        "Trim of {old_events} delivered events 8 days old (each with 1 delivery and 1 attempt; \
          tables {} / {} / {}), {WRITERS} writers inserting meanwhile",
         sizes.0, sizes.1, sizes.2
     );
@@ -180,7 +193,13 @@ async fn bench(url: &str) -> Result<(), String> {
         "| left: events / deliveries / attempts | {events} / {deliveries} / {attempts} ({recent} recent events of {RECENT_EVENTS} kept, the rest written during the run) |"
     );
     println!();
-    if recent != RECENT_EVENTS || report.rows != OLD_EVENTS as u64 {
+    println!("One batch's plan (EXPLAIN ANALYZE, rolled back, before the trim):");
+    println!();
+    for line in &plan {
+        println!("    {line}");
+    }
+    println!();
+    if recent != RECENT_EVENTS || report.rows != old_events as u64 {
         return Err("the trim deleted the wrong rows".into());
     }
     Ok(())
@@ -197,7 +216,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn fill(pool: &PgPool) -> Result<(), String> {
+async fn fill(pool: &PgPool, old_events: i64) -> Result<(), String> {
     let statements = [
         "INSERT INTO tenants (id, name) VALUES ('00000000-0000-7000-8000-000000000001', 'bench')",
         "INSERT INTO webhook_endpoints (id, tenant_id, url)
@@ -208,13 +227,13 @@ async fn fill(pool: &PgPool) -> Result<(), String> {
         "INSERT INTO outbox_events (id, tenant_id, event_type, data, payload, position, created_at)
          SELECT gen_random_uuid(), '00000000-0000-7000-8000-000000000001', 'bench.old',
                 '{\"training_id\": \"t\"}', '{\"type\": \"bench.old\"}', n,
-                now() - interval '8 days' - (1000000 - n) * interval '1 second'
-         FROM generate_series(1, 1000000) n",
+                now() - interval '8 days' - ($1 - n) * interval '1 second'
+         FROM generate_series(1, $1) n",
         "INSERT INTO outbox_events (id, tenant_id, event_type, data, payload, position, created_at)
          SELECT gen_random_uuid(), '00000000-0000-7000-8000-000000000001', 'bench.recent',
-                '{}', '{}', 1000000 + n, now() - n * interval '1 second'
+                '{}', '{}', $1 + n, now() - n * interval '1 second'
          FROM generate_series(1, 10000) n",
-        "SELECT setval('outbox_position_seq', 2000000)",
+        "SELECT setval('outbox_position_seq', $1 + 10000)",
         "INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_position,
                                          status, attempt_count, delivered_at, created_at)
          SELECT gen_random_uuid(), tenant_id, '00000000-0000-7000-8000-000000000002', id, position,
@@ -228,7 +247,13 @@ async fn fill(pool: &PgPool) -> Result<(), String> {
         "VACUUM ANALYZE webhook_attempts",
     ];
     for statement in statements {
-        sqlx::query(statement).execute(pool).await.map_err(db)?;
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(old_events)
+        } else {
+            query
+        };
+        query.execute(pool).await.map_err(db)?;
     }
     Ok(())
 }

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("bench-retention") => match bench_retention::run(&workspace_root()) {
+        Some("bench-retention") => match bench_retention::run(&workspace_root(), args.next()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("xtask: {error}");
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
-            eprintln!("       cargo xtask bench-retention");
+            eprintln!("       cargo xtask bench-retention [old events, default 1000000]");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
         }

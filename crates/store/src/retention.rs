@@ -61,7 +61,12 @@ impl Trim {
         "webhook_endpoint_secrets",
     ];
 
-    /// The batch's statement: `$1` is the horizon in seconds, `$2` the batch size, `$3` (outbox
+    /// The batch's statement. A row is checked against what must keep it (a pending delivery,
+    /// an unfinished job) through a subquery per row (`OFFSET 0` keeps the planner from turning
+    /// it into a join): one index probe per candidate, where a join planned from statistics
+    /// that saw few pending deliveries may scan all of them for every candidate.
+    ///
+    /// The statement: `$1` is the horizon in seconds, `$2` the batch size, `$3` (outbox
     /// events only) the horizon of events with a failed delivery.
     fn statement(&self) -> &'static str {
         match self {
@@ -75,7 +80,8 @@ impl Trim {
                            WHERE d.event_id = e.id
                              AND (d.status = 'pending'
                                   OR (d.status = 'failed'
-                                      AND e.created_at >= now() - make_interval(secs => $3))))
+                                      AND e.created_at >= now() - make_interval(secs => $3)))
+                           OFFSET 0)
                      ORDER BY e.created_at
                      LIMIT $2
                      FOR UPDATE OF e SKIP LOCKED))"
@@ -86,7 +92,8 @@ impl Trim {
                      WHERE i.outcome <> 'unknown_request'
                        AND i.received_at < now() - make_interval(secs => $1)
                        AND NOT EXISTS (
-                           SELECT 1 FROM jobs j WHERE j.id = i.job_id AND j.finished_at IS NULL)
+                           SELECT 1 FROM jobs j WHERE j.id = i.job_id AND j.finished_at IS NULL
+                           OFFSET 0)
                      ORDER BY i.received_at
                      LIMIT $2
                      FOR UPDATE OF i SKIP LOCKED))"
@@ -182,25 +189,79 @@ fn is_lock_timeout(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "55P03")
 }
 
+/// What a batch statement returned: rows deleted, or the lines of its plan.
+struct Ran {
+    deleted: u64,
+    lines: Vec<String>,
+}
+
+/// Runs one batch of `trim` (behind `prefix`, such as `EXPLAIN`) in `tx`, waiting at most the
+/// lock timeout for any lock. The statement is not kept prepared: a cached generic plan knows
+/// neither the batch size nor the horizons, and may read a whole table where a plan made for
+/// the values walks the index for just one batch.
+async fn trim_in(
+    tx: &mut sqlx::PgConnection,
+    prefix: &str,
+    trim: Trim,
+    batches: TrimBatches,
+) -> Result<Ran, StoreError> {
+    use sqlx::Row;
+    let (first, second) = trim.horizons();
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", batches.lock_timeout.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    let sql = format!("{prefix}{}", trim.statement());
+    let mut statement = sqlx::query(&sql)
+        .persistent(false)
+        .bind(first.as_secs_f64())
+        .bind(i64::from(batches.rows.max(1)));
+    if let Some(second) = second {
+        statement = statement.bind(second.as_secs_f64());
+    }
+    if prefix.is_empty() {
+        let deleted = statement.execute(&mut *tx).await?.rows_affected();
+        return Ok(Ran {
+            deleted,
+            lines: Vec::new(),
+        });
+    }
+    let lines = statement
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    Ok(Ran { deleted: 0, lines })
+}
+
 impl Store {
     /// Deletes at most `batches.rows` rows `trim` selects, in one transaction. Returns how
     /// many were deleted.
     pub async fn trim_batch(&self, trim: Trim, batches: TrimBatches) -> Result<u64, StoreError> {
-        let (first, second) = trim.horizons();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(format!("{}ms", batches.lock_timeout.as_millis().max(1)))
-            .execute(&mut *tx)
-            .await?;
-        let mut statement = sqlx::query(trim.statement())
-            .bind(first.as_secs_f64())
-            .bind(i64::from(batches.rows.max(1)));
-        if let Some(second) = second {
-            statement = statement.bind(second.as_secs_f64());
-        }
-        let deleted = statement.execute(&mut *tx).await?.rows_affected();
+        let deleted = trim_in(&mut tx, "", trim, batches).await?.deleted;
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    /// The plan of one batch of `trim` as it runs (`EXPLAIN ANALYZE`), in a transaction that
+    /// is rolled back: what a batch reads to find the rows it deletes.
+    pub async fn explain_trim_batch(
+        &self,
+        trim: Trim,
+        batches: TrimBatches,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let plan = trim_in(
+            &mut tx,
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) ",
+            trim,
+            batches,
+        )
+        .await?;
+        tx.rollback().await?;
+        Ok(plan.lines)
     }
 
     /// Deletes every row `trim` selects, batch after batch, until a batch finds fewer than a
