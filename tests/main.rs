@@ -19,6 +19,7 @@ mod operations;
 mod outbound_webhooks;
 mod photos;
 mod prometheus;
+mod retention;
 mod s3;
 mod secrets_at_rest;
 mod shutdown;

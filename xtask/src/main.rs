@@ -14,6 +14,7 @@ use pgcluster::{Cluster, ClusterOptions};
 
 mod bench_hostile;
 mod bench_photos;
+mod bench_retention;
 mod bench_webhooks;
 mod cluster;
 mod face_photos;
@@ -63,6 +64,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("bench-retention") => match bench_retention::run(&workspace_root(), args.next()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("xtask: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Some("bench-webhooks") => match bench_webhooks::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks");
+            eprintln!("       cargo xtask bench-retention [old events, default 1000000]");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
         }

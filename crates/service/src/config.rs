@@ -111,6 +111,9 @@ pub struct Config {
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
     pub unknown_callbacks: UnknownCallbackSettings,
+    pub retention: RetentionSettings,
+    /// Between the janitor's rounds (retention, blob deletions, abandoned uploads).
+    pub janitor_interval: Duration,
     /// Webhook endpoints on this machine (`localhost`, 127.0.0.0/8, `::1`) allowed, over http
     /// too. `None`: the mode decides (on in `avatars dev`, off in `avatars serve`).
     pub webhook_allow_loopback: Option<bool>,
@@ -195,6 +198,63 @@ impl Default for UnknownCallbackSettings {
             max_body_bytes: 16 * 1024,
             max_kept: 10_000,
             retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// How long the janitor keeps rows the service no longer needs, and how it deletes them and
+/// the blobs of deleted rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Events whose every webhook delivery succeeded (or that had none), with their deliveries
+    /// and attempts.
+    pub delivered_events: Duration,
+    /// Events with a failed delivery (replayable until then); at least `delivered_events`.
+    pub failed_events: Duration,
+    /// fal callbacks of finished jobs.
+    pub fal_callbacks: Duration,
+    /// Idempotency keys whose request finished: a retry with the key after this runs again.
+    pub idempotency_keys: Duration,
+    /// Job events (the audit trail of status changes), counted from the job's end.
+    pub job_events: Duration,
+    /// Webhook signing secrets, counted from the end of their rotation's overlap.
+    pub expired_secrets: Duration,
+    /// Rows one batch (one short transaction) deletes at most.
+    pub batch_rows: u32,
+    /// Longest a batch waits for a lock another transaction holds; then the trim stops until
+    /// the next round.
+    pub lock_timeout: Duration,
+    /// Wait after a blob deletion's first failure; doubles with each further failure.
+    pub blob_retry_base: Duration,
+    /// The longest wait between two attempts to delete one blob.
+    pub blob_retry_max: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        let batches = store::TrimBatches::default();
+        Self {
+            delivered_events: Duration::from_secs(7 * DAY),
+            failed_events: Duration::from_secs(30 * DAY),
+            fal_callbacks: Duration::from_secs(30 * DAY),
+            idempotency_keys: Duration::from_secs(DAY),
+            job_events: Duration::from_secs(90 * DAY),
+            expired_secrets: Duration::from_secs(DAY),
+            batch_rows: batches.rows,
+            lock_timeout: batches.lock_timeout,
+            blob_retry_base: Duration::from_secs(30),
+            blob_retry_max: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// How the trims batch their deletes.
+    pub fn batches(&self) -> store::TrimBatches {
+        store::TrimBatches {
+            rows: self.batch_rows,
+            lock_timeout: self.lock_timeout,
         }
     }
 }
@@ -392,6 +452,17 @@ impl Config {
         "FAL_UNKNOWN_CALLBACK_MAX_BYTES",
         "FAL_UNKNOWN_CALLBACKS_MAX",
         "FAL_UNKNOWN_CALLBACK_RETENTION",
+        "RETENTION_DELIVERED_EVENTS",
+        "RETENTION_FAILED_EVENTS",
+        "RETENTION_FAL_CALLBACKS",
+        "RETENTION_IDEMPOTENCY_KEYS",
+        "RETENTION_JOB_EVENTS",
+        "RETENTION_EXPIRED_SECRETS",
+        "RETENTION_BATCH_ROWS",
+        "RETENTION_LOCK_TIMEOUT",
+        "BLOB_DELETE_RETRY_BASE",
+        "BLOB_DELETE_RETRY_MAX",
+        "JANITOR_INTERVAL",
         "FAL_KEY",
         "FAL_WEBHOOK_USER_ID",
         "FAL_QUEUE_URL",
@@ -715,6 +786,10 @@ impl Config {
                         .unwrap_or(defaults.retention),
                 }
             },
+            retention: retention(&env)?,
+            janitor_interval: env
+                .seconds("JANITOR_INTERVAL", 1, 24 * 3600)?
+                .unwrap_or(Duration::from_secs(60)),
             webhook_allow_loopback: env.boolean("WEBHOOK_ALLOW_LOOPBACK")?,
             secrets_keys: match env.string("SECRETS_KEYS") {
                 None => None,
@@ -803,6 +878,64 @@ impl Config {
             },
         })
     }
+}
+
+/// The retention horizons (a minute to ten years), the batches and the blob retry schedule.
+fn retention(env: &Env<'_>) -> Result<RetentionSettings, ConfigError> {
+    const MOST: u64 = 10 * 365 * 24 * 3600;
+    let defaults = RetentionSettings::default();
+    let horizon = |name: &'static str, default: Duration| {
+        Ok::<_, ConfigError>(env.seconds(name, 60, MOST)?.unwrap_or(default))
+    };
+    let delivered_events = horizon("RETENTION_DELIVERED_EVENTS", defaults.delivered_events)?;
+    let failed_events = horizon(
+        "RETENTION_FAILED_EVENTS",
+        defaults.failed_events.max(delivered_events),
+    )?;
+    require(
+        failed_events >= delivered_events,
+        "RETENTION_FAILED_EVENTS",
+        || {
+            format!(
+                "must be at least RETENTION_DELIVERED_EVENTS ({} s), got {} s",
+                delivered_events.as_secs(),
+                failed_events.as_secs()
+            )
+        },
+    )?;
+    let blob_retry_base = env
+        .seconds("BLOB_DELETE_RETRY_BASE", 1, 24 * 3600)?
+        .unwrap_or(defaults.blob_retry_base);
+    let blob_retry_max = env
+        .seconds("BLOB_DELETE_RETRY_MAX", 1, 7 * 24 * 3600)?
+        .unwrap_or(defaults.blob_retry_max.max(blob_retry_base));
+    require(
+        blob_retry_max >= blob_retry_base,
+        "BLOB_DELETE_RETRY_MAX",
+        || {
+            format!(
+                "must be at least BLOB_DELETE_RETRY_BASE ({} s), got {} s",
+                blob_retry_base.as_secs(),
+                blob_retry_max.as_secs()
+            )
+        },
+    )?;
+    Ok(RetentionSettings {
+        delivered_events,
+        failed_events,
+        fal_callbacks: horizon("RETENTION_FAL_CALLBACKS", defaults.fal_callbacks)?,
+        idempotency_keys: horizon("RETENTION_IDEMPOTENCY_KEYS", defaults.idempotency_keys)?,
+        job_events: horizon("RETENTION_JOB_EVENTS", defaults.job_events)?,
+        expired_secrets: horizon("RETENTION_EXPIRED_SECRETS", defaults.expired_secrets)?,
+        batch_rows: env
+            .parse_range("RETENTION_BATCH_ROWS", 1, 100_000)?
+            .unwrap_or(defaults.batch_rows),
+        lock_timeout: env
+            .seconds("RETENTION_LOCK_TIMEOUT", 1, 60)?
+            .unwrap_or(defaults.lock_timeout),
+        blob_retry_base,
+        blob_retry_max,
+    })
 }
 
 /// The S3 variables, checked together: a key id needs its secret, and an `http://` endpoint
@@ -1159,6 +1292,90 @@ mod tests {
             ("FAL_UNKNOWN_CALLBACK_RETENTION", "59"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn retention_is_read_and_bounded() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.retention, RetentionSettings::default());
+        assert_eq!(defaults.retention.batch_rows, 1000);
+        assert_eq!(defaults.janitor_interval, Duration::from_secs(60));
+        let set = config(&[
+            ("RETENTION_DELIVERED_EVENTS", "60"),
+            ("RETENTION_FAILED_EVENTS", "120"),
+            ("RETENTION_FAL_CALLBACKS", "3600"),
+            ("RETENTION_IDEMPOTENCY_KEYS", "7200"),
+            ("RETENTION_JOB_EVENTS", "86400"),
+            ("RETENTION_EXPIRED_SECRETS", "600"),
+            ("RETENTION_BATCH_ROWS", "1"),
+            ("RETENTION_LOCK_TIMEOUT", "60"),
+            ("BLOB_DELETE_RETRY_BASE", "1"),
+            ("BLOB_DELETE_RETRY_MAX", "1"),
+            ("JANITOR_INTERVAL", "5"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.retention,
+            RetentionSettings {
+                delivered_events: Duration::from_secs(60),
+                failed_events: Duration::from_secs(120),
+                fal_callbacks: Duration::from_secs(3600),
+                idempotency_keys: Duration::from_secs(7200),
+                job_events: Duration::from_secs(86400),
+                expired_secrets: Duration::from_secs(600),
+                batch_rows: 1,
+                lock_timeout: Duration::from_secs(60),
+                blob_retry_base: Duration::from_secs(1),
+                blob_retry_max: Duration::from_secs(1),
+            }
+        );
+        assert_eq!(set.janitor_interval, Duration::from_secs(5));
+        // A long delivered horizon raises the failed one's default with it.
+        let long = config(&[("RETENTION_DELIVERED_EVENTS", "31536000")]).unwrap();
+        assert_eq!(
+            long.retention.failed_events,
+            Duration::from_secs(31_536_000)
+        );
+        for (vars, variable) in [
+            (
+                vec![("RETENTION_DELIVERED_EVENTS", "59")],
+                "RETENTION_DELIVERED_EVENTS",
+            ),
+            (
+                vec![("RETENTION_JOB_EVENTS", "315360001")],
+                "RETENTION_JOB_EVENTS",
+            ),
+            (
+                vec![("RETENTION_IDEMPOTENCY_KEYS", "a day")],
+                "RETENTION_IDEMPOTENCY_KEYS",
+            ),
+            (vec![("RETENTION_BATCH_ROWS", "0")], "RETENTION_BATCH_ROWS"),
+            (
+                vec![("RETENTION_BATCH_ROWS", "100001")],
+                "RETENTION_BATCH_ROWS",
+            ),
+            (
+                vec![("RETENTION_LOCK_TIMEOUT", "0")],
+                "RETENTION_LOCK_TIMEOUT",
+            ),
+            (vec![("JANITOR_INTERVAL", "0")], "JANITOR_INTERVAL"),
+            (
+                vec![
+                    ("RETENTION_DELIVERED_EVENTS", "7200"),
+                    ("RETENTION_FAILED_EVENTS", "3600"),
+                ],
+                "RETENTION_FAILED_EVENTS",
+            ),
+            (
+                vec![
+                    ("BLOB_DELETE_RETRY_BASE", "60"),
+                    ("BLOB_DELETE_RETRY_MAX", "59"),
+                ],
+                "BLOB_DELETE_RETRY_MAX",
+            ),
+        ] {
+            assert_eq!(config(&vars).unwrap_err().variable, variable, "{vars:?}");
         }
     }
 

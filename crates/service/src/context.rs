@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, TenantLimits,
-    UnknownCallbackSettings,
+    Config, EventSettings, FetchSettings, HttpLimits, PhotoSettings, RetentionSettings,
+    TenantLimits, UnknownCallbackSettings,
 };
 use crate::fal_link::FalLink;
 
@@ -25,6 +25,7 @@ pub struct Settings {
     pub unknown_callbacks: UnknownCallbackSettings,
     /// Callbacks from another fal user are refused (`FAL_WEBHOOK_USER_ID`).
     pub fal_webhook_user_id: Option<String>,
+    pub retention: RetentionSettings,
     /// Where uploads and fetched files are spooled while they are checked.
     pub scratch_dir: PathBuf,
     /// Seals webhook signing secrets and derives fal callback tokens.
@@ -45,10 +46,14 @@ impl Settings {
             },
             tenants: config.tenants,
             jobs: JobSettings::from_config(config),
-            workers: WorkerIntervals::default(),
+            workers: WorkerIntervals {
+                janitor: config.janitor_interval,
+                ..WorkerIntervals::default()
+            },
             shutdown: config.shutdown,
             unknown_callbacks: config.unknown_callbacks,
             fal_webhook_user_id: config.fal.webhook_user_id.clone(),
+            retention: config.retention,
             scratch_dir: std::env::temp_dir(),
             // Without SECRETS_KEYS (tests; `avatars serve` refuses to start and `avatars dev`
             // keeps a ring in its data directory), a random key that lives as long as the
@@ -134,7 +139,7 @@ impl Default for JobSettings {
 pub struct WorkerIntervals {
     pub idle_poll: Duration,
     pub reconcile_tick: Duration,
-    /// Between clean-up rounds (abandoned uploads, deleted blobs).
+    /// Between clean-up rounds (retention, deleted blobs, abandoned uploads).
     pub janitor: Duration,
 }
 

@@ -69,6 +69,11 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     state: &'static str,
 }
@@ -250,6 +255,8 @@ pub struct Metrics {
     result_fetch_backlog: Gauge,
     custody_oldest: FloatGauge,
     pool_connections: Family<PoolLabels, Gauge>,
+    retention_trimmed: Family<TableLabels, Counter>,
+    blob_deletion_failures: Counter,
     pool_max: Gauge,
     pool_acquire_seconds: FloatGauge,
     collect_errors: Counter,
@@ -291,6 +298,8 @@ impl Metrics {
             result_fetch_backlog: Gauge::default(),
             custody_oldest: FloatGauge::default(),
             pool_connections: Family::default(),
+            retention_trimmed: Family::default(),
+            blob_deletion_failures: Counter::default(),
             pool_max: Gauge::default(),
             pool_acquire_seconds: FloatGauge::default(),
             collect_errors: Counter::default(),
@@ -349,6 +358,11 @@ impl Metrics {
             let _ = metrics.relay_attempts.get_or_create(&OutcomeLabels {
                 outcome: outcome.as_str(),
             });
+        }
+        for table in store::Trim::TABLES {
+            let _ = metrics
+                .retention_trimmed
+                .get_or_create(&TableLabels { table });
         }
         for state in ["in_use", "idle"] {
             let _ = metrics
@@ -436,6 +450,16 @@ impl Metrics {
             self.custody_oldest.clone(),
         );
         self.register(
+            "avatars_retention_trimmed_rows",
+            "Rows the janitor of this process deleted past their retention, by table",
+            self.retention_trimmed.clone(),
+        );
+        self.register(
+            "avatars_blob_deletion_failures",
+            "Failed attempts of this process to delete a blob (each is retried later)",
+            self.blob_deletion_failures.clone(),
+        );
+        self.register(
             "avatars_db_pool_connections",
             "Database pool connections of this process, in use or idle",
             self.pool_connections.clone(),
@@ -475,6 +499,17 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// The janitor deleted `rows` rows of `table` (one of [`store::Trim::TABLES`]).
+    pub fn trimmed(&self, table: &'static str, rows: u64) {
+        self.retention_trimmed
+            .get_or_create(&TableLabels { table })
+            .inc_by(rows);
+    }
+
+    pub fn blob_deletion_failed(&self) {
+        self.blob_deletion_failures.inc();
     }
 
     pub fn fal_callback(&self, outcome: CallbackResult) {

@@ -599,22 +599,6 @@ impl Store {
         Ok(Some(last))
     }
 
-    /// Forgets callbacks for unknown requests received more than `older_than` ago. Returns
-    /// how many were removed.
-    pub async fn purge_unknown_callbacks(
-        &self,
-        older_than: std::time::Duration,
-    ) -> Result<u64, StoreError> {
-        let removed = sqlx::query(
-            "DELETE FROM webhook_inbox
-             WHERE outcome = 'unknown_request' AND received_at < now() - make_interval(secs => $1)",
-        )
-        .bind(older_than.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(removed.rows_affected())
-    }
-
     /// Claims the oldest pending job (pending -> uploading) for `owner` until the lease ends, or
     /// re-claims an upload whose worker died before sending the submit. Returns it with its new
     /// fence. The claim is a transition like any other: the domain decides it.

@@ -19,6 +19,7 @@ pub mod notifications;
 mod photos;
 mod readiness;
 mod records;
+pub mod retention;
 mod tenants;
 mod usage;
 pub mod webhooks;
@@ -37,6 +38,7 @@ pub use models::NewModel;
 pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
 pub use records::{GenerationImage, GenerationRecord, JobRecord, ModelRecord};
+pub use retention::{Trim, TrimBatches, TrimReport};
 pub use tenants::{Quota, Tenant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -355,31 +355,4 @@ impl Store {
         .await?;
         Ok(swept.rows_affected())
     }
-
-    /// Blob keys waiting to be deleted, oldest first.
-    pub async fn pending_blob_deletions(&self, limit: i64) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT blob_key FROM blob_deletions ORDER BY requested_at LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
-    /// Records that a queued blob is gone (or, with `deleted = false`, that an attempt failed).
-    pub async fn finish_blob_deletion(
-        &self,
-        blob_key: &str,
-        deleted: bool,
-    ) -> Result<(), StoreError> {
-        let sql = if deleted {
-            "DELETE FROM blob_deletions WHERE blob_key = $1"
-        } else {
-            "UPDATE blob_deletions SET attempts = attempts + 1 WHERE blob_key = $1"
-        };
-        sqlx::query(sql).bind(blob_key).execute(&self.pool).await?;
-        Ok(())
-    }
 }
