@@ -35,7 +35,10 @@ pub struct NewGeneration {
     pub num_images: u32,
     pub request: Value,
     pub estimated_cost_usd: Option<f64>,
+    /// Each item's budget until it is submitted; from submission it gets one of its own.
     pub deadline_at: DateTime<Utc>,
+    /// How long fal is expected to take for one item.
+    pub estimated_seconds: f64,
     pub items: Vec<NewGenerationItem>,
 }
 
@@ -87,8 +90,9 @@ impl Store {
         for (index, item) in new.items.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
-                     trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index)
-                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id, item_index,
+                     estimated_seconds)
+                 VALUES ($1, $2, $3, $13, $14, $4, $5, $6, $7, $8, $9, $10, $11, $12, $15)",
             )
             .bind(item.job_id)
             .bind(new.tenant_id.0)
@@ -104,6 +108,7 @@ impl Store {
             .bind(index as i32)
             .bind(JobKind::Generation.as_str())
             .bind(JobStatus::Pending.as_str())
+            .bind(new.estimated_seconds)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_write)?;
@@ -247,10 +252,10 @@ impl Store {
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                  trigger_phrase, estimated_cost_usd, webhook_token, deadline_at, generation_id,
-                 item_index, attempt)
+                 item_index, attempt, estimated_seconds)
              SELECT $2, tenant_id, avatar_id, kind, $4, endpoint, preset, params, trigger_phrase,
                  estimated_cost_usd, $3, now() + (deadline_at - created_at), generation_id,
-                 item_index, attempt + 1
+                 item_index, attempt + 1, estimated_seconds
              FROM jobs WHERE id = $1
              ON CONFLICT (generation_id, item_index, attempt) WHERE generation_id IS NOT NULL DO NOTHING
              RETURNING id",

@@ -122,6 +122,14 @@ pub struct JobRecord {
     pub item_index: Option<i32>,
     /// 1, or 2 for a generation item resubmitted after fal could not fetch the LoRA.
     pub attempt: i32,
+    /// How long fal is expected to run the job, in seconds.
+    pub estimated_seconds: Option<f64>,
+    /// Safety-net status lookups made since submission.
+    pub status_checks: i32,
+    /// Someone watches the job until then (its live progress is fetched).
+    pub watched_until: Option<DateTime<Utc>>,
+    /// When fal was last asked where the job stands.
+    pub progress_checked_at: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -148,7 +156,8 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, tr
     response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
-    generation_id, item_index, attempt";
+    generation_id, item_index, attempt, \
+    estimated_seconds, status_checks, watched_until, progress_checked_at";
 
 /// Stored artifacts of a model, for generation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
