@@ -20,6 +20,7 @@ mod photos;
 mod prometheus;
 mod s3;
 mod shutdown;
+mod status_checks;
 mod swagger_ui;
 mod trainers;
 mod training_data;
