@@ -112,7 +112,10 @@ async fn a_webhook_in_time_means_fal_is_never_asked(pool: PgPool) {
 
     // The deadline was counted from the submission: 2 x 3.6 s + the grace.
     let deadline = seconds_between(submitted, time(&done["deadline_at"]));
-    assert!((deadline - 10.2).abs() < 0.5, "deadline {deadline} s after submission");
+    assert!(
+        (deadline - 10.2).abs() < 0.5,
+        "deadline {deadline} s after submission"
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -240,12 +243,20 @@ async fn later_lookups_back_off_up_to_the_maximum_interval(pool: PgPool) {
         );
     }
     let training = listed(&app, &avatar).await;
-    assert_eq!(training["status"], "submitted", "still at fal: {training:#}");
+    assert_eq!(
+        training["status"], "submitted",
+        "still at fal: {training:#}"
+    );
 }
 
 /// Counts the lookups made while `watch` runs for [`WINDOW`], and checks they were spaced by
 /// at least an interval (less the time it takes to see one).
-async fn lookups_while<F, Fut>(app: &TestApp, request_id: &str, interval: Duration, mut watch: F) -> usize
+async fn lookups_while<F, Fut>(
+    app: &TestApp,
+    request_id: &str,
+    interval: Duration,
+    mut watch: F,
+) -> usize
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -277,9 +288,7 @@ where
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
-async fn progress_is_looked_up_only_while_someone_watches_at_most_once_per_interval(
-    pool: PgPool,
-) {
+async fn progress_is_looked_up_only_while_someone_watches_at_most_once_per_interval(pool: PgPool) {
     let interval = Duration::from_secs(1);
     let app = app_with(pool, interval, Duration::from_secs(60), 0.1, |_| {}).await;
     let replica = app.replica().await;
@@ -343,7 +352,14 @@ async fn progress_is_looked_up_only_while_someone_watches_at_most_once_per_inter
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_training_longer_than_the_timeout_is_refused_before_anything_is_paid(pool: PgPool) {
-    let app = app_with(pool, Duration::from_secs(1), Duration::from_secs(60), 0.1, |_| {}).await;
+    let app = app_with(
+        pool,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        0.1,
+        |_| {},
+    )
+    .await;
     let avatar = app.avatar_with_photos(10).await;
     let train = |body: Value| {
         app.request(Method::POST, &format!("/avatars/{avatar}/train"))
@@ -352,7 +368,8 @@ async fn a_training_longer_than_the_timeout_is_refused_before_anything_is_paid(p
     };
 
     // 10000 steps are expected to take an hour, past FAL_TRAINING_TIMEOUT (1800 s).
-    let (status, body) = problem(train(json!({"overrides": {"steps": 10000}})).await.unwrap()).await;
+    let (status, body) =
+        problem(train(json!({"overrides": {"steps": 10000}})).await.unwrap()).await;
     assert_eq!(status, 422, "{body:#}");
     assert_eq!(body["code"], "estimate_exceeds_timeout");
     assert_eq!(body["errors"][0]["field"], "overrides.steps", "{body:#}");
@@ -360,7 +377,10 @@ async fn a_training_longer_than_the_timeout_is_refused_before_anything_is_paid(p
     assert_eq!(body["timeout_seconds"], 1800);
     // One step past the edge (5000 steps are exactly 1800 s).
     let (status, body) = problem(train(json!({"overrides": {"steps": 5001}})).await.unwrap()).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("estimate_exceeds_timeout")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("estimate_exceeds_timeout"))
+    );
 
     // Nothing was stored, nothing reached fal, the avatar is as it was.
     let page = app.get_json(&format!("/avatars/{avatar}/trainings")).await;
@@ -382,9 +402,11 @@ async fn a_training_longer_than_the_timeout_is_refused_before_anything_is_paid(p
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_preset_longer_than_the_timeout_names_the_preset(pool: PgPool) {
-    let mut options = FalOptions::default();
     // Portrait quality is expected to take 15 min, balanced 6 min.
-    options.training_timeout = Duration::from_secs(600);
+    let options = FalOptions {
+        training_timeout: Duration::from_secs(600),
+        ..FalOptions::default()
+    };
     let app = TestApp::spawn_with_fal(pool, options).await;
     let avatar = app.avatar_with_photos(10).await;
     let (status, body) = problem(
@@ -398,7 +420,9 @@ async fn a_preset_longer_than_the_timeout_names_the_preset(pool: PgPool) {
     assert_eq!(status, 422, "{body:#}");
     assert_eq!(body["code"], "estimate_exceeds_timeout");
     assert_eq!(body["errors"][0]["field"], "preset");
-    let accepted = app.start_training(&avatar, json!({"preset": "balanced"})).await;
+    let accepted = app
+        .start_training(&avatar, json!({"preset": "balanced"}))
+        .await;
     assert_eq!(accepted["estimated_duration_seconds"], 360);
     // The presets callers choose from show the same estimates.
     let presets = app.get_json("/presets").await;
@@ -435,12 +459,20 @@ async fn a_short_training_times_out_by_its_own_deadline_counted_from_submission(
     let submitted = wait_listed(&app, &avatar, "submitted", |t| t["status"] == "submitted").await;
     let submitted_at = time(&submitted["submitted_at"]);
     let deadline = seconds_between(submitted_at, time(&submitted["deadline_at"]));
-    assert!((deadline - 4.6).abs() < 0.5, "deadline {deadline} s after submission");
+    assert!(
+        (deadline - 4.6).abs() < 0.5,
+        "deadline {deadline} s after submission"
+    );
 
     let done = wait_listed(&app, &avatar, "timed out", |t| t["status"] == "timed_out").await;
     assert_eq!(done["error"]["code"], "training_timeout");
     let lasted = seconds_between(submitted_at, time(&done["finished_at"]));
-    assert!((4.5..30.0).contains(&lasted), "timed out {lasted} s after submission");
-    let report = sim.request(done["fal_request_id"].as_str().unwrap()).unwrap();
+    assert!(
+        (4.5..30.0).contains(&lasted),
+        "timed out {lasted} s after submission"
+    );
+    let report = sim
+        .request(done["fal_request_id"].as_str().unwrap())
+        .unwrap();
     assert!(report.cancel_requested, "cancelled on fal");
 }

@@ -21,17 +21,17 @@ pub use photos::{
 pub mod generation;
 pub mod schedule;
 pub mod training;
-pub use schedule::{fits_deadline, generation_duration, CheckSchedule};
 pub use generation::{
     estimate_finetune_generation_cost, estimate_lora_generation_cost, generation_preset,
     generation_presets, item_finished, settled_event, GenerationPreset, GenerationPresetName,
     GenerationPrices, ImageSizePreset, ItemState, FINETUNE_GENERATION_ENDPOINT,
     LORA_GENERATION_ENDPOINT,
 };
+pub use schedule::{fits_deadline, generation_duration, CheckSchedule};
 pub use training::{
     adapt_to_kind, allowed_from, estimate_training_cost, progress_from_logs, progress_step_crossed,
-    resolve_params, resolve_params_for_kind, select_trainer, target, training_duration, training_preset,
-    training_presets, transition, FastLoraParams, FinetuneType, JobEvent, JobKind, JobStatus,
-    ModelType, PortraitDefaults, PortraitParams, PresetName, ProParams, ProPriority, Trainer,
-    TrainerSelection, TrainingParams, TrainingPreset, TrainingPrices, Transition,
+    resolve_params, resolve_params_for_kind, select_trainer, target, training_duration,
+    training_preset, training_presets, transition, FastLoraParams, FinetuneType, JobEvent, JobKind,
+    JobStatus, ModelType, PortraitDefaults, PortraitParams, PresetName, ProParams, ProPriority,
+    Trainer, TrainerSelection, TrainingParams, TrainingPreset, TrainingPrices, Transition,
 };

@@ -115,9 +115,18 @@ mod tests {
     fn deadlines_fit_the_work_up_to_the_cap() {
         let cap = Duration::from_secs(1800);
         let s = schedule();
-        assert_eq!(s.deadline_after(Duration::from_secs(180), cap).as_secs(), 420);
-        assert_eq!(s.deadline_after(Duration::from_secs(900), cap).as_secs(), 1800);
-        assert_eq!(s.deadline_after(Duration::from_secs(1800), cap).as_secs(), 1800);
+        assert_eq!(
+            s.deadline_after(Duration::from_secs(180), cap).as_secs(),
+            420
+        );
+        assert_eq!(
+            s.deadline_after(Duration::from_secs(900), cap).as_secs(),
+            1800
+        );
+        assert_eq!(
+            s.deadline_after(Duration::from_secs(1800), cap).as_secs(),
+            1800
+        );
         assert!(fits_deadline(Duration::from_secs(1800), cap));
         assert!(!fits_deadline(Duration::from_secs(1801), cap));
     }

@@ -949,7 +949,10 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(config.fal.training_timeout, Duration::from_secs(1800));
         assert_eq!(config.fal.status_check_interval, Duration::from_secs(30));
-        assert_eq!(config.fal.status_check_max_interval, Duration::from_secs(600));
+        assert_eq!(
+            config.fal.status_check_max_interval,
+            Duration::from_secs(600)
+        );
         assert_eq!(config.fal.webhook_grace, Duration::from_secs(120));
         assert_eq!(config.fal.deadline_factor, 2);
         assert_eq!(config.fal.max_retries, 3);

@@ -145,6 +145,8 @@ pub struct TrainingPresetResponse {
     pub model_type: String,
     #[schema(value_type = Object)]
     pub parameters: Value,
+    /// How long fal is expected to run a training with these parameters; a training's first
+    /// status check and its deadline are derived from it.
     pub typical_duration_seconds: u64,
     /// null when the price is unknown.
     pub estimated_cost_usd: Option<f64>,

@@ -176,12 +176,12 @@ fn fast_lora_params(name: PresetName) -> FastLoraParams {
 ///   (fast 3 min, balanced 6 min, quality 15 min);
 /// - pro: "5-30 minutes" for 200 to 1000 iterations, taken as 1.8 s per iteration
 ///   (fast 6 min, balanced 15 min, quality 30 min), so the longest preset meets the upper bound;
-/// - fast LoRA (not in the seed; fal-protocol §6 says 15-30 min): 10 min plus 0.6 s per step
-///   (fast 15 min, balanced 20 min, quality 30 min).
+/// - fast LoRA (not in the seed; fal-protocol §6 says 15-30 min): 0.9 s per step
+///   (fast 7.5 min, balanced 15 min, quality 30 min).
 pub fn training_duration(params: &TrainingParams) -> Duration {
     let millis = match params {
         TrainingParams::Portrait(p) => u64::from(p.steps) * 360,
-        TrainingParams::FastLora(p) => 600_000 + u64::from(p.steps) * 600,
+        TrainingParams::FastLora(p) => u64::from(p.steps) * 900,
         TrainingParams::Pro(p) => u64::from(p.iterations) * 1_800,
     };
     Duration::from_millis(millis)
@@ -345,15 +345,15 @@ mod tests {
     fn typical_durations_follow_the_seed() {
         let none = PortraitDefaults::default();
         let minutes = |t, n| training_preset(t, n, &none).typical_duration.as_secs() / 60;
-        // Portrait "3-15 minutes", pro "5-30 minutes"; fast LoRA 15-30 minutes.
+        // Portrait "3-15 minutes", pro "5-30 minutes"; fast LoRA 15-30 minutes from balanced up.
         assert_eq!(minutes(Trainer::Portrait, PresetName::Fast), 3);
         assert_eq!(minutes(Trainer::Portrait, PresetName::Balanced), 6);
         assert_eq!(minutes(Trainer::Portrait, PresetName::Quality), 15);
         assert_eq!(minutes(Trainer::Pro, PresetName::Fast), 6);
         assert_eq!(minutes(Trainer::Pro, PresetName::Balanced), 15);
         assert_eq!(minutes(Trainer::Pro, PresetName::Quality), 30);
-        assert_eq!(minutes(Trainer::FastLora, PresetName::Fast), 15);
-        assert_eq!(minutes(Trainer::FastLora, PresetName::Balanced), 20);
+        assert_eq!(minutes(Trainer::FastLora, PresetName::Fast), 7);
+        assert_eq!(minutes(Trainer::FastLora, PresetName::Balanced), 15);
         assert_eq!(minutes(Trainer::FastLora, PresetName::Quality), 30);
         let longer = PortraitDefaults {
             steps: Some(2000),
