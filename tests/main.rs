@@ -23,6 +23,7 @@ mod retention;
 mod s3;
 mod secrets_at_rest;
 mod shutdown;
+mod status_checks;
 mod swagger_ui;
 mod traces;
 mod trainers;

@@ -293,7 +293,9 @@ async fn a_job_whose_callback_does_not_come_shows_as_overdue(pool: PgPool) {
         },
     );
     let avatar = app.avatar_with_photos(10).await;
-    train(&app, &avatar).await;
+    // 5 steps are expected to take 1.8 s: within the 2 s timeout.
+    app.start_training(&avatar, json!({"overrides": {"steps": 5}}))
+        .await;
     let scrape = scrape_until(&app, "the training is overdue", |s| {
         s.value("avatars_jobs_overdue", &[("kind", "training")]) == Some(1.0)
     })

@@ -193,7 +193,7 @@ fn assert_well_formed(request: &Recorded, secret: &str) {
 async fn a_trainings_events_arrive_in_order_signed_as_the_training(pool: PgPool) {
     let receiver = Receiver::start().await;
     let mut options = FalOptions {
-        // Status lookups while the training runs are what see it start and progress.
+        // The test's GETs watch the training: the lookups they cause see it start and progress.
         status_check_interval: Duration::from_millis(100),
         ..FalOptions::default()
     };

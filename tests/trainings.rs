@@ -688,7 +688,11 @@ async fn a_dropped_webhook_is_recovered_by_the_reconciler(pool: PgPool) {
         status_check_interval: Duration::from_millis(200),
         ..FalOptions::default()
     };
-    let (app, avatar) = trained_app(pool, options).await;
+    let app = TestApp::spawn_with_fal_and(pool, options, |settings| {
+        settings.jobs.webhook_grace = Duration::ZERO;
+    })
+    .await;
+    let avatar = app.avatar_with_photos(10).await;
     app.sim.as_ref().unwrap().fault_next_requests(
         1,
         None,
@@ -700,7 +704,10 @@ async fn a_dropped_webhook_is_recovered_by_the_reconciler(pool: PgPool) {
             ..Default::default()
         },
     );
-    let started = app.start_training(&avatar, json!({})).await;
+    // 5 steps: expected 1.8 s, so looked up 1.8 s after submission.
+    let started = app
+        .start_training(&avatar, json!({"overrides": {"steps": 5}}))
+        .await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
         t["model"].is_object()
     })
@@ -866,7 +873,10 @@ async fn a_training_past_its_deadline_is_cancelled_on_fal_and_timed_out(pool: Pg
             ..Default::default()
         },
     );
-    let started = app.start_training(&avatar, json!({})).await;
+    // 5 steps are expected to take 1.8 s: within the 2 s timeout, which caps the deadline.
+    let started = app
+        .start_training(&avatar, json!({"overrides": {"steps": 5}}))
+        .await;
     let done = wait_training(&app, started["id"].as_str().unwrap(), "timed out", |t| {
         t["status"] == "timed_out"
     })

@@ -48,7 +48,8 @@ pub struct TestApp {
 /// How an app with fal is set up.
 pub struct FalOptions {
     pub sim: fal_sim::SimConfig,
-    /// Long by default, so jobs finish by webhook alone unless a test wants the reconciler.
+    /// Spaces safety-net lookups and progress lookups for watched jobs. Long by default, so
+    /// a test's own `GET`s of a training (which watch it) cause no lookups unless it wants them.
     pub status_check_interval: Duration,
     pub training_timeout: Duration,
     /// The fal key the service uses; the simulator's default key when `None`.

@@ -19,6 +19,7 @@ pub use photos::{
     PhotoSetRules, PhotoWarning,
 };
 pub mod generation;
+pub mod schedule;
 pub mod training;
 pub mod usage;
 pub use generation::{
@@ -27,10 +28,11 @@ pub use generation::{
     GenerationPresetName, GenerationPrices, GenerationStatus, ImageSizePreset, ItemState,
     ItemsSummary, FINETUNE_GENERATION_ENDPOINT, LORA_GENERATION_ENDPOINT,
 };
+pub use schedule::{fits_deadline, generation_duration, CheckSchedule};
 pub use training::{
     adapt_to_kind, allowed_from, estimate_training_cost, progress_from_logs, progress_step_crossed,
-    resolve_params, resolve_params_for_kind, select_trainer, target, training_preset,
-    training_presets, transition, FastLoraParams, FinetuneType, JobEvent, JobKind, JobStatus,
-    ModelType, PortraitDefaults, PortraitParams, PresetName, ProParams, ProPriority, Trainer,
-    TrainerSelection, TrainingParams, TrainingPreset, TrainingPrices, Transition,
+    resolve_params, resolve_params_for_kind, select_trainer, target, training_duration,
+    training_preset, training_presets, transition, FastLoraParams, FinetuneType, JobEvent, JobKind,
+    JobStatus, ModelType, PortraitDefaults, PortraitParams, PresetName, ProParams, ProPriority,
+    Trainer, TrainerSelection, TrainingParams, TrainingPreset, TrainingPrices, Transition,
 };

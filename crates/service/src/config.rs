@@ -68,6 +68,14 @@ pub struct FalSettings {
     pub portrait: PortraitOverrides,
     pub training_timeout: Duration,
     pub status_check_interval: Duration,
+    /// Added to a job's expected duration before its webhook counts as overdue
+    /// (`FAL_WEBHOOK_GRACE`).
+    pub webhook_grace: Duration,
+    /// The longest gap between two safety-net status checks (`FAL_STATUS_CHECK_MAX_INTERVAL`).
+    pub status_check_max_interval: Duration,
+    /// A job's deadline: this many times its expected duration, plus the grace
+    /// (`FAL_DEADLINE_FACTOR`).
+    pub deadline_factor: u32,
     pub max_retries: u32,
     pub auto_model_selection: bool,
     /// Overrides of the kind -> trainer mapping used by automatic selection.
@@ -476,6 +484,9 @@ impl Config {
         "FAL_PORTRAIT_MULTIRESOLUTION",
         "FAL_TRAINING_TIMEOUT",
         "FAL_STATUS_CHECK_INTERVAL",
+        "FAL_STATUS_CHECK_MAX_INTERVAL",
+        "FAL_WEBHOOK_GRACE",
+        "FAL_DEADLINE_FACTOR",
         "FAL_MAX_RETRIES",
         "FAL_AUTO_MODEL_SELECTION",
         "FAL_TRAINER_BY_KIND",
@@ -837,6 +848,13 @@ impl Config {
                 status_check_interval: env
                     .seconds("FAL_STATUS_CHECK_INTERVAL", 1, 3600)?
                     .unwrap_or(Duration::from_secs(30)),
+                status_check_max_interval: env
+                    .seconds("FAL_STATUS_CHECK_MAX_INTERVAL", 1, 24 * 3600)?
+                    .unwrap_or(Duration::from_secs(600)),
+                webhook_grace: env
+                    .seconds("FAL_WEBHOOK_GRACE", 0, 24 * 3600)?
+                    .unwrap_or(Duration::from_secs(120)),
+                deadline_factor: env.parse_range("FAL_DEADLINE_FACTOR", 1, 10)?.unwrap_or(2),
                 max_retries: env.parse_range("FAL_MAX_RETRIES", 0, 10)?.unwrap_or(3),
                 auto_model_selection: env.boolean("FAL_AUTO_MODEL_SELECTION")?.unwrap_or(true),
                 trainer_by_kind: env
@@ -1157,6 +1175,12 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(config.fal.training_timeout, Duration::from_secs(1800));
         assert_eq!(config.fal.status_check_interval, Duration::from_secs(30));
+        assert_eq!(
+            config.fal.status_check_max_interval,
+            Duration::from_secs(600)
+        );
+        assert_eq!(config.fal.webhook_grace, Duration::from_secs(120));
+        assert_eq!(config.fal.deadline_factor, 2);
         assert_eq!(config.fal.max_retries, 3);
         assert!(config.fal.auto_model_selection);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -1207,6 +1231,10 @@ mod tests {
             ("FAL_MAX_RETRIES", "eleven"),
             ("FAL_MAX_RETRIES", "11"),
             ("FAL_TRAINING_TIMEOUT", "-5"),
+            ("FAL_DEADLINE_FACTOR", "0"),
+            ("FAL_DEADLINE_FACTOR", "11"),
+            ("FAL_WEBHOOK_GRACE", "soon"),
+            ("FAL_STATUS_CHECK_MAX_INTERVAL", "0"),
             ("FAL_AUTO_MODEL_SELECTION", "maybe"),
             ("FAL_PORTRAIT_LEARNING_RATE", "2"),
             ("FAL_QUEUE_URL", "ftp://x"),

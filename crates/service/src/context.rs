@@ -80,6 +80,12 @@ pub struct JobSettings {
     pub prices: domain::TrainingPrices,
     pub timeout: Duration,
     pub status_check_interval: Duration,
+    /// The longest gap between two safety-net status checks.
+    pub status_check_max_interval: Duration,
+    /// Added to a job's expected duration before its webhook counts as overdue.
+    pub webhook_grace: Duration,
+    /// A job's deadline: this many times its expected duration, plus the grace.
+    pub deadline_factor: u32,
     /// How long a worker owns a job; longer than any single fal call it makes.
     pub lease: Duration,
     /// Where fal reaches this service (webhooks).
@@ -117,6 +123,9 @@ impl JobSettings {
             prices: config.fal.prices.clone(),
             timeout: config.fal.training_timeout,
             status_check_interval: config.fal.status_check_interval,
+            status_check_max_interval: config.fal.status_check_max_interval,
+            webhook_grace: config.fal.webhook_grace,
+            deadline_factor: config.fal.deadline_factor,
             lease: config.job_lease,
             public_base_url: config.public_base_url.clone(),
             generation_max_prompts: config.generation_max_prompts,
@@ -124,6 +133,26 @@ impl JobSettings {
             custody_max_attempts: config.custody_max_attempts,
             custody_retry_interval: config.custody_retry_interval,
             generation_prices: domain::GenerationPrices::default(),
+        }
+    }
+}
+
+impl JobSettings {
+    /// Where a submitted job's status checks and deadline fall.
+    pub fn schedule(&self) -> domain::CheckSchedule {
+        domain::CheckSchedule {
+            grace: self.webhook_grace,
+            interval: self.status_check_interval,
+            max_interval: self.status_check_max_interval,
+            deadline_factor: self.deadline_factor,
+        }
+    }
+
+    /// The most a job of `kind` may take at fal: its deadline's cap.
+    pub fn timeout_of(&self, kind: domain::JobKind) -> Duration {
+        match kind {
+            domain::JobKind::Training => self.timeout,
+            domain::JobKind::Generation => self.generation_timeout,
         }
     }
 }

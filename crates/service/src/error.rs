@@ -123,6 +123,29 @@ impl ServiceError {
         error
     }
 
+    /// Invalid input in one field, refused with its own stable `code` (rather than
+    /// `validation_failed`): the request is well-formed but cannot be carried out.
+    pub fn refused_field(
+        code: &'static str,
+        location: InputLocation,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let violation = Violation {
+            field: field.into(),
+            location,
+            code: code.to_string(),
+            message: message.into(),
+        };
+        let mut error = Self::new(
+            ErrorKind::Invalid,
+            code,
+            format!("`{}` {}", violation.field, violation.message),
+        );
+        error.0.violations = vec![violation];
+        error
+    }
+
     /// Invalid input in one field.
     pub fn invalid_field(
         location: InputLocation,

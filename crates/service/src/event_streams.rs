@@ -235,7 +235,18 @@ pub async fn open_feed(
             .register(tenant_id, key, service.settings.tenants.max_event_streams)?;
     let closing = service.stopping();
     let after = start_position(service, tenant_id, last_event_id).await?;
+    // A feed filtered to a job or an avatar watches its jobs while it is open.
+    let watching = match (filter.job_id, filter.avatar_id) {
+        (Some(job), _) => Some(store::JobWatch::Job(job)),
+        (None, Some(avatar)) => Some(store::JobWatch::Avatar(domain::AvatarId(avatar))),
+        (None, None) => None,
+    };
+    if let Some(watch) = watching {
+        crate::jobs::watch(service, tenant_id, watch).await;
+    }
     Ok(Feed {
+        watching,
+        next_watch: tokio::time::Instant::now() + watch_refresh(service),
         service: service.clone(),
         tenant_id,
         filter,
@@ -260,6 +271,15 @@ pub struct Feed {
     ended: watch::Receiver<bool>,
     _ticket: StreamTicket,
     closing: watch::Receiver<bool>,
+    /// The jobs this feed watches, renewed every half check interval while it is open.
+    watching: Option<store::JobWatch>,
+    next_watch: tokio::time::Instant,
+}
+
+/// How often an open feed renews its watch: twice per check interval, so the watch never
+/// lapses between two renewals.
+fn watch_refresh(service: &Service) -> std::time::Duration {
+    service.settings.jobs.status_check_interval / 2
 }
 
 impl Feed {
@@ -298,6 +318,12 @@ impl Feed {
                 }
                 _ = self.ended.changed() => return None,
                 _ = self.closing.changed() => return None,
+                _ = tokio::time::sleep_until(self.next_watch), if self.watching.is_some() => {
+                    if let Some(watch) = self.watching {
+                        crate::jobs::watch(&self.service, self.tenant_id, watch).await;
+                    }
+                    self.next_watch = tokio::time::Instant::now() + watch_refresh(&self.service);
+                }
             }
         }
     }

@@ -226,6 +226,13 @@ fn new_generation(
         deadline_at: Utc::now()
             + chrono::Duration::from_std(settings.generation_timeout)
                 .unwrap_or(chrono::Duration::minutes(10)),
+        estimated_seconds: domain::generation_duration(
+            plan.model_type,
+            request.num_images,
+            request.preset.num_inference_steps,
+            request.lora_image_size().dimensions(),
+        )
+        .as_secs_f64(),
         items,
         traceparent: crate::trace_context::current_traceparent(),
     }
@@ -277,7 +284,11 @@ pub async fn get(
     tenant: TenantId,
     id: Uuid,
 ) -> Result<Generation, ServiceError> {
-    load(service, record(service, tenant, id).await?).await
+    let generation = load(service, record(service, tenant, id).await?).await?;
+    if generation.jobs.iter().any(|job| job.status().is_active()) {
+        jobs::watch(service, tenant, store::JobWatch::Generation(id)).await;
+    }
+    Ok(generation)
 }
 
 /// Cancels every unfinished item: at once when not yet sent to fal, on fal otherwise. An item

@@ -424,6 +424,41 @@ pub fn deadline_from_now(settings: &crate::context::JobSettings) -> chrono::Date
     Utc::now() + chrono::Duration::from_std(settings.timeout).unwrap_or(chrono::Duration::hours(1))
 }
 
+/// `now` plus `duration`, saturating.
+pub fn after(now: chrono::DateTime<Utc>, duration: std::time::Duration) -> chrono::DateTime<Utc> {
+    now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::days(365))
+}
+
+/// What a submit records besides the request: the first safety-net check, once the job's
+/// webhook is overdue (its expected duration plus the grace), and the deadline fitting its
+/// work, both counted from now (the submission); and that fal's answer was just heard.
+pub fn submission_schedule(service: &Service, job: &JobRecord) -> JobChanges {
+    let settings = &service.settings.jobs;
+    let schedule = settings.schedule();
+    let cap = settings.timeout_of(job.kind());
+    let expected = job
+        .estimated_seconds
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(cap);
+    let now = Utc::now();
+    JobChanges {
+        next_check_at: Some(after(now, schedule.first_check_after(expected))),
+        deadline_at: Some(after(now, schedule.deadline_after(expected, cap))),
+        progress_checked: true,
+        ..JobChanges::default()
+    }
+}
+
+/// Notes that the caller watches these jobs for the next check interval: while watched, their
+/// live progress is looked up at fal (at most once per interval). A failure only means less
+/// fresh progress, so it is logged, not returned.
+pub async fn watch(service: &Service, tenant: domain::TenantId, watch: store::JobWatch) {
+    let until = after(Utc::now(), service.settings.jobs.status_check_interval);
+    if let Err(error) = service.store.watch_jobs(tenant, watch, until).await {
+        tracing::warn!(%error, ?watch, "noting a watcher");
+    }
+}
+
 /// The tenant's avatar a job is for, or `avatar_not_found`.
 pub(crate) async fn tenant_avatar(
     service: &Service,

@@ -40,6 +40,8 @@ pub async fn create(
         portrait_defaults: &settings.portrait_defaults,
     };
     let request = TrainingRequest::parse(input, context, |url| check_archive_url(service, url))?;
+    let expected = domain::training_duration(&request.params);
+    check_fits_timeout(input, expected, settings.timeout)?;
     service.require_fal()?;
     if avatar.status == domain::AvatarStatus::Training {
         return Err(training_in_progress());
@@ -80,10 +82,42 @@ pub async fn create(
         estimated_cost_usd: domain::estimate_training_cost(&request.params, &settings.prices),
         deadline_at: jobs::deadline_from_now(settings),
         traceparent: crate::trace_context::current_traceparent(),
+        estimated_seconds: expected.as_secs_f64(),
     };
     let job = insert(service, &new, idempotency).await?;
     service.work.notify_waiters();
     load(service, job).await
+}
+
+/// A training expected to run longer than `FAL_TRAINING_TIMEOUT` would be paid and then
+/// cancelled as timed out: it is refused before anything is stored or sent. The field at fault
+/// is the override that set the amount of work, or else the preset.
+fn check_fits_timeout(
+    input: &TrainingInput,
+    expected: std::time::Duration,
+    cap: std::time::Duration,
+) -> Result<(), ServiceError> {
+    if domain::fits_deadline(expected, cap) {
+        return Ok(());
+    }
+    let overrides = input.overrides.as_ref();
+    let field = ["steps", "iterations"]
+        .into_iter()
+        .find(|key| overrides.is_some_and(|o| o.contains_key(*key)))
+        .map_or_else(|| "preset".to_string(), |key| format!("overrides.{key}"));
+    Err(ServiceError::refused_field(
+        "estimate_exceeds_timeout",
+        InputLocation::Body,
+        field,
+        format!(
+            "makes a training expected to run {} s, longer than the {} s a training may take \
+             (FAL_TRAINING_TIMEOUT); ask for less work",
+            expected.as_secs(),
+            cap.as_secs()
+        ),
+    )
+    .with_extension("estimated_duration_seconds", expected.as_secs())
+    .with_extension("timeout_seconds", cap.as_secs()))
 }
 
 /// `images_data_url` must be one the archive fetcher may fetch.
@@ -249,7 +283,11 @@ async fn training_job(
 /// One of the tenant's trainings.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, training_id = %id))]
 pub async fn get(service: &Service, tenant: TenantId, id: Uuid) -> Result<Training, ServiceError> {
-    load(service, training_job(service, tenant, id).await?).await
+    let job = training_job(service, tenant, id).await?;
+    if job.status().is_active() {
+        jobs::watch(service, tenant, store::JobWatch::Job(id)).await;
+    }
+    load(service, job).await
 }
 
 /// A page of an avatar's trainings, newest first, and whether more follow.

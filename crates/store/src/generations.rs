@@ -36,7 +36,10 @@ pub struct NewGeneration {
     pub num_images: u32,
     pub request: Value,
     pub estimated_cost_usd: Option<f64>,
+    /// Each item's budget until it is submitted; from submission it gets one of its own.
     pub deadline_at: DateTime<Utc>,
+    /// How long fal is expected to take for one item.
+    pub estimated_seconds: f64,
     pub items: Vec<NewGenerationItem>,
     /// The W3C `traceparent` of the creating request, kept with each item's job.
     pub traceparent: Option<String>,
@@ -91,8 +94,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                      trigger_phrase, estimated_cost_usd, deadline_at, generation_id, item_index,
-                     traceparent)
-                 VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14)",
+                     traceparent, estimated_seconds)
+                 VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14, $15)",
             )
             .bind(item.job_id)
             .bind(new.tenant_id.0)
@@ -108,6 +111,7 @@ impl Store {
             .bind(JobKind::Generation.as_str())
             .bind(JobStatus::Pending.as_str())
             .bind(&new.traceparent)
+            .bind(new.estimated_seconds)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_write)?;
@@ -262,10 +266,10 @@ impl Store {
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                  trigger_phrase, estimated_cost_usd, deadline_at, generation_id,
-                 item_index, attempt, traceparent)
+                 item_index, attempt, traceparent, estimated_seconds)
              SELECT $2, tenant_id, avatar_id, kind, $3, endpoint, preset, params, trigger_phrase,
                  estimated_cost_usd, now() + (deadline_at - created_at), generation_id,
-                 item_index, attempt + 1, traceparent
+                 item_index, attempt + 1, traceparent, estimated_seconds
              FROM jobs WHERE id = $1
              ON CONFLICT (generation_id, item_index, attempt) WHERE generation_id IS NOT NULL DO NOTHING
              RETURNING id",

@@ -49,8 +49,11 @@ pub struct NewTraining {
     pub trigger_phrase: String,
     pub input_blob_key: Option<String>,
     pub estimated_cost_usd: Option<f64>,
-    /// The training's whole budget, from creation: past it the job is cancelled as timed out.
+    /// The training's budget until it is submitted; from submission it gets one fitting its
+    /// estimate (past it the job is cancelled as timed out).
     pub deadline_at: DateTime<Utc>,
+    /// How long fal is expected to run it.
+    pub estimated_seconds: f64,
     /// The W3C `traceparent` of the creating request, continued by the workers.
     pub traceparent: Option<String>,
 }
@@ -71,9 +74,22 @@ pub struct JobChanges {
     pub result_fetch_needed: Option<bool>,
     pub custody_needed: Option<bool>,
     pub next_check_at: Option<DateTime<Utc>>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// fal was just told or asked where the job stands (a submit's answer): live progress is
+    /// not looked up again before the check interval passed.
+    pub progress_checked: bool,
     /// A training's model, when the result itself is the whole model (a Pro finetune id):
     /// recorded with the transition, so nothing is left for the custody worker.
     pub model: Option<NewModel>,
+}
+
+/// Jobs someone watches: one job, a generation's items, or an avatar's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobWatch {
+    /// A training, or a generation's items (the id a caller follows either by).
+    Job(Uuid),
+    Generation(Uuid),
+    Avatar(AvatarId),
 }
 
 /// What applying an event did.
@@ -220,6 +236,8 @@ pub(crate) async fn apply_event_in(
              lease_until = CASE WHEN $21::uuid IS NOT NULL THEN now() + make_interval(secs => $22::float8)
                                 WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_until END,
              fence = CASE WHEN $21::uuid IS NOT NULL THEN fence + 1 ELSE fence END,
+             deadline_at = coalesce($23, deadline_at),
+             progress_checked_at = CASE WHEN $24 THEN now() ELSE progress_checked_at END,
              updated_at = now()
          WHERE id = $1 AND status = $3 AND ($4::bigint IS NULL OR fence = $4)
          RETURNING {JOB_COLUMNS}"
@@ -246,6 +264,8 @@ pub(crate) async fn apply_event_in(
     .bind(to == JobStatus::InProgress)
     .bind(claim.as_ref().map(|claim| claim.owner))
     .bind(claim.as_ref().map(|claim| claim.lease.as_secs_f64()))
+    .bind(changes.deadline_at)
+    .bind(changes.progress_checked)
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from_write)?;
@@ -361,8 +381,9 @@ impl Store {
             .await?;
         let job: JobRecord = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset, params,
-                 trigger_phrase, input_blob_key, estimated_cost_usd, deadline_at, traceparent)
-             VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14)
+                 trigger_phrase, input_blob_key, estimated_cost_usd, deadline_at, traceparent,
+                 estimated_seconds)
+             VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14, $15)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(new.id)
@@ -379,6 +400,7 @@ impl Store {
         .bind(JobKind::Training.as_str())
         .bind(JobStatus::Pending.as_str())
         .bind(&new.traceparent)
+        .bind(new.estimated_seconds)
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
@@ -665,21 +687,32 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// Leases up to `limit` jobs due for a status check and pushes their next check to
-    /// `next_check_in` from now. Includes uploads whose worker died after sending the submit.
+    /// Leases up to `limit` jobs due for a safety-net status check and pushes their next
+    /// check back: the `n`-th check (from 1) waits `gaps[n - 1]` for the next, the last gap
+    /// repeating. A job at fal whose status was looked up less than `interval` ago waits for
+    /// the interval to pass. Includes jobs past their deadline and uploads whose worker died
+    /// after sending the submit.
     pub async fn claim_due_checks(
         &self,
         owner: Uuid,
         lease: std::time::Duration,
-        next_check_in: std::time::Duration,
+        gaps: &[std::time::Duration],
+        interval: std::time::Duration,
         limit: i64,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        let gaps: Vec<f64> = gaps.iter().map(|gap| gap.as_secs_f64()).collect();
         Ok(sqlx::query_as(&format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                 fence = fence + 1, next_check_at = now() + make_interval(secs => $3)
+                 fence = fence + 1,
+                 next_check_at = now() + make_interval(secs =>
+                     $3[least(status_checks + 1, cardinality($3::float8[]))]),
+                 status_checks = status_checks + 1,
+                 progress_checked_at = now()
              WHERE id IN (
                  SELECT id FROM jobs
-                 WHERE ((status = ANY($5) AND next_check_at <= now())
+                 WHERE ((status = ANY($5) AND next_check_at <= now()
+                         AND (progress_checked_at IS NULL
+                              OR progress_checked_at <= now() - make_interval(secs => $8)))
                      OR (status = $6 AND submit_started_at IS NOT NULL AND lease_until < now())
                      OR (status = ANY($7) AND deadline_at <= now()))
                    AND (lease_until IS NULL OR lease_until < now())
@@ -690,14 +723,81 @@ impl Store {
         ))
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(next_check_in.as_secs_f64())
+        .bind(gaps)
         .bind(limit)
         // At fal: where its result can arrive.
         .bind(names(allowed_from(JobEvent::FalSucceeded)))
         .bind(JobStatus::Uploading.as_str())
         .bind(names(allowed_from(JobEvent::TimedOut)))
+        .bind(interval.as_secs_f64())
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Leases up to `limit` watched jobs at fal whose live progress was last looked up at
+    /// least `interval` ago (or never), and marks them looked up now. The row lock and the
+    /// re-checked condition make it at most one lookup per interval per job across replicas.
+    pub async fn claim_progress_checks(
+        &self,
+        owner: Uuid,
+        lease: std::time::Duration,
+        interval: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                 fence = fence + 1, progress_checked_at = now()
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE status = ANY($5) AND watched_until > now() AND fal_request_id IS NOT NULL
+                   AND (progress_checked_at IS NULL
+                        OR progress_checked_at <= now() - make_interval(secs => $3))
+                   AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY progress_checked_at NULLS FIRST
+                 FOR UPDATE SKIP LOCKED
+                 LIMIT $4)
+               AND (progress_checked_at IS NULL
+                    OR progress_checked_at <= now() - make_interval(secs => $3))
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(interval.as_secs_f64())
+        .bind(limit)
+        .bind(names([JobStatus::Submitted, JobStatus::InProgress]))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Notes that someone watches the tenant's jobs named by `watch` until `until` (a GET of
+    /// one, or an event stream filtered to it or its avatar). Only unfinished jobs are marked.
+    pub async fn watch_jobs(
+        &self,
+        tenant_id: TenantId,
+        watch: JobWatch,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (job, generation, avatar) = match watch {
+            JobWatch::Job(id) => (Some(id), Some(id), None),
+            JobWatch::Generation(id) => (None, Some(id), None),
+            JobWatch::Avatar(id) => (None, None, Some(id.0)),
+        };
+        sqlx::query(
+            "UPDATE jobs SET watched_until = $5
+             WHERE tenant_id = $1
+               AND (id = $2 OR generation_id = $3 OR avatar_id = $4)
+               AND status = ANY($6)
+               AND (watched_until IS NULL OR watched_until < $5)",
+        )
+        .bind(tenant_id.0)
+        .bind(job)
+        .bind(generation)
+        .bind(avatar)
+        .bind(until)
+        .bind(names(JobStatus::ALL.into_iter().filter(|s| s.is_active())))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Gives a lease back early (the work is done until the next check).

@@ -121,6 +121,14 @@ pub struct JobRecord {
     pub attempt: i32,
     /// The W3C `traceparent` of the request that created the job, when traces are exported.
     pub traceparent: Option<String>,
+    /// How long fal is expected to run the job, in seconds.
+    pub estimated_seconds: Option<f64>,
+    /// Safety-net status lookups made since submission.
+    pub status_checks: i32,
+    /// Someone watches the job until then (its live progress is fetched).
+    pub watched_until: Option<DateTime<Utc>>,
+    /// When fal was last asked where the job stands.
+    pub progress_checked_at: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -147,7 +155,8 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, tr
     response_url, cancel_url, queue_position, progress, error_code, error_message, result, \
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
-    generation_id, item_index, attempt, traceparent";
+    generation_id, item_index, attempt, traceparent, \
+    estimated_seconds, status_checks, watched_until, progress_checked_at";
 
 /// Stored artifacts of a model, for generation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]

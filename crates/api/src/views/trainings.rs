@@ -51,6 +51,14 @@ pub struct TrainingResponse {
     pub parameters: Value,
     pub trigger_phrase: Option<String>,
     pub estimated_cost_usd: Option<f64>,
+    /// How long fal is expected to run this training, in seconds: what `GET /presets` shows
+    /// for its trainer, preset and steps (or iterations). Its first status check and its
+    /// deadline are derived from it.
+    pub estimated_duration_seconds: Option<u64>,
+    /// When the training is cancelled as `timed_out` if it has not finished. From submission:
+    /// `submitted_at` + min(`FAL_DEADLINE_FACTOR` x the estimate + `FAL_WEBHOOK_GRACE`,
+    /// `FAL_TRAINING_TIMEOUT`). Before submission: `created_at` + `FAL_TRAINING_TIMEOUT`.
+    pub deadline_at: Option<DateTime<Utc>>,
     pub queue_position: Option<i32>,
     /// 0-1, read from fal's logs while running.
     pub progress: Option<f64>,
@@ -98,6 +106,11 @@ pub fn render_training(job: JobRecord, model: Option<store::ModelRecord>) -> Tra
         parameters: job.params,
         trigger_phrase: job.trigger_phrase,
         estimated_cost_usd: job.estimated_cost_usd,
+        estimated_duration_seconds: job
+            .estimated_seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| s.ceil() as u64),
+        deadline_at: job.deadline_at,
         queue_position: job.queue_position,
         progress: job.progress,
         fal_request_id: job.fal_request_id,
@@ -134,6 +147,8 @@ pub struct TrainingPresetResponse {
     pub model_type: String,
     #[schema(value_type = Object)]
     pub parameters: Value,
+    /// How long fal is expected to run a training with these parameters; a training's first
+    /// status check and its deadline are derived from it.
     pub typical_duration_seconds: u64,
     /// null when the price is unknown.
     pub estimated_cost_usd: Option<f64>,

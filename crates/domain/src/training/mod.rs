@@ -21,7 +21,8 @@ pub use params::{
     FastLoraParams, FinetuneType, PortraitParams, ProParams, ProPriority, TrainingParams,
 };
 pub use presets::{
-    training_preset, training_presets, PortraitDefaults, PresetName, TrainingPreset,
+    training_duration, training_preset, training_presets, PortraitDefaults, PresetName,
+    TrainingPreset,
 };
 pub use progress::{progress_from_logs, progress_step_crossed};
 pub use request::{TrainingContext, TrainingInput, TrainingRequest};

@@ -57,7 +57,8 @@ pub struct TrainingPreset {
     pub trainer: Trainer,
     pub name: PresetName,
     pub params: TrainingParams,
-    /// A rough expectation for callers, not a deadline: fal's queue wait is unbounded.
+    /// How long fal is expected to run it ([`training_duration`]); a job's first status check
+    /// and its deadline are derived from it.
     pub typical_duration: Duration,
     pub description: &'static str,
 }
@@ -88,7 +89,7 @@ pub fn training_preset(
     TrainingPreset {
         trainer,
         name,
-        typical_duration: typical_duration(&params),
+        typical_duration: training_duration(&params),
         description: description(trainer, name),
         params,
     }
@@ -166,15 +167,22 @@ fn fast_lora_params(name: PresetName) -> FastLoraParams {
     }
 }
 
-/// Guesses from fal-protocol §6: the portrait trainer runs about 1.2 s per step on an H100
-/// (1500 steps "runs in tens of minutes"); fast training takes 15-30 min, taken here as
-/// 10 min plus 0.9 s per step; the pro trainer publishes nothing, so 3 s per iteration
-/// (200 iterations = 10 min, 1000 = 50 min) is a conservative guess.
-fn typical_duration(params: &TrainingParams) -> Duration {
+/// How long a training with these parameters is expected to run at fal. This is what
+/// `GET /presets` shows, what a job's first status check and deadline are derived from, and
+/// what `POST /train` compares with `FAL_TRAINING_TIMEOUT`.
+///
+/// From the seed's durations, linear in the amount of work:
+/// - portrait: "3-15 minutes" for the seed's 500 to 2500 steps, so 0.36 s per step
+///   (fast 3 min, balanced 6 min, quality 15 min);
+/// - pro: "5-30 minutes" for 200 to 1000 iterations, taken as 1.8 s per iteration
+///   (fast 6 min, balanced 15 min, quality 30 min), so the longest preset meets the upper bound;
+/// - fast LoRA (not in the seed; fal-protocol §6 says 15-30 min): 0.9 s per step
+///   (fast 7.5 min, balanced 15 min, quality 30 min).
+pub fn training_duration(params: &TrainingParams) -> Duration {
     let millis = match params {
-        TrainingParams::Portrait(p) => u64::from(p.steps) * 1_200,
-        TrainingParams::FastLora(p) => 600_000 + u64::from(p.steps) * 900,
-        TrainingParams::Pro(p) => u64::from(p.iterations) * 3_000,
+        TrainingParams::Portrait(p) => u64::from(p.steps) * 360,
+        TrainingParams::FastLora(p) => u64::from(p.steps) * 900,
+        TrainingParams::Pro(p) => u64::from(p.iterations) * 1_800,
     };
     Duration::from_millis(millis)
 }
@@ -334,21 +342,29 @@ mod tests {
     }
 
     #[test]
-    fn typical_durations_follow_the_amount_of_work() {
+    fn typical_durations_follow_the_seed() {
         let none = PortraitDefaults::default();
         let minutes = |t, n| training_preset(t, n, &none).typical_duration.as_secs() / 60;
-        assert_eq!(minutes(Trainer::Portrait, PresetName::Fast), 10);
-        assert_eq!(minutes(Trainer::Portrait, PresetName::Balanced), 20);
-        assert_eq!(minutes(Trainer::Portrait, PresetName::Quality), 50);
-        assert_eq!(minutes(Trainer::FastLora, PresetName::Balanced), 25);
-        assert_eq!(minutes(Trainer::Pro, PresetName::Fast), 10);
-        assert_eq!(minutes(Trainer::Pro, PresetName::Quality), 50);
+        // Portrait "3-15 minutes", pro "5-30 minutes"; fast LoRA 15-30 minutes from balanced up.
+        assert_eq!(minutes(Trainer::Portrait, PresetName::Fast), 3);
+        assert_eq!(minutes(Trainer::Portrait, PresetName::Balanced), 6);
+        assert_eq!(minutes(Trainer::Portrait, PresetName::Quality), 15);
+        assert_eq!(minutes(Trainer::Pro, PresetName::Fast), 6);
+        assert_eq!(minutes(Trainer::Pro, PresetName::Balanced), 15);
+        assert_eq!(minutes(Trainer::Pro, PresetName::Quality), 30);
+        assert_eq!(minutes(Trainer::FastLora, PresetName::Fast), 7);
+        assert_eq!(minutes(Trainer::FastLora, PresetName::Balanced), 15);
+        assert_eq!(minutes(Trainer::FastLora, PresetName::Quality), 30);
         let longer = PortraitDefaults {
             steps: Some(2000),
             ..PortraitDefaults::default()
         };
         let balanced = training_preset(Trainer::Portrait, PresetName::Balanced, &longer);
-        assert_eq!(balanced.typical_duration.as_secs(), 2400);
+        assert_eq!(balanced.typical_duration.as_secs(), 720);
+        // Every preset fits the default FAL_TRAINING_TIMEOUT (1800 s).
+        for preset in training_presets(&none) {
+            assert!(preset.typical_duration.as_secs() <= 1800, "{preset:?}");
+        }
     }
 
     #[test]

@@ -1,4 +1,11 @@
-//! The reconciler: jobs whose webhook is overdue or whose deadline passed.
+//! The reconciler: jobs whose webhook is overdue or whose deadline passed, and the live
+//! progress of jobs someone watches.
+//!
+//! fal's webhook is how a job's outcome arrives; a status lookup is only a safety net. A job is
+//! first looked up once its webhook is overdue (its expected duration plus `FAL_WEBHOOK_GRACE`
+//! after submission), then again after `FAL_STATUS_CHECK_INTERVAL`, doubling up to
+//! `FAL_STATUS_CHECK_MAX_INTERVAL`. Live progress (queue position, percent) is looked up only
+//! for watched jobs, at most once per interval per job, whichever replica does it.
 
 use chrono::Utc;
 use domain::{JobEvent, JobStatus};
@@ -10,14 +17,24 @@ use crate::context::Service;
 use crate::error::JobFailure;
 use crate::jobs;
 
-/// Checks the jobs whose webhook is overdue or whose deadline passed.
+/// Most safety-net gaps listed to the store; the last one repeats.
+const LISTED_GAPS: u32 = 16;
+
+/// Checks the jobs whose webhook is overdue or whose deadline passed, then looks up the
+/// progress of watched jobs.
 pub(super) async fn reconcile_due(service: &Service) {
+    let settings = &service.settings.jobs;
+    let schedule = settings.schedule();
+    let gaps: Vec<_> = (1..=LISTED_GAPS)
+        .map(|done| schedule.next_check_after(done))
+        .collect();
     let jobs = match service
         .store
         .claim_due_checks(
             service.worker_id,
-            service.settings.jobs.lease,
-            service.settings.jobs.status_check_interval,
+            settings.lease,
+            &gaps,
+            settings.status_check_interval,
             20,
         )
         .await
@@ -31,6 +48,33 @@ pub(super) async fn reconcile_due(service: &Service) {
     for job in jobs {
         let span = job_span!("reconcile", &job);
         check(service, &job).instrument(span).await;
+    }
+    look_up_watched(service).await;
+}
+
+/// Asks fal where each watched job stands (queue position, progress), at most once per
+/// interval per job.
+async fn look_up_watched(service: &Service) {
+    let settings = &service.settings.jobs;
+    let jobs = match service
+        .store
+        .claim_progress_checks(
+            service.worker_id,
+            settings.lease,
+            settings.status_check_interval,
+            20,
+        )
+        .await
+    {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(%error, "claiming watched jobs");
+            return;
+        }
+    };
+    for job in jobs {
+        jobs::reconcile_job(service, &job, Some(job.fence)).await;
+        let _ = service.store.release_lease(job.id, job.fence).await;
     }
 }
 

@@ -174,9 +174,6 @@ pub(super) async fn send(
         webhook_url: Some(webhook),
         ..fal::SubmitOptions::default()
     };
-    let next_check = Utc::now()
-        + chrono::Duration::from_std(service.settings.jobs.status_check_interval)
-            .unwrap_or_default();
     match service
         .metrics
         .fal_call(
@@ -198,8 +195,7 @@ pub(super) async fn send(
                     response_url: Some(submitted.response_url.to_string()),
                     cancel_url: Some(submitted.cancel_url.to_string()),
                     queue_position: submitted.queue_position.map(|p| p as i32),
-                    next_check_at: Some(next_check),
-                    ..JobChanges::default()
+                    ..jobs::submission_schedule(service, &job)
                 },
                 "fal accepted the submit",
             )
@@ -219,9 +215,13 @@ pub(super) async fn send(
             refused(service, fal, &job, &error, "fal refused the submit").await;
         }
         Err(fal::SubmitError::OutcomeUnknown { request_id, cause }) => {
+            // Whether fal has it is learnt from a lookup one interval from now; its deadline
+            // counts from this submission like any other.
+            let next_check = jobs::after(Utc::now(), service.settings.jobs.status_check_interval);
             let changes = JobChanges {
                 fal_request_id: request_id,
                 next_check_at: Some(next_check),
+                deadline_at: jobs::submission_schedule(service, &job).deadline_at,
                 ..JobFailure::new(
                     "submit_unknown",
                     format!("fal may or may not have accepted the submit: {cause}"),
