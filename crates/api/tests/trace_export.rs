@@ -42,6 +42,10 @@ async fn spans_are_flushed_when_serve_stops() {
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("STORAGE_URL", blobs.path())
+        .env(
+            "SECRETS_KEYS",
+            "test:c2VjcmV0LWtleS1ieXRlcy1mb3ItdGhlLXJpbmctMDE=",
+        )
         .env_remove("FAL_KEY")
         .env("SHUTDOWN_DELAY", "0")
         .env("SHUTDOWN_WORKER_GRACE", "1")
