@@ -356,7 +356,16 @@ async fn custody_that_cannot_finish_shows_as_a_backlog(pool: PgPool) {
     })
     .await;
     assert_eq!(callbacks(&scrape, "applied"), Some(1.0));
-    assert_eq!(finished(&scrape, "training", "succeeded"), 1.0);
+    // fal's success moved the training to finishing; nothing succeeded while custody is stuck.
+    assert_eq!(finished(&scrape, "training", "finishing"), 1.0);
+    assert_eq!(finished(&scrape, "training", "succeeded"), 0.0);
+    assert_eq!(
+        scrape.value(
+            "avatars_jobs",
+            &[("kind", "training"), ("status", "finishing")]
+        ),
+        Some(1.0)
+    );
 }
 
 async fn app_with_endpoint(

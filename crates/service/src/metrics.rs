@@ -25,13 +25,9 @@ use crate::context::Service;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The statuses of jobs not finished yet: what `avatars_jobs` counts.
-const LIVE: [JobStatus; 5] = [
-    JobStatus::Pending,
-    JobStatus::Uploading,
-    JobStatus::Submitted,
-    JobStatus::InProgress,
-    JobStatus::SubmitUnknown,
-];
+fn live_statuses() -> impl Iterator<Item = JobStatus> {
+    JobStatus::ALL.into_iter().filter(|status| status.is_active())
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -308,7 +304,7 @@ impl Metrics {
         // see a value before the first event: live job states, every transition the domain allows,
         // successful fal calls, callback and attempt outcomes.
         for kind in JobKind::ALL {
-            for status in LIVE {
+            for status in live_statuses() {
                 let _ = metrics.jobs.get_or_create(&JobLabels {
                     kind: kind.as_str(),
                     status: status.as_str(),
@@ -555,7 +551,7 @@ impl Metrics {
 
     fn set_snapshot(&self, snapshot: &store::WorkSnapshot) {
         for kind in JobKind::ALL {
-            for status in LIVE {
+            for status in live_statuses() {
                 let count = snapshot
                     .live_jobs
                     .iter()
