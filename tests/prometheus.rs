@@ -148,6 +148,12 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_the_rules(pool: PgP
     );
 
     // Every alert rule is loaded and evaluates against the real series without error.
+    let defined = std::fs::read_to_string(deploy("prometheus/alerts.yml"))
+        .unwrap()
+        .lines()
+        .filter(|line| line.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(defined >= 10, "{defined} alert rules");
     let rules_ok = blackbox::wait_until(DEADLINE, || async {
         let answer = prometheus.api(&client, "/api/v1/rules", &[]).await;
         let rules: Vec<&Value> = answer["data"]["groups"]
@@ -156,7 +162,7 @@ async fn a_real_prometheus_scrapes_the_service_and_evaluates_the_rules(pool: PgP
             .flatten()
             .flat_map(|g| g["rules"].as_array().into_iter().flatten())
             .collect();
-        rules.len() == 10
+        rules.len() == defined
             && rules
                 .iter()
                 .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z")

@@ -26,7 +26,9 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The statuses of jobs not finished yet: what `avatars_jobs` counts.
 fn live_statuses() -> impl Iterator<Item = JobStatus> {
-    JobStatus::ALL.into_iter().filter(|status| status.is_active())
+    JobStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_active())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
