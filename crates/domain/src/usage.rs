@@ -229,7 +229,9 @@ impl Usage {
 
     fn add_training(&mut self, tally: &TrainingTally) {
         let t = &mut self.trainings;
-        if let Some(i) = JobStatus::ALL.iter().position(|s| *s == tally.status) {
+        // Counted as callers see the training: one still finishing is in progress.
+        let seen = tally.status.as_seen();
+        if let Some(i) = JobStatus::ALL.iter().position(|s| *s == seen) {
             t.by_status[i] += tally.count;
         }
         t.estimated_cost_usd = round_usd(t.estimated_cost_usd + tally.estimated_cost_usd);
@@ -478,5 +480,21 @@ mod tests {
         assert_eq!(report.totals.trainings.total(), 3);
         assert_eq!(report.totals.estimated_cost_usd(), 14.68);
         assert_eq!(report.totals.actual_cost_usd(), Some(11.535));
+    }
+
+    #[test]
+    fn a_finishing_training_counts_as_in_progress() {
+        let range = parse(Some("2026-11-01"), Some("2026-11-01"), 366).unwrap();
+        let trainings = [TrainingTally {
+            day: date("2026-11-01"),
+            status: JobStatus::Finishing,
+            count: 1,
+            estimated_cost_usd: 1.0,
+            actual_cost_usd: None,
+        }];
+        let report = UsageReport::build(range, &trainings, &[]);
+        assert_eq!(report.totals.trainings.count(JobStatus::InProgress), 1);
+        assert_eq!(report.totals.trainings.count(JobStatus::Finishing), 0);
+        assert_eq!(report.totals.trainings.total(), 1);
     }
 }
