@@ -6,12 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blackbox::{FalOptions, TestApp};
-use fal_sim::{RequestFaults, WebhookFaults};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-const DEADLINE: Duration = Duration::from_secs(60);
 
 fn blobs(app: &TestApp) -> BTreeSet<PathBuf> {
     app.blob_files().into_iter().collect()
@@ -126,39 +123,12 @@ async fn deleting_an_avatar_whose_training_is_finishing_cancels_it(pool: PgPool)
         settings.jobs.custody_retry_interval = Duration::from_secs(3600);
     })
     .await;
-    let sim = app.sim.as_ref().unwrap();
-    sim.fault_next_requests(
-        1,
-        None,
-        RequestFaults {
-            webhook: WebhookFaults {
-                hold: true,
-                ..WebhookFaults::default()
-            },
-            ..RequestFaults::default()
-        },
-    );
+    app.hold_next_callback();
     let baseline = blobs(&app);
     let avatar = app.avatar_with_photos(10).await;
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    sim.wait_until(DEADLINE, "fal finished the training", |s| {
-        s.requests().first().is_some_and(|r| r.output.is_some())
-    })
-    .await
-    .unwrap();
-    let lora = sim.requests().remove(0).output.unwrap()["diffusers_lora_file"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(sim.expire_file(&lora));
-    let mut released = 0;
-    sim.wait_until(DEADLINE, "fal's callback is released", |s| {
-        released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
-        released > 0
-    })
-    .await
-    .unwrap();
+    app.expire_lora_then_release_callback().await;
     app.eventually("custody failed once", || async {
         let (status, attempts): (String, i32) =
             sqlx::query_as("SELECT status, custody_attempts FROM jobs WHERE id = $1::uuid")

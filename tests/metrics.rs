@@ -7,7 +7,7 @@ use std::time::Duration;
 use blackbox::receiver::{fast_events, Receiver, Reply};
 use blackbox::scrape::Scrape;
 use blackbox::{FalOptions, TestApp};
-use fal_sim::{HeldWebhookOrder, KeyKind, RequestFaults, WebhookFaults};
+use fal_sim::{KeyKind, RequestFaults, WebhookFaults};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -312,38 +312,10 @@ async fn a_job_whose_callback_does_not_come_shows_as_overdue(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn custody_that_cannot_finish_shows_as_a_backlog(pool: PgPool) {
     let app = TestApp::spawn_with_fal(pool, FalOptions::default()).await;
-    let sim = app.sim.as_ref().unwrap();
-    sim.fault_next_requests(
-        1,
-        None,
-        RequestFaults {
-            webhook: WebhookFaults {
-                hold: true,
-                ..WebhookFaults::default()
-            },
-            ..RequestFaults::default()
-        },
-    );
+    app.hold_next_callback();
     let avatar = app.avatar_with_photos(10).await;
     train(&app, &avatar).await;
-    sim.wait_until(Duration::from_secs(60), "fal finished the training", |s| {
-        s.requests().first().is_some_and(|r| r.output.is_some())
-    })
-    .await
-    .unwrap();
-    let request = sim.requests().remove(0);
-    let lora = request.output.as_ref().unwrap()["diffusers_lora_file"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(sim.expire_file(&lora));
-    let mut released = 0;
-    sim.wait_until(Duration::from_secs(60), "fal's callback is held", |s| {
-        released += s.release_held_webhooks(HeldWebhookOrder::Fifo);
-        released > 0
-    })
-    .await
-    .unwrap();
+    app.expire_lora_then_release_callback().await;
 
     // The gauges are read by separate statements, so a transition between them can show the
     // backlog before the job counts as finishing: wait for both.

@@ -1238,39 +1238,13 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
     })
     .await;
     let sim = app.sim.as_ref().unwrap();
-    sim.fault_next_requests(
-        1,
-        None,
-        RequestFaults {
-            webhook: WebhookFaults {
-                hold: true,
-                ..WebhookFaults::default()
-            },
-            ..RequestFaults::default()
-        },
-    );
+    app.hold_next_callback();
     let avatar = app.avatar_with_photos(10).await;
     let mut events = app.request(Method::GET, "/events").send().await.unwrap();
     assert_eq!(events.status(), 200);
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    sim.wait_until(DEADLINE, "fal finished the training", |s| {
-        s.requests().first().is_some_and(|r| r.output.is_some())
-    })
-    .await
-    .unwrap();
-    let lora = sim.requests().remove(0).output.unwrap()["diffusers_lora_file"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(sim.expire_file(&lora));
-    let mut released = 0;
-    sim.wait_until(DEADLINE, "fal's callback is released", |s| {
-        released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
-        released > 0
-    })
-    .await
-    .unwrap();
+    let lora = app.expire_lora_then_release_callback().await;
 
     let seen_in_progress_at_full_progress = std::cell::Cell::new(false);
     let failed = app

@@ -394,6 +394,51 @@ impl TestApp {
     }
 
     /// Starts a training of the avatar with `body`; asserts the 202 and returns the training.
+    /// fal-sim holds the callback of the next request it accepts, until
+    /// [`TestApp::expire_lora_then_release_callback`].
+    pub fn hold_next_callback(&self) {
+        self.sim
+            .as_ref()
+            .expect("an app with fal-sim")
+            .fault_next_requests(
+                1,
+                None,
+                fal_sim::RequestFaults {
+                    webhook: fal_sim::WebhookFaults {
+                        hold: true,
+                        ..fal_sim::WebhookFaults::default()
+                    },
+                    ..fal_sim::RequestFaults::default()
+                },
+            );
+    }
+
+    /// Once fal-sim finished the first training it was sent (its callback held by
+    /// [`TestApp::hold_next_callback`]), expires the trained LoRA on fal's CDN and releases the
+    /// callback: custody will find nothing to copy. Returns the LoRA's URL.
+    pub async fn expire_lora_then_release_callback(&self) -> String {
+        let sim = self.sim.as_ref().expect("an app with fal-sim");
+        let deadline = Duration::from_secs(60);
+        sim.wait_until(deadline, "fal finished the training", |s| {
+            s.requests().first().is_some_and(|r| r.output.is_some())
+        })
+        .await
+        .unwrap();
+        let lora = sim.requests().remove(0).output.unwrap()["diffusers_lora_file"]["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(sim.expire_file(&lora));
+        let mut released = 0;
+        sim.wait_until(deadline, "fal's callback is released", |s| {
+            released += s.release_held_webhooks(fal_sim::HeldWebhookOrder::Fifo);
+            released > 0
+        })
+        .await
+        .unwrap();
+        lora
+    }
+
     pub async fn start_training(&self, avatar_id: &str, body: Value) -> Value {
         let response = self
             .request(
