@@ -203,7 +203,49 @@ pub(crate) async fn apply_event_in(
     let Some((from, old_progress, current_fence)) = current else {
         return Ok(EventOutcome::NotFound);
     };
-    let from = JobStatus::from(from);
+    let locked = LockedJob {
+        id: job_id,
+        status: JobStatus::from(from),
+        progress: old_progress,
+        fence: current_fence,
+    };
+    apply_event_locked(tx, &locked, event, fence, changes, cause, claim, changed).await
+}
+
+/// A job row locked by the caller's transaction, as it stands there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockedJob {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub progress: Option<f64>,
+    pub fence: i64,
+}
+
+impl LockedJob {
+    pub(crate) fn of(job: &JobRecord) -> Self {
+        Self {
+            id: job.id,
+            status: job.status(),
+            progress: job.progress,
+            fence: job.fence,
+        }
+    }
+}
+
+/// [`apply_event_in`] for a job the caller has locked in `tx` and knows as `locked`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_event_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    locked: &LockedJob,
+    event: JobEvent,
+    fence: Option<i64>,
+    changes: &JobChanges,
+    cause: &str,
+    claim: Option<Claim>,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
+    let (job_id, from, old_progress, current_fence) =
+        (locked.id, locked.status, locked.progress, locked.fence);
     let to = match transition(from, event) {
         Transition::Apply { to } => to,
         Transition::Ignore { reason } => {
@@ -313,7 +355,7 @@ pub(crate) async fn apply_event_in(
 
 /// Applies what a recorded callback says to its job inside `tx`; the inbox row says `ignored`
 /// when nothing applied. Returns the last event's outcome.
-async fn apply_callback_in(
+pub(crate) async fn apply_callback_in(
     tx: &mut Transaction<'_, Postgres>,
     inbox_id: i64,
     job_id: Uuid,
@@ -321,19 +363,55 @@ async fn apply_callback_in(
     cause: &str,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
+    let current: Option<(JobStatusColumn, Option<f64>, i64)> =
+        sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((status, progress, fence)) = current else {
+        mark_ignored(tx, inbox_id).await?;
+        return Ok(EventOutcome::NotFound);
+    };
+    let mut locked = LockedJob {
+        id: job_id,
+        status: JobStatus::from(status),
+        progress,
+        fence,
+    };
+    apply_callback_locked(tx, inbox_id, &mut locked, events, cause, changed).await
+}
+
+/// [`apply_callback_in`] for a job the caller has locked in `tx`; `locked` follows what the
+/// events change.
+pub(crate) async fn apply_callback_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    inbox_id: i64,
+    locked: &mut LockedJob,
+    events: &[(JobEvent, JobChanges)],
+    cause: &str,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
     let mut last = EventOutcome::NotFound;
     let mut any_applied = false;
     for (event, changes) in events {
-        last = apply_event_in(tx, job_id, *event, None, changes, cause, None, changed).await?;
-        any_applied |= matches!(last, EventOutcome::Applied(_));
+        last = apply_event_locked(tx, locked, *event, None, changes, cause, None, changed).await?;
+        if let EventOutcome::Applied(job) = &last {
+            any_applied = true;
+            *locked = LockedJob::of(job);
+        }
     }
     if !any_applied {
-        sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
-            .bind(inbox_id)
-            .execute(&mut **tx)
-            .await?;
+        mark_ignored(tx, inbox_id).await?;
     }
     Ok(last)
+}
+
+async fn mark_ignored(tx: &mut Transaction<'_, Postgres>, inbox_id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
+        .bind(inbox_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Ends custody of a `finishing` job inside `tx`: `completed`, under the lease holder's fence,

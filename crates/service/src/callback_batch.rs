@@ -1,0 +1,206 @@
+//! Group commit for fal's callbacks.
+//!
+//! fal calls back in bursts (a batch of generations finishes together), and a callback that
+//! commits alone waits for its own WAL flush. Each request verifies its callback on its own,
+//! then queues it here; `FAL_CALLBACK_COMMITTERS` committers each take what is queued (up to
+//! `FAL_CALLBACK_BATCH_MAX`) as soon as their previous commit returns, and apply it in one
+//! transaction ([`store::Store::apply_webhook_batch`]). A request is answered only after the
+//! commit that holds its change. A batch that fails is applied again callback by callback, so
+//! one bad callback never fails the others.
+
+use std::sync::{Arc, Once};
+
+use store::{BatchedCallback, JobRecord, WebhookOutcome};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard};
+
+use crate::config::CallbackBatchSettings;
+use crate::context::Service;
+use crate::error::ServiceError;
+use crate::fal_webhook::{self, CallbackOutcome};
+
+/// A verified callback waiting for its batch.
+pub(crate) struct Pending {
+    pub callback: BatchedCallback,
+    pub payload: fal::WebhookBody,
+    /// The callback request's span, linked from the span that applies it.
+    pub link: opentelemetry::trace::SpanContext,
+    pub reply: oneshot::Sender<Result<Committed, ServiceError>>,
+}
+
+/// A committed callback: what became of it and the job it was for.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub outcome: CallbackOutcome,
+    pub job: Option<JobRecord>,
+}
+
+/// The callbacks waiting for a committer, and the committers' settings.
+pub struct CallbackQueue {
+    sender: mpsc::Sender<Pending>,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    settings: CallbackBatchSettings,
+    started: Once,
+}
+
+impl std::fmt::Debug for CallbackQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackQueue")
+            .field("settings", &self.settings)
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+/// While held, no committer starts a batch: callbacks queue, and the next batch takes them
+/// together (up to the batch limit).
+pub struct CommitHold(#[allow(dead_code)] OwnedMutexGuard<mpsc::Receiver<Pending>>);
+
+impl CallbackQueue {
+    pub fn new(settings: CallbackBatchSettings) -> Self {
+        // Room for a full batch per committer and as many waiting: a request beyond that
+        // waits for room, which bounds the memory held by callbacks in flight.
+        let (sender, receiver) = mpsc::channel(settings.max_callbacks * settings.committers * 2);
+        Self {
+            sender,
+            receiver: Arc::new(Mutex::new(receiver)),
+            settings,
+            started: Once::new(),
+        }
+    }
+
+    /// Callbacks queued and not taken by a committer yet.
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// Stops committers from starting a batch until the hold is dropped (a batch being
+    /// committed finishes).
+    pub async fn hold(&self) -> CommitHold {
+        CommitHold(self.receiver.clone().lock_owned().await)
+    }
+
+    /// Queues a verified callback and waits for the commit that holds it.
+    pub(crate) async fn commit(
+        &self,
+        service: &Service,
+        pending: impl FnOnce(oneshot::Sender<Result<Committed, ServiceError>>) -> Pending,
+    ) -> Result<Committed, ServiceError> {
+        self.start(service);
+        let (reply, answer) = oneshot::channel();
+        let stopped = || {
+            ServiceError::unavailable(
+                "callbacks_unavailable",
+                "this replica cannot commit callbacks now; retry later",
+            )
+        };
+        self.sender
+            .send(pending(reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Starts the committers on first use, on the runtime that serves the callbacks.
+    fn start(&self, service: &Service) {
+        self.started.call_once(|| {
+            for _ in 0..self.settings.committers {
+                tokio::spawn(run(
+                    service.clone(),
+                    self.receiver.clone(),
+                    self.settings.max_callbacks,
+                ));
+            }
+        });
+    }
+}
+
+/// One committer: takes what is queued, commits it, and again.
+async fn run(service: Service, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, max: usize) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match receiver.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        commit_batch(&service, batch).await;
+    }
+}
+
+/// Applies a batch in one transaction, or callback by callback when that fails, and answers
+/// every request of it.
+#[tracing::instrument(skip_all, fields(callbacks = batch.len()))]
+async fn commit_batch(service: &Service, batch: Vec<Pending>) {
+    service.metrics.callback_batch(batch.len());
+    let (callbacks, waiting): (Vec<BatchedCallback>, Vec<Waiting>) = batch
+        .into_iter()
+        .map(|p| {
+            (
+                p.callback,
+                Waiting {
+                    payload: p.payload,
+                    link: p.link,
+                    reply: p.reply,
+                },
+            )
+        })
+        .unzip();
+    let mut spans: Vec<Option<tracing::Span>> = vec![None; waiting.len()];
+    let applied = service
+        .store
+        .apply_webhook_batch(
+            &callbacks,
+            i64::from(service.settings.unknown_callbacks.max_kept),
+            |i, job| {
+                let waiting = &waiting[i];
+                let request_id = &callbacks[i].delivery.fal_request_id;
+                spans[i] = Some(fal_webhook::apply_span(job, request_id, &waiting.link));
+                fal_webhook::events_for(job, request_id, &waiting.payload)
+            },
+        )
+        .await;
+    let outcomes = match applied {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            tracing::warn!(%error, callbacks = callbacks.len(), "a batch of fal callbacks failed; applying them one by one");
+            for (callback, waiting) in callbacks.into_iter().zip(waiting) {
+                let result =
+                    fal_webhook::apply_alone(service, callback, waiting.payload, &waiting.link)
+                        .await;
+                let _ = waiting.reply.send(result);
+            }
+            service.work.notify_waiters();
+            return;
+        }
+    };
+    for ((callback, waiting), applied) in callbacks.iter().zip(waiting).zip(outcomes) {
+        let outcome = fal_webhook::outcome_of(&applied.outcome, &callback.delivery.fal_request_id);
+        if matches!(applied.outcome, WebhookOutcome::Processed(_)) {
+            if let Some(generation) = applied.job.as_ref().and_then(|j| j.generation_id) {
+                crate::generation_items::announce(service, generation);
+            }
+        }
+        // Nobody waiting (the caller went away) is normal: the change is committed.
+        let _ = waiting.reply.send(Ok(Committed {
+            outcome,
+            job: applied.job,
+        }));
+    }
+    drop(spans);
+    service.work.notify_waiters();
+}
+
+/// A queued callback's request, waiting for its answer.
+struct Waiting {
+    payload: fal::WebhookBody,
+    link: opentelemetry::trace::SpanContext,
+    reply: oneshot::Sender<Result<Committed, ServiceError>>,
+}
