@@ -109,6 +109,11 @@ pub fn completion_events(
                 JobChanges {
                     error_code: Some(failure.code),
                     error_message: Some(failure.message),
+                    // The cancel we owed fal took effect: it is no longer owed.
+                    cancel_outcome: job
+                        .cancel_due_at
+                        .is_some()
+                        .then_some(CancelOutcome::Requested),
                     ..request_known
                 },
             ),

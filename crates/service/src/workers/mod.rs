@@ -182,7 +182,7 @@ impl LeaseHeartbeat {
         let (service, id, fence) = (service.clone(), job.id, job.fence);
         let lease = service.settings.jobs.lease;
         Self(tokio::spawn(async move {
-            let every = lease / 3;
+            let every = (lease / 3).max(Duration::from_millis(10));
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -20,14 +20,7 @@ use crate::jobs;
 /// Runs in the job's span (see `job_span!`).
 pub(super) async fn submit(service: &Service, job: JobRecord) {
     if job.cancel_requested_at.is_some() {
-        fail(
-            service,
-            &job,
-            JobEvent::Cancelled,
-            JobFailure::new("cancelled", "cancelled before submission"),
-            "cancel requested",
-        )
-        .await;
+        cancel_before_submission(service, &job).await;
         return;
     }
     let (Some(fal), Some(base)) = (
@@ -153,14 +146,7 @@ pub(super) async fn send(
             // Lost the lease, or a cancel arrived: the reloaded job says which.
             if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
                 if current.cancel_requested_at.is_some() && current.fence == fence {
-                    fail(
-                        service,
-                        &current,
-                        JobEvent::Cancelled,
-                        JobFailure::new("cancelled", "cancelled before submission"),
-                        "cancel requested",
-                    )
-                    .await;
+                    cancel_before_submission(service, &current).await;
                 }
             }
             return;
@@ -235,6 +221,24 @@ pub(super) async fn send(
             .await;
         }
     }
+}
+
+/// Ends a job whose cancel arrived before its submit left: nothing reached fal, so the cancel
+/// it owes is settled with it.
+async fn cancel_before_submission(service: &Service, job: &JobRecord) {
+    let changes = JobChanges {
+        cancel_outcome: Some(store::CancelOutcome::NotSubmitted),
+        ..JobFailure::new("cancelled", "cancelled before submission").changes()
+    };
+    record(
+        service,
+        job,
+        JobEvent::Cancelled,
+        job.fence,
+        changes,
+        "cancel requested",
+    )
+    .await;
 }
 
 /// Records that fal accepted the submit. The request is never lost: when this worker's lease
