@@ -315,3 +315,67 @@ async fn a_submit_answered_after_the_lease_ran_out_records_its_request(pool: PgP
     let done = wait_training(&app, &id, "submitted", |t| t["status"] == "submitted").await;
     assert_eq!(done["fal_request_id"], request_id.as_str());
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_cancel_during_the_submit_that_fal_refuses_after_it_is_retried(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.jobs.cancel_retry_interval = Duration::from_millis(20);
+    })
+    .await;
+    let sim = app.sim.as_ref().unwrap();
+    let avatar = app.avatar_with_photos(10).await;
+    stall_next_request(&app);
+    sim.fail_next_submits(1, SubmitFault::HoldResponse);
+    let started = app.start_training(&avatar, json!({})).await;
+    let id = started["id"].as_str().unwrap();
+    app.eventually("fal to hold the submit's answer", || async {
+        (submits_received(&app) == 1)
+            .then_some(())
+            .ok_or_else(|| "no request at fal".to_string())
+    })
+    .await;
+    let answer = cancel(&app, id).await;
+    assert_eq!(answer["status"], "uploading");
+    assert_eq!(answer["cancel_requested"], true);
+    // The worker's cancel right after the submit's answer fails; the owed cancel is retried.
+    sim.fail_next_reads(1, server_error());
+    sim.release_held_submits(1);
+    let done = wait_training(&app, id, "cancelled", |t| t["status"] == "cancelled").await;
+    assert_eq!(done["error"]["code"], "cancelled");
+    let request_id = done["fal_request_id"].as_str().unwrap();
+    assert!(sim.request(request_id).unwrap().cancel_requested);
+    assert_eq!(cancels_received(&app), 2, "one refused, one taken");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn deleting_an_avatar_while_fal_refuses_the_cancel_cancels_it_later(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.jobs.cancel_retry_interval = Duration::from_millis(20);
+    })
+    .await;
+    let sim = app.sim.as_ref().unwrap();
+    let avatar = app.avatar_with_photos(10).await;
+    stall_next_request(&app);
+    let started = app.start_training(&avatar, json!({})).await;
+    let id = started["id"].as_str().unwrap();
+    let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
+    let request_id = submitted["fal_request_id"].as_str().unwrap();
+    sim.fail_next_reads(2, server_error());
+    let response = app
+        .request(Method::DELETE, &format!("/avatars/{avatar}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let training: Value = app.get_json(&format!("/trainings/{id}")).await;
+    assert_eq!(training["status"], "cancelled");
+    app.eventually("the request to be cancelled at fal", || async {
+        if sim.request(request_id).unwrap().cancel_requested {
+            Ok(())
+        } else {
+            Err(format!("{} cancels so far", cancels_received(&app)))
+        }
+    })
+    .await;
+    assert_eq!(cancels_received(&app), 3, "two refused, one taken");
+}
