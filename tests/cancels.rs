@@ -379,3 +379,33 @@ async fn deleting_an_avatar_while_fal_refuses_the_cancel_cancels_it_later(pool: 
     .await;
     assert_eq!(cancels_received(&app), 3, "two refused, one taken");
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_retried_deadline_cancel_fal_answers_already_completed_ends_with_the_result(
+    pool: PgPool,
+) {
+    let options = FalOptions {
+        training_timeout: Duration::from_secs(2),
+        ..FalOptions::default()
+    };
+    let app = TestApp::spawn_with_fal_and(pool, options, |settings| {
+        settings.jobs.cancel_retry_interval = Duration::from_millis(20);
+    })
+    .await;
+    let sim = app.sim.as_ref().unwrap();
+    let avatar = app.avatar_with_photos(10).await;
+    // fal finishes the training at once, but its callback does not arrive before the deadline.
+    app.hold_next_callback();
+    sim.fail_next_reads(1, server_error());
+    let started = app
+        .start_training(&avatar, json!({"overrides": {"steps": 5}}))
+        .await;
+    let id = started["id"].as_str().unwrap();
+    let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
+    assert_eq!(done["status"], "succeeded", "fal's result wins: {done}");
+    assert_eq!(
+        cancels_received(&app),
+        2,
+        "one refused, one answered ALREADY_COMPLETED"
+    );
+}
