@@ -432,20 +432,24 @@ mod tests {
         }
     }
 
+    /// Asserts that each `(from, event, to)` applies, moving `from` to `to`.
+    fn assert_applies(cases: &[(JobStatus, JobEvent, JobStatus)]) {
+        for &(from, event, to) in cases {
+            assert_eq!(
+                transition(from, event),
+                Transition::Apply { to },
+                "{from:?} + {event:?}"
+            );
+        }
+    }
+
     #[test]
     fn progress_and_position_updates_are_self_loops() {
-        assert_eq!(
-            transition(S::InProgress, E::Started),
-            Transition::Apply { to: S::InProgress }
-        );
-        assert_eq!(
-            transition(S::Submitted, E::Queued),
-            Transition::Apply { to: S::Submitted }
-        );
-        assert_eq!(
-            transition(S::Uploading, E::UploadReclaimed),
-            Transition::Apply { to: S::Uploading }
-        );
+        assert_applies(&[
+            (S::InProgress, E::Started, S::InProgress),
+            (S::Submitted, E::Queued, S::Submitted),
+            (S::Uploading, E::UploadReclaimed, S::Uploading),
+        ]);
     }
 
     #[test]
@@ -458,10 +462,7 @@ mod tests {
 
     #[test]
     fn only_a_success_awaiting_custody_can_lose_its_artifacts() {
-        assert_eq!(
-            transition(S::Finishing, E::ArtifactUnavailable),
-            Transition::Apply { to: S::Failed }
-        );
+        assert_applies(&[(S::Finishing, E::ArtifactUnavailable, S::Failed)]);
         for from in [S::Succeeded, S::Failed, S::Cancelled, S::TimedOut] {
             assert_eq!(
                 transition(from, E::ArtifactUnavailable),
@@ -474,18 +475,11 @@ mod tests {
 
     #[test]
     fn a_lost_submit_resolves_either_way() {
-        assert_eq!(
-            transition(S::SubmitUnknown, E::Submitted),
-            Transition::Apply { to: S::Submitted }
-        );
-        assert_eq!(
-            transition(S::SubmitUnknown, E::Completed),
-            Transition::Apply { to: S::Succeeded }
-        );
-        assert_eq!(
-            transition(S::SubmitUnknown, E::TimedOut),
-            Transition::Apply { to: S::TimedOut }
-        );
+        assert_applies(&[
+            (S::SubmitUnknown, E::Submitted, S::Submitted),
+            (S::SubmitUnknown, E::Completed, S::Succeeded),
+            (S::SubmitUnknown, E::TimedOut, S::TimedOut),
+        ]);
     }
 
     #[test]
