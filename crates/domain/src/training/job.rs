@@ -432,24 +432,26 @@ mod tests {
         }
     }
 
-    /// Asserts that each `(from, event, to)` applies, moving `from` to `to`.
-    fn assert_applies(cases: &[(JobStatus, JobEvent, JobStatus)]) {
-        for &(from, event, to) in cases {
+    #[test]
+    fn applied_transitions_reach_their_targets() {
+        for (from, event, to) in [
+            // Progress and position updates are self-loops.
+            (S::InProgress, E::Started, S::InProgress),
+            (S::Submitted, E::Queued, S::Submitted),
+            (S::Uploading, E::UploadReclaimed, S::Uploading),
+            // Only a success awaiting custody can lose its artifacts.
+            (S::Finishing, E::ArtifactUnavailable, S::Failed),
+            // A lost submit resolves either way.
+            (S::SubmitUnknown, E::Submitted, S::Submitted),
+            (S::SubmitUnknown, E::Completed, S::Succeeded),
+            (S::SubmitUnknown, E::TimedOut, S::TimedOut),
+        ] {
             assert_eq!(
                 transition(from, event),
                 Transition::Apply { to },
                 "{from:?} + {event:?}"
             );
         }
-    }
-
-    #[test]
-    fn progress_and_position_updates_are_self_loops() {
-        assert_applies(&[
-            (S::InProgress, E::Started, S::InProgress),
-            (S::Submitted, E::Queued, S::Submitted),
-            (S::Uploading, E::UploadReclaimed, S::Uploading),
-        ]);
     }
 
     #[test]
@@ -461,8 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_success_awaiting_custody_can_lose_its_artifacts() {
-        assert_applies(&[(S::Finishing, E::ArtifactUnavailable, S::Failed)]);
+    fn an_ended_job_cannot_lose_its_artifacts() {
         for from in [S::Succeeded, S::Failed, S::Cancelled, S::TimedOut] {
             assert_eq!(
                 transition(from, E::ArtifactUnavailable),
@@ -471,15 +472,6 @@ mod tests {
                 }
             );
         }
-    }
-
-    #[test]
-    fn a_lost_submit_resolves_either_way() {
-        assert_applies(&[
-            (S::SubmitUnknown, E::Submitted, S::Submitted),
-            (S::SubmitUnknown, E::Completed, S::Succeeded),
-            (S::SubmitUnknown, E::TimedOut, S::TimedOut),
-        ]);
     }
 
     #[test]
