@@ -34,9 +34,7 @@ pub async fn delete_avatar(
         .store
         .delete_avatar(tenant_id, avatar_id)
         .await
-        .map_err(ServiceError::missing_as(|| {
-            ServiceError::avatar_not_found(avatar_id)
-        }))?;
+        .map_err(ServiceError::avatar_missing(avatar_id))?;
     crate::workers::janitor::purge_deleted_blobs(service).await;
     Ok(())
 }
