@@ -18,7 +18,7 @@ pub async fn delete_avatar(
     avatar_id: AvatarId,
 ) -> Result<(), ServiceError> {
     // Running jobs are cancelled on fal first: nobody will want their result. The cancel is
-    // recorded as owed before fal is called, so one fal does not confirm (or one whose
+    // recorded as owed before fal is called, so a cancel fal does not confirm (or one whose
     // request id is not known yet, mid-submit) is retried by the reconciler; the job itself
     // ends here at once.
     for job in service
