@@ -3,6 +3,7 @@
 
 mod auth;
 mod avatars;
+mod cancels;
 mod connections;
 mod database;
 mod deletion;

@@ -632,3 +632,59 @@ async fn decodes_past_the_pixel_budget_wait_instead_of_failing(pool: PgPool) {
         assert_eq!(report["accepted"].as_array().unwrap().len(), 4, "{report}");
     }
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_photo_whose_upload_died_can_be_sent_again_one_lease_later(pool: PgPool) {
+    let app = TestApp::spawn_with(store::Store::new(pool.clone()), |settings| {
+        settings.jobs.lease = std::time::Duration::from_secs(3);
+        settings.workers.janitor = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let avatar = app
+        .create_avatar(json!({"name": "killed upload", "kind": "character"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let photo = images::jpeg(2);
+    let first: Value = app
+        .upload(&avatar, vec![("first.jpg".into(), photo.clone())])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["accepted"].as_array().unwrap().len(), 1);
+    // The process storing the bytes died: its row stays pending, as a reservation.
+    sqlx::query(
+        "UPDATE photos SET state = 'pending', created_at = now() WHERE avatar_id = $1::uuid",
+    )
+    .bind(&avatar)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused: Value = app
+        .upload(&avatar, vec![("again.jpg".into(), photo.clone())])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        codes(&refused["rejected"]),
+        [("again.jpg".to_string(), "duplicate_photo".to_string())]
+    );
+    // One lease (JOB_LEASE) later the janitor takes the dead reservation away.
+    app.eventually("the same file to be taken again", || async {
+        let report: Value = app
+            .upload(&avatar, vec![("again.jpg".into(), photo.clone())])
+            .await
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if report["accepted"].as_array().map_or(0, Vec::len) == 1 {
+            Ok(())
+        } else {
+            Err(report.to_string())
+        }
+    })
+    .await;
+}

@@ -121,6 +121,18 @@ fn has_control_chars(value: &str) -> bool {
     value.chars().any(char::is_control)
 }
 
+/// `too_long` when `value` has more than `max` characters.
+fn check_max_chars(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
+    if value.chars().count() > max {
+        return Err(FieldViolation::new(
+            field,
+            "too_long",
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// A display name: 1 to 100 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AvatarName(String);
@@ -133,13 +145,7 @@ impl AvatarName {
         if trimmed.is_empty() {
             return Err(FieldViolation::new(field, "blank", "must not be blank"));
         }
-        if trimmed.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(
-                field,
-                "too_long",
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
+        check_max_chars(field, trimmed, Self::MAX_CHARS)?;
         if has_control_chars(trimmed) {
             return Err(FieldViolation::new(
                 field,
@@ -166,13 +172,7 @@ impl OwnerRef {
         if value.is_empty() {
             return Err(FieldViolation::new(field, "blank", "must not be empty"));
         }
-        if value.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(
-                field,
-                "too_long",
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
+        check_max_chars(field, value, Self::MAX_CHARS)?;
         if has_control_chars(value) || value != value.trim() {
             return Err(FieldViolation::new(
                 field,

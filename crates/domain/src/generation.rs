@@ -589,35 +589,26 @@ mod tests {
 
     #[test]
     fn a_generation_status_follows_its_items() {
+        use GenerationStatus as G;
         use JobStatus as S;
         let status =
             |items: &[ItemState]| generation_status(ItemsSummary::of(items.iter().copied()));
         let done = |s| item(s, false, false);
-        assert_eq!(
-            status(&[done(S::Pending), done(S::Pending)]),
-            GenerationStatus::Pending
-        );
-        assert_eq!(
-            status(&[done(S::Pending), done(S::Submitted)]),
-            GenerationStatus::InProgress
-        );
-        // Succeeded but its images are still being copied: not finished.
-        assert_eq!(
-            status(&[item(S::Succeeded, true, false)]),
-            GenerationStatus::InProgress
-        );
-        assert_eq!(
-            status(&[done(S::Succeeded), done(S::Succeeded)]),
-            GenerationStatus::Succeeded
-        );
-        assert_eq!(
-            status(&[done(S::Failed), done(S::TimedOut)]),
-            GenerationStatus::Failed
-        );
-        assert_eq!(
-            status(&[done(S::Succeeded), done(S::Cancelled)]),
-            GenerationStatus::PartiallySucceeded
-        );
+        let cases: [(Vec<ItemState>, GenerationStatus); 6] = [
+            (vec![done(S::Pending), done(S::Pending)], G::Pending),
+            (vec![done(S::Pending), done(S::Submitted)], G::InProgress),
+            // Succeeded but its images are still being copied: not finished.
+            (vec![item(S::Succeeded, true, false)], G::InProgress),
+            (vec![done(S::Succeeded), done(S::Succeeded)], G::Succeeded),
+            (vec![done(S::Failed), done(S::TimedOut)], G::Failed),
+            (
+                vec![done(S::Succeeded), done(S::Cancelled)],
+                G::PartiallySucceeded,
+            ),
+        ];
+        for (items, expected) in cases {
+            assert_eq!(status(&items), expected, "{items:?}");
+        }
     }
 
     #[test]

@@ -63,6 +63,15 @@ impl PhotoFormat {
             .find(|f| f.as_str() == value)
     }
 
+    /// The file extension of a photo in this format (`jpg`, `png`, `webp`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpg",
+            Self::Png => "png",
+            Self::Webp => "webp",
+        }
+    }
+
     pub fn content_type(self) -> &'static str {
         match self {
             Self::Jpeg => "image/jpeg",

@@ -172,10 +172,7 @@ pub struct TrainingUsage {
 
 impl TrainingUsage {
     pub fn count(&self, status: JobStatus) -> u64 {
-        JobStatus::ALL
-            .iter()
-            .position(|s| *s == status)
-            .map_or(0, |i| self.by_status[i])
+        count_of(&JobStatus::ALL, &self.by_status, status)
     }
 
     pub fn total(&self) -> u64 {
@@ -195,10 +192,7 @@ pub struct GenerationUsage {
 
 impl GenerationUsage {
     pub fn count(&self, status: GenerationStatus) -> u64 {
-        GenerationStatus::ALL
-            .iter()
-            .position(|s| *s == status)
-            .map_or(0, |i| self.by_status[i])
+        count_of(&GenerationStatus::ALL, &self.by_status, status)
     }
 
     pub fn total(&self) -> u64 {
@@ -231,9 +225,7 @@ impl Usage {
         let t = &mut self.trainings;
         // Counted as callers see the training: one still finishing is in progress.
         let seen = tally.status.as_seen();
-        if let Some(i) = JobStatus::ALL.iter().position(|s| *s == seen) {
-            t.by_status[i] += tally.count;
-        }
+        add_count(&JobStatus::ALL, &mut t.by_status, seen, tally.count);
         t.estimated_cost_usd = round_usd(t.estimated_cost_usd + tally.estimated_cost_usd);
         t.actual_cost_usd = add_known(t.actual_cost_usd, tally.actual_cost_usd);
     }
@@ -241,12 +233,29 @@ impl Usage {
     fn add_generations(&mut self, tally: &GenerationTally) {
         let g = &mut self.generations;
         let status = generation_status(tally.items);
-        if let Some(i) = GenerationStatus::ALL.iter().position(|s| *s == status) {
-            g.by_status[i] += tally.count;
-        }
+        add_count(
+            &GenerationStatus::ALL,
+            &mut g.by_status,
+            status,
+            tally.count,
+        );
         g.images += tally.images;
         g.estimated_cost_usd = round_usd(g.estimated_cost_usd + tally.estimated_cost_usd);
         g.actual_cost_usd = add_known(g.actual_cost_usd, tally.actual_cost_usd);
+    }
+}
+
+/// The count of `status` in `counts`, which is indexed like `all`.
+fn count_of<S: PartialEq>(all: &[S], counts: &[u64], status: S) -> u64 {
+    all.iter()
+        .position(|s| *s == status)
+        .map_or(0, |i| counts[i])
+}
+
+/// Adds `n` to the count of `status` in `counts`, which is indexed like `all`.
+fn add_count<S: PartialEq>(all: &[S], counts: &mut [u64], status: S, n: u64) {
+    if let Some(i) = all.iter().position(|s| *s == status) {
+        counts[i] += n;
     }
 }
 

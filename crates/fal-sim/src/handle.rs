@@ -85,6 +85,7 @@ impl FalSim {
             http,
             shutdown: CancellationToken::new(),
             held_submits: tokio::sync::Semaphore::new(0),
+            held_uploads: tokio::sync::Semaphore::new(0),
         });
         if let Some(key) = default_key {
             sim.register_key(&key, KeyKind::Valid);
@@ -170,6 +171,22 @@ impl FalSim {
     /// are held).
     pub fn release_held_submits(&self, count: usize) {
         self.sim.held_submits.add_permits(count);
+    }
+
+    /// The next `count` single-PUT uploads to fal storage are held before their body is
+    /// stored, until [`FalSim::release_held_uploads`]: a slow upload.
+    pub fn hold_next_uploads(&self, count: u32) {
+        self.sim.lock().uploads_to_hold += count;
+    }
+
+    /// Lets `count` held uploads finish (now, or as soon as they are held).
+    pub fn release_held_uploads(&self, count: usize) {
+        self.sim.held_uploads.add_permits(count);
+    }
+
+    /// How many uploads were held so far (held now, or released since).
+    pub fn uploads_held(&self) -> u32 {
+        self.sim.lock().uploads_held
     }
 
     /// Delivers every held webhook, one after another in `order`. Returns how many.

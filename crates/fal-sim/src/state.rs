@@ -37,6 +37,8 @@ pub(crate) struct Sim {
     pub shutdown: CancellationToken,
     /// Permits for submit answers held by a `HoldResponse` fault.
     pub held_submits: tokio::sync::Semaphore,
+    /// Permits for upload bodies held by [`crate::FalSim::hold_next_uploads`].
+    pub held_uploads: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -57,6 +59,10 @@ pub(crate) struct Inner {
     pub request_faults: VecDeque<(Option<String>, RequestFaults)>,
     pub jwks_down: bool,
     pub held_webhooks: Vec<String>,
+    /// Upload PUTs still to hold before storing their body.
+    pub uploads_to_hold: u32,
+    /// Upload PUTs held so far (held now or released).
+    pub uploads_held: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -146,6 +146,21 @@ pub(crate) async fn put_single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let hold = {
+        let mut inner = sim.lock();
+        let hold = inner.uploads_to_hold > 0;
+        if hold {
+            inner.uploads_to_hold -= 1;
+            inner.uploads_held += 1;
+        }
+        hold
+    };
+    if hold {
+        sim.changed.notify_waiters();
+        if let Ok(permit) = sim.held_uploads.acquire().await {
+            permit.forget();
+        }
+    }
     let mut inner = sim.lock();
     match inner.uploads.get(&upload_id) {
         Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}

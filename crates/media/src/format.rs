@@ -7,54 +7,14 @@
 
 use std::fmt;
 
-/// The photo formats the service accepts and fal's trainers decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PhotoFormat {
-    Jpeg,
-    Png,
-    Webp,
-}
+pub use domain::PhotoFormat;
 
-impl PhotoFormat {
-    /// Stable lower-case name (`jpeg`, `png`, `webp`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhotoFormat::Jpeg => "jpeg",
-            PhotoFormat::Png => "png",
-            PhotoFormat::Webp => "webp",
-        }
-    }
-
-    /// File extension used for entries in the training archive.
-    pub fn extension(self) -> &'static str {
-        match self {
-            PhotoFormat::Jpeg => "jpg",
-            PhotoFormat::Png => "png",
-            PhotoFormat::Webp => "webp",
-        }
-    }
-
-    /// MIME type to store alongside the blob.
-    pub fn mime_type(self) -> &'static str {
-        match self {
-            PhotoFormat::Jpeg => "image/jpeg",
-            PhotoFormat::Png => "image/png",
-            PhotoFormat::Webp => "image/webp",
-        }
-    }
-
-    pub(crate) fn image_format(self) -> image::ImageFormat {
-        match self {
-            PhotoFormat::Jpeg => image::ImageFormat::Jpeg,
-            PhotoFormat::Png => image::ImageFormat::Png,
-            PhotoFormat::Webp => image::ImageFormat::WebP,
-        }
-    }
-}
-
-impl fmt::Display for PhotoFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The `image` crate's name for `format`.
+pub(crate) fn image_format(format: PhotoFormat) -> image::ImageFormat {
+    match format {
+        PhotoFormat::Jpeg => image::ImageFormat::Jpeg,
+        PhotoFormat::Png => image::ImageFormat::Png,
+        PhotoFormat::Webp => image::ImageFormat::WebP,
     }
 }
 

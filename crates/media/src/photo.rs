@@ -13,7 +13,7 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, Limits};
 use sha2::{Digest, Sha256};
 
 use crate::faces::{detect_faces, detection_factor, upright_detection_copy, FaceInspection};
-use crate::format::{sniff, FileKind, PhotoFormat};
+use crate::format::{image_format, sniff, FileKind, PhotoFormat};
 use crate::header;
 use crate::quality::{
     GrayThumbnail, QualityMetrics, ThumbnailBuilder, BLURRY_LAPLACIAN_VARIANCE_BELOW,
@@ -463,7 +463,7 @@ pub(crate) fn decode(
     format: PhotoFormat,
     rules: &PhotoRules,
 ) -> Result<(DynamicImage, u8), ImageError> {
-    let mut reader = ImageReader::with_format(Cursor::new(data), format.image_format());
+    let mut reader = ImageReader::with_format(Cursor::new(data), image_format(format));
     reader.limits(rules.decoder_limits());
     let mut decoder = reader.into_decoder()?;
     // A broken EXIF block is common and harmless: treat it as "no rotation".

@@ -78,9 +78,7 @@ pub async fn get_avatar(
         .store
         .get_avatar(tenant_id, avatar_id)
         .await
-        .map_err(ServiceError::missing_as(|| {
-            ServiceError::avatar_not_found(avatar_id)
-        }))
+        .map_err(ServiceError::avatar_missing(avatar_id))
 }
 
 /// Renames an avatar, or changes its trigger phrase while it is untrained.

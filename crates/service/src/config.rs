@@ -115,6 +115,13 @@ pub struct Config {
     /// The wait after the first failed custody attempt, doubling after each further one up
     /// to 64 times this (`CUSTODY_RETRY_INTERVAL`).
     pub custody_retry_interval: Duration,
+    /// Attempts at a cancel owed to fal (a caller's, a deadline's, a deleted avatar's) that
+    /// fal answers with a server or transport error, before the job ends with the cancel
+    /// unconfirmed (`CANCEL_MAX_ATTEMPTS`).
+    pub cancel_max_attempts: u32,
+    /// The wait after the first failed cancel, doubling after each further one up to 64
+    /// times this (`CANCEL_RETRY_INTERVAL`).
+    pub cancel_retry_interval: Duration,
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
@@ -527,6 +534,8 @@ impl Config {
         "GENERATION_TIMEOUT",
         "CUSTODY_MAX_ATTEMPTS",
         "CUSTODY_RETRY_INTERVAL",
+        "CANCEL_MAX_ATTEMPTS",
+        "CANCEL_RETRY_INTERVAL",
         "SECRETS_KEYS",
     ];
 
@@ -704,6 +713,10 @@ impl Config {
                 .unwrap_or(8),
             custody_retry_interval: env
                 .seconds("CUSTODY_RETRY_INTERVAL", 1, 3600)?
+                .unwrap_or(Duration::from_secs(10)),
+            cancel_max_attempts: env.parse_range("CANCEL_MAX_ATTEMPTS", 1, 100)?.unwrap_or(8),
+            cancel_retry_interval: env
+                .seconds("CANCEL_RETRY_INTERVAL", 1, 3600)?
                 .unwrap_or(Duration::from_secs(10)),
             generation_max_prompts: env
                 .parse_range("GENERATION_MAX_PROMPTS", 1, 100)?
@@ -1717,6 +1730,39 @@ mod tests {
                     .unwrap_err()
                     .variable,
                 "CUSTODY_RETRY_INTERVAL"
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_attempts_and_their_interval_are_configurable_within_bounds() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.cancel_max_attempts, 8);
+        assert_eq!(defaults.cancel_retry_interval, Duration::from_secs(10));
+        let low = config(&[("CANCEL_MAX_ATTEMPTS", "1"), ("CANCEL_RETRY_INTERVAL", "1")]).unwrap();
+        assert_eq!(low.cancel_max_attempts, 1);
+        assert_eq!(low.cancel_retry_interval, Duration::from_secs(1));
+        let high = config(&[
+            ("CANCEL_MAX_ATTEMPTS", "100"),
+            ("CANCEL_RETRY_INTERVAL", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(high.cancel_max_attempts, 100);
+        assert_eq!(high.cancel_retry_interval, Duration::from_secs(3600));
+        for bad in ["0", "101", "many"] {
+            assert_eq!(
+                config(&[("CANCEL_MAX_ATTEMPTS", bad)])
+                    .unwrap_err()
+                    .variable,
+                "CANCEL_MAX_ATTEMPTS"
+            );
+        }
+        for bad in ["0", "3601", "soon"] {
+            assert_eq!(
+                config(&[("CANCEL_RETRY_INTERVAL", bad)])
+                    .unwrap_err()
+                    .variable,
+                "CANCEL_RETRY_INTERVAL"
             );
         }
     }

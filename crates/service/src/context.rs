@@ -100,6 +100,10 @@ pub struct JobSettings {
     pub custody_max_attempts: u32,
     /// The first wait between custody attempts; it doubles, up to 64 times this.
     pub custody_retry_interval: Duration,
+    /// Failed attempts at a cancel owed to fal before it ends unconfirmed.
+    pub cancel_max_attempts: u32,
+    /// The first wait between cancel attempts; it doubles, up to 64 times this.
+    pub cancel_retry_interval: Duration,
     pub generation_prices: domain::GenerationPrices,
 }
 
@@ -134,6 +138,8 @@ impl JobSettings {
             generation_timeout: config.generation_timeout,
             custody_max_attempts: config.custody_max_attempts,
             custody_retry_interval: config.custody_retry_interval,
+            cancel_max_attempts: config.cancel_max_attempts,
+            cancel_retry_interval: config.cancel_retry_interval,
             generation_prices: domain::GenerationPrices::default(),
         }
     }

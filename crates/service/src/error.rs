@@ -323,6 +323,11 @@ impl ServiceError {
             other => other.into(),
         }
     }
+
+    /// [`ServiceError::missing_as`] for the avatar `id`.
+    pub fn avatar_missing(id: domain::AvatarId) -> impl FnOnce(store::StoreError) -> ServiceError {
+        Self::missing_as(move || Self::avatar_not_found(id))
+    }
 }
 
 /// Why a worker gave up on a job: the stable code and words the job's caller sees.

@@ -70,6 +70,10 @@ impl FalLink {
             url("FAL_CDN_URL", &settings.cdn_url)?,
         );
         config.retry.submit.max_retries = settings.max_retries;
+        // A cancel is owed durably and retried by the reconciler with its own growing wait
+        // (`CANCEL_RETRY_INTERVAL`, `CANCEL_MAX_ATTEMPTS`): one call per attempt, so an attempt
+        // never holds a worker through the client's own back-off.
+        config.retry.cancel = fal::RetryPolicy::none();
         let client = fal::FalClient::new(config)
             .map_err(|e| FalSetupError {
                 variable: "FAL_KEY",

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use domain::{JobEvent, JobStatus, Trainer, TrainingParams};
 use serde_json::Value;
-use store::{JobChanges, JobRecord};
+use store::{CancelCause, CancelOutcome, JobChanges, JobRecord};
 use uuid::Uuid;
 
 use crate::context::Service;
@@ -109,6 +109,11 @@ pub fn completion_events(
                 JobChanges {
                     error_code: Some(failure.code),
                     error_message: Some(failure.message),
+                    // The cancel we owed fal took effect: it is no longer owed.
+                    cancel_outcome: job
+                        .cancel_due_at
+                        .is_some()
+                        .then_some(CancelOutcome::Requested),
                     ..request_known
                 },
             ),
@@ -158,74 +163,155 @@ fn timed_out(job: &JobRecord) -> JobFailure {
     )
 }
 
-/// A caller's cancel: recorded first (so it survives a failed call to fal), then carried out.
-/// A job being uploaded is left to its worker, which sees the request before submitting or
-/// cancels on fal right after.
+/// A caller's cancel: recorded first as a cancel owed to fal (so it survives a failed call
+/// to fal or a restart: the reconciler retries it), then carried out. A job being uploaded
+/// is left to its worker, which sees the request before submitting or cancels on fal right
+/// after.
 pub async fn cancel_for_caller(
     service: &Service,
     tenant: domain::TenantId,
     id: Uuid,
 ) -> Result<JobRecord, ServiceError> {
     let job = service.store.request_cancel(tenant, id).await?;
-    if job.status() == JobStatus::Uploading {
+    if job.status() == JobStatus::Uploading && job.fal_request_id.is_none() {
         return Ok(job);
     }
-    cancel_job(service, &job, "cancelled by the caller").await
+    carry_out_cancel(service, &job, CancelCause::Caller, None).await
 }
 
-/// Cancels a job: at once when nothing was sent to fal yet, on fal otherwise. When fal says
-/// the request already completed, its result wins.
+/// The event that ends a job whose owed cancel took effect (or was given up), and the
+/// failure it records.
+fn cancel_ending(job: &JobRecord, cause: CancelCause) -> (JobEvent, JobFailure) {
+    match cause {
+        CancelCause::Deadline => (JobEvent::TimedOut, timed_out(job)),
+        CancelCause::AvatarDeleted => (
+            JobEvent::Cancelled,
+            JobFailure::new("cancelled", "the avatar was deleted"),
+        ),
+        CancelCause::Caller => (
+            JobEvent::Cancelled,
+            JobFailure::new("cancelled", "cancelled by the caller"),
+        ),
+    }
+}
+
+/// Carries out the cancel a job is owed (`fallback` says why when the job records no cause):
+/// at once when nothing was sent to fal, on fal otherwise. The job ends as fal answers: a
+/// 202 or 404 ends it cancelled (timed out, past its deadline); when fal says the request
+/// already completed, its result wins. A server or transport error leaves the cancel owed,
+/// to be retried by the reconciler after a growing wait (`CANCEL_RETRY_INTERVAL`); after
+/// `CANCEL_MAX_ATTEMPTS` failures the job ends anyway, with `cancel_unconfirmed`. A job that
+/// already ended here (its avatar was deleted mid-submit) only has the cancel sent.
+/// `fence` is the reconciler's lease; `None` from request handlers.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
-pub async fn cancel_job(
+pub async fn carry_out_cancel(
     service: &Service,
     job: &JobRecord,
-    cause: &str,
+    fallback: CancelCause,
+    fence: Option<i64>,
 ) -> Result<JobRecord, ServiceError> {
     let status = job.status();
+    let cause = job
+        .cancel_cause
+        .as_deref()
+        .and_then(CancelCause::parse)
+        .unwrap_or(fallback);
     // A finishing job is done at fal: as when fal answers that a request already completed,
     // its result wins.
-    if status.is_terminal() || status == JobStatus::Finishing {
-        return Ok(job.clone());
+    if status == JobStatus::Finishing {
+        service
+            .store
+            .settle_cancel(job.id, CancelOutcome::AlreadyCompleted)
+            .await?;
+        return reload(service, job.id).await;
     }
-    let request = request_ref(service, job);
-    if let (Some(fal), Some(request)) = (service.fal.as_ref(), request) {
-        match service
-            .metrics
-            .fal_call(
-                crate::metrics::FalOperation::Cancel,
-                fal.client.cancel(&request),
-            )
-            .await
-        {
-            Ok(fal::CancelOutcome::CancellationRequested) => {}
-            Ok(fal::CancelOutcome::AlreadyCompleted) => {
-                reconcile_job(service, job, None).await;
+    let (fal, request) = match (service.fal.as_ref(), request_ref(service, job)) {
+        (Some(fal), Some(request)) => (fal, request),
+        _ => {
+            // Nothing reached fal, or the submit's answer has not arrived yet: the job ends
+            // here. A cancel stays owed while a submit may have left, so the request is
+            // cancelled once its id is known.
+            if status.is_active() {
+                let (event, failure) = cancel_ending(job, cause);
+                let changes = JobChanges {
+                    cancel_outcome: job
+                        .submit_started_at
+                        .is_none()
+                        .then_some(CancelOutcome::NotSubmitted),
+                    ..failure.changes()
+                };
+                service
+                    .store
+                    .apply_event(job.id, event, fence, &changes, cause.as_str())
+                    .await?;
+            }
+            return reload(service, job.id).await;
+        }
+    };
+    let answer = service
+        .metrics
+        .fal_call(
+            crate::metrics::FalOperation::Cancel,
+            fal.client.cancel(&request),
+        )
+        .await;
+    let (outcome, failure) = match answer {
+        Ok(fal::CancelOutcome::CancellationRequested) => (CancelOutcome::Requested, None),
+        Err(fal::FalError::NotFound { .. }) => (CancelOutcome::NotFound, None),
+        Ok(fal::CancelOutcome::AlreadyCompleted) => {
+            service
+                .store
+                .settle_cancel(job.id, CancelOutcome::AlreadyCompleted)
+                .await?;
+            if status.is_active() {
+                // fal finished meanwhile: the result wins over the cancel.
+                reconcile_job(service, job, fence).await;
+            }
+            return reload(service, job.id).await;
+        }
+        Err(error) => {
+            let settings = &service.settings.jobs;
+            let attempts = service
+                .store
+                .record_cancel_failure(job.id, settings.cancel_retry_interval)
+                .await?
+                .unwrap_or(0);
+            if attempts < settings.cancel_max_attempts {
+                tracing::warn!(%error, attempts, "cancelling on fal failed; it is tried again later");
                 return reload(service, job.id).await;
             }
-            Err(fal::FalError::NotFound { .. }) => {}
-            Err(error) => {
-                return Err(ServiceError::unavailable(
-                    "fal_unavailable",
-                    "fal could not be reached to cancel the request; retry later",
-                )
-                .with_source(error))
-            }
+            tracing::error!(%error, attempts, "fal never confirmed the cancel; giving up");
+            (CancelOutcome::Unconfirmed, Some(attempts))
         }
+    };
+    if status.is_terminal() {
+        service.store.settle_cancel(job.id, outcome).await?;
+        return reload(service, job.id).await;
     }
-    service
+    let (event, mut ending) = cancel_ending(job, cause);
+    if let Some(attempts) = failure {
+        ending = JobFailure::new(
+            "cancel_unconfirmed",
+            format!(
+                "{}; fal did not confirm the cancel after {attempts} attempts, so the request \
+                 may still run there",
+                ending.message
+            ),
+        );
+    }
+    let changes = JobChanges {
+        cancel_outcome: Some(outcome),
+        ..ending.changes()
+    };
+    let applied = service
         .store
-        .apply_event(
-            job.id,
-            JobEvent::Cancelled,
-            None,
-            &JobChanges {
-                error_code: Some("cancelled".into()),
-                error_message: Some(cause.to_string()),
-                ..JobChanges::default()
-            },
-            cause,
-        )
+        .apply_event(job.id, event, fence, &changes, cause.as_str())
         .await?;
+    if !matches!(applied, store::EventOutcome::Applied(_)) {
+        // The job moved on meanwhile (fal's callback ended it, say): the cancel is settled
+        // all the same.
+        service.store.settle_cancel(job.id, outcome).await?;
+    }
     reload(service, job.id).await
 }
 
@@ -366,42 +452,26 @@ pub async fn reconcile_job(service: &Service, job: &JobRecord, fence: Option<i64
     }
 }
 
-/// Applies a terminal "timed out" after cancelling on fal.
+/// A job past its deadline: the cancel it is owed is recorded, then carried out (see
+/// [`carry_out_cancel`]). It ends `timed_out` once fal confirms the cancel, or with fal's
+/// result when fal says the request already completed; while fal cannot be reached it stays
+/// as it is and the reconciler retries the cancel.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, tenant_id = %job.tenant_id, avatar_id = ?job.avatar_id, kind = job.kind().as_str()))]
 pub async fn time_out(service: &Service, job: &JobRecord, fence: i64) {
-    if let (Some(fal), Some(request)) = (service.fal.as_ref(), request_ref(service, job)) {
-        match service
-            .metrics
-            .fal_call(
-                crate::metrics::FalOperation::Cancel,
-                fal.client.cancel(&request),
-            )
-            .await
-        {
-            Ok(fal::CancelOutcome::AlreadyCompleted) => {
-                // fal finished meanwhile: the result wins over the deadline.
-                reconcile_job(service, job, Some(fence)).await;
-                return;
-            }
-            Ok(fal::CancelOutcome::CancellationRequested) | Err(fal::FalError::NotFound { .. }) => {
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cancelling a timed-out job on fal")
-            }
-        }
-    }
-    let outcome = service
+    let job = match service
         .store
-        .apply_event(
-            job.id,
-            JobEvent::TimedOut,
-            Some(fence),
-            &timed_out(job).changes(),
-            "deadline passed",
-        )
-        .await;
-    if let Err(error) = outcome {
-        tracing::warn!(%error, "recording a timeout");
+        .record_cancel_intent(job.id, CancelCause::Deadline)
+        .await
+    {
+        Ok(Some(job)) => job,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "recording a timeout's cancel");
+            return;
+        }
+    };
+    if let Err(error) = carry_out_cancel(service, &job, CancelCause::Deadline, Some(fence)).await {
+        tracing::warn!(?error, "timing out a job");
     }
 }
 

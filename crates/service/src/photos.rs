@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use domain::{Avatar, AvatarId, PhotoFormat, PhotoId, PhotoWarning, TenantId};
+use domain::{Avatar, AvatarId, PhotoId, PhotoWarning, TenantId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use store::{PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
@@ -34,14 +34,6 @@ impl RejectedFile {
             code: code.into(),
             message: message.into(),
         }
-    }
-}
-
-fn format_of(format: media::PhotoFormat) -> PhotoFormat {
-    match format {
-        media::PhotoFormat::Jpeg => PhotoFormat::Jpeg,
-        media::PhotoFormat::Png => PhotoFormat::Png,
-        media::PhotoFormat::Webp => PhotoFormat::Webp,
     }
 }
 
@@ -146,7 +138,7 @@ pub async fn admit(
     };
     let new = PhotoFacts {
         file_name: file_name.to_string(),
-        format: format_of(inspection.format),
+        format: inspection.format,
         width: inspection.width,
         height: inspection.height,
         orientation: inspection.orientation,

@@ -47,11 +47,7 @@ pub async fn build_training_archive(
     for (index, photo) in photos.iter().enumerate() {
         let path = scratch.path().join(format!("{index:04}"));
         service.blobs.get_to_file(&photo.blob_key, &path).await?;
-        sources.push((
-            path,
-            media_format(photo.facts.format),
-            photo.facts.orientation,
-        ));
+        sources.push((path, photo.facts.format, photo.facts.orientation));
     }
     let options = media::TrainingArchiveOptions {
         caption,
@@ -74,14 +70,6 @@ pub async fn build_training_archive(
         .await??;
     drop(scratch);
     Ok(summary)
-}
-
-fn media_format(format: domain::PhotoFormat) -> media::PhotoFormat {
-    match format {
-        domain::PhotoFormat::Jpeg => media::PhotoFormat::Jpeg,
-        domain::PhotoFormat::Png => media::PhotoFormat::Png,
-        domain::PhotoFormat::Webp => media::PhotoFormat::Webp,
-    }
 }
 
 /// An image found in a caller's archive.

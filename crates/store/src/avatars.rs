@@ -371,9 +371,9 @@ impl Store {
             )
             .await?;
         }
-        // Every blob that holds the person: photos, caller-supplied training archives, LoRA
-        // weights and configs, generated images. The janitor purges them.
-        sqlx::query(
+        for statement in [
+            // Every blob that holds the person: photos, caller-supplied training archives,
+            // LoRA weights and configs, generated images. The janitor purges them.
             "INSERT INTO blob_deletions (blob_key)
              SELECT blob_key FROM photos WHERE tenant_id = $1 AND avatar_id = $2
              UNION SELECT input_blob_key FROM jobs
@@ -386,41 +386,26 @@ impl Store {
                  JOIN generations g ON g.id = i.generation_id
                  WHERE g.tenant_id = $1 AND g.avatar_id = $2
              ON CONFLICT (blob_key) DO NOTHING",
-        )
-        .bind(tenant_id.0)
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
             "DELETE FROM generation_images i USING generations g
              WHERE g.id = i.generation_id AND g.tenant_id = $1 AND g.avatar_id = $2",
-        )
-        .bind(tenant_id.0)
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
-        // Generations and jobs stay as billing records (endpoint, preset, counts, cost,
-        // status, timings) without personal data: prompts are what the caller wrote about the
-        // person, the trigger phrase names them, results point at their images and weights.
-        sqlx::query(
+            // Generations and jobs stay as billing records (endpoint, preset, counts, cost,
+            // status, timings) without personal data: prompts are what the caller wrote about
+            // the person, the trigger phrase names them, results point at their images and
+            // weights.
             "UPDATE generations SET request = request - 'prompts' - 'prompt' - 'negative_prompt'
              WHERE tenant_id = $1 AND avatar_id = $2",
-        )
-        .bind(tenant_id.0)
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
             "UPDATE jobs SET params = params - 'prompt' - 'negative_prompt' - 'images_data_url'
                      - 'trigger_phrase' - 'trigger_word',
                  trigger_phrase = NULL, input_blob_key = NULL, result = NULL,
                  custody_needed = false, result_fetch_needed = false, updated_at = now()
              WHERE tenant_id = $1 AND avatar_id = $2",
-        )
-        .bind(tenant_id.0)
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
+        ] {
+            sqlx::query(statement)
+                .bind(tenant_id.0)
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+        }
         let result = sqlx::query("DELETE FROM avatars WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id.0)
             .bind(id.0)

@@ -81,6 +81,63 @@ pub struct JobChanges {
     /// A training's model, when the result itself is the whole model (a Pro finetune id):
     /// recorded with the transition, so nothing is left for the custody worker.
     pub model: Option<NewModel>,
+    /// How the cancel owed to fal ended (see [`CancelOutcome`]): recorded with the transition,
+    /// and the cancel is no longer owed.
+    pub cancel_outcome: Option<CancelOutcome>,
+}
+
+/// Why the service owes fal a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelCause {
+    /// The caller cancelled the job.
+    Caller,
+    /// The job's deadline passed.
+    Deadline,
+    /// The job's avatar was deleted.
+    AvatarDeleted,
+}
+
+impl CancelCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Deadline => "deadline",
+            Self::AvatarDeleted => "avatar_deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Caller, Self::Deadline, Self::AvatarDeleted]
+            .into_iter()
+            .find(|cause| cause.as_str() == text)
+    }
+}
+
+/// How a cancel owed to fal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// fal accepted it (202).
+    Requested,
+    /// fal had already finished the request: its result stands.
+    AlreadyCompleted,
+    /// fal does not know the request (404): nothing runs there.
+    NotFound,
+    /// Nothing was ever sent to fal.
+    NotSubmitted,
+    /// fal never confirmed it within the configured attempts.
+    Unconfirmed,
+}
+
+impl CancelOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::AlreadyCompleted => "already_completed",
+            Self::NotFound => "not_found",
+            Self::NotSubmitted => "not_submitted",
+            Self::Unconfirmed => "unconfirmed",
+        }
+    }
 }
 
 /// Jobs someone watches: one job, a generation's items, or an avatar's jobs.
@@ -282,11 +339,13 @@ pub(crate) async fn apply_event_locked(
              fence = CASE WHEN $21::uuid IS NOT NULL THEN fence + 1 ELSE fence END,
              deadline_at = coalesce($23, deadline_at),
              progress_checked_at = CASE WHEN $24 THEN now() ELSE progress_checked_at END,
+             cancel_outcome = coalesce($25, cancel_outcome),
+             cancel_due_at = CASE WHEN $25::text IS NOT NULL THEN NULL ELSE cancel_due_at END,
              updated_at = now()
          WHERE id = $1 AND status = $3 AND ($4::bigint IS NULL OR fence = $4)
          RETURNING {JOB_COLUMNS}),
          recorded AS (INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
-             SELECT id, $25, $3, $2, true, $26 FROM updated WHERE $2::text <> $3::text)
+             SELECT id, $26, $3, $2, true, $27 FROM updated WHERE $2::text <> $3::text)
          SELECT * FROM updated"
     ))
     .bind(job_id)
@@ -313,6 +372,7 @@ pub(crate) async fn apply_event_locked(
     .bind(claim.as_ref().map(|claim| claim.lease.as_secs_f64()))
     .bind(changes.deadline_at)
     .bind(changes.progress_checked)
+    .bind(changes.cancel_outcome.map(CancelOutcome::as_str))
     .bind(event.as_str())
     .bind(cause)
     .fetch_optional(&mut **tx)
@@ -780,7 +840,8 @@ impl Store {
     pub async fn mark_submit_started(&self, job_id: Uuid, fence: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE jobs SET submit_started_at = now(), updated_at = now()
-             WHERE id = $1 AND fence = $2 AND status = $3 AND cancel_requested_at IS NULL",
+             WHERE id = $1 AND fence = $2 AND status = $3 AND cancel_requested_at IS NULL
+               AND cancel_due_at IS NULL",
         )
         .bind(job_id)
         .bind(fence)
@@ -793,8 +854,8 @@ impl Store {
     /// Leases up to `limit` jobs due for a safety-net status check and pushes their next
     /// check back: the `n`-th check (from 1) waits `gaps[n - 1]` for the next, the last gap
     /// repeating. A job at fal whose status was looked up less than `interval` ago waits for
-    /// the interval to pass. Includes jobs past their deadline and uploads whose worker died
-    /// after sending the submit.
+    /// the interval to pass. Includes jobs past their deadline (unless a cancel owed to fal
+    /// will end them) and uploads whose worker died after sending the submit.
     pub async fn claim_due_checks(
         &self,
         owner: Uuid,
@@ -817,7 +878,9 @@ impl Store {
                          AND (progress_checked_at IS NULL
                               OR progress_checked_at <= now() - make_interval(secs => $8)))
                      OR (status = $6 AND submit_started_at IS NOT NULL AND lease_until < now())
-                     OR (status = ANY($7) AND deadline_at <= now()))
+                     OR (status = ANY($7) AND deadline_at <= now()
+                         -- an owed cancel at fal decides how such a job ends
+                         AND (cancel_due_at IS NULL OR fal_request_id IS NULL)))
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY next_check_at NULLS FIRST
                  FOR UPDATE SKIP LOCKED
@@ -915,21 +978,167 @@ impl Store {
         Ok(())
     }
 
-    /// Marks that the caller asked to cancel. Returns the job as it is now.
+    /// Marks that the caller asked to cancel, and (while the job is unfinished) records the
+    /// cancel owed to fal. Returns the job as it is now.
     pub async fn request_cancel(
         &self,
         tenant_id: TenantId,
         id: Uuid,
     ) -> Result<JobRecord, StoreError> {
-        sqlx::query_as(&format!(
-            "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
-             WHERE tenant_id = $1 AND id = $2 RETURNING {JOB_COLUMNS}"
+        let job: JobRecord = tenant_row(
+            &self.pool,
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await?;
+        self.record_cancel_intent(job.id, CancelCause::Caller)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Records that the service owes fal a cancel of the job for `cause`, due now, unless one
+    /// is already owed or was settled. A caller's cancel and an avatar's deletion also mark
+    /// the job as cancel-requested, which stops a submit that has not left yet. Returns the
+    /// job as it is now.
+    pub async fn record_cancel_intent(
+        &self,
+        id: Uuid,
+        cause: CancelCause,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE jobs SET
+                 cancel_requested_at = CASE WHEN $2 <> 'deadline'
+                     THEN coalesce(cancel_requested_at, now()) ELSE cancel_requested_at END,
+                 cancel_due_at = CASE WHEN status = ANY($3) AND cancel_outcome IS NULL
+                     THEN coalesce(cancel_due_at, now()) ELSE cancel_due_at END,
+                 cancel_cause = CASE WHEN status = ANY($3) AND cancel_outcome IS NULL
+                     THEN coalesce(cancel_cause, $2) ELSE cancel_cause END,
+                 updated_at = now()
+             WHERE id = $1 RETURNING {JOB_COLUMNS}"
         ))
-        .bind(tenant_id.0)
         .bind(id)
+        .bind(cause.as_str())
+        .bind(names(JobStatus::ALL.into_iter().filter(|s| s.is_active())))
         .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)
+        .await?)
+    }
+
+    /// Leases up to `limit` jobs whose owed cancel is due and whose fal request is known, in
+    /// any status (a job cancelled here before its submit's answer arrived is cancelled at fal
+    /// once it does). The next attempt is pushed back by the lease, so a replica that dies
+    /// mid-call leaves the cancel to another.
+    pub async fn claim_due_cancels(
+        &self,
+        owner: Uuid,
+        lease: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                 fence = fence + 1,
+                 cancel_due_at = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE cancel_due_at <= now() AND fal_request_id IS NOT NULL
+                   AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY cancel_due_at
+                 FOR UPDATE SKIP LOCKED
+                 LIMIT $3)
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Counts a failed attempt at an owed cancel and schedules the next: after `first_wait`
+    /// the first time, twice as long after each further failure, at most 64 times
+    /// `first_wait`. Returns the attempts failed so far, or `None` when no cancel is owed.
+    pub async fn record_cancel_failure(
+        &self,
+        job_id: Uuid,
+        first_wait: std::time::Duration,
+    ) -> Result<Option<u32>, StoreError> {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE jobs SET cancel_attempts = cancel_attempts + 1,
+                 cancel_due_at = now() + make_interval(
+                     secs => $2::float8 * power(2, least(cancel_attempts, 6))),
+                 updated_at = now()
+             WHERE id = $1 AND cancel_due_at IS NOT NULL
+             RETURNING cancel_attempts",
+        )
+        .bind(job_id)
+        .bind(first_wait.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(attempts.map(|n| n.max(0) as u32))
+    }
+
+    /// Ends an owed cancel with `outcome` without a transition (the job already ended, or
+    /// fal's result decides how it ends). False when none was owed.
+    pub async fn settle_cancel(
+        &self,
+        job_id: Uuid,
+        outcome: CancelOutcome,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET cancel_due_at = NULL, cancel_outcome = $2, updated_at = now()
+             WHERE id = $1 AND cancel_due_at IS NOT NULL",
+        )
+        .bind(job_id)
+        .bind(outcome.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Records the request a submit's late answer names on a job that has none (it ended
+    /// here while the submit was in flight), so an owed cancel can reach fal. Not a
+    /// transition: the job's status stays. Returns the job when the request was recorded.
+    pub async fn record_late_request(
+        &self,
+        job_id: Uuid,
+        changes: &JobChanges,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE jobs SET fal_request_id = $2, status_url = coalesce($3, status_url),
+                 response_url = coalesce($4, response_url), cancel_url = coalesce($5, cancel_url),
+                 updated_at = now()
+             WHERE id = $1 AND fal_request_id IS NULL
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(job_id)
+        .bind(&changes.fal_request_id)
+        .bind(&changes.status_url)
+        .bind(&changes.response_url)
+        .bind(&changes.cancel_url)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Extends the lease of a worker still working on the job (building, uploading,
+    /// submitting) to `lease` from now. False when the lease is no longer the caller's.
+    pub async fn renew_lease(
+        &self,
+        job_id: Uuid,
+        owner: Uuid,
+        fence: i64,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $4)
+             WHERE id = $1 AND lease_owner = $2 AND fence = $3 AND lease_until IS NOT NULL",
+        )
+        .bind(job_id)
+        .bind(owner)
+        .bind(fence)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     /// Leases a finishing job (its result must still be fetched or its artifacts copied into

@@ -34,8 +34,8 @@ pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};
 pub use idempotency::{IdempotencyClaim, IdempotencyHold, IdempotentResource, IDEMPOTENCY_CLAIM};
 pub use jobs::{
-    EventOutcome, JobChanges, JobWatch, NewTraining, WebhookDelivery, WebhookOutcome,
-    ONE_ACTIVE_TRAINING,
+    CancelCause, CancelOutcome, EventOutcome, JobChanges, JobWatch, NewTraining, WebhookDelivery,
+    WebhookOutcome, ONE_ACTIVE_TRAINING,
 };
 pub use models::NewModel;
 pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};

@@ -129,6 +129,15 @@ pub struct JobRecord {
     pub watched_until: Option<DateTime<Utc>>,
     /// When fal was last asked where the job stands.
     pub progress_checked_at: Option<DateTime<Utc>>,
+    /// Set while the service owes fal a cancel: when it is next tried.
+    pub cancel_due_at: Option<DateTime<Utc>>,
+    /// Why the cancel is owed: `caller`, `deadline` or `avatar_deleted`.
+    pub cancel_cause: Option<String>,
+    /// Cancels sent to fal that failed (5xx, transport errors).
+    pub cancel_attempts: i32,
+    /// How the owed cancel ended: `requested` (fal answered 202), `already_completed`,
+    /// `not_found`, `not_submitted` (nothing reached fal) or `unconfirmed` (attempts ran out).
+    pub cancel_outcome: Option<String>,
 }
 
 impl JobRecord {
@@ -156,7 +165,8 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, avatar_id, kind, status, tr
     result_fetch_needed, custody_needed, fence, submit_started_at, next_check_at, check_failures, \
     deadline_at, cancel_requested_at, created_at, updated_at, submitted_at, started_at, finished_at, \
     generation_id, item_index, attempt, traceparent, \
-    estimated_seconds, status_checks, watched_until, progress_checked_at";
+    estimated_seconds, status_checks, watched_until, progress_checked_at, \
+    cancel_due_at, cancel_cause, cancel_attempts, cancel_outcome";
 
 /// Stored artifacts of a model, for generation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]

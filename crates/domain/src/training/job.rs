@@ -433,19 +433,25 @@ mod tests {
     }
 
     #[test]
-    fn progress_and_position_updates_are_self_loops() {
-        assert_eq!(
-            transition(S::InProgress, E::Started),
-            Transition::Apply { to: S::InProgress }
-        );
-        assert_eq!(
-            transition(S::Submitted, E::Queued),
-            Transition::Apply { to: S::Submitted }
-        );
-        assert_eq!(
-            transition(S::Uploading, E::UploadReclaimed),
-            Transition::Apply { to: S::Uploading }
-        );
+    fn applied_transitions_reach_their_targets() {
+        for (from, event, to) in [
+            // Progress and position updates are self-loops.
+            (S::InProgress, E::Started, S::InProgress),
+            (S::Submitted, E::Queued, S::Submitted),
+            (S::Uploading, E::UploadReclaimed, S::Uploading),
+            // Only a success awaiting custody can lose its artifacts.
+            (S::Finishing, E::ArtifactUnavailable, S::Failed),
+            // A lost submit resolves either way.
+            (S::SubmitUnknown, E::Submitted, S::Submitted),
+            (S::SubmitUnknown, E::Completed, S::Succeeded),
+            (S::SubmitUnknown, E::TimedOut, S::TimedOut),
+        ] {
+            assert_eq!(
+                transition(from, event),
+                Transition::Apply { to },
+                "{from:?} + {event:?}"
+            );
+        }
     }
 
     #[test]
@@ -457,11 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_success_awaiting_custody_can_lose_its_artifacts() {
-        assert_eq!(
-            transition(S::Finishing, E::ArtifactUnavailable),
-            Transition::Apply { to: S::Failed }
-        );
+    fn an_ended_job_cannot_lose_its_artifacts() {
         for from in [S::Succeeded, S::Failed, S::Cancelled, S::TimedOut] {
             assert_eq!(
                 transition(from, E::ArtifactUnavailable),
@@ -470,22 +472,6 @@ mod tests {
                 }
             );
         }
-    }
-
-    #[test]
-    fn a_lost_submit_resolves_either_way() {
-        assert_eq!(
-            transition(S::SubmitUnknown, E::Submitted),
-            Transition::Apply { to: S::Submitted }
-        );
-        assert_eq!(
-            transition(S::SubmitUnknown, E::Completed),
-            Transition::Apply { to: S::Succeeded }
-        );
-        assert_eq!(
-            transition(S::SubmitUnknown, E::TimedOut),
-            Transition::Apply { to: S::TimedOut }
-        );
     }
 
     #[test]

@@ -155,26 +155,9 @@ async fn attempt(
             // Nothing is sent unsigned: the attempt fails and is retried on the schedule, so
             // deliveries resume once the key is back in SECRETS_KEYS.
             tracing::error!(endpoint_id = %claim.endpoint_id, %problem, "cannot sign a delivery");
-            let result = AttemptResult {
-                succeeded: false,
-                status_code: None,
-                latency_ms: 0,
-                error: Some(problem),
-                response_snippet: None,
-            };
+            let result = unanswered(0, problem);
             let next = retry_after_failure(started.try_number, None, settings);
-            service
-                .store
-                .finish_attempt(
-                    claim,
-                    delivery.id,
-                    started.number,
-                    &result,
-                    next,
-                    settings.disable_after,
-                )
-                .await?;
-            return Ok(Held::Failed);
+            return finish(service, claim, delivery, started.number, &result, next).await;
         }
     };
     let body = serde_json::to_vec(&delivery.payload).unwrap_or_default();
@@ -229,17 +212,10 @@ async fn attempt(
             )
         }
         Err(error) => (
-            AttemptResult {
-                succeeded: false,
-                status_code: None,
-                latency_ms,
-                error: Some(format!("{}: {error}", error.code())),
-                response_snippet: None,
-            },
+            unanswered(latency_ms, format!("{}: {error}", error.code())),
             retry_after_failure(started.try_number, None, settings),
         ),
     };
-    let succeeded = result.succeeded;
     service
         .metrics
         .webhook_attempt(match (result.status_code, &next) {
@@ -248,18 +224,41 @@ async fn attempt(
             (Some(_), _) => WebhookAttempt::Rejected,
             (None, _) => WebhookAttempt::Unreachable,
         });
+    finish(service, claim, delivery, started.number, &result, next).await
+}
+
+/// An attempt that got no answer from the endpoint.
+fn unanswered(latency_ms: u32, error: String) -> AttemptResult {
+    AttemptResult {
+        succeeded: false,
+        status_code: None,
+        latency_ms,
+        error: Some(error),
+        response_snippet: None,
+    }
+}
+
+/// Records attempt `number`'s outcome and what the delivery does next.
+async fn finish(
+    service: &Service,
+    claim: &EndpointClaim,
+    delivery: &DueDelivery,
+    number: i32,
+    result: &AttemptResult,
+    next: NextStep,
+) -> Result<Held, store::StoreError> {
     service
         .store
         .finish_attempt(
             claim,
             delivery.id,
-            started.number,
-            &result,
+            number,
+            result,
             next,
-            settings.disable_after,
+            service.settings.events.disable_after,
         )
         .await?;
-    Ok(if succeeded {
+    Ok(if result.succeeded {
         Held::Delivered
     } else {
         Held::Failed

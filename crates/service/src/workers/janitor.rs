@@ -13,8 +13,6 @@ use store::Trim;
 use crate::config::RetentionSettings;
 use crate::context::Service;
 
-/// A pending upload older than this belongs to a process that died.
-const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Blob deletions claimed at once.
 const BLOB_BATCH: i64 = 100;
 /// Blob deletions in flight at once.
@@ -122,7 +120,14 @@ pub async fn trim_expired(service: &Service) {
 
 /// One round of clean-up.
 pub async fn run_once(service: &Service) {
-    match service.store.sweep_abandoned_uploads(ABANDONED_AFTER).await {
+    // A photo stays pending only while its request stores the bytes; one pending for longer
+    // than a lease (`JOB_LEASE`, the time after which work of a process that died is taken
+    // over) belongs to a process that died, and blocks the same file from being sent again.
+    match service
+        .store
+        .sweep_abandoned_uploads(service.settings.jobs.lease)
+        .await
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(uploads = n, "swept abandoned uploads"),
         Err(error) => tracing::warn!(%error, "sweeping abandoned uploads"),

@@ -149,6 +149,9 @@ async fn drain(service: Service, queue: JobQueue, mut stopping: watch::Receiver<
             match (claimed, queue) {
                 (Ok(Some(job)), JobQueue::Submit) => {
                     let span = job_span!("submit_job", &job);
+                    // Building the archive, uploading it and submitting may outlast one lease:
+                    // it is renewed while they run, so no other replica redoes the work.
+                    let _renewing = LeaseHeartbeat::start(&service, &job);
                     submitter::submit(&service, job).instrument(span).await
                 }
                 (Ok(Some(job)), JobQueue::Custody) => {
@@ -167,6 +170,40 @@ async fn drain(service: Service, queue: JobQueue, mut stopping: watch::Receiver<
             _ = tokio::time::sleep(service.settings.workers.idle_poll) => {},
             _ = stopping.changed() => {},
         }
+    }
+}
+
+/// Renews a job's lease every third of its length while a worker works on it; stops when
+/// dropped or when the lease is no longer the worker's (fenced out, handed on, finished).
+struct LeaseHeartbeat(JoinHandle<()>);
+
+impl LeaseHeartbeat {
+    fn start(service: &Service, job: &JobRecord) -> Self {
+        let (service, id, fence) = (service.clone(), job.id, job.fence);
+        let lease = service.settings.jobs.lease;
+        Self(tokio::spawn(async move {
+            let every = (lease / 3).max(Duration::from_millis(10));
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match service
+                    .store
+                    .renew_lease(id, service.worker_id, fence, lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => tracing::warn!(%error, job = %id, "renewing a job lease"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for LeaseHeartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -5,7 +5,8 @@
 //! first looked up once its webhook is overdue (its expected duration plus `FAL_WEBHOOK_GRACE`
 //! after submission), then again after `FAL_STATUS_CHECK_INTERVAL`, doubling up to
 //! `FAL_STATUS_CHECK_MAX_INTERVAL`. Live progress (queue position, percent) is looked up only
-//! for watched jobs, at most once per interval per job, whichever replica does it.
+//! for watched jobs, at most once per interval per job, whichever replica does it. Cancels owed
+//! to fal are sent again when due, with a growing wait, until fal answers them.
 
 use chrono::Utc;
 use domain::{JobEvent, JobStatus};
@@ -49,7 +50,38 @@ pub(super) async fn reconcile_due(service: &Service) {
         let span = job_span!("reconcile", &job);
         check(service, &job).instrument(span).await;
     }
+    carry_out_due_cancels(service).await;
     look_up_watched(service).await;
+}
+
+/// Sends the cancels owed to fal that are due (a caller's, a deadline's, a deleted avatar's
+/// that fal did not confirm yet, or whose request id arrived late), whichever replica
+/// recorded them, also after a restart.
+async fn carry_out_due_cancels(service: &Service) {
+    let jobs = match service
+        .store
+        .claim_due_cancels(service.worker_id, service.settings.jobs.lease, 20)
+        .await
+    {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(%error, "claiming owed cancels");
+            return;
+        }
+    };
+    for job in jobs {
+        let span = job_span!("cancel", &job);
+        let fence = job.fence;
+        let fenced = job.status().is_active().then_some(fence);
+        if let Err(error) =
+            jobs::carry_out_cancel(service, &job, store::CancelCause::Caller, fenced)
+                .instrument(span)
+                .await
+        {
+            tracing::warn!(job = %job.id, ?error, "carrying out an owed cancel");
+        }
+        let _ = service.store.release_lease(job.id, fence).await;
+    }
 }
 
 /// Asks fal where each watched job stands (queue position, progress), at most once per

@@ -20,14 +20,7 @@ use crate::jobs;
 /// Runs in the job's span (see `job_span!`).
 pub(super) async fn submit(service: &Service, job: JobRecord) {
     if job.cancel_requested_at.is_some() {
-        fail(
-            service,
-            &job,
-            JobEvent::Cancelled,
-            JobFailure::new("cancelled", "cancelled before submission"),
-            "cancel requested",
-        )
-        .await;
+        cancel_before_submission(service, &job).await;
         return;
     }
     let (Some(fal), Some(base)) = (
@@ -153,14 +146,7 @@ pub(super) async fn send(
             // Lost the lease, or a cancel arrived: the reloaded job says which.
             if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
                 if current.cancel_requested_at.is_some() && current.fence == fence {
-                    fail(
-                        service,
-                        &current,
-                        JobEvent::Cancelled,
-                        JobFailure::new("cancelled", "cancelled before submission"),
-                        "cancel requested",
-                    )
-                    .await;
+                    cancel_before_submission(service, &current).await;
                 }
             }
             return;
@@ -184,27 +170,23 @@ pub(super) async fn send(
     {
         Ok(submitted) => {
             fal.health.record_refusal(None);
-            record(
-                service,
-                &job,
-                JobEvent::Submitted,
-                fence,
-                JobChanges {
-                    fal_request_id: Some(submitted.request_id.clone()),
-                    status_url: Some(submitted.status_url.to_string()),
-                    response_url: Some(submitted.response_url.to_string()),
-                    cancel_url: Some(submitted.cancel_url.to_string()),
-                    queue_position: submitted.queue_position.map(|p| p as i32),
-                    ..jobs::submission_schedule(service, &job)
-                },
-                "fal accepted the submit",
-            )
-            .await;
-            // A cancel that arrived while the submit was in flight is carried out now.
+            let changes = JobChanges {
+                fal_request_id: Some(submitted.request_id.clone()),
+                status_url: Some(submitted.status_url.to_string()),
+                response_url: Some(submitted.response_url.to_string()),
+                cancel_url: Some(submitted.cancel_url.to_string()),
+                queue_position: submitted.queue_position.map(|p| p as i32),
+                ..jobs::submission_schedule(service, &job)
+            };
+            record_submitted(service, &job, fence, changes).await;
+            // A cancel owed meanwhile (the caller's, arriving while the submit was in flight,
+            // or the avatar's deletion) is carried out now; the reconciler retries it if fal
+            // does not answer.
             if let Ok(Some(current)) = service.store.job_by_id(job.id).await {
-                if current.cancel_requested_at.is_some() && !current.status().is_terminal() {
+                if current.cancel_due_at.is_some() {
                     if let Err(error) =
-                        jobs::cancel_job(service, &current, "cancelled by the caller").await
+                        jobs::carry_out_cancel(service, &current, store::CancelCause::Caller, None)
+                            .await
                     {
                         tracing::warn!(?error, "cancelling after submit");
                     }
@@ -237,6 +219,90 @@ pub(super) async fn send(
                 "submit outcome unknown",
             )
             .await;
+        }
+    }
+}
+
+/// Ends a job whose cancel arrived before its submit left: nothing reached fal, so the cancel
+/// it owes is settled with it.
+async fn cancel_before_submission(service: &Service, job: &JobRecord) {
+    let changes = JobChanges {
+        cancel_outcome: Some(store::CancelOutcome::NotSubmitted),
+        ..JobFailure::new("cancelled", "cancelled before submission").changes()
+    };
+    record(
+        service,
+        job,
+        JobEvent::Cancelled,
+        job.fence,
+        changes,
+        "cancel requested",
+    )
+    .await;
+}
+
+/// Records that fal accepted the submit. The request is never lost: when this worker's lease
+/// ran out meanwhile and the job went `submit_unknown`, the answer still resolves it (no
+/// other worker can have learnt the request id); when the job ended here meanwhile
+/// (cancelled mid-submit), its request is recorded so the cancel it owes reaches fal.
+async fn record_submitted(service: &Service, job: &JobRecord, fence: i64, changes: JobChanges) {
+    let cause = "fal accepted the submit";
+    let outcome = match service
+        .store
+        .apply_event(job.id, JobEvent::Submitted, Some(fence), &changes, cause)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::warn!(%error, "recording the submit");
+            return;
+        }
+    };
+    let outcome = match outcome {
+        store::EventOutcome::Ignored { .. } => {
+            let current = match service.store.job_by_id(job.id).await {
+                Ok(Some(current)) if current.fal_request_id.is_none() => current,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "reloading a job after its submit");
+                    return;
+                }
+            };
+            let recorded = if current.status() == domain::JobStatus::SubmitUnknown {
+                service
+                    .store
+                    .apply_event(
+                        job.id,
+                        JobEvent::Submitted,
+                        None,
+                        &changes,
+                        "fal accepted the submit after the lease ran out",
+                    )
+                    .await
+            } else {
+                service
+                    .store
+                    .record_late_request(job.id, &changes)
+                    .await
+                    .map(|job| match job {
+                        Some(job) => store::EventOutcome::Applied(Box::new(job)),
+                        None => store::EventOutcome::NotFound,
+                    })
+            };
+            match recorded {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::warn!(%error, "recording a late submit answer");
+                    return;
+                }
+            }
+        }
+        outcome => outcome,
+    };
+    // fal may have called back before its request id was stored here.
+    if let store::EventOutcome::Applied(now) = outcome {
+        if job.fal_request_id.is_none() && now.fal_request_id.is_some() {
+            crate::fal_webhook::apply_kept_callbacks(service, &now).await;
         }
     }
 }
