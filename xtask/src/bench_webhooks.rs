@@ -38,6 +38,8 @@ const POOL_SIZE: u32 = 32;
 /// A run stops starting requests after this long, whatever is left.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const USER_ID: &str = "bench-user";
+/// Every this many callbacks, one is delivered twice (answered 200 `duplicate`).
+const DUPLICATE_EVERY: usize = 16;
 
 /// Set by Ctrl-C: the senders and waits stop, and the guards clean up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -132,6 +134,8 @@ struct RunResult {
     requests: usize,
     errors: usize,
     not_applied: usize,
+    /// Answered 200 `duplicate`: the copies sent again.
+    duplicates: usize,
     first_error: Option<String>,
     seconds: f64,
     p50_ms: f64,
@@ -846,6 +850,7 @@ async fn wait_ready(
 }
 
 /// A callback ready to send.
+#[derive(Clone)]
 struct Prepared {
     url: String,
     headers: Vec<(String, String)>,
@@ -866,15 +871,19 @@ async fn fire(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    // fal delivers some callbacks twice: every DUPLICATE_EVERY-th is sent again right after
+    // itself, so the copies often meet in one batch.
     let prepared: Arc<Vec<Prepared>> = Arc::new(
         jobs.iter()
-            .map(|job| {
+            .flat_map(|job| {
                 let body = job.body().into_bytes();
-                Prepared {
+                let call = Prepared {
                     url: format!("{base}/webhooks/fal?job={}&token={}", job.id, job.token),
                     headers: sim.webhook_headers(&job.request_id, USER_ID, now, &body),
                     body,
-                }
+                };
+                let copies = if job.n % DUPLICATE_EVERY == 0 { 2 } else { 1 };
+                std::iter::repeat_n(call, copies)
             })
             .collect(),
     );
@@ -886,6 +895,7 @@ async fn fire(
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let (mut errors, mut not_applied, mut first_error) = (0, 0, None);
+                let mut duplicates = 0;
                 loop {
                     if INTERRUPTED.load(Ordering::Relaxed) || started.elapsed() > RUN_LIMIT {
                         break;
@@ -917,12 +927,13 @@ async fn fire(
                     latencies.push(sent.elapsed());
                     match outcome {
                         Ok(body) => {
-                            let applied = serde_json::from_slice::<serde_json::Value>(&body)
+                            let outcome = serde_json::from_slice::<serde_json::Value>(&body)
                                 .ok()
-                                .and_then(|v| v.get("outcome")?.as_str().map(|s| s == "applied"))
-                                .unwrap_or(false);
-                            if !applied {
-                                not_applied += 1;
+                                .and_then(|v| Some(v.get("outcome")?.as_str()?.to_string()));
+                            match outcome.as_deref() {
+                                Some("applied") => {}
+                                Some("duplicate") => duplicates += 1,
+                                _ => not_applied += 1,
                             }
                         }
                         Err(error) => {
@@ -931,18 +942,20 @@ async fn fire(
                         }
                     }
                 }
-                (latencies, errors, not_applied, first_error)
+                (latencies, errors, not_applied, duplicates, first_error)
             })
         })
         .collect();
     let mut latencies = Vec::with_capacity(jobs.len());
     let (mut errors, mut not_applied, mut first_error) = (0, 0, None);
+    let mut duplicates = 0;
     for task in tasks {
         match task.await {
-            Ok((mut l, e, n, f)) => {
+            Ok((mut l, e, n, d, f)) => {
                 latencies.append(&mut l);
                 errors += e;
                 not_applied += n;
+                duplicates += d;
                 if first_error.is_none() {
                     first_error = f;
                 }
@@ -967,6 +980,7 @@ async fn fire(
         requests: latencies.len(),
         errors,
         not_applied,
+        duplicates,
         first_error,
         seconds,
         p50_ms: percentile(0.50),
@@ -1215,10 +1229,11 @@ fn print_table(label: &str, measured: &Measured) {
     );
     for row in rows {
         println!(
-            "  {} senders: {:.2} s wall; {} answered 200 but not `applied`; {} results or events waited for follow-up work at its end, drained in {:.1} s; \
+            "  {} senders: {:.2} s wall; {} copies sent again answered 200 `duplicate`; {} answered 200 neither `applied` nor `duplicate`; {} results or events waited for follow-up work at its end, drained in {:.1} s; \
              pgbench processed {} (latency average {}), {} of its jobs succeeded once",
             row.senders,
             row.run.seconds,
+            row.run.duplicates,
             row.run.not_applied,
             row.custody_drain.0,
             row.custody_drain.1,

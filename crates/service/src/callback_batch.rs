@@ -8,7 +8,9 @@
 //! commit that holds its change. A batch that fails is applied again callback by callback, so
 //! one bad callback never fails the others.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use store::{BatchedCallback, JobRecord, WebhookOutcome};
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard};
@@ -38,8 +40,19 @@ pub(crate) struct Committed {
 pub struct CallbackQueue {
     sender: mpsc::Sender<Pending>,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    /// Callbacks being verified: on their way to the queue.
+    arriving: Arc<AtomicUsize>,
     settings: CallbackBatchSettings,
     started: Once,
+}
+
+/// A callback on its way to the queue (counted while it is verified).
+pub struct Arriving(Arc<AtomicUsize>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for CallbackQueue {
@@ -63,9 +76,17 @@ impl CallbackQueue {
         Self {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
+            arriving: Arc::default(),
             settings,
             started: Once::new(),
         }
+    }
+
+    /// Counts a callback as on its way until the returned guard is dropped (when it is queued
+    /// or refused): committers wait a little for those.
+    pub fn arriving(&self) -> Arriving {
+        self.arriving.fetch_add(1, Ordering::Relaxed);
+        Arriving(self.arriving.clone())
     }
 
     /// Callbacks queued and not taken by a committer yet.
@@ -83,6 +104,7 @@ impl CallbackQueue {
     pub(crate) async fn commit(
         &self,
         service: &Service,
+        arriving: Arriving,
         pending: impl FnOnce(oneshot::Sender<Result<Committed, ServiceError>>) -> Pending,
     ) -> Result<Committed, ServiceError> {
         self.start(service);
@@ -93,10 +115,9 @@ impl CallbackQueue {
                 "this replica cannot commit callbacks now; retry later",
             )
         };
-        self.sender
-            .send(pending(reply))
-            .await
-            .map_err(|_| stopped())?;
+        let sent = self.sender.send(pending(reply)).await;
+        drop(arriving);
+        sent.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -107,32 +128,63 @@ impl CallbackQueue {
                 tokio::spawn(run(
                     service.clone(),
                     self.receiver.clone(),
-                    self.settings.max_callbacks,
+                    self.arriving.clone(),
+                    self.settings,
                 ));
             }
         });
     }
 }
 
-/// One committer: takes what is queued, commits it, and again.
-async fn run(service: Service, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, max: usize) {
+/// One committer: takes what is queued (waiting up to the configured wait for callbacks still
+/// being verified), commits it, and again.
+async fn run(
+    service: Service,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    arriving: Arc<AtomicUsize>,
+    settings: CallbackBatchSettings,
+) {
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else {
                 return;
             };
-            let mut batch = vec![first];
-            while batch.len() < max {
-                match receiver.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-            batch
+            collect(&mut receiver, first, &arriving, settings).await
         };
         commit_batch(&service, batch).await;
     }
+}
+
+/// A batch starting with `first`: what is queued, and what arrives while callbacks are still
+/// on their way, for at most `settings.wait`.
+async fn collect(
+    receiver: &mut mpsc::Receiver<Pending>,
+    first: Pending,
+    arriving: &AtomicUsize,
+    settings: CallbackBatchSettings,
+) -> Vec<Pending> {
+    let mut batch = vec![first];
+    let until = tokio::time::Instant::now() + settings.wait;
+    while batch.len() < settings.max_callbacks {
+        match receiver.try_recv() {
+            Ok(pending) => {
+                batch.push(pending);
+                continue;
+            }
+            Err(_) if arriving.load(Ordering::Relaxed) == 0 => break,
+            Err(_) => {}
+        }
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left == Duration::ZERO {
+            break;
+        }
+        match tokio::time::timeout(left, receiver.recv()).await {
+            Ok(Some(pending)) => batch.push(pending),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Applies a batch in one transaction, or callback by callback when that fails, and answers

@@ -226,6 +226,9 @@ pub struct CallbackBatchSettings {
     pub max_callbacks: usize,
     /// Batches committed at once (`FAL_CALLBACK_COMMITTERS`), each on its own connection.
     pub committers: usize,
+    /// How long a committer waits for callbacks still being verified before it commits what
+    /// it has (`FAL_CALLBACK_BATCH_WAIT`); it never waits when none are on their way.
+    pub wait: Duration,
 }
 
 impl Default for CallbackBatchSettings {
@@ -233,6 +236,7 @@ impl Default for CallbackBatchSettings {
         Self {
             max_callbacks: 128,
             committers: 2,
+            wait: Duration::from_micros(500),
         }
     }
 }
@@ -489,6 +493,7 @@ impl Config {
         "FAL_UNKNOWN_CALLBACK_RETENTION",
         "FAL_CALLBACK_BATCH_MAX",
         "FAL_CALLBACK_COMMITTERS",
+        "FAL_CALLBACK_BATCH_WAIT",
         "RETENTION_DELIVERED_EVENTS",
         "RETENTION_FAILED_EVENTS",
         "RETENTION_FAL_CALLBACKS",
@@ -841,6 +846,10 @@ impl Config {
                     committers: env
                         .parse_range("FAL_CALLBACK_COMMITTERS", 1, 64)?
                         .unwrap_or(defaults.committers),
+                    wait: env
+                        .parse_range("FAL_CALLBACK_BATCH_WAIT", 0, 100_000)?
+                        .map(Duration::from_micros)
+                        .unwrap_or(defaults.wait),
                 }
             },
             retention: retention(&env)?,
@@ -1378,6 +1387,7 @@ mod tests {
         let set = config(&[
             ("FAL_CALLBACK_BATCH_MAX", "1"),
             ("FAL_CALLBACK_COMMITTERS", "64"),
+            ("FAL_CALLBACK_BATCH_WAIT", "0"),
         ])
         .unwrap();
         assert_eq!(
@@ -1385,9 +1395,18 @@ mod tests {
             CallbackBatchSettings {
                 max_callbacks: 1,
                 committers: 64,
+                wait: Duration::ZERO,
             }
         );
+        assert_eq!(
+            config(&[("FAL_CALLBACK_BATCH_WAIT", "100000")])
+                .unwrap()
+                .callback_batches
+                .wait,
+            Duration::from_millis(100)
+        );
         for (name, value) in [
+            ("FAL_CALLBACK_BATCH_WAIT", "100001"),
             ("FAL_CALLBACK_BATCH_MAX", "0"),
             ("FAL_CALLBACK_BATCH_MAX", "10001"),
             ("FAL_CALLBACK_COMMITTERS", "0"),

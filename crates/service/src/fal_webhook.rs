@@ -69,6 +69,8 @@ pub async fn receive_callback(
     headers: &fal::SignatureHeaders,
     body: &[u8],
 ) -> Result<CallbackOutcome, ServiceError> {
+    // Counted from here until queued, so a committer about to commit waits for it.
+    let arriving = service.callbacks.arriving();
     // `verify` counts the callbacks it refuses.
     let payload = verify(service, headers, body).await?;
     let named_job = target.job.filter(|&id| {
@@ -86,7 +88,7 @@ pub async fn receive_callback(
     let link = span.context().span().span_context().clone();
     let committed = service
         .callbacks
-        .commit(service, |reply| Pending {
+        .commit(service, arriving, |reply| Pending {
             callback,
             payload,
             link,
