@@ -42,6 +42,8 @@ pub struct CallbackQueue {
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     /// Callbacks being verified: on their way to the queue.
     arriving: Arc<AtomicUsize>,
+    /// Batches being committed, and a signal when one ends.
+    committing: Arc<Committing>,
     settings: CallbackBatchSettings,
     started: Once,
 }
@@ -77,6 +79,7 @@ impl CallbackQueue {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
             arriving: Arc::default(),
+            committing: Arc::default(),
             settings,
             started: Once::new(),
         }
@@ -129,6 +132,7 @@ impl CallbackQueue {
                     service.clone(),
                     self.receiver.clone(),
                     self.arriving.clone(),
+                    self.committing.clone(),
                     self.settings,
                 ));
             }
@@ -136,23 +140,59 @@ impl CallbackQueue {
     }
 }
 
+/// Batches being committed, and a signal when one ends.
+#[derive(Default)]
+struct Committing {
+    batches: AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
 /// One committer: takes what is queued (waiting up to the configured wait for callbacks still
 /// being verified), commits it, and again.
+///
+/// While another batch commits, a committer with callbacks waiting starts its own only once
+/// that batch ends or enough wait to fill a share of a batch: under load the callbacks that
+/// arrive during a commit go together into the next one instead of one by one.
 async fn run(
     service: Service,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     arriving: Arc<AtomicUsize>,
+    committing: Arc<Committing>,
     settings: CallbackBatchSettings,
 ) {
+    let enough = (settings.max_callbacks / 8).max(1);
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else {
                 return;
             };
+            while committing.batches.load(Ordering::Acquire) > 0 && receiver.len() + 1 < enough {
+                let ended = committing.ended.notified();
+                // Looks again at least every millisecond: callbacks keep arriving meanwhile.
+                let _ = tokio::time::timeout(Duration::from_millis(1), ended).await;
+            }
             collect(&mut receiver, first, &arriving, settings).await
         };
+        let _counted = committing.start();
         commit_batch(&service, batch).await;
+    }
+}
+
+impl Committing {
+    /// Counts a batch as being committed until the guard is dropped (also by a panic).
+    fn start(self: &Arc<Self>) -> CommittingBatch {
+        self.batches.fetch_add(1, Ordering::AcqRel);
+        CommittingBatch(self.clone())
+    }
+}
+
+struct CommittingBatch(Arc<Committing>);
+
+impl Drop for CommittingBatch {
+    fn drop(&mut self) {
+        self.0.batches.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
     }
 }
 
