@@ -228,7 +228,9 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
     for (mode, ttl) in MODES {
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
-        let log_path = setup.work.join(format!("serve-{}.log", mode.replace(' ', "-")));
+        let log_path = setup
+            .work
+            .join(format!("serve-{}.log", mode.replace(' ', "-")));
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let mut serve = Command::new(&setup.binary);
         serve
@@ -316,11 +318,12 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
 async fn settle(pool: &PgPool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('pending', 'uploading')")
-                .fetch_one(pool)
-                .await
-                .map_err(|e| e.to_string())?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE status IN ('pending', 'uploading')",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(|e| e.to_string())?;
         if waiting == 0 || Instant::now() > deadline {
             return Ok(());
         }
