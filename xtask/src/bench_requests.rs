@@ -2,11 +2,14 @@
 //! `POST /avatars/{id}/generations`, beyond the time the database spends on them.
 //!
 //! Builds the release binary, starts a private PostgreSQL with `pg_stat_statements` loaded and
-//! an in-process fal simulator, seeds avatars straight into the database (avatars of kind
-//! `style` in `ready` with ten stored photos, one fresh avatar per training request since an
-//! avatar has one active training at most; and 64 `trained` avatars with a LoRA model for the
-//! generations), and starts `avatars serve`. Then, at 1, 16 and 64 concurrent callers sharing
-//! one keep-alive client and one API key, it sends the train and generation requests.
+//! an in-process fal simulator, creates 16 tenants with a key each, seeds avatars straight into
+//! the database (avatars of kind `style` in `ready` with ten stored photos, one fresh avatar
+//! per training request since an avatar has one active training at most; and 4 `trained`
+//! avatars with a LoRA model per tenant for the generations), and starts `avatars serve`.
+//! Then, at 1, 16 and 64 concurrent callers (or those given: `cargo xtask bench-requests 16`)
+//! sharing one keep-alive client, it sends the train and generation requests, each to the
+//! next tenant in turn with that tenant's key (a tenant's inserts take its quota lock, so one
+//! tenant alone would measure that lock).
 //!
 //! What a request does: the API key check (the key cache, or a read of `api_keys`), the
 //! avatar read (with its photos and their set report for a training; with its model for a
@@ -48,8 +51,10 @@ use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 const CALLERS: [usize; 3] = [1, 16, 64];
 /// Untimed requests of each kind after each start, so connection set-up stays out.
 const WARMUP: usize = 64;
-/// Avatars with a model the generation requests take in turn.
-const TRAINED_AVATARS: usize = 64;
+/// Tenants the requests are spread over, each with its own key.
+const TENANTS: usize = 16;
+/// Avatars with a model, per tenant, the generation requests take in turn.
+const TRAINED_AVATARS: usize = 4;
 /// The service's pool: half the largest caller count, as `bench-webhooks`.
 const POOL_SIZE: u32 = 32;
 /// A run stops starting requests after this long, whatever is left.
@@ -74,16 +79,24 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
-pub fn run(root: &Path) -> Result<(), String> {
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let callers = if args.is_empty() {
+        CALLERS.to_vec()
+    } else {
+        args.iter()
+            .map(|a| a.parse::<usize>().ok().filter(|n| *n > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("usage: cargo xtask bench-requests [callers...]")?
+    };
     if cfg!(debug_assertions) {
-        return run_optimised(root);
+        return run_optimised(root, args);
     }
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    bench(root)
+    bench(root, &callers)
 }
 
 /// Builds the release xtask and runs the benchmark in it.
-fn run_optimised(root: &Path) -> Result<(), String> {
+fn run_optimised(root: &Path, args: &[String]) -> Result<(), String> {
     eprintln!("bench: building the optimised xtask (the callers share the cores with the service)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
@@ -97,6 +110,7 @@ fn run_optimised(root: &Path) -> Result<(), String> {
     let status = Command::new(target_dir(root).join("release/xtask"))
         .current_dir(root)
         .arg("bench-requests")
+        .args(args)
         .status()
         .map_err(|e| format!("running the release xtask: {e}"))?;
     if status.success() {
@@ -119,10 +133,12 @@ struct Setup {
     binary: PathBuf,
     work: PathBuf,
     database_url: String,
-    key: String,
+    /// `(tenant name, key)` of every tenant.
+    keys: Vec<(String, String)>,
+    callers: Vec<usize>,
 }
 
-fn bench(root: &Path) -> Result<(), String> {
+fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
     let binary = release_binary(root)?;
     let dir = target_dir(root).join("bench-requests");
     let _ = std::fs::remove_dir_all(&dir);
@@ -152,15 +168,24 @@ fn bench(root: &Path) -> Result<(), String> {
         )
     };
     cli(&["migrate"], "avatars migrate")?;
-    let key = cli(
-        &["api-keys", "create", "--tenant", "bench"],
-        "avatars api-keys create",
-    )?;
+    let mut keys = Vec::new();
+    for n in 0..TENANTS {
+        let tenant = format!("bench-{n}");
+        let key = cli(
+            &["api-keys", "create", "--tenant", &tenant],
+            "avatars api-keys create",
+        )?;
+        keys.push((
+            tenant,
+            String::from_utf8_lossy(&key.stdout).trim().to_string(),
+        ));
+    }
     let setup = Setup {
         binary: binary.clone(),
         work: work.0.clone(),
         database_url: database_url.clone(),
-        key: String::from_utf8_lossy(&key.stdout).trim().to_string(),
+        keys,
+        callers: callers.to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -205,17 +230,26 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         .execute(&pool)
         .await
         .map_err(|e| format!("loading pg_stat_statements: {e}"))?;
-    let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'bench'")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| format!("finding the bench tenant: {e}"))?;
-    let per_mode: usize = WARMUP + CALLERS.iter().map(|c| requests_at(*c)).sum::<usize>();
+    let per_mode: usize = WARMUP + setup.callers.iter().map(|c| requests_at(*c)).sum::<usize>();
+    let per_tenant = (per_mode * MODES.len()).div_ceil(TENANTS);
     eprintln!(
-        "bench: seeding {} trainable avatars (10 photos each) and {TRAINED_AVATARS} trained ones",
-        per_mode * MODES.len()
+        "bench: seeding {} trainable avatars (10 photos each) and {} trained ones over {TENANTS} tenants",
+        per_tenant * TENANTS,
+        TRAINED_AVATARS * TENANTS
     );
-    let mut trainable = seed_trainable(&pool, tenant, per_mode * MODES.len()).await?;
-    let trained = seed_trained(&pool, tenant, TRAINED_AVATARS).await?;
+    let mut tenants = Vec::new();
+    for (name, key) in &setup.keys {
+        let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| format!("finding the bench tenant: {e}"))?;
+        tenants.push(TenantAvatars {
+            authorization: format!("Bearer {key}"),
+            trainable: seed_trainable(&pool, tenant, per_tenant).await?,
+            trained: seed_trained(&pool, tenant, TRAINED_AVATARS).await?,
+        });
+    }
 
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -263,10 +297,10 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             .map_err(with_log)?;
 
         eprintln!("bench [{mode}]: warm-up");
-        let warm_train = train_calls(&base, trainable.drain(..WARMUP));
-        let warm_generate = generation_calls(&base, &trained, WARMUP);
+        let warm_train = train_calls(&base, &mut tenants, WARMUP);
+        let warm_generate = generation_calls(&base, &tenants, WARMUP);
         for calls in [warm_train, warm_generate] {
-            let warm = fire(&client, &setup.key, calls, 16).await;
+            let warm = fire(&client, calls, 16).await;
             if warm.errors > 0 {
                 return Err(with_log(format!(
                     "warm-up: {} requests failed, first: {}",
@@ -275,10 +309,10 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                 )));
             }
         }
-        for callers in CALLERS {
+        for &callers in &setup.callers {
             let count = requests_at(callers);
-            let train = train_calls(&base, trainable.drain(..count));
-            let generate = generation_calls(&base, &trained, count);
+            let train = train_calls(&base, &mut tenants, count);
+            let generate = generation_calls(&base, &tenants, count);
             for (endpoint, calls) in [("train", train), ("generations", generate)] {
                 interrupted()?;
                 settle(&pool).await?;
@@ -287,7 +321,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                     .execute(&pool)
                     .await
                     .map_err(|e| e.to_string())?;
-                let run = fire(&client, &setup.key, calls, callers).await;
+                let run = fire(&client, calls, callers).await;
                 let (db_ms, statements, key_reads) = database_time(&pool).await?;
                 let answered = run.latencies.len().max(1) as f64;
                 rows.push(Row {
@@ -349,26 +383,48 @@ async fn database_time(pool: &PgPool) -> Result<(f64, f64, f64), String> {
     .map_err(|e| format!("reading pg_stat_statements: {e}"))
 }
 
+/// A tenant's key and the avatars seeded for it.
+struct TenantAvatars {
+    authorization: String,
+    /// Not trained yet; each training takes one for good.
+    trainable: Vec<Uuid>,
+    trained: Vec<Uuid>,
+}
+
 /// One request to send.
 struct Call {
     url: String,
+    authorization: String,
     body: &'static str,
 }
 
-fn train_calls(base: &str, avatars: impl Iterator<Item = Uuid>) -> Vec<Call> {
-    avatars
-        .map(|id| Call {
-            url: format!("{base}/avatars/{id}/train"),
-            body: "{}",
-        })
-        .collect()
+/// `count` trainings, each of a fresh avatar of the next tenant in turn.
+fn train_calls(base: &str, tenants: &mut [TenantAvatars], count: usize) -> Vec<Call> {
+    let mut calls = Vec::with_capacity(count);
+    for n in 0..count {
+        let tenant = &mut tenants[n % TENANTS];
+        if let Some(id) = tenant.trainable.pop() {
+            calls.push(Call {
+                url: format!("{base}/avatars/{id}/train"),
+                authorization: tenant.authorization.clone(),
+                body: "{}",
+            });
+        }
+    }
+    calls
 }
 
-fn generation_calls(base: &str, avatars: &[Uuid], count: usize) -> Vec<Call> {
+/// `count` generations, with the next tenant's trained avatars in turn.
+fn generation_calls(base: &str, tenants: &[TenantAvatars], count: usize) -> Vec<Call> {
     (0..count)
-        .map(|n| Call {
-            url: format!("{base}/avatars/{}/generations", avatars[n % avatars.len()]),
-            body: r#"{"prompt":"a portrait in the bench style"}"#,
+        .map(|n| {
+            let tenant = &tenants[n % TENANTS];
+            let avatar = tenant.trained[(n / TENANTS) % tenant.trained.len()];
+            Call {
+                url: format!("{base}/avatars/{avatar}/generations"),
+                authorization: tenant.authorization.clone(),
+                body: r#"{"prompt":"a portrait in the bench style"}"#,
+            }
         })
         .collect()
 }
@@ -382,14 +438,13 @@ struct RunResult {
 
 /// Sends every call from `callers` concurrent tasks sharing one keep-alive client; a call
 /// counts when answered 2xx.
-async fn fire(client: &reqwest::Client, key: &str, calls: Vec<Call>, callers: usize) -> RunResult {
+async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> RunResult {
     let calls = Arc::new(calls);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
             let (client, calls, next) = (client.clone(), calls.clone(), next.clone());
-            let authorization = format!("Bearer {key}");
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let (mut errors, mut first_error) = (0, None);
@@ -402,7 +457,7 @@ async fn fire(client: &reqwest::Client, key: &str, calls: Vec<Call>, callers: us
                     let sent = Instant::now();
                     let outcome = match client
                         .post(&call.url)
-                        .header("authorization", &authorization)
+                        .header("authorization", &call.authorization)
                         .header("content-type", "application/json")
                         .body(call.body)
                         .send()
@@ -593,7 +648,7 @@ fn log_tail(path: &Path) -> String {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "request overhead: release build, one API key, fal-sim answering at once; \
+        "request overhead: release build, 16 tenants with a key each, fal-sim answering at once; \
          beyond db = latency percentile - db ms/req (all statements of the run / requests)"
     );
     println!(
