@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     /// Skip fsync: fine for throwaway test clusters, not for dev data.
     pub durable: bool,
     pub max_connections: u32,
+    /// More `postgresql.conf` lines, written when the cluster is initialised (for example
+    /// `shared_preload_libraries = 'pg_stat_statements'` for a benchmark).
+    pub extra_settings: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -58,6 +61,7 @@ impl ClusterOptions {
         Self {
             durable: true,
             max_connections: 100,
+            extra_settings: Vec::new(),
         }
     }
 
@@ -65,6 +69,7 @@ impl ClusterOptions {
         Self {
             durable: false,
             max_connections: 300,
+            extra_settings: Vec::new(),
         }
     }
 }
@@ -190,6 +195,10 @@ impl Cluster {
         settings.push_str(&format!("max_connections = {}\n", options.max_connections));
         if !options.durable {
             settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        }
+        for line in &options.extra_settings {
+            settings.push_str(line);
+            settings.push('\n');
         }
         let conf = self.data_dir.join("postgresql.conf");
         fs::OpenOptions::new()
