@@ -14,6 +14,7 @@ use pgcluster::{Cluster, ClusterOptions};
 
 mod bench_hostile;
 mod bench_photos;
+mod bench_requests;
 mod bench_retention;
 mod bench_webhooks;
 mod cluster;
@@ -71,6 +72,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("bench-requests") => {
+            match bench_requests::run(&workspace_root(), &args.collect::<Vec<_>>()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("xtask: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("bench-webhooks") => {
             match bench_webhooks::run(&workspace_root(), &args.collect::<Vec<_>>()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks [--against <avatars binary>]");
+            eprintln!("       cargo xtask bench-requests [callers...]");
             eprintln!("       cargo xtask bench-retention [old events, default 1000000]");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)

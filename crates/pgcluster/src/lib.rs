@@ -51,7 +51,8 @@ pub struct ClusterOptions {
     /// Skip fsync: fine for throwaway test clusters, not for dev data.
     pub durable: bool,
     pub max_connections: u32,
-    /// More `postgresql.conf` lines (e.g. a benchmark's `shared_preload_libraries`).
+    /// More `postgresql.conf` lines, written when the cluster is initialised (for example
+    /// `shared_preload_libraries = 'pg_stat_statements'` for a benchmark).
     pub extra_settings: Vec<String>,
 }
 

@@ -125,6 +125,9 @@ pub struct Config {
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub tenants: TenantLimits,
+    /// The per-process cache of live API keys (`API_KEY_CACHE_TTL`,
+    /// `API_KEY_CACHE_MAX_ENTRIES`).
+    pub api_key_cache: store::KeyCacheSettings,
     pub unknown_callbacks: UnknownCallbackSettings,
     pub callback_batches: CallbackBatchSettings,
     pub retention: RetentionSettings,
@@ -483,6 +486,8 @@ impl Config {
         "EVENTS_HEARTBEAT",
         "API_KEY_RATE_PER_SECOND",
         "API_KEY_RATE_BURST",
+        "API_KEY_CACHE_TTL",
+        "API_KEY_CACHE_MAX_ENTRIES",
         "TENANT_MAX_ACTIVE_TRAININGS",
         "TENANT_MAX_ACTIVE_GENERATIONS",
         "TENANT_MAX_WEBHOOK_ENDPOINTS",
@@ -821,6 +826,17 @@ impl Config {
                     usage_max_range_days: env
                         .parse_range("USAGE_MAX_RANGE_DAYS", 1, 3660)?
                         .unwrap_or(defaults.usage_max_range_days),
+                }
+            },
+            api_key_cache: {
+                let defaults = store::KeyCacheSettings::default();
+                store::KeyCacheSettings {
+                    ttl: env
+                        .seconds_from_zero("API_KEY_CACHE_TTL", 3600)?
+                        .unwrap_or(defaults.ttl),
+                    max_entries: env
+                        .parse_range("API_KEY_CACHE_MAX_ENTRIES", 1, 1_000_000)?
+                        .unwrap_or(defaults.max_entries),
                 }
             },
             unknown_callbacks: {
@@ -1303,6 +1319,10 @@ mod tests {
             ("PRICE_FAST_LORA_PER_RUN_USD", "-1"),
             ("GENERATION_MAX_PROMPTS", "0"),
             ("API_KEY_RATE_PER_SECOND", "0"),
+            ("API_KEY_CACHE_TTL", "3601"),
+            ("API_KEY_CACHE_TTL", "-1"),
+            ("API_KEY_CACHE_MAX_ENTRIES", "0"),
+            ("API_KEY_CACHE_MAX_ENTRIES", "1000001"),
             ("TENANT_MAX_WEBHOOK_ENDPOINTS", "0"),
             ("TENANT_MAX_EVENT_STREAMS", "many"),
             ("USAGE_MAX_RANGE_DAYS", "0"),
@@ -1315,6 +1335,38 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("invalid configuration: {name}: expected")));
         }
+    }
+
+    #[test]
+    fn api_key_cache_limits_are_read_at_their_edges() {
+        assert_eq!(
+            config(&[]).unwrap().api_key_cache,
+            store::KeyCacheSettings::default()
+        );
+        let lowest = config(&[
+            ("API_KEY_CACHE_TTL", "0"),
+            ("API_KEY_CACHE_MAX_ENTRIES", "1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            lowest.api_key_cache,
+            store::KeyCacheSettings {
+                ttl: Duration::ZERO,
+                max_entries: 1,
+            }
+        );
+        let highest = config(&[
+            ("API_KEY_CACHE_TTL", "3600"),
+            ("API_KEY_CACHE_MAX_ENTRIES", "1000000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            highest.api_key_cache,
+            store::KeyCacheSettings {
+                ttl: Duration::from_secs(3600),
+                max_entries: 1_000_000,
+            }
+        );
     }
 
     #[test]

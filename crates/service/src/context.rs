@@ -19,6 +19,8 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub events: EventSettings,
     pub tenants: TenantLimits,
+    /// The cache of live API keys this process keeps.
+    pub api_key_cache: store::KeyCacheSettings,
     pub jobs: JobSettings,
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
@@ -46,6 +48,7 @@ impl Settings {
                 ..config.events
             },
             tenants: config.tenants,
+            api_key_cache: config.api_key_cache,
             jobs: JobSettings::from_config(config),
             workers: WorkerIntervals {
                 janitor: config.janitor_interval,
@@ -279,7 +282,9 @@ impl Service {
             settings.callback_batches,
         ));
         Ok(Self {
-            store: store.with_transition_observer(metrics.clone()),
+            store: store
+                .with_transition_observer(metrics.clone())
+                .with_key_cache(settings.api_key_cache),
             blobs,
             settings: Arc::new(settings),
             photo_fetcher: Arc::new(photo_fetcher),

@@ -72,6 +72,12 @@ struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyCheckLabels {
+    /// `cache` or `database`.
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     state: &'static str,
 }
@@ -259,6 +265,8 @@ pub struct Metrics {
     pool_max: Gauge,
     pool_acquire_seconds: FloatGauge,
     collect_errors: Counter,
+    key_checks: Family<KeyCheckLabels, Counter>,
+    key_cache_entries: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -305,6 +313,8 @@ impl Metrics {
             pool_max: Gauge::default(),
             pool_acquire_seconds: FloatGauge::default(),
             collect_errors: Counter::default(),
+            key_checks: Family::default(),
+            key_cache_entries: Gauge::default(),
         };
         // Every series of a fixed set exists from the start, at zero, so rates and alerts
         // see a value before the first event: live job states, every transition the domain allows,
@@ -365,6 +375,9 @@ impl Metrics {
             let _ = metrics
                 .retention_trimmed
                 .get_or_create(&TableLabels { table });
+        }
+        for source in ["cache", "database"] {
+            let _ = metrics.key_checks.get_or_create(&KeyCheckLabels { source });
         }
         for state in ["in_use", "idle"] {
             let _ = metrics
@@ -485,6 +498,16 @@ impl Metrics {
             "avatars_metrics_collect_errors",
             "Scrapes whose database-derived gauges could not be read (they keep their last values)",
             self.collect_errors.clone(),
+        );
+        self.register(
+            "avatars_api_key_checks",
+            "API keys checked, by where the answer came from: this process's key cache or the database",
+            self.key_checks.clone(),
+        );
+        self.register(
+            "avatars_api_key_cache_entries",
+            "Live API keys this process's key cache holds",
+            self.key_cache_entries.clone(),
         );
     }
 
@@ -632,6 +655,18 @@ impl Service {
         metrics
             .pool_max
             .set(i64::from(pool.options().get_max_connections()));
+        let keys = self.store.key_cache_stats();
+        for (source, count) in [("cache", keys.hits), ("database", keys.reads)] {
+            // The store counts; the counter shows its total.
+            metrics
+                .key_checks
+                .get_or_create(&KeyCheckLabels { source })
+                .inner()
+                .store(count, std::sync::atomic::Ordering::Relaxed);
+        }
+        metrics
+            .key_cache_entries
+            .set(i64::try_from(keys.entries).unwrap_or(i64::MAX));
         if let Some(fal) = &self.fal {
             metrics
                 .fal_unauthorized

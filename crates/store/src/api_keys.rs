@@ -1,6 +1,7 @@
 use chrono::{DateTime, Utc};
 use domain::{ApiKeyId, TenantId};
 
+use crate::key_cache::{KeyCacheStats, Lookup};
 use crate::{Store, StoreError};
 
 /// An API key as listed to operators: never the key itself, only its prefix.
@@ -46,32 +47,56 @@ impl Store {
         Ok(id)
     }
 
-    /// Finds the live (not revoked) key with this hash, and notes its use at most once a
-    /// minute so a busy key does not turn every request into a write.
+    /// Finds the live (not revoked) key with this hash: from the process's key cache when
+    /// it holds the key (see [`crate::key_cache`]), else from the database. Notes the key's
+    /// use at most once a minute per process, so a busy key does not turn every request into
+    /// a write.
     pub async fn authenticate_key(
         &self,
-        key_hash: &[u8],
+        key_hash: &[u8; 32],
     ) -> Result<Option<AuthenticatedKey>, StoreError> {
+        let ticket = match self.keys.lookup(key_hash) {
+            Lookup::Hit { key, touch } => {
+                if touch {
+                    self.touch_api_key(key.key_id).await?;
+                }
+                return Ok(Some(key));
+            }
+            Lookup::Miss(ticket) => ticket,
+        };
         let row: Option<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
             "SELECT id, tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(key_hash)
+        .bind(&key_hash[..])
         .fetch_optional(&self.pool)
         .await?;
         let Some((key_id, tenant_id)) = row else {
             return Ok(None);
         };
+        let key = AuthenticatedKey {
+            key_id: ApiKeyId(key_id),
+            tenant_id: TenantId(tenant_id),
+        };
+        self.touch_api_key(key.key_id).await?;
+        self.keys.store(ticket, *key_hash, key);
+        Ok(Some(key))
+    }
+
+    /// Notes a key's use, unless it was noted in the last minute.
+    async fn touch_api_key(&self, key_id: ApiKeyId) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE api_keys SET last_used_at = now()
              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
         )
-        .bind(key_id)
+        .bind(key_id.0)
         .execute(&self.pool)
         .await?;
-        Ok(Some(AuthenticatedKey {
-            key_id: ApiKeyId(key_id),
-            tenant_id: TenantId(tenant_id),
-        }))
+        Ok(())
+    }
+
+    /// How this process checked keys so far.
+    pub fn key_cache_stats(&self) -> KeyCacheStats {
+        self.keys.stats()
     }
 
     /// Every key, or a tenant's keys, newest first.
@@ -101,7 +126,9 @@ impl Store {
         Ok(live.into_iter().map(ApiKeyId).collect())
     }
 
-    /// Revokes a key. Revoking an already revoked key keeps its first revocation time.
+    /// Revokes a key. Revoking an already revoked key keeps its first revocation time. A
+    /// trigger announces the revocation on [`crate::key_cache::API_KEY_CHANNEL`] in the same
+    /// transaction, so every replica's key cache drops the key.
     pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
         let result = sqlx::query(
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1",

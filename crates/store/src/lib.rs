@@ -14,6 +14,7 @@ mod gauges;
 mod generations;
 mod idempotency;
 mod jobs;
+pub mod key_cache;
 mod leases;
 mod models;
 pub mod notifications;
@@ -37,6 +38,7 @@ pub use jobs::{
     CancelCause, CancelOutcome, EventOutcome, JobChanges, JobWatch, NewTraining, WebhookDelivery,
     WebhookOutcome, ONE_ACTIVE_TRAINING,
 };
+pub use key_cache::{KeyCacheSettings, KeyCacheStats};
 pub use models::NewModel;
 pub use photos::{photo_blob_key, PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 pub use readiness::Readiness;
@@ -81,6 +83,8 @@ impl Default for PoolSettings {
 pub struct Store {
     pool: PgPool,
     observer: gauges::Observer,
+    /// Live API keys this process checked recently; off unless [`Store::with_key_cache`].
+    keys: std::sync::Arc<key_cache::KeyCache>,
 }
 
 impl Store {
@@ -88,7 +92,15 @@ impl Store {
         Self {
             pool,
             observer: gauges::Observer::default(),
+            keys: key_cache::KeyCache::new(KeyCacheSettings::OFF),
         }
+    }
+
+    /// This store with a key cache of its own (see [`key_cache`]), shared by its clones. It
+    /// caches only while the process listens for notifications ([`Store::listen`]).
+    pub fn with_key_cache(mut self, settings: KeyCacheSettings) -> Self {
+        self.keys = key_cache::KeyCache::new(settings);
+        self
     }
 
     /// A pool that connects on first use, so the service can start (and report itself not

@@ -140,28 +140,36 @@ async fn sequence_batch(service: &Service) -> Result<bool, store::StoreError> {
 
 /// Feeds this process's waiters from its one listening connection: sequenced events (from
 /// any replica) to streams and the relay, finished generation items to `Prefer: wait`
-/// requests. Reconnects after errors.
+/// requests. The store drops revoked keys from its key cache as their notifications pass.
+/// Listens again at once when the connection is lost, then every second until it is back
+/// (the key cache is bypassed meanwhile).
 async fn forward_notifications(service: Service) {
     use store::notifications::Notification;
+    let mut retry_at_once = true;
     loop {
         match service.store.listen().await {
-            Ok(mut notifications) => loop {
-                match notifications.recv().await {
-                    Ok(Notification::EventsSequenced(position)) => {
-                        let _ = service.sequenced_events.send(position);
-                        service.relay_wake.notify_one();
-                    }
-                    Ok(Notification::GenerationItemFinished(generation)) => {
-                        crate::generation_items::announce(&service, generation);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "notifications interrupted");
-                        break;
+            Ok(mut notifications) => {
+                retry_at_once = true;
+                loop {
+                    match notifications.recv().await {
+                        Ok(Notification::EventsSequenced(position)) => {
+                            let _ = service.sequenced_events.send(position);
+                            service.relay_wake.notify_one();
+                        }
+                        Ok(Notification::GenerationItemFinished(generation)) => {
+                            crate::generation_items::announce(&service, generation);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "notifications interrupted");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(error) => tracing::warn!(%error, "listening for notifications"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !std::mem::replace(&mut retry_at_once, false) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }

@@ -1,0 +1,700 @@
+//! `cargo xtask bench-requests`: the service's own latency on `POST /avatars/{id}/train` and
+//! `POST /avatars/{id}/generations`, beyond the time the database spends on them.
+//!
+//! Builds the release binary, starts a private PostgreSQL with `pg_stat_statements` loaded and
+//! an in-process fal simulator, creates 16 tenants with a key each, seeds avatars straight into
+//! the database (avatars of kind `style` in `ready` with ten stored photos, one fresh avatar
+//! per training request since an avatar has one active training at most; and 4 `trained`
+//! avatars with a LoRA model per tenant for the generations), and starts `avatars serve`.
+//! Then, at 1, 16 and 64 concurrent callers (or those given: `cargo xtask bench-requests 16`)
+//! sharing one keep-alive client, it sends the train and generation requests, each to the
+//! next tenant in turn with that tenant's key (a tenant's inserts take its quota lock, so one
+//! tenant alone would measure that lock).
+//!
+//! What a request does: the API key check (the key cache, or a read of `api_keys`), the
+//! avatar read (with its photos and their set report for a training; with its model for a
+//! generation), and one transaction that stores the job (or the generation and its items),
+//! its history and its outbox event; it answers 202. Nothing is sent to fal in the request:
+//! the submit worker uploads and submits afterwards. The simulator answers at once, and runs
+//! its work at a hundredth of fal's pace so nothing finishes (and no callback arrives) during
+//! the runs: the background work left is the submits the requests cause.
+//!
+//! Database time: `pg_stat_statements` is reset before each run and read after it; `db ms/req`
+//! is the `total_exec_time` of every statement the service ran in the run (requests and the
+//! background submits they caused) divided by the requests answered, and `stmts/req` their
+//! calls likewise. `key reads/req` counts the reads of `api_keys` by hash. `beyond db p50/p99`
+//! is the latency percentile seen by the caller minus `db ms/req`: the service's own time
+//! (HTTP, JSON, waiting for a pool connection and the round trips to PostgreSQL), an estimate
+//! that leans low, since the background's statements are counted as the requests'.
+//!
+//! Each configuration runs twice, back to back, with the API key cache (the default settings)
+//! and without it (`API_KEY_CACHE_TTL=0`, every request reads its key): the yardstick.
+//!
+//! The callers share the machine's cores with the service and PostgreSQL, so they run
+//! optimised: a debug `cargo xtask` builds the release xtask and hands the benchmark to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fal_sim::{FalSim, SimConfig};
+use pgcluster::{Cluster, ClusterOptions};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
+
+/// Concurrent callers of the runs.
+const CALLERS: [usize; 3] = [1, 16, 64];
+/// Untimed requests of each kind after each start, so connection set-up stays out.
+const WARMUP: usize = 64;
+/// Tenants the requests are spread over, each with its own key.
+const TENANTS: usize = 16;
+/// Avatars with a model, per tenant, the generation requests take in turn.
+const TRAINED_AVATARS: usize = 4;
+/// The service's pool: half the largest caller count, as `bench-webhooks`.
+const POOL_SIZE: u32 = 32;
+/// A run stops starting requests after this long, whatever is left.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// The two configurations compared: the default cache, and none.
+const MODES: [(&str, Option<&str>); 2] = [("cache", None), ("no cache", Some("0"))];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Requests of one run with this many callers.
+fn requests_at(callers: usize) -> usize {
+    match callers {
+        1 => 300,
+        16 => 1200,
+        _ => 2400,
+    }
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let callers = if args.is_empty() {
+        CALLERS.to_vec()
+    } else {
+        args.iter()
+            .map(|a| a.parse::<usize>().ok().filter(|n| *n > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("usage: cargo xtask bench-requests [callers...]")?
+    };
+    if cfg!(debug_assertions) {
+        return run_optimised(root, args);
+    }
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    bench(root, &callers)
+}
+
+/// Builds the release xtask and runs the benchmark in it.
+fn run_optimised(root: &Path, args: &[String]) -> Result<(), String> {
+    eprintln!("bench: building the optimised xtask (the callers share the cores with the service)");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "-q", "-p", "xtask"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("building the release xtask failed".into());
+    }
+    let _ = ctrlc::set_handler(|| {});
+    let status = Command::new(target_dir(root).join("release/xtask"))
+        .current_dir(root)
+        .arg("bench-requests")
+        .args(args)
+        .status()
+        .map_err(|e| format!("running the release xtask: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("the benchmark failed".into())
+    }
+}
+
+/// Removes the work directory when dropped.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Setup {
+    binary: PathBuf,
+    work: PathBuf,
+    database_url: String,
+    /// `(tenant name, key)` of every tenant.
+    keys: Vec<(String, String)>,
+    callers: Vec<usize>,
+}
+
+fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
+    let binary = release_binary(root)?;
+    let dir = target_dir(root).join("bench-requests");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Dropped after the cluster (declared before it), so the server is down before its files go.
+    let work = WorkDir(dir);
+    let options = ClusterOptions {
+        extra_settings: vec![
+            "shared_preload_libraries = 'pg_stat_statements'".into(),
+            "pg_stat_statements.track = 'top'".into(),
+        ],
+        ..ClusterOptions::test()
+    };
+    let mut cluster = Cluster::start(&work.0.join("pg"), &options).map_err(|e| e.to_string())?;
+    cluster
+        .ensure_database("bench")
+        .map_err(|e| e.to_string())?;
+    let database_url = cluster.url("bench");
+    let cli = |args: &[&str], what: &str| {
+        check(
+            Command::new(&binary)
+                .args(args)
+                .env("DATABASE_URL", &database_url)
+                .env("RUST_LOG", "warn")
+                .output(),
+            what,
+        )
+    };
+    cli(&["migrate"], "avatars migrate")?;
+    let mut keys = Vec::new();
+    for n in 0..TENANTS {
+        let tenant = format!("bench-{n}");
+        let key = cli(
+            &["api-keys", "create", "--tenant", &tenant],
+            "avatars api-keys create",
+        )?;
+        keys.push((
+            tenant,
+            String::from_utf8_lossy(&key.stdout).trim().to_string(),
+        ));
+    }
+    let setup = Setup {
+        binary: binary.clone(),
+        work: work.0.clone(),
+        database_url: database_url.clone(),
+        keys,
+        callers: callers.to_vec(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let rows = runtime.block_on(bench_async(&setup))?;
+    drop(runtime);
+    print_table(&rows);
+    cluster.stop().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// What one run measured.
+struct Row {
+    mode: &'static str,
+    endpoint: &'static str,
+    callers: usize,
+    requests: usize,
+    errors: usize,
+    first_error: Option<String>,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    db_ms: f64,
+    statements: f64,
+    key_reads: f64,
+}
+
+async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
+    let sim = FalSim::start(SimConfig {
+        time_factor: 100.0,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("starting fal-sim: {e}"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&setup.database_url)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await
+        .map_err(|e| format!("loading pg_stat_statements: {e}"))?;
+    let per_mode: usize = WARMUP + setup.callers.iter().map(|c| requests_at(*c)).sum::<usize>();
+    let per_tenant = (per_mode * MODES.len()).div_ceil(TENANTS);
+    eprintln!(
+        "bench: seeding {} trainable avatars (10 photos each) and {} trained ones over {TENANTS} tenants",
+        per_tenant * TENANTS,
+        TRAINED_AVATARS * TENANTS
+    );
+    let mut tenants = Vec::new();
+    for (name, key) in &setup.keys {
+        let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| format!("finding the bench tenant: {e}"))?;
+        tenants.push(TenantAvatars {
+            authorization: format!("Bearer {key}"),
+            trainable: seed_trainable(&pool, tenant, per_tenant).await?,
+            trained: seed_trained(&pool, tenant, TRAINED_AVATARS).await?,
+        });
+    }
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ring = service::secrets::KeyRing::generate("bench").1;
+    let mut rows = Vec::new();
+    for (mode, ttl) in MODES {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let log_path = setup
+            .work
+            .join(format!("serve-{}.log", mode.replace(' ', "-")));
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut serve = Command::new(&setup.binary);
+        serve
+            .arg("serve")
+            .env("DATABASE_URL", &setup.database_url)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("PUBLIC_BASE_URL", &base)
+            .env("FAL_KEY", sim.default_key().unwrap_or_default())
+            .env("SECRETS_KEYS", ring.expose_secret())
+            .env("FAL_QUEUE_URL", sim.queue_url().as_str())
+            .env("FAL_REST_URL", sim.rest_url().as_str())
+            .env("FAL_CDN_URL", sim.cdn_url().as_str())
+            .env("FAL_JWKS_URL", sim.jwks_url().as_str())
+            .env("STORAGE_URL", setup.work.join("blobs"))
+            .env("RUST_LOG", "warn")
+            .env("DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
+            .env("API_KEY_RATE_PER_SECOND", "100000")
+            .env("API_KEY_RATE_BURST", "100000")
+            .env("TENANT_MAX_ACTIVE_TRAININGS", "10000")
+            .env("TENANT_MAX_ACTIVE_GENERATIONS", "100000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        if let Some(ttl) = ttl {
+            serve.env("API_KEY_CACHE_TTL", ttl);
+        }
+        let mut server = ServerGuard(serve.spawn().map_err(|e| e.to_string())?);
+        let with_log = |message: String| format!("{message}\n{}", log_tail(&log_path));
+        wait_ready(&client, &base, &mut server)
+            .await
+            .map_err(with_log)?;
+
+        eprintln!("bench [{mode}]: warm-up");
+        let warm_train = train_calls(&base, &mut tenants, WARMUP);
+        let warm_generate = generation_calls(&base, &tenants, WARMUP);
+        for calls in [warm_train, warm_generate] {
+            let warm = fire(&client, calls, 16).await;
+            if warm.errors > 0 {
+                return Err(with_log(format!(
+                    "warm-up: {} requests failed, first: {}",
+                    warm.errors,
+                    warm.first_error.unwrap_or_default()
+                )));
+            }
+        }
+        for &callers in &setup.callers {
+            let count = requests_at(callers);
+            let train = train_calls(&base, &mut tenants, count);
+            let generate = generation_calls(&base, &tenants, count);
+            for (endpoint, calls) in [("train", train), ("generations", generate)] {
+                interrupted()?;
+                settle(&pool).await?;
+                eprintln!("bench [{mode}]: {count} {endpoint} requests from {callers} callers");
+                sqlx::query("SELECT pg_stat_statements_reset()")
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let run = fire(&client, calls, callers).await;
+                let (db_ms, statements, key_reads) = database_time(&pool).await?;
+                let answered = run.latencies.len().max(1) as f64;
+                rows.push(Row {
+                    mode,
+                    endpoint,
+                    callers,
+                    requests: run.latencies.len(),
+                    errors: run.errors,
+                    first_error: run.first_error,
+                    per_second: run.latencies.len() as f64 / run.seconds,
+                    p50_ms: percentile(&run.latencies, 0.50),
+                    p99_ms: percentile(&run.latencies, 0.99),
+                    db_ms: db_ms / answered,
+                    statements: statements / answered,
+                    key_reads: key_reads / answered,
+                });
+            }
+        }
+        server.stop();
+    }
+    pool.close().await;
+    sim.shutdown().await;
+    Ok(rows)
+}
+
+/// Waits (up to a minute) until the submit worker has taken every job the last run left, so a
+/// run does not pay for the previous one's background work.
+async fn settle(pool: &PgPool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE status IN ('pending', 'uploading')",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        if waiting == 0 || Instant::now() > deadline {
+            return Ok(());
+        }
+        interrupted()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `(total_exec_time in ms, calls, reads of api_keys by hash)` of the service's statements
+/// since the last reset.
+async fn database_time(pool: &PgPool) -> Result<(f64, f64, f64), String> {
+    sqlx::query_as(
+        "SELECT coalesce(sum(total_exec_time), 0)::float8,
+                coalesce(sum(calls), 0)::float8,
+                coalesce(sum(calls) FILTER (WHERE query LIKE '%FROM api_keys WHERE key_hash%'), 0)::float8
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND query NOT LIKE '%pg_stat_statements%'
+           AND query NOT LIKE '%FROM jobs WHERE status IN (''pending'', ''uploading'')%'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| format!("reading pg_stat_statements: {e}"))
+}
+
+/// A tenant's key and the avatars seeded for it.
+struct TenantAvatars {
+    authorization: String,
+    /// Not trained yet; each training takes one for good.
+    trainable: Vec<Uuid>,
+    trained: Vec<Uuid>,
+}
+
+/// One request to send.
+struct Call {
+    url: String,
+    authorization: String,
+    body: &'static str,
+}
+
+/// `count` trainings, each of a fresh avatar of the next tenant in turn.
+fn train_calls(base: &str, tenants: &mut [TenantAvatars], count: usize) -> Vec<Call> {
+    let mut calls = Vec::with_capacity(count);
+    for n in 0..count {
+        let tenant = &mut tenants[n % TENANTS];
+        if let Some(id) = tenant.trainable.pop() {
+            calls.push(Call {
+                url: format!("{base}/avatars/{id}/train"),
+                authorization: tenant.authorization.clone(),
+                body: "{}",
+            });
+        }
+    }
+    calls
+}
+
+/// `count` generations, with the next tenant's trained avatars in turn.
+fn generation_calls(base: &str, tenants: &[TenantAvatars], count: usize) -> Vec<Call> {
+    (0..count)
+        .map(|n| {
+            let tenant = &tenants[n % TENANTS];
+            let avatar = tenant.trained[(n / TENANTS) % tenant.trained.len()];
+            Call {
+                url: format!("{base}/avatars/{avatar}/generations"),
+                authorization: tenant.authorization.clone(),
+                body: r#"{"prompt":"a portrait in the bench style"}"#,
+            }
+        })
+        .collect()
+}
+
+struct RunResult {
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+    seconds: f64,
+}
+
+/// Sends every call from `callers` concurrent tasks sharing one keep-alive client; a call
+/// counts when answered 2xx.
+async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> RunResult {
+    let calls = Arc::new(calls);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, calls, next) = (client.clone(), calls.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let (mut errors, mut first_error) = (0, None);
+                loop {
+                    if INTERRUPTED.load(Ordering::Relaxed) || started.elapsed() > RUN_LIMIT {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(call) = calls.get(i) else { break };
+                    let sent = Instant::now();
+                    let outcome = match client
+                        .post(&call.url)
+                        .header("authorization", &call.authorization)
+                        .header("content-type", "application/json")
+                        .body(call.body)
+                        .send()
+                        .await
+                    {
+                        Ok(response) => {
+                            let status = response.status();
+                            match response.bytes().await {
+                                Ok(_) if status.is_success() => Ok(()),
+                                Ok(body) => Err(format!(
+                                    "HTTP {status}: {}",
+                                    String::from_utf8_lossy(&body)
+                                )),
+                                Err(error) => Err(format!("reading the answer: {error}")),
+                            }
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let took = sent.elapsed();
+                    match outcome {
+                        Ok(()) => latencies.push(took),
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let mut result = RunResult {
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+        seconds: 0.0,
+    };
+    for task in tasks {
+        match task.await {
+            Ok((mut latencies, errors, first_error)) => {
+                result.latencies.append(&mut latencies);
+                result.errors += errors;
+                if result.first_error.is_none() {
+                    result.first_error = first_error;
+                }
+            }
+            Err(error) => {
+                result.errors += 1;
+                result
+                    .first_error
+                    .get_or_insert(format!("caller task: {error}"));
+            }
+        }
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result.latencies.sort();
+    result
+}
+
+/// Nearest-rank percentile in milliseconds of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}
+
+/// Avatars ready to train: kind `style` (no face needed), ten stored 1024x1024 photos each.
+async fn seed_trainable(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<Uuid>, String> {
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    sqlx::query(
+        "INSERT INTO avatars (id, tenant_id, name, kind, trigger_phrase, status, photo_count)
+         SELECT a, $1, 'bench avatar ' || n, 'style', 'bench_' || n, 'ready', 10
+         FROM UNNEST($2::uuid[]) WITH ORDINALITY AS x(a, n)",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| format!("seeding avatars: {e}"))?;
+    sqlx::query(
+        "INSERT INTO photos (id, tenant_id, avatar_id, state, file_name, format, width, height,
+             bytes, sha256, perceptual_hash, blob_key)
+         SELECT gen_random_uuid(), $1, a, 'stored', 'photo-' || i || '.jpg', 'jpeg', 1024, 1024,
+             200000, md5(a::text || i) || md5(i || a::text),
+             (random() * 9.2e18)::bigint - 4600000000000000000, 'bench/' || a || '/' || i
+         FROM UNNEST($2::uuid[]) AS x(a), generate_series(1, 10) AS i",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| format!("seeding photos: {e}"))?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(ids)
+}
+
+/// Avatars in `trained` with a LoRA model from a succeeded training.
+async fn seed_trained(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<Uuid>, String> {
+    let avatars: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    let jobs: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    let models: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    let params = serde_json::json!({ "steps": 1000, "learning_rate": 0.0005 });
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    for (what, statement) in [
+        (
+            "avatars",
+            "INSERT INTO avatars (id, tenant_id, name, kind, trigger_phrase, status, photo_count)
+             SELECT a, $1, 'bench trained ' || n, 'style', 'bench_trained_' || n, 'trained', 10
+             FROM UNNEST($2::uuid[]) WITH ORDINALITY AS x(a, n)",
+        ),
+        (
+            "trainings",
+            "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset,
+                 params, trigger_phrase, estimated_cost_usd, fal_request_id, fence,
+                 submit_started_at, submitted_at, finished_at, deadline_at, created_at)
+             SELECT j, $1, a, 'training', 'succeeded', 'fast_lora', 'fal-ai/flux-lora-fast-training',
+                 'balanced', $5, 'bench_trained_' || n, 2.0, j::text, 1, now(), now(), now(),
+                 now() + interval '1 day', now() - interval '1 minute'
+             FROM UNNEST($2::uuid[], $3::uuid[]) WITH ORDINALITY AS x(a, j, n)",
+        ),
+        (
+            "models",
+            "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type,
+                 trigger_phrase, artifact_key)
+             SELECT m, $1, a, j, 'lora', 'bench_trained_' || n, 'bench/lora/' || m
+             FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[]) WITH ORDINALITY AS x(a, j, m, n)",
+        ),
+        (
+            "current models",
+            "UPDATE avatars SET current_model_id = x.m
+             FROM UNNEST($2::uuid[], $4::uuid[]) AS x(a, m)
+             WHERE avatars.id = x.a AND avatars.tenant_id = $1",
+        ),
+    ] {
+        sqlx::query(statement)
+            .bind(tenant)
+            .bind(&avatars)
+            .bind(&jobs)
+            .bind(&models)
+            .bind(&params)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| format!("seeding {what}: {e}"))?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(avatars)
+}
+
+async fn wait_ready(
+    client: &reqwest::Client,
+    base: &str,
+    server: &mut ServerGuard,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        interrupted()?;
+        if let Ok(Some(status)) = server.0.try_wait() {
+            return Err(format!("avatars serve exited: {status}"));
+        }
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the service did not become ready within 30 s".into())
+}
+
+fn interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(10);
+    format!("service log (last lines):\n{}", lines[start..].join("\n"))
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "request overhead: release build, 16 tenants with a key each, fal-sim answering at once; \
+         beyond db = latency percentile - db ms/req (all statements of the run / requests)"
+    );
+    println!(
+        "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "mode",
+        "endpoint",
+        "callers",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "db ms/req",
+        "stmts/req",
+        "key reads",
+        "beyond p50",
+        "beyond p99"
+    );
+    for row in rows {
+        println!(
+            "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>10.3} {:>10.1} {:>10.2} {:>10.2} {:>10.2}",
+            row.mode,
+            row.endpoint,
+            row.callers,
+            row.requests,
+            row.errors,
+            row.per_second,
+            row.p50_ms,
+            row.p99_ms,
+            row.db_ms,
+            row.statements,
+            row.key_reads,
+            (row.p50_ms - row.db_ms).max(0.0),
+            (row.p99_ms - row.db_ms).max(0.0),
+        );
+    }
+    for row in rows.iter().filter(|row| row.errors > 0) {
+        println!(
+            "{} {} at {} callers: {} errors, first: {}",
+            row.mode,
+            row.endpoint,
+            row.callers,
+            row.errors,
+            row.first_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("(key reads: reads of api_keys by hash per request)");
+    println!();
+}
