@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use blackbox::{FalOptions, TestApp};
 use fal_sim::{RequestFaults, SubmitFault, WebhookFaults};
+use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -221,4 +222,234 @@ async fn a_callback_whose_header_and_body_name_different_requests_is_refused(poo
         .await
         .unwrap();
     assert_eq!(inbox, 0, "nothing is recorded");
+}
+
+/// Starts `count` trainings that fal finishes without calling back (the test sends the
+/// callbacks), and returns each training's id with the body fal would have sent.
+async fn finished_without_callbacks(app: &TestApp, count: usize) -> Vec<(String, String, Vec<u8>)> {
+    let sim = app.sim.as_ref().unwrap();
+    sim.fault_next_requests(
+        count as u32,
+        None,
+        RequestFaults {
+            webhook: WebhookFaults {
+                drop: true,
+                ..WebhookFaults::default()
+            },
+            ..RequestFaults::default()
+        },
+    );
+    let mut trainings = Vec::new();
+    for _ in 0..count {
+        let avatar = app.avatar_with_photos(10).await;
+        let started = app.start_training(&avatar, json!({})).await;
+        trainings.push(started["id"].as_str().unwrap().to_string());
+    }
+    sim.wait_until(DEADLINE, "fal finished every training", |s| {
+        s.requests().len() == count && s.requests().iter().all(|r| r.output.is_some())
+    })
+    .await
+    .unwrap();
+    let mut finished = Vec::new();
+    for id in trainings {
+        let training = app
+            .wait_for_json(&format!("/trainings/{id}"), "submitted", |t| {
+                t["fal_request_id"].is_string()
+            })
+            .await;
+        let request_id = training["fal_request_id"].as_str().unwrap().to_string();
+        let request = sim
+            .requests()
+            .into_iter()
+            .find(|r| r.request_id == request_id)
+            .unwrap();
+        let body = json!({
+            "request_id": request_id,
+            "gateway_request_id": request_id,
+            "status": "OK",
+            "payload": request.output.unwrap(),
+        })
+        .to_string()
+        .into_bytes();
+        finished.push((id, request_id, body));
+    }
+    finished
+}
+
+/// Lets the committers go once `count` callbacks wait for them.
+async fn release_when_queued(
+    app: &TestApp,
+    hold: service::callback_batch::CommitHold,
+    count: usize,
+) {
+    app.eventually("the callbacks queue behind the held committers", || async {
+        match app.running().callbacks.queued() {
+            queued if queued == count => Ok(()),
+            queued => Err(format!("{queued} queued")),
+        }
+    })
+    .await;
+    drop(hold);
+}
+
+/// The service's callback batches so far: (batches, callbacks in them).
+async fn batches(app: &TestApp) -> (f64, f64) {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = blackbox::scrape::Scrape::parse(&text);
+    (
+        scrape.sum("avatars_fal_callback_batch_size_count", &[]),
+        scrape.sum("avatars_fal_callback_batch_size_sum", &[]),
+    )
+}
+
+/// Waits until the training succeeded (its LoRA in our custody).
+async fn wait_trained(app: &TestApp, training: &str) {
+    app.wait_for_json(&format!("/trainings/{training}"), "succeeded", |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
+}
+
+/// How many times each training entered `succeeded`.
+async fn successes(pool: &PgPool, training: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND to_status = 'succeeded'",
+    )
+    .bind(training)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Callbacks that arrive while the committers are busy are applied in one transaction, each
+/// answered after it; a duplicate inside the batch is answered like any duplicate.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn callbacks_that_arrive_together_commit_together(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let finished = finished_without_callbacks(&app, 2).await;
+    let (batches_before, callbacks_before) = batches(&app).await;
+
+    let hold = app.running().callbacks.hold().await;
+    let sending = join_all(
+        finished
+            .iter()
+            .chain(std::iter::once(&finished[0]))
+            .map(|(_, request_id, body)| post_signed(&app, request_id, body)),
+    );
+    let (acks, ()) = tokio::join!(sending, release_when_queued(&app, hold, 3));
+    let mut outcomes: Vec<&str> = acks
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["applied", "applied", "duplicate"]);
+    let (batches_after, callbacks_after) = batches(&app).await;
+    assert_eq!(batches_after - batches_before, 1.0, "one batch");
+    assert_eq!(
+        callbacks_after - callbacks_before,
+        3.0,
+        "of three callbacks"
+    );
+    for (training, _, _) in &finished {
+        wait_trained(&app, training).await;
+        assert_eq!(successes(&pool, training).await, 1);
+    }
+}
+
+/// A batch that fails is applied callback by callback: the callback that cannot be stored
+/// fails alone (fal retries it), the others of its batch are applied.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn one_bad_callback_does_not_fail_its_batch(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let finished = finished_without_callbacks(&app, 2).await;
+    // The database refuses the inbox row of one request (as it would a row it cannot store).
+    let poisoned = finished[1].1.clone();
+    sqlx::query(&format!(
+        "CREATE FUNCTION refuse_poisoned() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.fal_request_id = '{poisoned}' THEN RAISE EXCEPTION 'poisoned callback'; END IF;
+           RETURN NEW;
+         END $$"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poisoned BEFORE INSERT ON webhook_inbox
+         FOR EACH ROW EXECUTE FUNCTION refuse_poisoned()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (batches_before, _) = batches(&app).await;
+
+    let hold = app.running().callbacks.hold().await;
+    let sending = join_all(
+        finished
+            .iter()
+            .map(|(_, request_id, body)| post_signed_as(&app, "sim-user", request_id, body)),
+    );
+    let (responses, ()) = tokio::join!(sending, release_when_queued(&app, hold, 2));
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses[0], 200);
+    assert!(
+        statuses[1] >= 500,
+        "the poisoned callback fails: {statuses:?}"
+    );
+    assert_eq!(
+        batches(&app).await.0 - batches_before,
+        1.0,
+        "they were one batch"
+    );
+    wait_trained(&app, &finished[0].0).await;
+    assert_eq!(successes(&pool, &finished[0].0).await, 1);
+    let refused = app.get_json(&format!("/trainings/{}", finished[1].0)).await;
+    assert_eq!(refused["status"], "submitted", "{refused:#}");
+
+    // fal retries the one that failed; once it can be stored, it is applied.
+    sqlx::query("DROP TRIGGER refuse_poisoned ON webhook_inbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (training, request_id, body) = &finished[1];
+    let ack = post_signed(&app, request_id, body).await;
+    assert_eq!(ack["outcome"], "applied", "{ack:#}");
+    wait_trained(&app, training).await;
+    assert_eq!(successes(&pool, training).await, 1);
+}
+
+/// `FAL_CALLBACK_BATCH_MAX=1` commits every callback alone, however many wait.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_batch_limit_of_one_commits_each_callback_alone(pool: PgPool) {
+    let app = TestApp::spawn_with_fal_and(pool.clone(), FalOptions::default(), |settings| {
+        settings.callback_batches.max_callbacks = 1;
+    })
+    .await;
+    let finished = finished_without_callbacks(&app, 2).await;
+    let (batches_before, callbacks_before) = batches(&app).await;
+    let hold = app.running().callbacks.hold().await;
+    let sending = join_all(
+        finished
+            .iter()
+            .map(|(_, request_id, body)| post_signed(&app, request_id, body)),
+    );
+    let (acks, ()) = tokio::join!(sending, release_when_queued(&app, hold, 2));
+    for ack in acks {
+        assert_eq!(ack["outcome"], "applied", "{ack:#}");
+    }
+    let (batches_after, callbacks_after) = batches(&app).await;
+    assert_eq!(batches_after - batches_before, 2.0, "two batches");
+    assert_eq!(
+        callbacks_after - callbacks_before,
+        2.0,
+        "of one callback each"
+    );
 }

@@ -1252,6 +1252,17 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
             let (app, id, avatar) = (&app, &id, &avatar);
             let (seen, pool) = (&seen_in_progress_at_full_progress, &pool);
             async move {
+                let avatar_id = avatar;
+                // The avatar first: a training still in progress after it was read was in
+                // progress when it was read, so the avatar must have said `training`.
+                let avatar: Value = app
+                    .request(Method::GET, &format!("/avatars/{avatar_id}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 let training = training(app, id).await;
                 // Read after the GET: the row can only have moved on since.
                 let stored: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
@@ -1261,14 +1272,6 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
                     .unwrap();
                 // Not even the stored row calls it a success while the LoRA is not kept.
                 assert_ne!(stored, "succeeded");
-                let avatar: Value = app
-                    .request(Method::GET, &format!("/avatars/{avatar}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
                 assert_ne!(training["status"], "succeeded", "{training:#}");
                 if training["status"] == "in_progress" {
                     assert_eq!(avatar["status"], "training");
@@ -1277,6 +1280,15 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
                     }
                 }
                 if training["status"] == "failed" {
+                    // Read again: the avatar above may predate the failure.
+                    let avatar: Value = app
+                        .request(Method::GET, &format!("/avatars/{avatar_id}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
                     Ok((training, avatar))
                 } else {
                     Err(format!("{training:#}"))

@@ -81,19 +81,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("bench-webhooks") => match bench_webhooks::run(&workspace_root()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("xtask: {error}");
-                ExitCode::FAILURE
+        Some("bench-webhooks") => {
+            match bench_webhooks::run(&workspace_root(), &args.collect::<Vec<_>>()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("xtask: {error}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         _ => {
             eprintln!("usage: cargo xtask test [extra `cargo test` arguments]");
             eprintln!("       cargo xtask cluster [--small]");
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
-            eprintln!("       cargo xtask bench-webhooks");
+            eprintln!("       cargo xtask bench-webhooks [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-requests [callers...]");
             eprintln!("       cargo xtask bench-retention [old events, default 1000000]");
             eprintln!("       cargo xtask face-photos");

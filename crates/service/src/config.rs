@@ -129,6 +129,7 @@ pub struct Config {
     /// `API_KEY_CACHE_MAX_ENTRIES`).
     pub api_key_cache: store::KeyCacheSettings,
     pub unknown_callbacks: UnknownCallbackSettings,
+    pub callback_batches: CallbackBatchSettings,
     pub retention: RetentionSettings,
     /// Between the janitor's rounds (retention, blob deletions, abandoned uploads).
     pub janitor_interval: Duration,
@@ -216,6 +217,29 @@ impl Default for UnknownCallbackSettings {
             max_body_bytes: 16 * 1024,
             max_kept: 10_000,
             retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// How fal callbacks are committed together (group commit): callbacks that arrive while a
+/// batch commits are applied in the next one, one transaction for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallbackBatchSettings {
+    /// Most callbacks in one transaction (`FAL_CALLBACK_BATCH_MAX`); 1 commits each alone.
+    pub max_callbacks: usize,
+    /// Batches committed at once (`FAL_CALLBACK_COMMITTERS`), each on its own connection.
+    pub committers: usize,
+    /// How long a committer waits for callbacks still being verified before it commits what
+    /// it has (`FAL_CALLBACK_BATCH_WAIT`); it never waits when none are on their way.
+    pub wait: Duration,
+}
+
+impl Default for CallbackBatchSettings {
+    fn default() -> Self {
+        Self {
+            max_callbacks: 128,
+            committers: 2,
+            wait: Duration::from_micros(500),
         }
     }
 }
@@ -472,6 +496,9 @@ impl Config {
         "FAL_UNKNOWN_CALLBACK_MAX_BYTES",
         "FAL_UNKNOWN_CALLBACKS_MAX",
         "FAL_UNKNOWN_CALLBACK_RETENTION",
+        "FAL_CALLBACK_BATCH_MAX",
+        "FAL_CALLBACK_COMMITTERS",
+        "FAL_CALLBACK_BATCH_WAIT",
         "RETENTION_DELIVERED_EVENTS",
         "RETENTION_FAILED_EVENTS",
         "RETENTION_FAL_CALLBACKS",
@@ -824,6 +851,21 @@ impl Config {
                     retention: env
                         .seconds("FAL_UNKNOWN_CALLBACK_RETENTION", 60, 365 * 24 * 3600)?
                         .unwrap_or(defaults.retention),
+                }
+            },
+            callback_batches: {
+                let defaults = CallbackBatchSettings::default();
+                CallbackBatchSettings {
+                    max_callbacks: env
+                        .parse_range("FAL_CALLBACK_BATCH_MAX", 1, 10_000)?
+                        .unwrap_or(defaults.max_callbacks),
+                    committers: env
+                        .parse_range("FAL_CALLBACK_COMMITTERS", 1, 64)?
+                        .unwrap_or(defaults.committers),
+                    wait: env
+                        .parse_range("FAL_CALLBACK_BATCH_WAIT", 0, 100_000)?
+                        .map(Duration::from_micros)
+                        .unwrap_or(defaults.wait),
                 }
             },
             retention: retention(&env)?,
@@ -1383,6 +1425,44 @@ mod tests {
             ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "2000000"),
             ("FAL_UNKNOWN_CALLBACKS_MAX", "-1"),
             ("FAL_UNKNOWN_CALLBACK_RETENTION", "59"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn callback_batches_are_read_and_bounded() {
+        assert_eq!(
+            config(&[]).unwrap().callback_batches,
+            CallbackBatchSettings::default()
+        );
+        let set = config(&[
+            ("FAL_CALLBACK_BATCH_MAX", "1"),
+            ("FAL_CALLBACK_COMMITTERS", "64"),
+            ("FAL_CALLBACK_BATCH_WAIT", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.callback_batches,
+            CallbackBatchSettings {
+                max_callbacks: 1,
+                committers: 64,
+                wait: Duration::ZERO,
+            }
+        );
+        assert_eq!(
+            config(&[("FAL_CALLBACK_BATCH_WAIT", "100000")])
+                .unwrap()
+                .callback_batches
+                .wait,
+            Duration::from_millis(100)
+        );
+        for (name, value) in [
+            ("FAL_CALLBACK_BATCH_WAIT", "100001"),
+            ("FAL_CALLBACK_BATCH_MAX", "0"),
+            ("FAL_CALLBACK_BATCH_MAX", "10001"),
+            ("FAL_CALLBACK_COMMITTERS", "0"),
+            ("FAL_CALLBACK_COMMITTERS", "65"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
         }

@@ -25,6 +25,7 @@ pub struct Settings {
     pub workers: WorkerIntervals,
     pub shutdown: crate::config::ShutdownSettings,
     pub unknown_callbacks: UnknownCallbackSettings,
+    pub callback_batches: crate::config::CallbackBatchSettings,
     /// Callbacks from another fal user are refused (`FAL_WEBHOOK_USER_ID`).
     pub fal_webhook_user_id: Option<String>,
     pub retention: RetentionSettings,
@@ -55,6 +56,7 @@ impl Settings {
             },
             shutdown: config.shutdown,
             unknown_callbacks: config.unknown_callbacks,
+            callback_batches: config.callback_batches,
             fal_webhook_user_id: config.fal.webhook_user_id.clone(),
             retention: config.retention,
             scratch_dir: std::env::temp_dir(),
@@ -231,6 +233,8 @@ pub struct Service {
     pub check_pool: crate::check_pool::CheckPool,
     /// The process's metrics; `store` reports job transitions into it.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// fal callbacks waiting for the next batch commit.
+    pub callbacks: Arc<crate::callback_batch::CallbackQueue>,
     /// Set when the process begins to stop: it reports itself not ready, and event streams end
     /// so draining connections does not wait for them.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -274,6 +278,9 @@ impl Service {
         let check_pool = crate::check_pool::CheckPool::new(settings.photos.check_threads as usize)
             .map_err(StartError::CheckThreads)?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let callbacks = Arc::new(crate::callback_batch::CallbackQueue::new(
+            settings.callback_batches,
+        ));
         Ok(Self {
             store: store
                 .with_transition_observer(metrics.clone())
@@ -293,6 +300,7 @@ impl Service {
             event_bodies,
             decode_budget,
             check_pool,
+            callbacks,
             metrics,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })

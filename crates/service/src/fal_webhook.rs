@@ -7,11 +7,12 @@
 
 use opentelemetry::trace::TraceContextExt;
 use sha2::{Digest, Sha256};
-use store::{JobRecord, WebhookDelivery, WebhookOutcome};
+use store::{BatchedCallback, JobRecord, WebhookDelivery, WebhookOutcome};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use crate::callback_batch::{Committed, Pending};
 use crate::context::Service;
 use crate::error::ServiceError;
 use crate::jobs::{self, FalOutcome};
@@ -53,7 +54,7 @@ impl CallbackOutcome {
     }
 }
 
-/// Verifies, records and applies one fal callback.
+/// Verifies one fal callback, then records and applies it in the next batch commit.
 #[tracing::instrument(
     skip_all,
     fields(
@@ -68,78 +69,121 @@ pub async fn receive_callback(
     headers: &fal::SignatureHeaders,
     body: &[u8],
 ) -> Result<CallbackOutcome, ServiceError> {
+    // Counted from here until queued, so a committer about to commit waits for it.
+    let arriving = service.callbacks.arriving();
     // `verify` counts the callbacks it refuses.
     let payload = verify(service, headers, body).await?;
-    let outcome = apply(service, target, body, payload).await;
-    service.metrics.fal_callback(match &outcome {
-        Ok(outcome) => outcome.counted(),
-        Err(_) => CallbackResult::Error,
+    let named_job = target.job.filter(|&id| {
+        target
+            .token
+            .as_deref()
+            .is_some_and(|token| service.settings.secrets.job_token_matches(id, token))
     });
-    outcome
-}
-
-/// Records a verified callback and applies it to its job.
-async fn apply(
-    service: &Service,
-    target: &CallbackTarget,
-    body: &[u8],
-    payload: fal::WebhookBody,
-) -> Result<CallbackOutcome, ServiceError> {
-    let request_id = payload.request_id.clone();
-    let job = correlate(service, target, &request_id).await?;
-    if let Some(job) = &job {
-        let span = tracing::Span::current();
+    let callback = BatchedCallback {
+        delivery: delivery_of(&payload, body),
+        named_job,
+        unknown_body: unknown_body(service, body),
+    };
+    let span = tracing::Span::current();
+    let link = span.context().span().span_context().clone();
+    let committed = service
+        .callbacks
+        .commit(service, arriving, |reply| Pending {
+            callback,
+            payload,
+            link,
+            reply,
+        })
+        .await;
+    if let Some(job) = committed.as_ref().ok().and_then(|c| c.job.as_ref()) {
         span.record("job_id", tracing::field::display(job.id));
         span.record("tenant_id", tracing::field::display(job.tenant_id));
         span.record("avatar_id", tracing::field::debug(job.avatar_id));
     }
-    // Applied in the trace of the request that created the job, linked to this callback's.
-    let span = tracing::info_span!("apply_callback", fal_request_id = %request_id);
-    if let Some(traceparent) = job.as_ref().and_then(|j| j.traceparent.as_deref()) {
-        let callback = tracing::Span::current()
-            .context()
-            .span()
-            .span_context()
-            .clone();
-        crate::trace_context::continue_trace(&span, Some(traceparent));
-        span.add_link(callback);
-    }
-    apply_to(service, job, body, payload, request_id)
-        .instrument(span)
-        .await
+    service.metrics.fal_callback(match &committed {
+        Ok(committed) => committed.outcome.counted(),
+        Err(_) => CallbackResult::Error,
+    });
+    committed.map(|committed| committed.outcome)
 }
 
-/// Records a verified callback and applies it to `job` (`None`: an unknown request).
-async fn apply_to(
+/// The span a callback is applied in: in the trace of the request that created its job,
+/// linked to the callback's own request (or, for a job without a trace, under the callback's).
+pub(crate) fn apply_span(
+    job: &JobRecord,
+    request_id: &str,
+    callback: &opentelemetry::trace::SpanContext,
+) -> tracing::Span {
+    let span = tracing::info_span!(parent: None, "apply_callback", fal_request_id = %request_id);
+    if job.traceparent.is_some() {
+        crate::trace_context::continue_trace(&span, job.traceparent.as_deref());
+        span.add_link(callback.clone());
+    } else if callback.is_valid() {
+        let _ = span
+            .set_parent(opentelemetry::Context::new().with_remote_span_context(callback.clone()));
+    }
+    span
+}
+
+/// What a callback means for `job`: the events to apply, in order.
+pub(crate) fn events_for(
+    job: &JobRecord,
+    request_id: &str,
+    payload: &fal::WebhookBody,
+) -> Vec<(domain::JobEvent, store::JobChanges)> {
+    jobs::completion_events(job, request_id, fal_outcome(payload.clone()))
+}
+
+/// Applies a callback in a transaction of its own (after its batch failed).
+pub(crate) async fn apply_alone(
     service: &Service,
-    job: Option<JobRecord>,
-    body: &[u8],
+    callback: BatchedCallback,
     payload: fal::WebhookBody,
-    request_id: String,
-) -> Result<CallbackOutcome, ServiceError> {
-    let delivery = WebhookDelivery {
-        fal_request_id: request_id.clone(),
-        body_sha256: hex::encode(Sha256::digest(body)),
-        fal_status: match payload.status {
-            fal::WebhookStatus::Ok => "OK".into(),
-            fal::WebhookStatus::Error => "ERROR".into(),
-        },
-        body: kept_body(service, job.is_some(), body),
+    link: &opentelemetry::trace::SpanContext,
+) -> Result<Committed, ServiceError> {
+    let request_id = callback.delivery.fal_request_id.clone();
+    let job = correlate(service, callback.named_job, &request_id).await?;
+    let span = match &job {
+        Some(job) => apply_span(job, &request_id, link),
+        None => tracing::Span::none(),
     };
-    let events = match &job {
-        Some(job) => jobs::completion_events(job, &request_id, fal_outcome(payload)),
-        None => Vec::new(),
-    };
-    let outcome = service
-        .store
-        .apply_webhook(
-            &delivery,
-            job.as_ref().map(|j| j.id),
-            &events,
-            i64::from(service.settings.unknown_callbacks.max_kept),
-        )
-        .await?;
-    let outcome = match outcome {
+    async {
+        let mut delivery = callback.delivery;
+        if job.is_none() {
+            if let Some(kept) = callback.unknown_body {
+                delivery.body = kept;
+            }
+        }
+        let events = match &job {
+            Some(job) => events_for(job, &request_id, &payload),
+            None => Vec::new(),
+        };
+        let outcome = service
+            .store
+            .apply_webhook(
+                &delivery,
+                job.as_ref().map(|j| j.id),
+                &events,
+                i64::from(service.settings.unknown_callbacks.max_kept),
+            )
+            .await?;
+        if matches!(outcome, WebhookOutcome::Processed(_)) {
+            if let Some(generation) = job.as_ref().and_then(|j| j.generation_id) {
+                crate::generation_items::announce(service, generation);
+            }
+        }
+        Ok(Committed {
+            outcome: outcome_of(&outcome, &request_id),
+            job,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the store's outcome means to fal.
+pub(crate) fn outcome_of(outcome: &WebhookOutcome, request_id: &str) -> CallbackOutcome {
+    match outcome {
         WebhookOutcome::Duplicate => CallbackOutcome::Duplicate,
         WebhookOutcome::UnknownRequest => {
             tracing::warn!(request_id = %request_id, "fal callback for an unknown request kept for reconciliation");
@@ -151,21 +195,28 @@ async fn apply_to(
         }
         WebhookOutcome::Processed(store::EventOutcome::Applied(_)) => CallbackOutcome::Applied,
         WebhookOutcome::Processed(_) => CallbackOutcome::Ignored,
-    };
-    service.work.notify_waiters();
-    if let Some(generation) = job.as_ref().and_then(|j| j.generation_id) {
-        crate::generation_items::announce(service, generation);
     }
-    Ok(outcome)
 }
 
-/// The body as the inbox keeps it. A callback for an unknown request keeps its body only
-/// when small: anyone with a fal account can send them, and what they say is not ours.
-fn kept_body(service: &Service, for_a_job: bool, body: &[u8]) -> serde_json::Value {
-    if !for_a_job && body.len() > service.settings.unknown_callbacks.max_body_bytes {
-        return serde_json::json!({ "omitted_bytes": body.len() });
+/// The delivery as the inbox records it.
+fn delivery_of(payload: &fal::WebhookBody, body: &[u8]) -> WebhookDelivery {
+    WebhookDelivery {
+        fal_request_id: payload.request_id.clone(),
+        body_sha256: hex::encode(Sha256::digest(body)),
+        fal_status: match payload.status {
+            fal::WebhookStatus::Ok => "OK".into(),
+            fal::WebhookStatus::Error => "ERROR".into(),
+        },
+        body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
     }
-    serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// What the inbox keeps instead of the body if the callback names no job of ours: anyone
+/// with a fal account can send them, and what they say is not ours, so a large body is not
+/// kept.
+fn unknown_body(service: &Service, body: &[u8]) -> Option<serde_json::Value> {
+    (body.len() > service.settings.unknown_callbacks.max_body_bytes)
+        .then(|| serde_json::json!({ "omitted_bytes": body.len() }))
 }
 
 /// Checks fal's signature over the raw bytes, then parses them.
@@ -289,24 +340,21 @@ fn refusal(error: &fal::WebhookError) -> CallbackResult {
     }
 }
 
-/// The job a callback is for: by our job id and token first (works before the request id is
-/// stored), then by fal's request id.
+/// The job a callback is for: the one its URL names (with a genuine token) unless that job
+/// has another request id (works before the request id is stored), else the one with its
+/// request id.
 async fn correlate(
     service: &Service,
-    target: &CallbackTarget,
+    named_job: Option<Uuid>,
     request_id: &str,
 ) -> Result<Option<JobRecord>, ServiceError> {
-    if let (Some(id), Some(token)) = (target.job, target.token.as_deref()) {
+    if let Some(id) = named_job {
         if let Some(candidate) = service.store.job_by_id(id).await? {
             let same_request = candidate
                 .fal_request_id
                 .as_deref()
                 .is_none_or(|known| known == request_id);
-            let genuine = service
-                .settings
-                .secrets
-                .job_token_matches(candidate.id, token);
-            if genuine && same_request {
+            if same_request {
                 return Ok(Some(candidate));
             }
         }

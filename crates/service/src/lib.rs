@@ -6,6 +6,7 @@
 //! parses requests, calls one function here and renders the result.
 
 pub mod avatars;
+pub mod callback_batch;
 pub mod check_pool;
 pub mod config;
 pub mod context;

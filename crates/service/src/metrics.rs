@@ -247,6 +247,7 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, Counter>,
     overdue: Family<KindLabels, Gauge>,
     callbacks: Family<OutcomeLabels, Counter>,
+    callback_batches: Histogram,
     fal_calls: Family<FalCallLabels, Counter>,
     fal_call_seconds: Family<OperationLabels, Histogram>,
     fal_billing_locked: Gauge,
@@ -288,6 +289,9 @@ impl Metrics {
             transitions: Family::default(),
             overdue: Family::default(),
             callbacks: Family::default(),
+            callback_batches: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
             fal_calls: Family::default(),
             fal_call_seconds: Family::new_with_constructor(|| {
                 Histogram::new([
@@ -404,6 +408,11 @@ impl Metrics {
             "avatars_fal_callbacks",
             "fal callbacks received by this process, by outcome",
             self.callbacks.clone(),
+        );
+        self.register(
+            "avatars_fal_callback_batch_size",
+            "fal callbacks committed together in one transaction (a batch that failed and was applied callback by callback counts once)",
+            self.callback_batches.clone(),
         );
         self.register(
             "avatars_fal_calls",
@@ -531,6 +540,11 @@ impl Metrics {
 
     pub fn blob_deletion_failed(&self) {
         self.blob_deletion_failures.inc();
+    }
+
+    /// A batch of `size` callbacks went to the database together.
+    pub fn callback_batch(&self, size: usize) {
+        self.callback_batches.observe(size as f64);
     }
 
     pub fn fal_callback(&self, outcome: CallbackResult) {

@@ -74,6 +74,11 @@ pub struct EventFilter {
     pub types: Option<Vec<String>>,
 }
 
+/// Writes one event into the outbox: id, tenant, type, job, avatar, data.
+pub(crate) const INSERT_OUTBOX_EVENT: &str =
+    "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
 /// Writes an event into the outbox, inside the caller's transaction. `job_id` is the id a
 /// caller follows: the training, or the generation.
 pub(crate) async fn insert_event(
@@ -85,18 +90,15 @@ pub(crate) async fn insert_event(
     snapshot: &EventSnapshot,
 ) -> Result<(), StoreError> {
     let data = serde_json::to_value(snapshot).map_err(|e| StoreError::Encode(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(tenant_id)
-    .bind(event_type.as_str())
-    .bind(job_id)
-    .bind(avatar_id)
-    .bind(data)
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_OUTBOX_EVENT)
+        .bind(Uuid::now_v7())
+        .bind(tenant_id)
+        .bind(event_type.as_str())
+        .bind(job_id)
+        .bind(avatar_id)
+        .bind(data)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -260,7 +260,49 @@ pub(crate) async fn apply_event_in(
     let Some((from, old_progress, current_fence)) = current else {
         return Ok(EventOutcome::NotFound);
     };
-    let from = JobStatus::from(from);
+    let locked = LockedJob {
+        id: job_id,
+        status: JobStatus::from(from),
+        progress: old_progress,
+        fence: current_fence,
+    };
+    apply_event_locked(tx, &locked, event, fence, changes, cause, claim, changed).await
+}
+
+/// A job row locked by the caller's transaction, as it stands there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockedJob {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub progress: Option<f64>,
+    pub fence: i64,
+}
+
+impl LockedJob {
+    pub(crate) fn of(job: &JobRecord) -> Self {
+        Self {
+            id: job.id,
+            status: job.status(),
+            progress: job.progress,
+            fence: job.fence,
+        }
+    }
+}
+
+/// [`apply_event_in`] for a job the caller has locked in `tx` and knows as `locked`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_event_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    locked: &LockedJob,
+    event: JobEvent,
+    fence: Option<i64>,
+    changes: &JobChanges,
+    cause: &str,
+    claim: Option<Claim>,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
+    let (job_id, from, old_progress, current_fence) =
+        (locked.id, locked.status, locked.progress, locked.fence);
     let to = match transition(from, event) {
         Transition::Apply { to } => to,
         Transition::Ignore { reason } => {
@@ -270,8 +312,10 @@ pub(crate) async fn apply_event_in(
     if fence.is_some_and(|fence| fence != current_fence) {
         return ignore(tx, job_id, event, from, REASON_STALE_FENCE, cause).await;
     }
+    // The guarded update and, when the status changes, its record in the job's event log:
+    // one statement.
     let row: Option<JobRecord> = sqlx::query_as(&format!(
-        "UPDATE jobs SET
+        "WITH updated AS (UPDATE jobs SET
              status = $2,
              fal_request_id = coalesce($5, fal_request_id),
              status_url = coalesce($6, status_url),
@@ -299,7 +343,10 @@ pub(crate) async fn apply_event_in(
              cancel_due_at = CASE WHEN $25::text IS NOT NULL THEN NULL ELSE cancel_due_at END,
              updated_at = now()
          WHERE id = $1 AND status = $3 AND ($4::bigint IS NULL OR fence = $4)
-         RETURNING {JOB_COLUMNS}"
+         RETURNING {JOB_COLUMNS}),
+         recorded AS (INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
+             SELECT id, $26, $3, $2, true, $27 FROM updated WHERE $2::text <> $3::text)
+         SELECT * FROM updated"
     ))
     .bind(job_id)
     .bind(to.as_str())
@@ -326,6 +373,8 @@ pub(crate) async fn apply_event_in(
     .bind(changes.deadline_at)
     .bind(changes.progress_checked)
     .bind(changes.cancel_outcome.map(CancelOutcome::as_str))
+    .bind(event.as_str())
+    .bind(cause)
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from_write)?;
@@ -342,7 +391,6 @@ pub(crate) async fn apply_event_in(
         }
         return Ok(EventOutcome::Applied(Box::new(job)));
     }
-    record_event(tx, job_id, event, Some(from), Some(to), true, cause).await?;
     changed.push(Changed {
         kind: job.kind,
         from,
@@ -373,7 +421,7 @@ pub(crate) async fn apply_event_in(
 
 /// Applies what a recorded callback says to its job inside `tx`; the inbox row says `ignored`
 /// when nothing applied. Returns the last event's outcome.
-async fn apply_callback_in(
+pub(crate) async fn apply_callback_in(
     tx: &mut Transaction<'_, Postgres>,
     inbox_id: i64,
     job_id: Uuid,
@@ -381,19 +429,55 @@ async fn apply_callback_in(
     cause: &str,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
+    let current: Option<(JobStatusColumn, Option<f64>, i64)> =
+        sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((status, progress, fence)) = current else {
+        mark_ignored(tx, inbox_id).await?;
+        return Ok(EventOutcome::NotFound);
+    };
+    let mut locked = LockedJob {
+        id: job_id,
+        status: JobStatus::from(status),
+        progress,
+        fence,
+    };
+    apply_callback_locked(tx, inbox_id, &mut locked, events, cause, changed).await
+}
+
+/// [`apply_callback_in`] for a job the caller has locked in `tx`; `locked` follows what the
+/// events change.
+pub(crate) async fn apply_callback_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    inbox_id: i64,
+    locked: &mut LockedJob,
+    events: &[(JobEvent, JobChanges)],
+    cause: &str,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
     let mut last = EventOutcome::NotFound;
     let mut any_applied = false;
     for (event, changes) in events {
-        last = apply_event_in(tx, job_id, *event, None, changes, cause, None, changed).await?;
-        any_applied |= matches!(last, EventOutcome::Applied(_));
+        last = apply_event_locked(tx, locked, *event, None, changes, cause, None, changed).await?;
+        if let EventOutcome::Applied(job) = &last {
+            any_applied = true;
+            *locked = LockedJob::of(job);
+        }
     }
     if !any_applied {
-        sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
-            .bind(inbox_id)
-            .execute(&mut **tx)
-            .await?;
+        mark_ignored(tx, inbox_id).await?;
     }
     Ok(last)
+}
+
+async fn mark_ignored(tx: &mut Transaction<'_, Postgres>, inbox_id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = $1")
+        .bind(inbox_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Ends custody of a `finishing` job inside `tx`: `completed`, under the lease holder's fence,
@@ -425,6 +509,17 @@ pub(crate) async fn complete_custody_in(
     )
     .await?;
     Ok(matches!(outcome, EventOutcome::Applied(_)))
+}
+
+/// `status IN (...)` naming, as literals, the statuses the domain allows `event` from: a
+/// condition the planner can match against the partial indexes written for those statuses
+/// (a bound array it cannot).
+fn status_in(event: JobEvent) -> String {
+    let names: Vec<String> = allowed_from(event)
+        .iter()
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect();
+    format!("status IN ({})", names.join(", "))
 }
 
 impl Store {
@@ -690,18 +785,26 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let candidate: Option<(Uuid, JobStatusColumn)> = sqlx::query_as(
+        // Two probes, each an index scan of its own partial index (every callback wakes this
+        // worker, so a scan of the whole table here is paid per callback): uploads whose
+        // worker died first (they are the oldest), then pending jobs.
+        let abandoned = format!(
             "SELECT id, status FROM jobs
-             WHERE (status = ANY($1) AND cancel_requested_at IS NULL)
-                OR (status = ANY($2) AND submit_started_at IS NULL AND lease_until < now())
-             ORDER BY created_at
-             FOR UPDATE SKIP LOCKED
-             LIMIT 1",
-        )
-        .bind(names(allowed_from(JobEvent::UploadStarted)))
-        .bind(names(allowed_from(JobEvent::UploadReclaimed)))
-        .fetch_optional(&mut *tx)
-        .await?;
+             WHERE {} AND submit_started_at IS NULL AND lease_until < now()
+             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1",
+            status_in(JobEvent::UploadReclaimed)
+        );
+        let pending = format!(
+            "SELECT id, status FROM jobs
+             WHERE {} AND cancel_requested_at IS NULL
+             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1",
+            status_in(JobEvent::UploadStarted)
+        );
+        let mut candidate: Option<(Uuid, JobStatusColumn)> =
+            sqlx::query_as(&abandoned).fetch_optional(&mut *tx).await?;
+        if candidate.is_none() {
+            candidate = sqlx::query_as(&pending).fetch_optional(&mut *tx).await?;
+        }
         let Some((id, status)) = candidate else {
             tx.commit().await?;
             return Ok(None);

@@ -7,6 +7,7 @@
 mod api_keys;
 mod avatars;
 pub mod blobs;
+mod callback_batch;
 mod error;
 pub mod events;
 mod gauges;
@@ -28,6 +29,7 @@ pub mod webhooks;
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
 pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options};
+pub use callback_batch::{BatchedCallback, BatchedOutcome};
 pub use error::StoreError;
 pub use gauges::{TransitionObserver, WorkSnapshot};
 pub use generations::{NewGeneration, NewGenerationItem, GENERATION_CHANNEL};

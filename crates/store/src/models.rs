@@ -1,14 +1,14 @@
 //! Trained models: created when a training's artifacts are in our custody.
 
-use domain::{AvatarChange, AvatarId, EventType, ModelType, TenantId};
+use domain::{AvatarChange, AvatarStatus, EventType, ModelType};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::avatars::lock_avatar;
+use crate::avatars::LockedAvatar;
 use crate::error::StoreError;
-use crate::events::insert_training_event;
+use crate::events::{EventSnapshot, INSERT_OUTBOX_EVENT};
 use crate::jobs::complete_custody_in;
-use crate::records::{JobRecord, ModelRecord, MODEL_COLUMNS};
+use crate::records::{parse_column, JobRecord, ModelRecord, MODEL_COLUMNS};
 use crate::Store;
 
 /// A model to record for a finished training.
@@ -32,12 +32,20 @@ pub(crate) async fn record_model_in(
     job: &JobRecord,
     model: &NewModel,
 ) -> Result<(), StoreError> {
-    let recorded: Option<ModelRecord> = sqlx::query_as(&format!(
-        "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
-             artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (training_id) DO NOTHING
-         RETURNING {MODEL_COLUMNS}"
+    // The model, and the avatar's row locked for its status transition: one statement.
+    let recorded: Option<RecordedModel> = sqlx::query_as(&format!(
+        "WITH recorded AS (
+             INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
+                 artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url, finetune_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (training_id) DO NOTHING
+             RETURNING {MODEL_COLUMNS}),
+         avatar AS (
+             SELECT status, current_model_id IS NOT NULL AS has_model FROM avatars
+             WHERE tenant_id = $2 AND id = $3 FOR UPDATE)
+         SELECT recorded.*, (SELECT status FROM avatar) AS avatar_status,
+             (SELECT has_model FROM avatar) AS avatar_has_model
+         FROM recorded"
     ))
     .bind(Uuid::now_v7())
     .bind(job.tenant_id)
@@ -56,25 +64,57 @@ pub(crate) async fn record_model_in(
     let Some(recorded) = recorded else {
         return Ok(());
     };
-    if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
-        if let Some(avatar) = lock_avatar(conn, TenantId(job.tenant_id), avatar_id).await? {
-            sqlx::query(
-                "UPDATE avatars SET current_model_id = $2, status = $3, updated_at = now()
-                 WHERE id = $1",
-            )
-            .bind(avatar_id.0)
-            .bind(recorded.id)
-            .bind(
-                avatar
-                    .status
-                    .after(AvatarChange::TrainingSucceeded)
-                    .as_str(),
-            )
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    insert_training_event(conn, job, EventType::TrainingSucceeded, Some(recorded)).await
+    let avatar = match (job.avatar_id, recorded.avatar_status.as_deref()) {
+        (Some(id), Some(status)) => Some((
+            id,
+            LockedAvatar {
+                status: parse_column("avatars", "status", status, AvatarStatus::parse)?,
+                has_model: recorded.avatar_has_model.unwrap_or(false),
+            },
+        )),
+        _ => None,
+    };
+    // The avatar's new model and status, and `training.succeeded` announcing them: one
+    // statement.
+    let snapshot = EventSnapshot::Training {
+        job: Box::new(job.clone()),
+        model: Some(recorded.model),
+    };
+    sqlx::query(&format!(
+        "WITH moved AS (UPDATE avatars SET current_model_id = $8, status = $9, updated_at = now()
+                        WHERE id = $7)
+         {INSERT_OUTBOX_EVENT}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(job.tenant_id)
+    .bind(EventType::TrainingSucceeded.as_str())
+    .bind(Some(job.id))
+    .bind(job.avatar_id)
+    .bind(serde_json::to_value(&snapshot).map_err(|e| StoreError::Encode(e.to_string()))?)
+    .bind(avatar.as_ref().map(|(id, _)| *id))
+    .bind(match &snapshot {
+        EventSnapshot::Training { model, .. } => model.as_ref().map(|m| m.id),
+        _ => None,
+    })
+    .bind(avatar.map(|(_, avatar)| {
+        avatar
+            .status
+            .after(AvatarChange::TrainingSucceeded)
+            .as_str()
+    }))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A model just recorded, with its avatar's row as locked for the status transition (no
+/// avatar: `None`).
+#[derive(sqlx::FromRow)]
+struct RecordedModel {
+    #[sqlx(flatten)]
+    model: ModelRecord,
+    avatar_status: Option<String>,
+    avatar_has_model: Option<bool>,
 }
 
 impl Store {

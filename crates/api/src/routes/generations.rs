@@ -215,7 +215,8 @@ pub async fn get_generation(
 /// Cancel a generation.
 ///
 /// Every item not yet finished is cancelled: at once when it was not sent to fal yet, on fal
-/// otherwise. Items fal already finished keep their images.
+/// otherwise (recorded and retried while fal cannot be reached). Items fal already finished
+/// keep their images.
 #[utoipa::path(
     post,
     path = "/generations/{id}/cancel",
@@ -228,7 +229,6 @@ pub async fn get_generation(
         Unauthorized,
         GenerationNotFound,
         (status = 409, description = "Every item already ended (`generation_finished`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "fal could not be reached to cancel (`fal_unavailable`); retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel_generation(

@@ -173,7 +173,9 @@ pub async fn list_trainings(
 /// Cancel a training.
 ///
 /// A training not yet submitted is cancelled at once; a submitted one is cancelled on fal.
-/// If fal already finished it, its result wins and the answer shows it.
+/// If fal already finished it, its result wins and the answer shows it. When fal cannot be
+/// reached now, the cancel is recorded (`cancel_requested: true`) and retried until fal
+/// answers or `CANCEL_MAX_ATTEMPTS` run out.
 #[utoipa::path(
     post,
     path = "/trainings/{id}/cancel",
@@ -186,7 +188,6 @@ pub async fn list_trainings(
         Unauthorized,
         TrainingNotFound,
         (status = 409, description = "The training already finished (`training_finished`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "fal could not be reached (`fal_unavailable`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel_training(
