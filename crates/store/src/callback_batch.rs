@@ -12,7 +12,10 @@ use std::collections::{HashMap, HashSet};
 use domain::JobEvent;
 use uuid::Uuid;
 
-use crate::jobs::{apply_callback_locked, JobChanges, LockedJob, WebhookDelivery, WebhookOutcome};
+use crate::jobs::{
+    apply_callback_locked, unknown_callbacks_kept, JobChanges, LockedJob, WebhookDelivery,
+    WebhookOutcome,
+};
 use crate::records::{JobRecord, JOB_COLUMNS};
 use crate::{Store, StoreError};
 
@@ -67,13 +70,7 @@ impl Store {
             .filter(|&i| outcomes[i].is_none() && job_of[i].is_none())
             .collect();
         if !unknown.is_empty() {
-            let kept: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT 1 FROM webhook_inbox
-                  WHERE outcome = 'unknown_request' LIMIT $1) kept",
-            )
-            .bind(unknown_kept_at_most)
-            .fetch_one(&mut *tx)
-            .await?;
+            let kept = unknown_callbacks_kept(&mut tx, unknown_kept_at_most).await?;
             let room = usize::try_from((unknown_kept_at_most - kept).max(0)).unwrap_or(0);
             for &i in unknown.iter().skip(room) {
                 outcomes[i] = Some(WebhookOutcome::UnknownRequestNotKept);

@@ -511,6 +511,20 @@ pub(crate) async fn complete_custody_in(
     Ok(matches!(outcome, EventOutcome::Applied(_)))
 }
 
+/// How many callbacks for unknown requests the inbox keeps, counted up to `at_most`.
+pub(crate) async fn unknown_callbacks_kept(
+    tx: &mut Transaction<'_, Postgres>,
+    at_most: i64,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM webhook_inbox
+          WHERE outcome = 'unknown_request' LIMIT $1) kept",
+    )
+    .bind(at_most)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// `status IN (...)` naming, as literals, the statuses the domain allows `event` from: a
 /// condition the planner can match against the partial indexes written for those statuses
 /// (a bound array it cannot).
@@ -683,13 +697,7 @@ impl Store {
     ) -> Result<WebhookOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         if job_id.is_none() {
-            let kept: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT 1 FROM webhook_inbox
-                  WHERE outcome = 'unknown_request' LIMIT $1) kept",
-            )
-            .bind(unknown_kept_at_most)
-            .fetch_one(&mut *tx)
-            .await?;
+            let kept = unknown_callbacks_kept(&mut tx, unknown_kept_at_most).await?;
             if kept >= unknown_kept_at_most {
                 tx.commit().await?;
                 return Ok(WebhookOutcome::UnknownRequestNotKept);
