@@ -35,7 +35,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
+use crate::bench_support::{
+    interrupted, log_tail, run_optimised, stop_on_ctrl_c, target_dir, wait_ready, WorkDir,
+    INTERRUPTED,
+};
 
 /// Concurrent callers of the runs.
 const CALLERS: [usize; 3] = [1, 16, 64];
@@ -62,8 +66,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// The two configurations compared: the default cache, and none.
 const MODES: [(&str, Option<&str>); 2] = [("cache", None), ("no cache", Some("0"))];
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// Requests of one run with this many callers.
 fn requests_at(callers: usize) -> usize {
     match callers {
@@ -71,12 +73,6 @@ fn requests_at(callers: usize) -> usize {
         16 => 1200,
         _ => 2400,
     }
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
@@ -89,44 +85,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             .ok_or("usage: cargo xtask bench-requests [callers...]")?
     };
     if cfg!(debug_assertions) {
-        return run_optimised(root, args);
+        let forwarded: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        return run_optimised(root, "bench-requests", &forwarded);
     }
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    stop_on_ctrl_c();
     bench(root, &callers)
-}
-
-/// Builds the release xtask and runs the benchmark in it.
-fn run_optimised(root: &Path, args: &[String]) -> Result<(), String> {
-    eprintln!("bench: building the optimised xtask (the callers share the cores with the service)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args(["build", "--release", "-q", "-p", "xtask"])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err("building the release xtask failed".into());
-    }
-    let _ = ctrlc::set_handler(|| {});
-    let status = Command::new(target_dir(root).join("release/xtask"))
-        .current_dir(root)
-        .arg("bench-requests")
-        .args(args)
-        .status()
-        .map_err(|e| format!("running the release xtask: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("the benchmark failed".into())
-    }
-}
-
-/// Removes the work directory when dropped.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Setup {
@@ -140,11 +103,8 @@ struct Setup {
 
 fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
     let binary = release_binary(root)?;
-    let dir = target_dir(root).join("bench-requests");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir(dir);
+    let work = WorkDir::fresh(target_dir(root).join("bench-requests"))?;
     let options = ClusterOptions {
         extra_settings: vec![
             "shared_preload_libraries = 'pg_stat_statements'".into(),
@@ -607,42 +567,6 @@ async fn seed_trained(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<U
     }
     tx.commit().await.map_err(|e| e.to_string())?;
     Ok(avatars)
-}
-
-async fn wait_ready(
-    client: &reqwest::Client,
-    base: &str,
-    server: &mut ServerGuard,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        interrupted()?;
-        if let Ok(Some(status)) = server.0.try_wait() {
-            return Err(format!("avatars serve exited: {status}"));
-        }
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("the service did not become ready within 30 s".into())
-}
-
-fn interrupted() -> Result<(), String> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err("interrupted".into())
-    } else {
-        Ok(())
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(10);
-    format!("service log (last lines):\n{}", lines[start..].join("\n"))
 }
 
 fn print_table(rows: &[Row]) {

@@ -18,19 +18,13 @@ use pgcluster::{Cluster, ClusterOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::bench_support::WorkDir;
+
 /// Old events by default; `cargo xtask bench-retention <rows>` sets another number.
 const OLD_EVENTS: i64 = 1_000_000;
 const RECENT_EVENTS: i64 = 10_000;
 const WRITERS: usize = 4;
 const DAY: u64 = 24 * 3600;
-
-struct WorkDir(std::path::PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn run(root: &Path, rows: Option<String>) -> Result<(), String> {
     let old_events = match rows {
@@ -41,11 +35,8 @@ pub fn run(root: &Path, rows: Option<String>) -> Result<(), String> {
             .filter(|n| *n > 0)
             .ok_or(format!("bench-retention: {rows:?} is not a number of rows"))?,
     };
-    let dir = root.join("target/bench-retention");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir(dir);
+    let work = WorkDir::fresh(crate::bench_support::target_dir(root).join("bench-retention"))?;
     let mut cluster =
         Cluster::start(&work.0.join("pg"), &ClusterOptions::test()).map_err(|e| e.to_string())?;
     cluster

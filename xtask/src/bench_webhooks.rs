@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, ServerGuard};
+use crate::bench_support::{
+    interrupted, log_tail, run_optimised, stop_on_ctrl_c, target_dir, wait_ready, WorkDir,
+    INTERRUPTED,
+};
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
 const SENDERS: [usize; 2] = [16, 64];
@@ -41,15 +45,16 @@ const USER_ID: &str = "bench-user";
 /// Every this many callbacks, one is delivered twice (answered 200 `duplicate`).
 const DUPLICATE_EVERY: usize = 16;
 
-/// Set by Ctrl-C: the senders and waits stop, and the guards clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let against = parse_args(args)?;
     if cfg!(debug_assertions) {
-        return run_optimised(root, against.as_deref());
+        let forwarded = match against {
+            Some(earlier) => vec!["--against".into(), earlier.into_os_string()],
+            None => Vec::new(),
+        };
+        return run_optimised(root, "bench-webhooks", &forwarded);
     }
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    stop_on_ctrl_c();
     bench(root, against)
 }
 
@@ -61,52 +66,6 @@ fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
             .map(Some)
             .map_err(|e| format!("{path}: {e}")),
         _ => Err("usage: cargo xtask bench-webhooks [--against <avatars binary>]".into()),
-    }
-}
-
-/// Builds the release xtask and runs the benchmark in it.
-fn run_optimised(root: &Path, against: Option<&Path>) -> Result<(), String> {
-    eprintln!("bench: building the optimised xtask (the sender shares the cores with the service)");
-    cargo(root, &["build", "--release", "-q", "-p", "xtask"])?;
-    // Ctrl-C reaches both processes: this one just waits for the other to clean up.
-    let _ = ctrlc::set_handler(|| {});
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let mut command = Command::new(target.join("release/xtask"));
-    command.current_dir(root).arg("bench-webhooks");
-    if let Some(against) = against {
-        command.arg("--against").arg(against);
-    }
-    let status = command
-        .status()
-        .map_err(|e| format!("running the release xtask: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("the benchmark failed".into())
-    }
-}
-
-fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args(args)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo {}` failed", args.join(" ")))
-    }
-}
-
-/// Removes the work directory when dropped.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -306,11 +265,8 @@ fn bench_build(root: &Path, binary: &Path) -> Result<Measured, String> {
         return Err(format!("no pgbench beside initdb in {}", bindir.display()));
     }
 
-    let dir = root.join("target/bench-webhooks");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir(dir);
+    let work = WorkDir::fresh(target_dir(root).join("bench-webhooks"))?;
     // Durable, as in production: every commit waits for its WAL flush. pg_stat_statements
     // says where the database's time per callback goes.
     let options = ClusterOptions {
@@ -703,26 +659,6 @@ async fn batch_sizes(client: &reqwest::Client, base: &str) -> Histogram {
     histogram
 }
 
-fn interrupted() -> Result<(), String> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err("interrupted".into())
-    } else {
-        Ok(())
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(10);
-    format!(
-        "service log ({} lines, last {}):\n{}",
-        lines.len(),
-        lines.len() - start,
-        lines[start..].join("\n")
-    )
-}
-
 /// Inserts `count` avatars, each with one pro training in `submitted` that fal has accepted.
 async fn seed(
     pool: &PgPool,
@@ -826,27 +762,6 @@ async fn seed_pgbench_queue(pool: &PgPool, jobs: &[SeedJob]) -> Result<(), Strin
     .await
     .map_err(|e| format!("seeding the pgbench queue: {e}"))?;
     Ok(())
-}
-
-async fn wait_ready(
-    client: &reqwest::Client,
-    base: &str,
-    server: &mut ServerGuard,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        interrupted()?;
-        if let Ok(Some(status)) = server.0.try_wait() {
-            return Err(format!("avatars serve exited: {status}"));
-        }
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("the service did not become ready within 30 s".into())
 }
 
 /// A callback ready to send.

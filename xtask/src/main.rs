@@ -16,6 +16,7 @@ mod bench_hostile;
 mod bench_photos;
 mod bench_requests;
 mod bench_retention;
+mod bench_support;
 mod bench_webhooks;
 mod cluster;
 mod face_photos;
