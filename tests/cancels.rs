@@ -61,6 +61,16 @@ fn stall_next_request(app: &TestApp) {
     );
 }
 
+/// Whether fal-sim took a cancel of `request_id`.
+fn fal_took_cancel(app: &TestApp, request_id: &str) -> bool {
+    app.sim
+        .as_ref()
+        .unwrap()
+        .request(request_id)
+        .unwrap()
+        .cancel_requested
+}
+
 async fn wait_training(
     app: &TestApp,
     id: &str,
@@ -107,13 +117,10 @@ async fn a_deadline_cancel_fal_fails_is_retried_until_fal_confirms_it(pool: PgPo
         4,
         "three refused cancels, then one accepted"
     );
-    let report = app
-        .sim
-        .as_ref()
-        .unwrap()
-        .request(done["fal_request_id"].as_str().unwrap())
-        .unwrap();
-    assert!(report.cancel_requested, "fal got the cancel");
+    assert!(
+        fal_took_cancel(&app, done["fal_request_id"].as_str().unwrap()),
+        "fal got the cancel"
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -143,13 +150,10 @@ async fn a_cancel_fal_never_confirms_ends_unconfirmed_after_the_last_attempt(poo
         2,
         "CANCEL_MAX_ATTEMPTS attempts, no more"
     );
-    let report = app
-        .sim
-        .as_ref()
-        .unwrap()
-        .request(submitted["fal_request_id"].as_str().unwrap())
-        .unwrap();
-    assert!(!report.cancel_requested, "fal never took the cancel");
+    assert!(
+        !fal_took_cancel(&app, submitted["fal_request_id"].as_str().unwrap()),
+        "fal never took the cancel"
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -178,7 +182,7 @@ async fn a_callers_cancel_survives_a_restart_until_fal_takes_it(pool: PgPool) {
     sim.clear_faults();
     let done = wait_training(&app, &id, "cancelled", |t| t["status"] == "cancelled").await;
     assert_eq!(done["error"]["code"], "cancelled");
-    assert!(sim.request(&request_id).unwrap().cancel_requested);
+    assert!(fal_took_cancel(&app, &request_id));
     let avatar_now: Value = app.get_json(&format!("/avatars/{avatar}")).await;
     assert_eq!(avatar_now["status"], "cancelled");
 }
@@ -209,11 +213,11 @@ async fn deleting_an_avatar_mid_submit_cancels_the_request_once_fal_answers(pool
     assert_eq!(response.status(), 204);
     let training: Value = app.get_json(&format!("/trainings/{id}")).await;
     assert_eq!(training["status"], "cancelled");
-    assert!(!sim.request(&request_id).unwrap().cancel_requested);
+    assert!(!fal_took_cancel(&app, &request_id));
 
     sim.release_held_submits(1);
     app.eventually("the request to be cancelled at fal", || async {
-        if sim.request(&request_id).unwrap().cancel_requested {
+        if fal_took_cancel(&app, &request_id) {
             Ok(())
         } else {
             Err(format!("{:?}", sim.request(&request_id)))
@@ -343,7 +347,7 @@ async fn a_cancel_during_the_submit_that_fal_refuses_after_it_is_retried(pool: P
     let done = wait_training(&app, id, "cancelled", |t| t["status"] == "cancelled").await;
     assert_eq!(done["error"]["code"], "cancelled");
     let request_id = done["fal_request_id"].as_str().unwrap();
-    assert!(sim.request(request_id).unwrap().cancel_requested);
+    assert!(fal_took_cancel(&app, request_id));
     assert_eq!(cancels_received(&app), 2, "one refused, one taken");
 }
 
@@ -370,7 +374,7 @@ async fn deleting_an_avatar_while_fal_refuses_the_cancel_cancels_it_later(pool: 
     let training: Value = app.get_json(&format!("/trainings/{id}")).await;
     assert_eq!(training["status"], "cancelled");
     app.eventually("the request to be cancelled at fal", || async {
-        if sim.request(request_id).unwrap().cancel_requested {
+        if fal_took_cancel(&app, request_id) {
             Ok(())
         } else {
             Err(format!("{} cancels so far", cancels_received(&app)))
