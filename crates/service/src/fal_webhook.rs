@@ -142,7 +142,7 @@ pub(crate) async fn apply_alone(
     link: &opentelemetry::trace::SpanContext,
 ) -> Result<Committed, ServiceError> {
     let request_id = callback.delivery.fal_request_id.clone();
-    let job = correlate(service, callback.named_job, &request_id).await?;
+    let job = service.store.job_for_callback(&callback).await?;
     let span = match &job {
         Some(job) => apply_span(job, &request_id, link),
         None => tracing::Span::none(),
@@ -338,28 +338,6 @@ fn refusal(error: &fal::WebhookError) -> CallbackResult {
         | fal::WebhookError::MalformedSignature
         | fal::WebhookError::BadSignature => CallbackResult::BadSignature,
     }
-}
-
-/// The job a callback is for: the one its URL names (with a genuine token) unless that job
-/// has another request id (works before the request id is stored), else the one with its
-/// request id.
-async fn correlate(
-    service: &Service,
-    named_job: Option<Uuid>,
-    request_id: &str,
-) -> Result<Option<JobRecord>, ServiceError> {
-    if let Some(id) = named_job {
-        if let Some(candidate) = service.store.job_by_id(id).await? {
-            let same_request = candidate
-                .fal_request_id
-                .as_deref()
-                .is_none_or(|known| known == request_id);
-            if same_request {
-                return Ok(Some(candidate));
-            }
-        }
-    }
-    Ok(service.store.job_by_request_id(request_id).await?)
 }
 
 /// What fal reports about the request.

@@ -129,6 +129,23 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The job one callback is for (read, not locked): the same choice a batch makes.
+    pub async fn job_for_callback(
+        &self,
+        callback: &BatchedCallback,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let candidates: Vec<JobRecord> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 OR fal_request_id = $2"
+        ))
+        .bind(callback.named_job)
+        .bind(&callback.delivery.fal_request_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(correlate(&candidates, callback).cloned())
+    }
+}
+
 /// Locks every job the callbacks may be for (by the job their URL names or by request id),
 /// in id order so that concurrent batches take their locks in the same order.
 async fn lock_jobs(
