@@ -7,15 +7,15 @@
 //! transaction fails, nothing of the batch is kept and the caller applies its callbacks one by
 //! one ([`Store::apply_webhook`]), so one bad callback never fails the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use domain::JobEvent;
 use uuid::Uuid;
 
 use crate::jobs::{
-    apply_callback_locked, unknown_callbacks_kept, JobChanges, LockedJob, WebhookDelivery,
-    WebhookOutcome,
+    unknown_callbacks_kept, EventOutcome, JobChanges, LockedJob, WebhookDelivery, WebhookOutcome,
 };
+use crate::transitions::{apply_transitions, TransitionItem};
 use crate::records::{JobRecord, JOB_COLUMNS};
 use crate::{Store, StoreError};
 
@@ -78,12 +78,8 @@ impl Store {
         }
 
         let inbox_ids = record_deliveries(&mut tx, callbacks, &job_of, &outcomes).await?;
-        // Each job as this transaction has it: callbacks for the same job apply in turn.
-        let mut locked: HashMap<Uuid, LockedJob> = jobs
-            .iter()
-            .map(|job| (job.id, LockedJob::of(job)))
-            .collect();
-        let mut changed = Vec::new();
+        // What each recorded callback means for its job, in arrival order per job.
+        let mut recorded: Vec<Recorded> = Vec::new();
         for (i, callback) in callbacks.iter().enumerate() {
             if outcomes[i].is_some() {
                 continue;
@@ -101,20 +97,24 @@ impl Store {
                 outcomes[i] = Some(WebhookOutcome::UnknownRequest);
                 continue;
             };
-            let events = events_for(i, job);
-            let Some(state) = locked.get_mut(&job.id) else {
-                unreachable!("every correlated job was locked");
-            };
-            let last = apply_callback_locked(
-                &mut tx,
+            recorded.push(Recorded {
+                callback: i,
                 inbox_id,
-                state,
-                &events,
-                "fal webhook",
-                &mut changed,
-            )
-            .await?;
-            outcomes[i] = Some(WebhookOutcome::Processed(last));
+                job: job.id,
+                events: events_for(i, job),
+            });
+        }
+        let mut changed = Vec::new();
+        let results = apply_in_rounds(&mut tx, &jobs, &recorded, &mut changed).await?;
+        let ignored: Vec<i64> = recorded
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| !result.any_applied)
+            .map(|(callback, _)| callback.inbox_id)
+            .collect();
+        mark_ignored(&mut tx, &ignored).await?;
+        for (callback, result) in recorded.iter().zip(results) {
+            outcomes[callback.callback] = Some(WebhookOutcome::Processed(result.last));
         }
         tx.commit().await?;
         self.observer.committed(&changed);
@@ -127,6 +127,101 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// A callback recorded in the inbox for a job, with what it means for the job.
+struct Recorded {
+    callback: usize,
+    inbox_id: i64,
+    job: Uuid,
+    events: Vec<(JobEvent, JobChanges)>,
+}
+
+/// What a recorded callback's events did to its job.
+struct Applied {
+    last: EventOutcome,
+    any_applied: bool,
+}
+
+/// Applies the recorded callbacks' events with set-based statements. Each round takes the next
+/// event of every job (a job's events apply in arrival order, each seeing the job as the one
+/// before left it), so a batch whose callbacks each carry one event is one round.
+async fn apply_in_rounds(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    jobs: &[JobRecord],
+    recorded: &[Recorded],
+    changed: &mut Vec<crate::gauges::Changed>,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut locked: HashMap<Uuid, LockedJob> = jobs
+        .iter()
+        .map(|job| (job.id, LockedJob::of(job)))
+        .collect();
+    // Per job, its pending (callback, event) pairs, oldest first.
+    let mut pending: Vec<(Uuid, VecDeque<(usize, usize)>)> = Vec::new();
+    for (r, callback) in recorded.iter().enumerate() {
+        let queue = match pending.iter_mut().find(|(job, _)| *job == callback.job) {
+            Some((_, queue)) => queue,
+            None => {
+                pending.push((callback.job, VecDeque::new()));
+                &mut pending.last_mut().expect("just pushed").1
+            }
+        };
+        queue.extend((0..callback.events.len()).map(|e| (r, e)));
+    }
+    let mut results: Vec<Applied> = recorded
+        .iter()
+        .map(|_| Applied {
+            last: EventOutcome::NotFound,
+            any_applied: false,
+        })
+        .collect();
+    loop {
+        let round: Vec<(usize, usize)> = pending
+            .iter_mut()
+            .filter_map(|(_, queue)| queue.pop_front())
+            .collect();
+        if round.is_empty() {
+            return Ok(results);
+        }
+        let items: Vec<TransitionItem<'_>> = round
+            .iter()
+            .map(|&(r, e)| {
+                let callback = &recorded[r];
+                let (event, changes) = &callback.events[e];
+                TransitionItem {
+                    locked: locked[&callback.job],
+                    event: *event,
+                    fence: None,
+                    changes,
+                    cause: "fal webhook",
+                    claim: None,
+                }
+            })
+            .collect();
+        let outcomes = apply_transitions(tx, &items, changed).await?;
+        for (&(r, _), outcome) in round.iter().zip(outcomes) {
+            if let EventOutcome::Applied(job) = &outcome {
+                results[r].any_applied = true;
+                locked.insert(job.id, LockedJob::of(job));
+            }
+            results[r].last = outcome;
+        }
+    }
+}
+
+/// Marks recorded callbacks whose events all changed nothing as `ignored` in the inbox.
+async fn mark_ignored(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    inbox_ids: &[i64],
+) -> Result<(), StoreError> {
+    if inbox_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE webhook_inbox SET outcome = 'ignored' WHERE id = ANY($1)")
+        .bind(inbox_ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 impl Store {

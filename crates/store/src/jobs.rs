@@ -1,35 +1,33 @@
 //! Jobs sent to fal, their transitions, leases, and the webhook inbox.
 //!
-//! A job's status changes only in [`apply_event_in`]: it reads the job's status under a row
-//! lock, asks the domain's transition function what the event does, and writes the verdict
-//! with an `UPDATE ... WHERE status = <the status the domain decided from>` that only guards
-//! it. An event the domain ignores is recorded as ignored, with the domain's reason.
+//! A job's status changes only in [`crate::transitions::apply_transitions`] (reached through
+//! [`apply_event_in`] for one job): with the job's status read under a row lock, it asks the
+//! domain's transition function what the event does, and writes the verdict with an
+//! `UPDATE ... WHERE status = <the status the domain decided from>` that only guards it. An
+//! event the domain ignores is recorded as ignored, with the domain's reason.
 
 use chrono::{DateTime, Utc};
 use domain::{
-    allowed_from, progress_step_crossed, transition, AvatarChange, AvatarId, EventType, JobEvent,
-    JobKind, JobStatus, TenantId, Transition,
+    allowed_from, AvatarChange, AvatarId, EventType, JobEvent,
+    JobKind, JobStatus, TenantId,
 };
 use serde_json::Value;
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::avatars::{avatar_page, change_avatar_status};
 use crate::error::StoreError;
 use crate::events::insert_training_event;
 use crate::gauges::Changed;
-use crate::generations::announce_if_finished;
-use crate::models::{record_model_in, NewModel};
+use crate::models::NewModel;
 use crate::records::{
-    job_by_id, record_created, tenant_row, JobRecord, JobStatusColumn, JOB_COLUMNS,
+    job_by_id, record_created, tenant_row, JobKindColumn, JobRecord, JobStatusColumn, JOB_COLUMNS,
 };
+use crate::transitions::{apply_transitions, TransitionItem};
 use crate::{Quota, Store};
 
 /// The unique index allowing one live training per avatar.
 pub const ONE_ACTIVE_TRAINING: &str = "jobs_one_active_training_per_avatar";
-
-/// Why an event the domain would apply changed nothing: the caller's lease is stale.
-const REASON_STALE_FENCE: &str = "stale fence: another worker owns the job";
 
 /// The statuses' names, to bind as a `text[]`.
 fn names(statuses: impl IntoIterator<Item = JobStatus>) -> Vec<&'static str> {
@@ -182,59 +180,10 @@ pub enum WebhookOutcome {
     Processed(EventOutcome),
 }
 
-async fn record_event(
-    conn: &mut PgConnection,
-    job_id: Uuid,
-    event: JobEvent,
-    from: Option<JobStatus>,
-    to: Option<JobStatus>,
-    applied: bool,
-    cause: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(job_id)
-    .bind(event.as_str())
-    .bind(from.map(JobStatus::as_str))
-    .bind(to.map(JobStatus::as_str))
-    .bind(applied)
-    .bind(cause)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// A lease taken with a transition: a worker claiming the job.
 pub(crate) struct Claim {
-    owner: Uuid,
-    lease: std::time::Duration,
-}
-
-/// Records that `event` changed nothing, and why.
-async fn ignore(
-    conn: &mut PgConnection,
-    job_id: Uuid,
-    event: JobEvent,
-    from: JobStatus,
-    reason: &str,
-    cause: &str,
-) -> Result<EventOutcome, StoreError> {
-    record_event(
-        conn,
-        job_id,
-        event,
-        Some(from),
-        None,
-        false,
-        &format!("{cause}; ignored: {reason}"),
-    )
-    .await?;
-    Ok(EventOutcome::Ignored {
-        status: from,
-        reason: reason.to_string(),
-    })
+    pub(crate) owner: Uuid,
+    pub(crate) lease: std::time::Duration,
 }
 
 /// Applies `event` inside `tx`: the domain's verdict, the guarded update, the event record,
@@ -252,19 +201,8 @@ pub(crate) async fn apply_event_in(
     claim: Option<Claim>,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
-    let current: Option<(JobStatusColumn, Option<f64>, i64)> =
-        sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(job_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let Some((from, old_progress, current_fence)) = current else {
+    let Some(locked) = lock_job(tx, job_id).await? else {
         return Ok(EventOutcome::NotFound);
-    };
-    let locked = LockedJob {
-        id: job_id,
-        status: JobStatus::from(from),
-        progress: old_progress,
-        fence: current_fence,
     };
     apply_event_locked(tx, &locked, event, fence, changes, cause, claim, changed).await
 }
@@ -273,6 +211,7 @@ pub(crate) async fn apply_event_in(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LockedJob {
     pub id: Uuid,
+    pub kind: JobKind,
     pub status: JobStatus,
     pub progress: Option<f64>,
     pub fence: i64,
@@ -282,6 +221,7 @@ impl LockedJob {
     pub(crate) fn of(job: &JobRecord) -> Self {
         Self {
             id: job.id,
+            kind: job.kind(),
             status: job.status(),
             progress: job.progress,
             fence: job.fence,
@@ -301,122 +241,36 @@ pub(crate) async fn apply_event_locked(
     claim: Option<Claim>,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
-    let (job_id, from, old_progress, current_fence) =
-        (locked.id, locked.status, locked.progress, locked.fence);
-    let to = match transition(from, event) {
-        Transition::Apply { to } => to,
-        Transition::Ignore { reason } => {
-            return ignore(tx, job_id, event, from, reason, cause).await;
-        }
+    let item = TransitionItem {
+        locked: *locked,
+        event,
+        fence,
+        changes,
+        cause,
+        claim,
     };
-    if fence.is_some_and(|fence| fence != current_fence) {
-        return ignore(tx, job_id, event, from, REASON_STALE_FENCE, cause).await;
-    }
-    // The guarded update and, when the status changes, its record in the job's event log:
-    // one statement.
-    let row: Option<JobRecord> = sqlx::query_as(&format!(
-        "WITH updated AS (UPDATE jobs SET
-             status = $2,
-             fal_request_id = coalesce($5, fal_request_id),
-             status_url = coalesce($6, status_url),
-             response_url = coalesce($7, response_url),
-             cancel_url = coalesce($8, cancel_url),
-             queue_position = CASE WHEN $18 THEN NULL ELSE coalesce($9, queue_position) END,
-             progress = coalesce($10, progress),
-             error_code = coalesce($11, error_code),
-             error_message = coalesce($12, error_message),
-             result = coalesce($13, result),
-             result_fetch_needed = coalesce($14, result_fetch_needed),
-             custody_needed = coalesce($15, custody_needed),
-             next_check_at = coalesce($16, next_check_at),
-             submitted_at = CASE WHEN $19 THEN coalesce(submitted_at, now()) ELSE submitted_at END,
-             started_at = CASE WHEN $20 THEN coalesce(started_at, now()) ELSE started_at END,
-             finished_at = CASE WHEN $17 THEN now() ELSE finished_at END,
-             lease_owner = CASE WHEN $21::uuid IS NOT NULL THEN $21
-                                WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_owner END,
-             lease_until = CASE WHEN $21::uuid IS NOT NULL THEN now() + make_interval(secs => $22::float8)
-                                WHEN $17 OR $4::bigint IS NOT NULL THEN NULL ELSE lease_until END,
-             fence = CASE WHEN $21::uuid IS NOT NULL THEN fence + 1 ELSE fence END,
-             deadline_at = coalesce($23, deadline_at),
-             progress_checked_at = CASE WHEN $24 THEN now() ELSE progress_checked_at END,
-             cancel_outcome = coalesce($25, cancel_outcome),
-             cancel_due_at = CASE WHEN $25::text IS NOT NULL THEN NULL ELSE cancel_due_at END,
-             updated_at = now()
-         WHERE id = $1 AND status = $3 AND ($4::bigint IS NULL OR fence = $4)
-         RETURNING {JOB_COLUMNS}),
-         recorded AS (INSERT INTO job_events (job_id, event, from_status, to_status, applied, cause)
-             SELECT id, $26, $3, $2, true, $27 FROM updated WHERE $2::text <> $3::text)
-         SELECT * FROM updated"
-    ))
+    let mut outcomes = apply_transitions(tx, std::slice::from_ref(&item), changed).await?;
+    Ok(outcomes.pop().unwrap_or(EventOutcome::NotFound))
+}
+
+/// Reads and locks (until `tx` ends) what a transition of the job needs.
+async fn lock_job(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+) -> Result<Option<LockedJob>, StoreError> {
+    let current: Option<(JobKindColumn, JobStatusColumn, Option<f64>, i64)> = sqlx::query_as(
+        "SELECT kind, status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE",
+    )
     .bind(job_id)
-    .bind(to.as_str())
-    .bind(from.as_str())
-    .bind(fence)
-    .bind(&changes.fal_request_id)
-    .bind(&changes.status_url)
-    .bind(&changes.response_url)
-    .bind(&changes.cancel_url)
-    .bind(changes.queue_position)
-    .bind(changes.progress)
-    .bind(&changes.error_code)
-    .bind(&changes.error_message)
-    .bind(&changes.result)
-    .bind(changes.result_fetch_needed)
-    .bind(changes.custody_needed)
-    .bind(changes.next_check_at)
-    .bind(to.is_terminal())
-    .bind(changes.clear_queue_position)
-    .bind(to == JobStatus::Submitted)
-    .bind(to == JobStatus::InProgress)
-    .bind(claim.as_ref().map(|claim| claim.owner))
-    .bind(claim.as_ref().map(|claim| claim.lease.as_secs_f64()))
-    .bind(changes.deadline_at)
-    .bind(changes.progress_checked)
-    .bind(changes.cancel_outcome.map(CancelOutcome::as_str))
-    .bind(event.as_str())
-    .bind(cause)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(StoreError::from_write)?;
-    let Some(job) = row else {
-        // The row lock makes this unreachable: the guard is a guard.
-        return ignore(tx, job_id, event, from, REASON_STALE_FENCE, cause).await;
-    };
-    if from == to {
-        if job.kind == JobKind::Training
-            && to == JobStatus::InProgress
-            && progress_step_crossed(old_progress, job.progress)
-        {
-            insert_training_event(tx, &job, EventType::TrainingProgress, None).await?;
-        }
-        return Ok(EventOutcome::Applied(Box::new(job)));
-    }
-    changed.push(Changed {
-        kind: job.kind,
-        from,
-        to,
-    });
-    if job.kind == JobKind::Training && to.is_terminal() && to != JobStatus::Succeeded {
-        if let Some(avatar_id) = job.avatar_id.map(AvatarId) {
-            change_avatar_status(tx, TenantId(job.tenant_id), avatar_id, |avatar| {
-                AvatarChange::TrainingEnded {
-                    cancelled: to == JobStatus::Cancelled,
-                    has_model: avatar.has_model,
-                }
-            })
-            .await?;
-        }
-    }
-    announce_if_finished(tx, &job).await?;
-    if job.kind == JobKind::Training {
-        if let Some(event_type) = EventType::training_entered(to) {
-            insert_training_event(tx, &job, event_type, None).await?;
-        }
-    }
-    if let (JobStatus::Succeeded, Some(model)) = (to, &changes.model) {
-        record_model_in(tx, &job, model).await?;
-    }
-    Ok(EventOutcome::Applied(Box::new(job)))
+    .await?;
+    Ok(current.map(|(kind, status, progress, fence)| LockedJob {
+        id: job_id,
+        kind: kind.into(),
+        status: status.into(),
+        progress,
+        fence,
+    }))
 }
 
 /// Applies what a recorded callback says to its job inside `tx`; the inbox row says `ignored`
@@ -429,20 +283,9 @@ pub(crate) async fn apply_callback_in(
     cause: &str,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
-    let current: Option<(JobStatusColumn, Option<f64>, i64)> =
-        sqlx::query_as("SELECT status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(job_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let Some((status, progress, fence)) = current else {
+    let Some(mut locked) = lock_job(tx, job_id).await? else {
         mark_ignored(tx, inbox_id).await?;
         return Ok(EventOutcome::NotFound);
-    };
-    let mut locked = LockedJob {
-        id: job_id,
-        status: JobStatus::from(status),
-        progress,
-        fence,
     };
     apply_callback_locked(tx, inbox_id, &mut locked, events, cause, changed).await
 }

@@ -23,6 +23,7 @@ mod readiness;
 mod records;
 pub mod retention;
 mod tenants;
+mod transitions;
 mod usage;
 pub mod webhooks;
 
