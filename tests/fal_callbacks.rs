@@ -453,3 +453,58 @@ async fn a_batch_limit_of_one_commits_each_callback_alone(pool: PgPool) {
         "of one callback each"
     );
 }
+
+/// Two different callbacks for one job in one batch apply in turn: the first finishes the
+/// training, the second finds it finished and is recorded as ignored, in the job's history and
+/// in the inbox.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn two_callbacks_for_one_job_in_one_batch_apply_in_turn(pool: PgPool) {
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
+    let finished = finished_without_callbacks(&app, 2).await;
+    let (training, request_id, body) = &finished[0];
+    // The same result, written differently: not a duplicate of the first delivery.
+    let mut again: Value = serde_json::from_slice(body).unwrap();
+    again["retried"] = json!(true);
+    let again = again.to_string().into_bytes();
+    let (batches_before, _) = batches(&app).await;
+
+    let hold = app.running().callbacks.hold().await;
+    let sending = join_all([
+        post_signed(&app, request_id, body),
+        post_signed(&app, request_id, &again),
+        post_signed(&app, &finished[1].1, &finished[1].2),
+    ]);
+    let (acks, ()) = tokio::join!(sending, release_when_queued(&app, hold, 3));
+    assert_eq!(batches(&app).await.0 - batches_before, 1.0, "one batch");
+    let mut outcomes: Vec<&str> = acks[..2]
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["applied", "ignored"], "{acks:#?}");
+    assert_eq!(acks[2]["outcome"], "applied", "{:#}", acks[2]);
+
+    let history: Vec<(bool, Option<String>)> = sqlx::query_as(
+        "SELECT applied, to_status FROM job_events
+          WHERE job_id = $1::uuid AND cause LIKE 'fal webhook%' ORDER BY id",
+    )
+    .bind(training)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0].0, "the first callback applied: {history:?}");
+    assert_eq!(history[1], (false, None), "the second changed nothing");
+    let inbox: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM webhook_inbox WHERE fal_request_id = $1 ORDER BY outcome",
+    )
+    .bind(request_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(inbox, ["applied", "ignored"]);
+    for (training, _, _) in &finished {
+        wait_trained(&app, training).await;
+        assert_eq!(successes(&pool, training).await, 1);
+    }
+}
