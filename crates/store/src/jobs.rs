@@ -212,6 +212,7 @@ pub(crate) async fn apply_event_in(
 pub(crate) struct LockedJob {
     pub id: Uuid,
     pub kind: JobKind,
+    pub avatar_id: Option<Uuid>,
     pub status: JobStatus,
     pub progress: Option<f64>,
     pub fence: i64,
@@ -222,6 +223,7 @@ impl LockedJob {
         Self {
             id: job.id,
             kind: job.kind(),
+            avatar_id: job.avatar_id,
             status: job.status(),
             progress: job.progress,
             fence: job.fence,
@@ -258,15 +260,17 @@ async fn lock_job(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
 ) -> Result<Option<LockedJob>, StoreError> {
-    let current: Option<(JobKindColumn, JobStatusColumn, Option<f64>, i64)> = sqlx::query_as(
-        "SELECT kind, status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE",
-    )
-    .bind(job_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(current.map(|(kind, status, progress, fence)| LockedJob {
+    let current: Option<(JobKindColumn, Option<Uuid>, JobStatusColumn, Option<f64>, i64)> =
+        sqlx::query_as(
+            "SELECT kind, avatar_id, status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(current.map(|(kind, avatar_id, status, progress, fence)| LockedJob {
         id: job_id,
         kind: kind.into(),
+        avatar_id,
         status: status.into(),
         progress,
         fence,

@@ -149,6 +149,8 @@ async fn update_jobs(
     for (index, (item, verdict)) in items.iter().zip(verdicts).enumerate() {
         input.push(index, item, *verdict);
     }
+    // `id = ANY(<the ids>)` beside each join on an input array: without it the planner, which
+    // cannot see how short the arrays are, joins them to a scan of the whole table.
     let rows: Vec<UpdatedJob> = sqlx::query_as(&format!(
         "WITH input AS (
              SELECT * FROM unnest($1::int4[], $2::uuid[], $3::bool[], $4::text[], $5::text[],
@@ -199,7 +201,7 @@ async fn update_jobs(
                                   ELSE cancel_due_at END,
              updated_at = now()
            FROM input i
-           WHERE jobs.id = i.in_job AND i.in_apply AND jobs.status = i.in_from
+           WHERE jobs.id = i.in_job AND jobs.id = ANY($2) AND i.in_apply AND jobs.status = i.in_from
              AND (i.in_fence IS NULL OR jobs.fence = i.in_fence)
            RETURNING {JOB_COLUMNS}, i.in_idx, i.in_lock_avatar),
          recorded AS (
@@ -214,8 +216,7 @@ async fn update_jobs(
              SELECT id AS locked_avatar, status AS avatar_status,
                     current_model_id IS NOT NULL AS avatar_has_model
                FROM avatars
-              WHERE id IN (SELECT avatar_id FROM updated WHERE in_lock_avatar)
-              ORDER BY id FOR UPDATE)
+              WHERE id = ANY($31) ORDER BY id FOR UPDATE)
          SELECT u.*, a.avatar_status, a.avatar_has_model
            FROM updated u
            LEFT JOIN avatar_locks a ON a.locked_avatar = u.avatar_id AND u.in_lock_avatar
@@ -251,6 +252,7 @@ async fn update_jobs(
     .bind(&input.enters_submitted)
     .bind(&input.enters_progress)
     .bind(&input.lock_avatar)
+    .bind(&input.avatars_to_lock)
     .fetch_all(&mut **tx)
     .await
     .map_err(StoreError::from_write)?;
@@ -290,6 +292,7 @@ struct Input<'a> {
     enters_submitted: Vec<bool>,
     enters_progress: Vec<bool>,
     lock_avatar: Vec<bool>,
+    avatars_to_lock: Vec<Uuid>,
 }
 
 impl<'a> Input<'a> {
@@ -334,8 +337,11 @@ impl<'a> Input<'a> {
         self.terminal.push(to.is_some_and(JobStatus::is_terminal));
         self.enters_submitted.push(to == Some(JobStatus::Submitted));
         self.enters_progress.push(to == Some(JobStatus::InProgress));
-        self.lock_avatar
-            .push(to.is_some_and(|to| item.moves_avatar(to)));
+        let lock_avatar = to.is_some_and(|to| item.moves_avatar(to));
+        self.lock_avatar.push(lock_avatar);
+        if let (true, Some(avatar_id)) = (lock_avatar, item.locked.avatar_id) {
+            self.avatars_to_lock.push(avatar_id);
+        }
     }
 }
 
@@ -540,7 +546,7 @@ impl Effects {
                      current_model_id = coalesce(m.model_id, a.current_model_id),
                      updated_at = now()
                  FROM unnest($7::uuid[], $8::text[], $9::uuid[]) AS m(id, status, model_id)
-                 WHERE a.id = m.id)
+                 WHERE a.id = m.id AND a.id = ANY($7))
              {INSERT_OUTBOX_EVENTS}"
         ))
         .bind(
