@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::jobs::{
     unknown_callbacks_kept, EventOutcome, JobChanges, LockedJob, WebhookDelivery, WebhookOutcome,
 };
-use crate::transitions::{apply_transitions, TransitionItem};
 use crate::records::{JobRecord, JOB_COLUMNS};
+use crate::transitions::{apply_transitions, TransitionItem};
 use crate::{Store, StoreError};
 
 /// One verified callback of a batch.

@@ -8,8 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::{
-    allowed_from, AvatarChange, AvatarId, EventType, JobEvent,
-    JobKind, JobStatus, TenantId,
+    allowed_from, AvatarChange, AvatarId, EventType, JobEvent, JobKind, JobStatus, TenantId,
 };
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -208,11 +207,13 @@ pub(crate) async fn apply_event_in(
 }
 
 /// A job row locked by the caller's transaction, as it stands there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
 pub(crate) struct LockedJob {
     pub id: Uuid,
+    #[sqlx(try_from = "JobKindColumn")]
     pub kind: JobKind,
     pub avatar_id: Option<Uuid>,
+    #[sqlx(try_from = "JobStatusColumn")]
     pub status: JobStatus,
     pub progress: Option<f64>,
     pub fence: i64,
@@ -260,21 +261,12 @@ async fn lock_job(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
 ) -> Result<Option<LockedJob>, StoreError> {
-    let current: Option<(JobKindColumn, Option<Uuid>, JobStatusColumn, Option<f64>, i64)> =
-        sqlx::query_as(
-            "SELECT kind, avatar_id, status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(current.map(|(kind, avatar_id, status, progress, fence)| LockedJob {
-        id: job_id,
-        kind: kind.into(),
-        avatar_id,
-        status: status.into(),
-        progress,
-        fence,
-    }))
+    Ok(sqlx::query_as(
+        "SELECT id, kind, avatar_id, status, progress, fence FROM jobs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 /// Applies what a recorded callback says to its job inside `tx`; the inbox row says `ignored`

@@ -455,8 +455,7 @@ impl Effects {
             event_type,
             job_id: Some(job.id),
             avatar_id: job.avatar_id,
-            data: serde_json::to_value(&snapshot)
-                .map_err(|e| StoreError::Encode(e.to_string()))?,
+            data: serde_json::to_value(&snapshot).map_err(|e| StoreError::Encode(e.to_string()))?,
         });
         Ok(())
     }
@@ -484,8 +483,18 @@ impl Effects {
              RETURNING {MODEL_COLUMNS}"
         ))
         .bind(&ids)
-        .bind(models.iter().map(|(job, _)| job.tenant_id).collect::<Vec<_>>())
-        .bind(models.iter().map(|(job, _)| job.avatar_id).collect::<Vec<_>>())
+        .bind(
+            models
+                .iter()
+                .map(|(job, _)| job.tenant_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            models
+                .iter()
+                .map(|(job, _)| job.avatar_id)
+                .collect::<Vec<_>>(),
+        )
         .bind(models.iter().map(|(job, _)| job.id).collect::<Vec<_>>())
         .bind(
             models
