@@ -483,42 +483,17 @@ impl Effects {
              RETURNING {MODEL_COLUMNS}"
         ))
         .bind(&ids)
-        .bind(
-            models
-                .iter()
-                .map(|(job, _)| job.tenant_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            models
-                .iter()
-                .map(|(job, _)| job.avatar_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(models.iter().map(|(job, _)| job.id).collect::<Vec<_>>())
-        .bind(
-            models
-                .iter()
-                .map(|(_, m)| m.model_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            models
-                .iter()
-                .map(|(_, m)| m.trigger_phrase.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(&models, |m| m.artifact_key.as_deref()))
-        .bind(column(&models, |m| m.artifact_sha256.as_deref()))
-        .bind(
-            models
-                .iter()
-                .map(|(_, m)| m.artifact_bytes.map(|b| b as i64))
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(&models, |m| m.config_key.as_deref()))
-        .bind(column(&models, |m| m.fal_artifact_url.as_deref()))
-        .bind(column(&models, |m| m.finetune_id.as_deref()))
+        .bind(column(&models, |(job, _)| job.tenant_id))
+        .bind(column(&models, |(job, _)| job.avatar_id))
+        .bind(column(&models, |(job, _)| job.id))
+        .bind(column(&models, |(_, m)| m.model_type.as_str()))
+        .bind(column(&models, |(_, m)| m.trigger_phrase.as_str()))
+        .bind(column(&models, |(_, m)| m.artifact_key.as_deref()))
+        .bind(column(&models, |(_, m)| m.artifact_sha256.as_deref()))
+        .bind(column(&models, |(_, m)| m.artifact_bytes.map(|b| b as i64)))
+        .bind(column(&models, |(_, m)| m.config_key.as_deref()))
+        .bind(column(&models, |(_, m)| m.fal_artifact_url.as_deref()))
+        .bind(column(&models, |(_, m)| m.finetune_id.as_deref()))
         .fetch_all(&mut **tx)
         .await?;
         let mut by_training: HashMap<Uuid, ModelRecord> = recorded
@@ -558,45 +533,22 @@ impl Effects {
                  WHERE a.id = m.id AND a.id = ANY($7))
              {INSERT_OUTBOX_EVENTS}"
         ))
-        .bind(
-            self.events
-                .iter()
-                .map(|_| Uuid::now_v7())
-                .collect::<Vec<_>>(),
-        )
-        .bind(self.events.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
-        .bind(
-            self.events
-                .iter()
-                .map(|e| e.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(self.events.iter().map(|e| e.job_id).collect::<Vec<_>>())
-        .bind(self.events.iter().map(|e| e.avatar_id).collect::<Vec<_>>())
-        .bind(self.events.iter().map(|e| &e.data).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(id, _)| **id).collect::<Vec<_>>())
-        .bind(
-            moved
-                .iter()
-                .map(|(_, avatar)| avatar.now.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            moved
-                .iter()
-                .map(|(_, avatar)| avatar.model_id)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&self.events, |_| Uuid::now_v7()))
+        .bind(column(&self.events, |e| e.tenant_id))
+        .bind(column(&self.events, |e| e.event_type.as_str()))
+        .bind(column(&self.events, |e| e.job_id))
+        .bind(column(&self.events, |e| e.avatar_id))
+        .bind(column(&self.events, |e| &e.data))
+        .bind(column(&moved, |(id, _)| **id))
+        .bind(column(&moved, |(_, avatar)| avatar.now.status.as_str()))
+        .bind(column(&moved, |(_, avatar)| avatar.model_id))
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 }
 
-/// One optional text column of the models to record.
-fn column<'a>(
-    models: &'a [(JobRecord, crate::models::NewModel)],
-    field: impl Fn(&'a crate::models::NewModel) -> Option<&'a str>,
-) -> Vec<Option<&'a str>> {
-    models.iter().map(|(_, model)| field(model)).collect()
+/// One field of every row, as the array a statement binds.
+fn column<'a, T, U>(rows: &'a [T], field: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(field).collect()
 }
