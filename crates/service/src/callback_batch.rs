@@ -151,8 +151,9 @@ struct Committing {
 /// being verified), commits it, and again.
 ///
 /// While another batch commits, a committer with callbacks waiting starts its own only once
-/// that batch ends or enough wait to fill a share of a batch: under load the callbacks that
-/// arrive during a commit go together into the next one instead of one by one.
+/// that batch ends or a few wait (a 32nd of `FAL_CALLBACK_BATCH_MAX`): the callbacks that
+/// arrive during a commit go together into the next batch instead of one by one, and a burst
+/// does not wait for the commit in flight to end before its own begins.
 async fn run(
     service: Service,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
@@ -160,7 +161,7 @@ async fn run(
     committing: Arc<Committing>,
     settings: CallbackBatchSettings,
 ) {
-    let enough = (settings.max_callbacks / 8).max(1);
+    let enough = (settings.max_callbacks / 32).max(1);
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;

@@ -94,7 +94,8 @@ pub(crate) async fn apply_transitions(
         .collect();
     let mut effects = Effects::default();
     for row in rows {
-        let index = usize::try_from(row.in_idx).map_err(|_| StoreError::NotFound)?;
+        // The statement returns the input's own indexes, all below `items.len()`.
+        let index = row.in_idx as usize;
         let item = &items[index];
         let job = row.job;
         if let (Some(avatar_id), Some(status)) = (job.avatar_id, row.avatar_status.as_deref()) {
