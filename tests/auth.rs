@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use blackbox::scrape::Scrape;
 use blackbox::{problem, TestApp};
 use reqwest::Method;
 use sqlx::PgPool;
@@ -110,9 +109,7 @@ async fn keys_are_stored_only_as_hashes(pool: PgPool) {
 
 /// How the app checked keys so far: `(from its cache, from the database)`.
 async fn key_checks(app: &TestApp) -> (f64, f64) {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let scrape = Scrape::parse(&response.text().await.unwrap());
+    let scrape = app.scrape().await;
     let count = |source| {
         scrape
             .value("avatars_api_key_checks_total", &[("source", source)])

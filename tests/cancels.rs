@@ -71,16 +71,6 @@ fn fal_took_cancel(app: &TestApp, request_id: &str) -> bool {
         .cancel_requested
 }
 
-async fn wait_training(
-    app: &TestApp,
-    id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    app.wait_for_json(&format!("/trainings/{id}"), what, done)
-        .await
-}
-
 async fn cancel(app: &TestApp, id: &str) -> Value {
     let response = app
         .request(Method::POST, &format!("/trainings/{id}/cancel"))
@@ -110,7 +100,9 @@ async fn a_deadline_cancel_fal_fails_is_retried_until_fal_confirms_it(pool: PgPo
         .start_training(&avatar, json!({"overrides": {"steps": 5}}))
         .await;
     let id = started["id"].as_str().unwrap();
-    let done = wait_training(&app, id, "timed out", |t| t["status"] == "timed_out").await;
+    let done = app
+        .wait_for_training(id, "timed out", |t| t["status"] == "timed_out")
+        .await;
     assert_eq!(done["error"]["code"], "training_timeout");
     assert_eq!(
         cancels_received(&app),
@@ -134,7 +126,9 @@ async fn a_cancel_fal_never_confirms_ends_unconfirmed_after_the_last_attempt(poo
     stall_next_request(&app);
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(id, "submitted", |t| t["status"] == "submitted")
+        .await;
     app.sim
         .as_ref()
         .unwrap()
@@ -143,7 +137,9 @@ async fn a_cancel_fal_never_confirms_ends_unconfirmed_after_the_last_attempt(poo
     let answer = cancel(&app, id).await;
     assert_eq!(answer["status"], "submitted");
     assert_eq!(answer["cancel_requested"], true);
-    let done = wait_training(&app, id, "cancelled", |t| t["status"] == "cancelled").await;
+    let done = app
+        .wait_for_training(id, "cancelled", |t| t["status"] == "cancelled")
+        .await;
     assert_eq!(done["error"]["code"], "cancel_unconfirmed");
     assert_eq!(
         cancels_received(&app),
@@ -167,7 +163,9 @@ async fn a_callers_cancel_survives_a_restart_until_fal_takes_it(pool: PgPool) {
     stall_next_request(&app);
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    let submitted = wait_training(&app, &id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(&id, "submitted", |t| t["status"] == "submitted")
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
     // fal refuses every cancel this process sends.
     app.sim
@@ -180,7 +178,9 @@ async fn a_callers_cancel_survives_a_restart_until_fal_takes_it(pool: PgPool) {
     let app = app.restart().await;
     let sim = app.sim.as_ref().unwrap();
     sim.clear_faults();
-    let done = wait_training(&app, &id, "cancelled", |t| t["status"] == "cancelled").await;
+    let done = app
+        .wait_for_training(&id, "cancelled", |t| t["status"] == "cancelled")
+        .await;
     assert_eq!(done["error"]["code"], "cancelled");
     assert!(fal_took_cancel(&app, &request_id));
     let avatar_now: Value = app.get_json(&format!("/avatars/{avatar}")).await;
@@ -269,7 +269,8 @@ async fn a_slow_upload_keeps_its_lease_and_no_replica_redoes_it(pool: PgPool) {
     assert_eq!(uploads_received(&app), 1, "nobody started a second upload");
 
     sim.release_held_uploads(1);
-    wait_training(&app, &id, "trained", |t| t["status"] == "succeeded").await;
+    app.wait_for_training(&id, "trained", |t| t["status"] == "succeeded")
+        .await;
     assert_eq!(uploads_received(&app), 1, "the upload was done once");
     assert_eq!(submits_received(&app), 1);
     drop(replica);
@@ -316,7 +317,9 @@ async fn a_submit_answered_after_the_lease_ran_out_records_its_request(pool: PgP
     let request_id = sim.requests()[0].request_id.clone();
 
     sim.release_held_submits(1);
-    let done = wait_training(&app, &id, "submitted", |t| t["status"] == "submitted").await;
+    let done = app
+        .wait_for_training(&id, "submitted", |t| t["status"] == "submitted")
+        .await;
     assert_eq!(done["fal_request_id"], request_id.as_str());
 }
 
@@ -344,7 +347,9 @@ async fn a_cancel_during_the_submit_that_fal_refuses_after_it_is_retried(pool: P
     // The worker's cancel right after the submit's answer fails; the owed cancel is retried.
     sim.fail_next_reads(1, server_error());
     sim.release_held_submits(1);
-    let done = wait_training(&app, id, "cancelled", |t| t["status"] == "cancelled").await;
+    let done = app
+        .wait_for_training(id, "cancelled", |t| t["status"] == "cancelled")
+        .await;
     assert_eq!(done["error"]["code"], "cancelled");
     let request_id = done["fal_request_id"].as_str().unwrap();
     assert!(fal_took_cancel(&app, request_id));
@@ -362,7 +367,9 @@ async fn deleting_an_avatar_while_fal_refuses_the_cancel_cancels_it_later(pool: 
     stall_next_request(&app);
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(id, "submitted", |t| t["status"] == "submitted")
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap();
     sim.fail_next_reads(2, server_error());
     let response = app
@@ -405,7 +412,9 @@ async fn a_retried_deadline_cancel_fal_answers_already_completed_ends_with_the_r
         .start_training(&avatar, json!({"overrides": {"steps": 5}}))
         .await;
     let id = started["id"].as_str().unwrap();
-    let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
+    let done = app
+        .wait_for_training(id, "trained", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["status"], "succeeded", "fal's result wins: {done}");
     assert_eq!(
         cancels_received(&app),

@@ -294,16 +294,7 @@ async fn release_when_queued(
 
 /// The service's callback batches so far: (batches, callbacks in them).
 async fn batches(app: &TestApp) -> (f64, f64) {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = blackbox::scrape::Scrape::parse(&text);
+    let scrape = app.scrape().await;
     (
         scrape.sum("avatars_fal_callback_batch_size_count", &[]),
         scrape.sum("avatars_fal_callback_batch_size_sum", &[]),

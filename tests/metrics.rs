@@ -12,16 +12,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-async fn scrape(app: &TestApp) -> Scrape {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    Scrape::parse(&response.text().await.unwrap())
-}
-
 /// Scrapes until `done` holds.
 async fn scrape_until(app: &TestApp, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
     app.eventually(what, || async {
-        let scrape = scrape(app).await;
+        let scrape = app.scrape().await;
         if done(&scrape) {
             Ok(scrape)
         } else {
@@ -73,7 +67,7 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
     let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
 
     // Every series of a fixed set is there from the start, at zero.
-    let before = scrape(&app).await;
+    let before = app.scrape().await;
     for outcome in [
         "applied",
         "duplicate",
@@ -97,7 +91,7 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
             t["model"].is_object()
         })
         .await;
-    let after = scrape(&app).await;
+    let after = app.scrape().await;
     assert_eq!(callbacks(&after, "applied"), Some(1.0), "{}", after.text);
     assert_eq!(after.sum("avatars_jobs", &[("kind", "training")]), 0.0);
     for (from, to) in [("pending", "uploading"), ("uploading", "submitted")] {
@@ -165,7 +159,7 @@ async fn one_training_shows_its_fal_calls_transitions_and_callback(pool: PgPool)
         json!({"request_id": request_id, "status": "ERROR", "error": "late", "payload": null});
     assert_eq!(post_signed(&app, request_id, &late, now()).await, 200);
     assert_eq!(post_signed(&app, request_id, &late, now()).await, 200);
-    let last = scrape(&app).await;
+    let last = app.scrape().await;
     assert_eq!(callbacks(&last, "applied"), Some(1.0));
     assert_eq!(callbacks(&last, "ignored"), Some(1.0));
     assert_eq!(callbacks(&last, "duplicate"), Some(1.0));
@@ -193,7 +187,7 @@ async fn refused_and_unknown_callbacks_are_counted_by_reason(pool: PgPool) {
     assert_eq!(post_signed(&app, "r-1", &body, now()).await, 200);
     assert_eq!(post_signed(&app, "r-1", &body, now()).await, 200);
 
-    let scrape = scrape(&app).await;
+    let scrape = app.scrape().await;
     for (outcome, count) in [
         ("bad_signature", 1.0),
         ("stale", 1.0),
@@ -228,7 +222,7 @@ async fn a_locked_fal_account_shows_until_fal_accepts_a_submit_again(pool: PgPoo
         t["status"] == "failed"
     })
     .await;
-    let locked = scrape(&app).await;
+    let locked = app.scrape().await;
     assert_eq!(locked.value("avatars_fal_billing_locked", &[]), Some(1.0));
     assert_eq!(locked.value("avatars_fal_unauthorized", &[]), Some(0.0));
     assert!(
@@ -245,7 +239,7 @@ async fn a_locked_fal_account_shows_until_fal_accepts_a_submit_again(pool: PgPoo
         t["model"].is_object()
     })
     .await;
-    let cleared = scrape(&app).await;
+    let cleared = app.scrape().await;
     assert_eq!(cleared.value("avatars_fal_billing_locked", &[]), Some(0.0));
     assert_eq!(finished(&cleared, "training", "succeeded"), 1.0);
     assert_eq!(cleared.sum("avatars_jobs", &[]), 0.0);
@@ -264,7 +258,7 @@ async fn a_rejected_key_shows_as_unauthorized(pool: PgPool) {
         t["status"] == "failed"
     })
     .await;
-    let scrape = scrape(&app).await;
+    let scrape = app.scrape().await;
     assert_eq!(scrape.value("avatars_fal_unauthorized", &[]), Some(1.0));
     assert!(scrape.sum("avatars_fal_calls_total", &[("result", "unauthorized")]) >= 1.0);
 }
@@ -437,7 +431,7 @@ async fn events_waiting_for_the_sequencer_show_as_sequencer_lag(pool: PgPool) {
         settings.events.sequencer_poll = Duration::from_secs(3600);
     })
     .await;
-    let idle = scrape(&app).await;
+    let idle = app.scrape().await;
     assert_eq!(idle.value("avatars_sequencer_lag_seconds", &[]), Some(0.0));
     delete_an_avatar(&app).await;
     scrape_until(&app, "an event waiting", |s| {

@@ -90,9 +90,7 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
         .await
         .unwrap();
 
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = app.scrape().await.text;
     let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
     assert!(
         has(r#"http_requests_total{method="GET",route="/avatars/{id}",status="200"} 3"#),
@@ -133,15 +131,7 @@ async fn metric_labels_stay_bounded_under_invented_methods_and_paths(pool: PgPoo
             .await
             .unwrap();
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.scrape().await.text;
     assert!(!text.contains("BREW"), "{text}");
     assert!(!text.contains("/random-"), "{text}");
     assert!(

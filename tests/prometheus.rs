@@ -213,16 +213,7 @@ async fn the_dashboard_and_the_alerts_use_metrics_the_service_serves(pool: PgPoo
     let app = TestApp::spawn_with_fal(pool, FalOptions::default()).await;
     // One request so the HTTP histogram has samples.
     app.client.get(app.url("/healthz")).send().await.unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = Scrape::parse(&text);
+    let scrape = app.scrape().await;
 
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(deploy("grafana/avatars.json")).unwrap())

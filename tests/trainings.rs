@@ -14,17 +14,6 @@ async fn training(app: &TestApp, id: &str) -> Value {
     app.get_json(&format!("/trainings/{id}")).await
 }
 
-/// Waits until the training satisfies `done`.
-async fn wait_training(
-    app: &TestApp,
-    id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    app.wait_for_json(&format!("/trainings/{id}"), what, done)
-        .await
-}
-
 async fn trained_app(pool: PgPool, options: FalOptions) -> (TestApp, String) {
     let app = TestApp::spawn_with_fal(pool, options).await;
     let avatar = app.avatar_with_photos(10).await;
@@ -47,10 +36,9 @@ async fn a_portrait_training_reaches_trained_by_webhook_alone(pool: PgPool) {
     assert_eq!(started["estimated_cost_usd"], 2.4);
     let id = started["id"].as_str().unwrap().to_string();
 
-    let done = wait_training(&app, &id, "succeeded with a model", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(&id, "succeeded with a model", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["progress"], 1.0);
     assert_eq!(done["error"], Value::Null);
@@ -128,10 +116,11 @@ async fn a_style_avatar_trains_a_pro_finetune(pool: PgPool) {
         .as_str()
         .unwrap()
         .contains("deprecated"));
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "trained", |t| {
+            t["model"].is_object()
+        })
+        .await;
     assert_eq!(done["model"]["model_type"], "finetune");
     let finetune_id = done["model"]["finetune_id"].as_str().unwrap();
     assert!(!finetune_id.is_empty());
@@ -377,7 +366,9 @@ async fn duplicate_webhooks_change_nothing(pool: PgPool) {
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
+    let done = app
+        .wait_for_training(id, "trained", |t| t["model"].is_object())
+        .await;
     let request_id = done["fal_request_id"].as_str().unwrap().to_string();
     let sim = app.sim.as_ref().unwrap();
     sim.wait_until(DEADLINE, "three deliveries", |s| {
@@ -447,8 +438,9 @@ async fn fifty_identical_deliveries_at_once_make_one_transition(pool: PgPool) {
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    let submitted =
-        wait_training(&app, &id, "submitted", |t| t["fal_request_id"].is_string()).await;
+    let submitted = app
+        .wait_for_training(&id, "submitted", |t| t["fal_request_id"].is_string())
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
 
     // A finished LoRA result, as fal would post it (files on the simulator's CDN).
@@ -586,7 +578,9 @@ async fn a_webhook_signed_with_a_wrong_key_is_refused_and_fal_retries(pool: PgPo
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let submitted = wait_training(&app, id, "submitted", |t| t["fal_request_id"].is_string()).await;
+    let submitted = app
+        .wait_for_training(id, "submitted", |t| t["fal_request_id"].is_string())
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
     let report = sim.wait_for_webhook(&request_id, DEADLINE).await.unwrap();
     assert!(
@@ -615,8 +609,9 @@ async fn jwks_down_answers_503_then_fals_retry_succeeds(pool: PgPool) {
     sim.set_jwks_down(true);
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    let submitted =
-        wait_training(&app, &id, "submitted", |t| t["fal_request_id"].is_string()).await;
+    let submitted = app
+        .wait_for_training(&id, "submitted", |t| t["fal_request_id"].is_string())
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
     sim.wait_until(DEADLINE, "a refused delivery", |s| {
         s.request(&request_id)
@@ -627,7 +622,9 @@ async fn jwks_down_answers_503_then_fals_retry_succeeds(pool: PgPool) {
     let first = sim.request(&request_id).unwrap().webhook.attempts[0].status;
     assert_eq!(first, Some(503));
     sim.set_jwks_down(false);
-    let done = wait_training(&app, &id, "trained", |t| t["model"].is_object()).await;
+    let done = app
+        .wait_for_training(&id, "trained", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["status"], "succeeded");
 }
 
@@ -646,10 +643,11 @@ async fn a_pretty_printed_escaped_body_verifies(pool: PgPool) {
         },
     );
     let started = app.start_training(&avatar, json!({})).await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "trained", |t| {
+            t["model"].is_object()
+        })
+        .await;
     assert_eq!(done["status"], "succeeded");
 }
 
@@ -668,10 +666,11 @@ async fn a_null_payload_is_fetched_from_fal(pool: PgPool) {
         },
     );
     let started = app.start_training(&avatar, json!({})).await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "trained", |t| {
+            t["model"].is_object()
+        })
+        .await;
     assert!(done["model"]["artifact_sha256"].is_string());
     let sim = app.sim.as_ref().unwrap();
     let results = sim
@@ -708,10 +707,11 @@ async fn a_dropped_webhook_is_recovered_by_the_reconciler(pool: PgPool) {
     let started = app
         .start_training(&avatar, json!({"overrides": {"steps": 5}}))
         .await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "trained", |t| {
+            t["model"].is_object()
+        })
+        .await;
     assert_eq!(done["status"], "succeeded");
     let report = app
         .sim
@@ -739,10 +739,11 @@ async fn submits_retry_only_where_fal_certainly_did_not_accept(pool: PgPool) {
     };
     sim.fail_next_submits(2, unavailable);
     let started = app.start_training(&avatar, json!({})).await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "trained", |t| {
+            t["model"].is_object()
+        })
+        .await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(sim.requests().len(), 1, "exactly one fal request");
     let submits = sim
@@ -769,10 +770,11 @@ async fn a_422_from_fal_fails_the_training_without_retry(pool: PgPool) {
     };
     sim.fail_next_submits(1, invalid);
     let started = app.start_training(&avatar, json!({})).await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
-        t["status"] == "failed"
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "failed", |t| {
+            t["status"] == "failed"
+        })
+        .await;
     assert_eq!(done["error"]["code"], "fal_rejected_input");
     assert!(
         done["error"]["message"]
@@ -812,10 +814,11 @@ async fn a_rejected_key_and_a_locked_account_have_their_codes(pool: PgPool) {
         }
         let avatar = app.avatar_with_photos(10).await;
         let started = app.start_training(&avatar, json!({})).await;
-        let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
-            t["status"] == "failed"
-        })
-        .await;
+        let done = app
+            .wait_for_training(started["id"].as_str().unwrap(), "failed", |t| {
+                t["status"] == "failed"
+            })
+            .await;
         assert_eq!(done["error"]["code"], code);
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
         if code == "fal_unauthorized" {
@@ -845,7 +848,9 @@ async fn an_unknown_submit_outcome_is_never_resubmitted_and_resolves_by_webhook(
     sim.fail_next_submits(1, SubmitFault::CloseConnection { enqueue: true });
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let done = wait_training(&app, id, "trained", |t| t["model"].is_object()).await;
+    let done = app
+        .wait_for_training(id, "trained", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(sim.requests().len(), 1, "one fal request: no second submit");
     let submits = sim
@@ -877,10 +882,11 @@ async fn a_training_past_its_deadline_is_cancelled_on_fal_and_timed_out(pool: Pg
     let started = app
         .start_training(&avatar, json!({"overrides": {"steps": 5}}))
         .await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "timed out", |t| {
-        t["status"] == "timed_out"
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "timed out", |t| {
+            t["status"] == "timed_out"
+        })
+        .await;
     assert_eq!(done["error"]["code"], "training_timeout");
     let report = sim
         .request(done["fal_request_id"].as_str().unwrap())
@@ -902,7 +908,9 @@ async fn a_queued_training_is_cancelled_on_fal(pool: PgPool) {
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(id, "submitted", |t| t["status"] == "submitted")
+        .await;
     let response = app
         .request(Method::POST, &format!("/trainings/{id}/cancel"))
         .send()
@@ -941,7 +949,9 @@ async fn a_running_training_is_cancelled_on_fal(pool: PgPool) {
     let (app, avatar) = trained_app(pool, options).await;
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let running = wait_training(&app, id, "in progress", |t| t["status"] == "in_progress").await;
+    let running = app
+        .wait_for_training(id, "in progress", |t| t["status"] == "in_progress")
+        .await;
     let response = app
         .request(Method::POST, &format!("/trainings/{id}/cancel"))
         .send()
@@ -978,12 +988,16 @@ async fn the_service_restarted_mid_training_finishes_the_job(pool: PgPool) {
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();
-    let submitted = wait_training(&app, &id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(&id, "submitted", |t| t["status"] == "submitted")
+        .await;
     let request_id = submitted["fal_request_id"].as_str().unwrap().to_string();
 
     let app = app.restart().await;
     app.sim.as_ref().unwrap().release(&request_id);
-    let done = wait_training(&app, &id, "trained", |t| t["model"].is_object()).await;
+    let done = app
+        .wait_for_training(&id, "trained", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["status"], "succeeded");
 }
 
@@ -1001,7 +1015,9 @@ async fn deleting_an_avatar_cancels_its_training_on_fal(pool: PgPool) {
     );
     let started = app.start_training(&avatar, json!({})).await;
     let id = started["id"].as_str().unwrap();
-    let submitted = wait_training(&app, id, "submitted", |t| t["status"] == "submitted").await;
+    let submitted = app
+        .wait_for_training(id, "submitted", |t| t["status"] == "submitted")
+        .await;
     let response = app
         .request(Method::DELETE, &format!("/avatars/{avatar}"))
         .send()
@@ -1066,10 +1082,11 @@ async fn a_fal_failure_after_acceptance_fails_the_training(pool: PgPool) {
         },
     );
     let started = app.start_training(&avatar, json!({})).await;
-    let done = wait_training(&app, started["id"].as_str().unwrap(), "failed", |t| {
-        t["status"] == "failed"
-    })
-    .await;
+    let done = app
+        .wait_for_training(started["id"].as_str().unwrap(), "failed", |t| {
+            t["status"] == "failed"
+        })
+        .await;
     assert_eq!(done["error"]["code"], "fal_failed");
     assert!(
         done["error"]["message"]
@@ -1140,10 +1157,9 @@ async fn a_webhook_arriving_before_the_request_id_was_stored_completes_the_job(p
         response.json::<Value>().await.unwrap()["outcome"],
         "applied"
     );
-    let done = wait_training(&app, &job_id.to_string(), "trained", |t| {
-        t["model"].is_object()
-    })
-    .await;
+    let done = app
+        .wait_for_training(&job_id.to_string(), "trained", |t| t["model"].is_object())
+        .await;
     assert_eq!(done["fal_request_id"], "req-early");
     assert_eq!(done["model"]["finetune_id"], "ft-early");
     let path: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
@@ -1255,14 +1271,7 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
                 let avatar_id = avatar;
                 // The avatar first: a training still in progress after it was read was in
                 // progress when it was read, so the avatar must have said `training`.
-                let avatar: Value = app
-                    .request(Method::GET, &format!("/avatars/{avatar_id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let avatar: Value = app.get_json(&format!("/avatars/{avatar_id}")).await;
                 let training = training(app, id).await;
                 // Read after the GET: the row can only have moved on since.
                 let stored: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
@@ -1281,14 +1290,7 @@ async fn a_lora_that_cannot_be_kept_fails_the_training_and_releases_the_avatar(p
                 }
                 if training["status"] == "failed" {
                     // Read again: the avatar above may predate the failure.
-                    let avatar: Value = app
-                        .request(Method::GET, &format!("/avatars/{avatar_id}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let avatar: Value = app.get_json(&format!("/avatars/{avatar_id}")).await;
                     Ok((training, avatar))
                 } else {
                     Err(format!("{training:#}"))

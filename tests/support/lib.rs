@@ -352,6 +352,24 @@ impl TestApp {
         .await
     }
 
+    /// Waits until the training `id` satisfies `done`.
+    pub async fn wait_for_training(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_for_json(&format!("/trainings/{id}"), what, done)
+            .await
+    }
+
+    /// `/metrics` as Prometheus reads it (asserting it answered 200).
+    pub async fn scrape(&self) -> scrape::Scrape {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        scrape::Scrape::parse(&response.text().await.unwrap())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
