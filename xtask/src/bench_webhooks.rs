@@ -109,21 +109,7 @@ struct PgbenchResult {
 }
 
 /// What the service's run measured, before pgbench's.
-struct Measured1 {
-    senders: usize,
-    run: RunResult,
-    terminal_ok: i64,
-    terminal_total: usize,
-    custody_drain: (i64, f64),
-    run_cpu: Cpu,
-    drain_cpu: Cpu,
-    transactions: i64,
-    statements: Statements,
-    batches: Histogram,
-}
-
-/// One row of the table.
-struct Row {
+struct ServiceRun {
     senders: usize,
     run: RunResult,
     terminal_ok: i64,
@@ -138,6 +124,11 @@ struct Row {
     statements: Statements,
     /// The service's callback batch sizes during the run.
     batches: Histogram,
+}
+
+/// One row of the table: the service's run and pgbench's at the same client count.
+struct Row {
+    service: ServiceRun,
     pgbench: PgbenchResult,
     pgbench_cpu: Cpu,
     pgbench_terminal_ok: i64,
@@ -459,7 +450,7 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
             Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin).since(after);
         // Counted up to here: the follow-up work (sequencing the events) is the callbacks' too.
         let transactions = settled_transactions(&pool).await? - transactions_before;
-        measured.push(Measured1 {
+        measured.push(ServiceRun {
             senders,
             run,
             terminal_ok,
@@ -489,16 +480,7 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
         let pgbench_cpu = Cpu::sample(None, setup.postmaster, Instant::now(), origin).since(before);
         let (pgbench_terminal_ok, _) = terminal_once(&pool, jobs).await?;
         rows.push(Row {
-            senders: m.senders,
-            run: m.run,
-            terminal_ok: m.terminal_ok,
-            terminal_total: m.terminal_total,
-            custody_drain: m.custody_drain,
-            run_cpu: m.run_cpu,
-            drain_cpu: m.drain_cpu,
-            transactions: m.transactions,
-            statements: m.statements,
-            batches: m.batches,
+            service: m,
             pgbench,
             pgbench_cpu,
             pgbench_terminal_ok,
@@ -1084,23 +1066,23 @@ fn print_table(label: &str, measured: &Measured) {
         "db us/cb"
     );
     for row in rows {
-        let rate = row.run.requests as f64 / row.run.seconds;
-        let callbacks = row.run.requests.max(1) as f64;
+        let rate = row.service.run.requests as f64 / row.service.run.seconds;
+        let callbacks = row.service.run.requests.max(1) as f64;
         println!(
             "{:<8} {:<9} {:<7} {:<7.0} {:<7.1} {:<7.1} {:<12.0} {:<6.2} {:<7.2} {:<9.0} {}/{}{}",
-            row.senders,
-            row.run.requests,
-            row.run.errors,
+            row.service.senders,
+            row.service.run.requests,
+            row.service.run.errors,
             rate,
-            row.run.p50_ms,
-            row.run.p99_ms,
+            row.service.run.p50_ms,
+            row.service.run.p99_ms,
             row.pgbench.tps,
             rate / row.pgbench.tps,
-            row.transactions as f64 / callbacks,
-            row.statements.total_ms * 1000.0 / callbacks,
-            row.terminal_ok,
-            row.terminal_total,
-            if row.terminal_ok == row.terminal_total as i64 {
+            row.service.transactions as f64 / callbacks,
+            row.service.statements.total_ms * 1000.0 / callbacks,
+            row.service.terminal_ok,
+            row.service.terminal_total,
+            if row.service.terminal_ok == row.service.terminal_total as i64 {
                 " ok"
             } else {
                 " FAILED"
@@ -1118,30 +1100,30 @@ fn print_table(label: &str, measured: &Measured) {
          at 16 p99 <= 15 ms; zero errors; every job terminal exactly once"
     );
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
-    if let Some(row) = rows.iter().find(|r| r.senders == 64) {
-        let rate = row.run.requests as f64 / row.run.seconds;
+    if let Some(row) = rows.iter().find(|r| r.service.senders == 64) {
+        let rate = row.service.run.requests as f64 / row.service.run.seconds;
         let ratio = rate / row.pgbench.tps;
-        let per = row.transactions as f64 / row.run.requests.max(1) as f64;
+        let per = row.service.transactions as f64 / row.service.run.requests.max(1) as f64;
         println!(
             "  64 senders: {rate:.0}/s ({}), ratio {ratio:.2} ({}), p99 {:.1} ms ({}), txn/cb {per:.2} ({})",
             verdict(rate >= 2400.0),
             verdict(ratio >= 1.5),
-            row.run.p99_ms,
-            verdict(row.run.p99_ms <= 50.0),
+            row.service.run.p99_ms,
+            verdict(row.service.run.p99_ms <= 50.0),
             verdict(per <= 0.5),
         );
     }
-    if let Some(row) = rows.iter().find(|r| r.senders == 16) {
+    if let Some(row) = rows.iter().find(|r| r.service.senders == 16) {
         println!(
             "  16 senders: p99 {:.1} ms ({})",
-            row.run.p99_ms,
-            verdict(row.run.p99_ms <= 15.0)
+            row.service.run.p99_ms,
+            verdict(row.service.run.p99_ms <= 15.0)
         );
     }
-    let errors: usize = rows.iter().map(|r| r.run.errors).sum();
+    let errors: usize = rows.iter().map(|r| r.service.run.errors).sum();
     let once = rows
         .iter()
-        .all(|r| r.terminal_ok == r.terminal_total as i64);
+        .all(|r| r.service.terminal_ok == r.service.terminal_total as i64);
     println!(
         "  errors {errors} ({}), terminal exactly once: {}",
         verdict(errors == 0),
@@ -1156,18 +1138,18 @@ fn print_table(label: &str, measured: &Measured) {
         println!(
             "  {} senders: {:.2} s wall; {} copies sent again answered 200 `duplicate`; {} answered 200 neither `applied` nor `duplicate`; {} results or events waited for follow-up work at its end, drained in {:.1} s; \
              pgbench processed {} (latency average {}), {} of its jobs succeeded once",
-            row.senders,
-            row.run.seconds,
-            row.run.duplicates,
-            row.run.not_applied,
-            row.custody_drain.0,
-            row.custody_drain.1,
+            row.service.senders,
+            row.service.run.seconds,
+            row.service.run.duplicates,
+            row.service.run.not_applied,
+            row.service.custody_drain.0,
+            row.service.custody_drain.1,
             row.pgbench.processed,
             row.pgbench.latency_ms,
             row.pgbench_terminal_ok
         );
-        let per = |seconds: f64| seconds * 1e6 / row.run.requests.max(1) as f64;
-        let c = row.run_cpu;
+        let per = |seconds: f64| seconds * 1e6 / row.service.run.requests.max(1) as f64;
+        let c = row.service.run_cpu;
         println!(
             "    CPU per callback during the run: service {:.0} us, PostgreSQL {:.0} us, sender {:.0} us; \
              {:.2} cores busy, {:.2} of them other processes",
@@ -1177,7 +1159,7 @@ fn print_table(label: &str, measured: &Measured) {
             c.machine / c.wall.max(1e-9),
             c.other_cores()
         );
-        let d = row.drain_cpu;
+        let d = row.service.drain_cpu;
         println!(
             "    CPU per callback while follow-up work drained after it: service {:.0} us, PostgreSQL {:.0} us; \
              {:.2} cores busy, {:.2} of them other processes",
@@ -1194,19 +1176,19 @@ fn print_table(label: &str, measured: &Measured) {
             p.machine / p.wall.max(1e-9),
             p.other_cores()
         );
-        println!("    callback batches: {}", row.batches.describe());
+        println!("    callback batches: {}", row.service.batches.describe());
         println!(
             "    statements: {:.1} per callback; the costliest (calls per callback, us per callback):",
-            row.statements.calls as f64 / row.run.requests.max(1) as f64
+            row.service.statements.calls as f64 / row.service.run.requests.max(1) as f64
         );
-        for (calls, ms, query) in &row.statements.top {
+        for (calls, ms, query) in &row.service.statements.top {
             println!(
                 "      {:>6.2} {:>7.1}  {query}",
-                *calls as f64 / row.run.requests.max(1) as f64,
-                ms * 1000.0 / row.run.requests.max(1) as f64
+                *calls as f64 / row.service.run.requests.max(1) as f64,
+                ms * 1000.0 / row.service.run.requests.max(1) as f64
             );
         }
-        if let Some(error) = &row.run.first_error {
+        if let Some(error) = &row.service.run.first_error {
             println!("    first error: {error}");
         }
     }
