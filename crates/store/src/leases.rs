@@ -1,5 +1,6 @@
 //! Handing back what a stopping process holds.
 
+use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -9,8 +10,22 @@ impl Store {
     /// claim that work at once. A job lease is ended rather than cleared: the claims read an
     /// expired lease as "its worker is gone" (an upload to redo, a submit whose outcome is
     /// unknown). Returns how many leases were handed back.
+    ///
+    /// It runs on a connection of its own, so handing back never queues for a free connection
+    /// behind the pool's other users (whoever shares the pool, they may hold every connection
+    /// for longer than the pool lets a caller wait).
     pub async fn release_leases(&self, owner: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let released = Self::release_leases_on(&mut connection, owner).await;
+        let _ = connection.close().await;
+        released
+    }
+
+    async fn release_leases_on(
+        connection: &mut sqlx::PgConnection,
+        owner: Uuid,
+    ) -> Result<u64, StoreError> {
+        let mut tx = connection.begin().await?;
         let jobs = sqlx::query(
             "UPDATE jobs SET lease_until = now() WHERE lease_owner = $1 AND lease_until > now()",
         )
