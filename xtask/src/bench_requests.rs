@@ -5,7 +5,8 @@
 //! an in-process fal simulator, creates 16 tenants with a key each, seeds avatars straight into
 //! the database (avatars of kind `style` in `ready` with ten stored photos, one fresh avatar
 //! per training request since an avatar has one active training at most; and 4 `trained`
-//! avatars with a LoRA model per tenant for the generations), and starts `avatars serve`.
+//! avatars with a LoRA model per tenant for the generations) with their files in the blob store
+//! (512x512 JPEGs, a 256 KiB LoRA), and starts `avatars serve`.
 //! Then, at 1, 16 and 64 concurrent callers (or those given: `cargo xtask bench-requests 16`)
 //! sharing one keep-alive client, it sends the train and generation requests, each to the
 //! next tenant in turn with that tenant's key (a tenant's inserts take its quota lock, so one
@@ -210,6 +211,12 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             trained: seed_trained(&pool, tenant, TRAINED_AVATARS).await?,
         });
     }
+    let trainable: Vec<Uuid> = tenants.iter().flat_map(|t| t.trainable.clone()).collect();
+    seed_blobs(
+        &setup.work.join("blobs"),
+        &setup.work.join("photos"),
+        &trainable,
+    )?;
 
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -310,6 +317,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         }
         server.stop();
     }
+    report_background(&pool).await?;
     pool.close().await;
     sim.shutdown().await;
     Ok(rows)
@@ -332,6 +340,28 @@ async fn settle(pool: &PgPool) -> Result<(), String> {
         interrupted()?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Prints where the jobs the requests created ended up: the background submits they caused are
+/// part of what was measured only if they went through (`submitted`), not if they failed.
+async fn report_background(pool: &PgPool) -> Result<(), String> {
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT kind, status || coalesce(' (' || error_code || ')', ''), count(*)
+         FROM jobs WHERE created_at > now() - interval '1 day' AND fal_request_id IS DISTINCT FROM id::text
+         GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("counting the jobs: {e}"))?;
+    let listed: Vec<String> = counts
+        .iter()
+        .map(|(kind, status, count)| format!("{kind} {status}: {count}"))
+        .collect();
+    eprintln!(
+        "bench: jobs the requests created, by status: {}",
+        listed.join(", ")
+    );
+    Ok(())
 }
 
 /// `(total_exec_time in ms, calls, reads of api_keys by hash)` of the service's statements
@@ -494,7 +524,49 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
-/// Avatars ready to train: kind `style` (no face needed), ten stored 1024x1024 photos each.
+/// Side of the seeded photos, in pixels.
+const PHOTO_SIDE: u32 = 512;
+/// Bytes of the seeded LoRA file.
+const LORA_BYTES: usize = 256 * 1024;
+
+/// The files seeded rows name, in the local blob store the service reads (a key is a
+/// path below it): ten distinct JPEGs, hard-linked as the photos of every trainable avatar
+/// (`bench/<avatar>/<1..10>`; a photo's key is unique), and the LoRA every trained avatar's
+/// model shares (`bench/lora`). Without them every submit would fail at its first read, and
+/// the background work the requests cause would not be measured.
+fn seed_blobs(blobs: &Path, originals: &Path, trainable: &[Uuid]) -> Result<(), String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    std::fs::create_dir_all(originals).map_err(|e| io("creating the photo directory", e))?;
+    for i in 1..=10u32 {
+        let photo = image::RgbImage::from_fn(PHOTO_SIDE, PHOTO_SIDE, |x, y| {
+            let noise = (x.wrapping_mul(7919) ^ y.wrapping_mul(104_729) ^ i.wrapping_mul(31)) % 64;
+            image::Rgb([
+                ((x * 255 / PHOTO_SIDE) as u8).wrapping_add(noise as u8),
+                ((y * 255 / PHOTO_SIDE) as u8).wrapping_add((i * 20) as u8),
+                (((x + y) * 127 / PHOTO_SIDE) as u8).wrapping_add(noise as u8),
+            ])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&photo)
+            .map_err(|e| format!("encoding a bench photo: {e}"))?;
+        std::fs::write(originals.join(i.to_string()), jpeg)
+            .map_err(|e| io("writing a bench photo", e))?;
+    }
+    for avatar in trainable {
+        let dir = blobs.join("bench").join(avatar.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating a photo directory", e))?;
+        for i in 1..=10u32 {
+            std::fs::hard_link(originals.join(i.to_string()), dir.join(i.to_string()))
+                .map_err(|e| io("linking a bench photo", e))?;
+        }
+    }
+    let lora: Vec<u8> = (0..LORA_BYTES).map(|n| (n % 251) as u8).collect();
+    std::fs::write(blobs.join("bench").join("lora"), lora).map_err(|e| io("writing the LoRA", e))
+}
+
+/// Avatars ready to train: kind `style` (no face needed), ten stored photos each (the blobs of
+/// [`seed_blobs`]).
 async fn seed_trainable(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<Uuid>, String> {
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
@@ -511,13 +583,14 @@ async fn seed_trainable(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec
     sqlx::query(
         "INSERT INTO photos (id, tenant_id, avatar_id, state, file_name, format, width, height,
              bytes, sha256, perceptual_hash, blob_key)
-         SELECT gen_random_uuid(), $1, a, 'stored', 'photo-' || i || '.jpg', 'jpeg', 1024, 1024,
-             200000, md5(a::text || i) || md5(i || a::text),
+         SELECT gen_random_uuid(), $1, a, 'stored', 'photo-' || i || '.jpg', 'jpeg', $3, $3,
+             60000, md5(a::text || i) || md5(i || a::text),
              (random() * 9.2e18)::bigint - 4600000000000000000, 'bench/' || a || '/' || i
          FROM UNNEST($2::uuid[]) AS x(a), generate_series(1, 10) AS i",
     )
     .bind(tenant)
     .bind(&ids)
+    .bind(PHOTO_SIDE as i32)
     .execute(&mut *tx)
     .await
     .map_err(|e| format!("seeding photos: {e}"))?;
@@ -553,7 +626,7 @@ async fn seed_trained(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<U
             "models",
             "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type,
                  trigger_phrase, artifact_key)
-             SELECT m, $1, a, j, 'lora', 'bench_trained_' || n, 'bench/lora/' || m
+             SELECT m, $1, a, j, 'lora', 'bench_trained_' || n, 'bench/lora'
              FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[]) WITH ORDINALITY AS x(a, j, m, n)",
         ),
         (
