@@ -58,7 +58,9 @@ async fn avatar_deleted_event(app: &TestApp) -> String {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), 204);
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 204, "deleting the avatar {id} just created: {body}");
     id
 }
 
