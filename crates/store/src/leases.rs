@@ -15,7 +15,14 @@ impl Store {
     /// behind the pool's other users (whoever shares the pool, they may hold every connection
     /// for longer than the pool lets a caller wait).
     pub async fn release_leases(&self, owner: Uuid) -> Result<u64, StoreError> {
-        let mut connection = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+        // Bounded like a pooled connection (`DATABASE_ACQUIRE_TIMEOUT`), so an unreachable
+        // server cannot hold a stopping process.
+        let options = self.pool.connect_options();
+        let connecting = sqlx::PgConnection::connect_with(&options);
+        let mut connection =
+            tokio::time::timeout(self.pool.options().get_acquire_timeout(), connecting)
+                .await
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
         let released = Self::release_leases_on(&mut connection, owner).await;
         let _ = connection.close().await;
         released
