@@ -227,7 +227,9 @@ fn generate_cases(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<Case>
             .collect()
     })?;
     case("10,000 empty parts", &|| Ok(vec![Vec::new(); 10_000]))?;
-    case("1,000 small files", &|| generate_small(1000))?;
+    case("1,000 small files", &|| {
+        crate::bench_support::small_jpegs(1000)
+    })?;
     Ok(cases)
 }
 
@@ -286,24 +288,4 @@ fn png_file(width: u32, height: u32, depth: png::BitDepth, seed: u8) -> Result<V
     stream.finish().map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// Distinct small JPEGs that pass every check (512x512).
-fn generate_small(count: usize) -> Result<Vec<Vec<u8>>, String> {
-    (0..count)
-        .map(|i| {
-            let image = image::RgbImage::from_fn(512, 512, |x, y| {
-                image::Rgb([
-                    ((x + i as u32) % 256) as u8,
-                    ((y * 3 + i as u32 / 256) % 256) as u8,
-                    ((x ^ y) % 256) as u8,
-                ])
-            });
-            let mut out = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
-                .encode_image(&image)
-                .map_err(|e| e.to_string())?;
-            Ok(out)
-        })
-        .collect()
 }

@@ -48,8 +48,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, run_optimised, stop_on_ctrl_c, target_dir, wait_ready, WorkDir,
-    INTERRUPTED,
+    interrupted, log_tail, run_optimised, small_jpegs, stop_on_ctrl_c, target_dir, wait_ready,
+    WorkDir, INTERRUPTED,
 };
 
 /// Concurrent callers of the runs.
@@ -198,6 +198,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         per_tenant * TENANTS,
         TRAINED_AVATARS * TENANTS
     );
+    let photos = small_jpegs(10)?;
     let mut tenants = Vec::new();
     for (name, key) in &setup.keys {
         let tenant: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
@@ -207,7 +208,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             .map_err(|e| format!("finding the bench tenant: {e}"))?;
         tenants.push(TenantAvatars {
             authorization: format!("Bearer {key}"),
-            trainable: seed_trainable(&pool, tenant, per_tenant).await?,
+            trainable: seed_trainable(&pool, tenant, per_tenant, &photos).await?,
             trained: seed_trained(&pool, tenant, TRAINED_AVATARS).await?,
         });
     }
@@ -215,6 +216,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
     seed_blobs(
         &setup.work.join("blobs"),
         &setup.work.join("photos"),
+        &photos,
         &trainable,
     )?;
 
@@ -529,40 +531,33 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
-/// Side of the seeded photos, in pixels.
-const PHOTO_SIDE: u32 = 512;
 /// Bytes of the seeded LoRA file.
 const LORA_BYTES: usize = 256 * 1024;
+/// Side of the seeded photos ([`small_jpegs`]), in pixels.
+const PHOTO_SIDE: i32 = 512;
 
-/// The files seeded rows name, in the local blob store the service reads (a key is a
-/// path below it): ten distinct JPEGs, hard-linked as the photos of every trainable avatar
-/// (`bench/<avatar>/<1..10>`; a photo's key is unique), and the LoRA every trained avatar's
+/// The files the seeded rows name, in the local blob store the service reads (a key is a path
+/// below it): `photos`, hard-linked as the photos of every trainable avatar
+/// (`bench/<avatar>/<1..>`; a photo's key is unique), and the LoRA every trained avatar's
 /// model shares (`bench/lora`). Without them every submit would fail at its first read, and
 /// the background work the requests cause would not be measured.
-fn seed_blobs(blobs: &Path, originals: &Path, trainable: &[Uuid]) -> Result<(), String> {
+fn seed_blobs(
+    blobs: &Path,
+    originals: &Path,
+    photos: &[Vec<u8>],
+    trainable: &[Uuid],
+) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     std::fs::create_dir_all(originals).map_err(|e| io("creating the photo directory", e))?;
-    for i in 1..=10u32 {
-        let photo = image::RgbImage::from_fn(PHOTO_SIDE, PHOTO_SIDE, |x, y| {
-            let noise = (x.wrapping_mul(7919) ^ y.wrapping_mul(104_729) ^ i.wrapping_mul(31)) % 64;
-            image::Rgb([
-                ((x * 255 / PHOTO_SIDE) as u8).wrapping_add(noise as u8),
-                ((y * 255 / PHOTO_SIDE) as u8).wrapping_add((i * 20) as u8),
-                (((x + y) * 127 / PHOTO_SIDE) as u8).wrapping_add(noise as u8),
-            ])
-        });
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-            .encode_image(&photo)
-            .map_err(|e| format!("encoding a bench photo: {e}"))?;
-        std::fs::write(originals.join(i.to_string()), jpeg)
+    for (i, photo) in (1..).zip(photos) {
+        std::fs::write(originals.join(format!("{i}")), photo)
             .map_err(|e| io("writing a bench photo", e))?;
     }
     for avatar in trainable {
         let dir = blobs.join("bench").join(avatar.to_string());
         std::fs::create_dir_all(&dir).map_err(|e| io("creating a photo directory", e))?;
-        for i in 1..=10u32 {
-            std::fs::hard_link(originals.join(i.to_string()), dir.join(i.to_string()))
+        for i in 1..=photos.len() {
+            std::fs::hard_link(originals.join(format!("{i}")), dir.join(format!("{i}")))
                 .map_err(|e| io("linking a bench photo", e))?;
         }
     }
@@ -570,9 +565,14 @@ fn seed_blobs(blobs: &Path, originals: &Path, trainable: &[Uuid]) -> Result<(), 
     std::fs::write(blobs.join("bench").join("lora"), lora).map_err(|e| io("writing the LoRA", e))
 }
 
-/// Avatars ready to train: kind `style` (no face needed), ten stored photos each (the blobs of
-/// [`seed_blobs`]).
-async fn seed_trainable(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<Uuid>, String> {
+/// Avatars ready to train: kind `style` (no face needed), one stored photo for each of
+/// `photos` (their files are written by [`seed_blobs`]).
+async fn seed_trainable(
+    pool: &PgPool,
+    tenant: Uuid,
+    count: usize,
+    photos: &[Vec<u8>],
+) -> Result<Vec<Uuid>, String> {
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
     sqlx::query(
@@ -589,13 +589,14 @@ async fn seed_trainable(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec
         "INSERT INTO photos (id, tenant_id, avatar_id, state, file_name, format, width, height,
              bytes, sha256, perceptual_hash, blob_key)
          SELECT gen_random_uuid(), $1, a, 'stored', 'photo-' || i || '.jpg', 'jpeg', $3, $3,
-             60000, md5(a::text || i) || md5(i || a::text),
+             bytes, md5(a::text || i) || md5(i || a::text),
              (random() * 9.2e18)::bigint - 4600000000000000000, 'bench/' || a || '/' || i
-         FROM UNNEST($2::uuid[]) AS x(a), generate_series(1, 10) AS i",
+         FROM UNNEST($2::uuid[]) AS x(a), UNNEST($4::int8[]) WITH ORDINALITY AS p(bytes, i)",
     )
     .bind(tenant)
     .bind(&ids)
-    .bind(PHOTO_SIDE as i32)
+    .bind(PHOTO_SIDE)
+    .bind(photos.iter().map(|p| p.len() as i64).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await
     .map_err(|e| format!("seeding photos: {e}"))?;

@@ -1,5 +1,5 @@
 //! What the benchmarks that run `avatars serve` share: Ctrl-C handling, the optimised re-run,
-//! their work directory, waiting for readiness, and the service log's tail for errors.
+//! their work directory, waiting for readiness, the service log's tail for errors, and photos.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,4 +112,24 @@ pub(crate) fn log_tail(path: &Path) -> String {
         lines.len() - start,
         lines[start..].join("\n")
     )
+}
+
+/// Distinct small JPEGs that pass every check (512x512).
+pub(crate) fn small_jpegs(count: usize) -> Result<Vec<Vec<u8>>, String> {
+    (0..count)
+        .map(|i| {
+            let image = image::RgbImage::from_fn(512, 512, |x, y| {
+                image::Rgb([
+                    ((x + i as u32) % 256) as u8,
+                    ((y * 3 + i as u32 / 256) % 256) as u8,
+                    ((x ^ y) % 256) as u8,
+                ])
+            });
+            let mut out = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+                .encode_image(&image)
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+        .collect()
 }
