@@ -208,10 +208,28 @@ impl TestApp {
         app.base_url = format!("http://{}", app.addr);
         app.serve(listener, &key);
         // Apps on an unreachable or unmigrated database (readiness tests) get no key.
-        if matches!(app.store.readiness().await, Ok(store::Readiness::Ready)) {
+        if app.database_is_ready().await {
             app.key = app.new_key("tenant-a").await;
         }
         app
+    }
+
+    /// Whether the app's database is reachable and migrated. A pool that timed out waiting
+    /// for a connection (every one busy while many tests run at once) says nothing about
+    /// the database, so that answer is asked again until [`WAIT_DEADLINE`].
+    async fn database_is_ready(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT_DEADLINE;
+        loop {
+            match self.store.readiness().await {
+                Ok(readiness) => return readiness == store::Readiness::Ready,
+                Err(store::StoreError::Database(sqlx::Error::PoolTimedOut))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::task::yield_now().await
+                }
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Serves on `listener` with the app's settings, with every worker running (the job
