@@ -203,10 +203,13 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
         .env("AVATARS_TEST_S3_BUCKET", moto::BUCKET)
         .env("AVATARS_TEST_S3_ACCESS_KEY_ID", &s3.access_key_id)
         .env("AVATARS_TEST_S3_SECRET_ACCESS_KEY", &s3.secret_access_key)
-        // Tests mostly wait on I/O: run more of them than there are cores.
+        // Four at once: every `#[sqlx::test]` pool may hold 5 connections, all taken from
+        // one parent pool of 20 per test binary, and a running app keeps the ones it took. More
+        // tests at once would leave some waiting on others to finish, past the pools' 30 s
+        // acquire timeout on a slow machine.
         .env(
             "RUST_TEST_THREADS",
-            std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
+            std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "4".into()),
         )
         .spawn()
         .and_then(|mut child| {
