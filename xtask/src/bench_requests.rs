@@ -48,8 +48,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, run_optimised, small_jpegs, stop_on_ctrl_c, target_dir, wait_ready,
-    WorkDir, INTERRUPTED,
+    interrupted, log_tail, percentile_ms, run_optimised, small_jpegs, stop_on_ctrl_c, target_dir,
+    wait_ready, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent callers of the runs.
@@ -309,8 +309,8 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                     errors: run.errors,
                     first_error: run.first_error,
                     per_second: run.latencies.len() as f64 / run.seconds,
-                    p50_ms: percentile(&run.latencies, 0.50),
-                    p99_ms: percentile(&run.latencies, 0.99),
+                    p50_ms: percentile_ms(&run.latencies, 0.50),
+                    p99_ms: percentile_ms(&run.latencies, 0.99),
                     db_ms: db_ms / answered,
                     statements: statements / answered,
                     key_reads: key_reads / answered,
@@ -523,14 +523,6 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
 }
 
 /// Nearest-rank percentile in milliseconds of sorted latencies.
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1000.0
-}
-
 /// Bytes of the seeded LoRA file.
 const LORA_BYTES: usize = 256 * 1024;
 /// Side of the seeded photos ([`small_jpegs`]), in pixels.

@@ -18,7 +18,7 @@ use pgcluster::{Cluster, ClusterOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::bench_support::WorkDir;
+use crate::bench_support::{percentile_ms, WorkDir};
 
 /// Old events by default; `cargo xtask bench-retention <rows>` sets another number.
 const OLD_EVENTS: i64 = 1_000_000;
@@ -175,8 +175,8 @@ async fn bench(url: &str, old_events: i64) -> Result<(), String> {
         println!(
             "| writer inserts {name} | {} inserts, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
             latencies.len(),
-            ms(percentile(latencies, 0.50)),
-            ms(percentile(latencies, 0.99)),
+            percentile_ms(latencies, 0.50),
+            percentile_ms(latencies, 0.99),
             ms(latencies.last().copied().unwrap_or_default()),
         );
     }
@@ -198,13 +198,6 @@ async fn bench(url: &str, old_events: i64) -> Result<(), String> {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn fill(pool: &PgPool, old_events: i64) -> Result<(), String> {

@@ -133,3 +133,13 @@ pub(crate) fn small_jpegs(count: usize) -> Result<Vec<Vec<u8>>, String> {
         })
         .collect()
 }
+
+/// The `p`-th quantile (0 to 1, nearest rank) of `sorted` latencies, in milliseconds; 0 when
+/// there are none.
+pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, run_optimised, stop_on_ctrl_c, target_dir, wait_ready, WorkDir,
-    INTERRUPTED,
+    interrupted, log_tail, percentile_ms, run_optimised, stop_on_ctrl_c, target_dir, wait_ready,
+    WorkDir, INTERRUPTED,
 };
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
@@ -106,6 +106,9 @@ struct PgbenchResult {
     tps: f64,
     processed: String,
     latency_ms: String,
+    /// Transaction latency percentiles from pgbench's per-transaction log.
+    p50_ms: f64,
+    p99_ms: f64,
 }
 
 /// What the service's run measured, before pgbench's.
@@ -875,14 +878,6 @@ async fn fire(
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        // Nearest rank.
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1].as_secs_f64() * 1000.0
-    };
     RunResult {
         requests: latencies.len(),
         errors,
@@ -890,8 +885,8 @@ async fn fire(
         duplicates,
         first_error,
         seconds,
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
     }
 }
 
@@ -997,6 +992,9 @@ COMMIT;
 
 fn run_pgbench(setup: &Setup, script: &Path, clients: usize) -> Result<PgbenchResult, String> {
     let per_client = REQUESTS / clients;
+    let log_dir = setup.work.join(format!("pgbench-log-{clients}"));
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let output = check(
         Command::new(&setup.pgbench)
             .args(["-h", "127.0.0.1", "-p", &setup.pg_port.to_string()])
@@ -1010,6 +1008,8 @@ fn run_pgbench(setup: &Setup, script: &Path, clients: usize) -> Result<PgbenchRe
                 "2",
             ])
             .args(["-c", &clients.to_string(), "-t", &per_client.to_string()])
+            .arg("--log")
+            .arg(format!("--log-prefix={}", log_dir.join("txn").display()))
             .arg("-f")
             .arg(script)
             .arg("bench")
@@ -1041,11 +1041,36 @@ fn run_pgbench(setup: &Setup, script: &Path, clients: usize) -> Result<PgbenchRe
         .unwrap_or("?")
         .trim()
         .to_string();
+    let latencies = pgbench_latencies(&log_dir)?;
     Ok(PgbenchResult {
         tps,
         processed,
         latency_ms,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
     })
+}
+
+/// Every transaction's latency from pgbench's per-transaction logs in `dir` (one file per
+/// thread; the third field of a line is the latency in microseconds), sorted.
+fn pgbench_latencies(dir: &Path) -> Result<Vec<Duration>, String> {
+    let mut latencies = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines() {
+            let micros = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|field| field.parse::<u64>().ok())
+                .ok_or_else(|| format!("{}: unexpected line {line:?}", path.display()))?;
+            latencies.push(Duration::from_micros(micros));
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
 }
 
 fn print_table(label: &str, measured: &Measured) {
@@ -1053,7 +1078,7 @@ fn print_table(label: &str, measured: &Measured) {
     println!();
     println!("webhooks: signed completion callbacks, {label}, release build, fsync on");
     println!(
-        "{:<8} {:<9} {:<7} {:<7} {:<7} {:<7} {:<12} {:<6} {:<7} {:<9} terminal-once",
+        "{:<8} {:<9} {:<7} {:<7} {:<7} {:<7} {:<12} {:<16} {:<6} {:<7} {:<9} terminal-once",
         "senders",
         "requests",
         "errors",
@@ -1061,6 +1086,7 @@ fn print_table(label: &str, measured: &Measured) {
         "p50 ms",
         "p99 ms",
         "pgbench tps",
+        "pgbench p50/p99",
         "ratio",
         "txn/cb",
         "db us/cb"
@@ -1069,7 +1095,7 @@ fn print_table(label: &str, measured: &Measured) {
         let rate = row.service.run.requests as f64 / row.service.run.seconds;
         let callbacks = row.service.run.requests.max(1) as f64;
         println!(
-            "{:<8} {:<9} {:<7} {:<7.0} {:<7.1} {:<7.1} {:<12.0} {:<6.2} {:<7.2} {:<9.0} {}/{}{}",
+            "{:<8} {:<9} {:<7} {:<7.0} {:<7.1} {:<7.1} {:<12.0} {:<16} {:<6.2} {:<7.2} {:<9.0} {}/{}{}",
             row.service.senders,
             row.service.run.requests,
             row.service.run.errors,
@@ -1077,6 +1103,7 @@ fn print_table(label: &str, measured: &Measured) {
             row.service.run.p50_ms,
             row.service.run.p99_ms,
             row.pgbench.tps,
+            format!("{:.1}/{:.1}", row.pgbench.p50_ms, row.pgbench.p99_ms),
             rate / row.pgbench.tps,
             row.service.transactions as f64 / callbacks,
             row.service.statements.total_ms * 1000.0 / callbacks,
@@ -1092,6 +1119,7 @@ fn print_table(label: &str, measured: &Measured) {
     println!();
     println!(
         "ratio: callbacks/s over pgbench's TPS running the same per-callback transaction; \
+         pgbench p50/p99: that transaction's latency in ms, one commit each; \
          txn/cb: database transactions per callback, follow-up work included; \
          db us/cb: statement execution time per callback (pg_stat_statements)"
     );
