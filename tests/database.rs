@@ -1,7 +1,11 @@
 //! The database connection: server-side timeouts on every pooled connection, a LISTEN
 //! connection of its own, and a bounded wait for a connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use blackbox::{problem, wait_until, TestApp};
 use sqlx::PgPool;
@@ -153,4 +157,146 @@ async fn migrations_started_by_several_replicas_at_once_apply_once(pool: PgPool)
         "each migration recorded once"
     );
     assert!(applied.iter().all(|(_, success)| *success));
+}
+
+/// A caller that stops waiting while its transaction's `BEGIN` is on the wire (a client that
+/// hangs up, a worker being stopped) leaves no transaction open behind it: what the
+/// connection's next user writes is committed, not held in a transaction nobody ends.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_transaction_abandoned_during_its_begin_does_not_swallow_later_writes(pool: PgPool) {
+    let proxy = ReplyGate::start(&pool).await;
+    // One connection, so the abandoned one is the one used next.
+    let store = Store::connect_lazy_with(
+        (*pool.connect_options())
+            .clone()
+            .host("127.0.0.1")
+            .port(proxy.port),
+        &PoolSettings {
+            max_connections: 1,
+            ..PoolSettings::default()
+        },
+    );
+    store.ensure_tenant("before").await.expect("first write");
+
+    proxy.hold_replies_from_the_next_begin();
+    let abandoned = tokio::spawn({
+        let store = store.clone();
+        async move {
+            // Deleting begins a transaction before anything else.
+            store
+                .delete_avatar(domain::TenantId::new(), domain::AvatarId::new())
+                .await
+        }
+    });
+    proxy.wait_for_begin().await;
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    proxy.release();
+
+    store.ensure_tenant("after").await.expect("second write");
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tenants ORDER BY name")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        names,
+        ["after", "before"],
+        "another session sees the write made after the abandoned BEGIN"
+    );
+    store.pool().close().await;
+}
+
+/// A TCP proxy to the test's PostgreSQL that, once armed, holds the server's replies from the
+/// next `BEGIN` on, until released.
+struct ReplyGate {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    holding: tokio::sync::watch::Sender<bool>,
+}
+
+impl ReplyGate {
+    async fn start(pool: &PgPool) -> Self {
+        let server = format!(
+            "{}:{}",
+            pool.connect_options().get_host(),
+            pool.connect_options().get_port()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (holding, held) = tokio::sync::watch::channel(false);
+        let armed = Arc::new(AtomicBool::new(false));
+        let (hold, arm) = (holding.clone(), armed.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = upstream.into_split();
+                let (hold, arm) = (hold.clone(), arm.clone());
+                tokio::spawn(forward(client_read, server_write, move |bytes| {
+                    if bytes.windows(5).any(|w| w == b"BEGIN") && arm.swap(false, Ordering::SeqCst)
+                    {
+                        hold.send_replace(true);
+                    }
+                }));
+                let mut held = held.clone();
+                tokio::spawn(async move {
+                    let mut server_read = server_read;
+                    let mut client_write = client_write;
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let read = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => read,
+                        };
+                        if held.wait_for(|holding| !*holding).await.is_err()
+                            || client_write.write_all(&buffer[..read]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            armed,
+            holding,
+        }
+    }
+
+    fn hold_replies_from_the_next_begin(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a `BEGIN` went to the server with its reply held.
+    async fn wait_for_begin(&self) {
+        let mut holding = self.holding.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), holding.wait_for(|held| *held))
+            .await
+            .expect("a BEGIN reaches the server within 30 s")
+            .expect("the proxy runs");
+    }
+
+    fn release(&self) {
+        self.holding.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to`, showing every chunk to `saw` first.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut saw: impl FnMut(&[u8]) + Send + 'static,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        saw(&buffer[..read]);
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }

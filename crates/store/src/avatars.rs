@@ -329,7 +329,7 @@ impl Store {
     /// Deletes an avatar with everything that holds the person (see the statements below);
     /// its jobs and generations stay as billing records.
     pub async fn delete_avatar(&self, tenant_id: TenantId, id: AvatarId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let locked: Option<uuid::Uuid> = sqlx::query_scalar(
             "SELECT id FROM avatars WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         )

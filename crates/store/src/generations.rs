@@ -63,7 +63,7 @@ impl Store {
         max_active: u32,
         idempotency: Option<&crate::IdempotencyHold>,
     ) -> Result<GenerationRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         crate::tenants::check_quota(
             &mut tx,
             new.tenant_id,
@@ -190,7 +190,7 @@ impl Store {
         fence: i64,
         images: &[GenerationImage],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let generation_id: Option<Uuid> =
             sqlx::query_scalar("SELECT generation_id FROM jobs WHERE id = $1 AND fence = $2")
                 .bind(job_id)
@@ -244,7 +244,7 @@ impl Store {
         model_id: Uuid,
         lora_url: &str,
     ) -> Result<Option<Uuid>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let cleared = sqlx::query(
             "UPDATE jobs SET custody_needed = false, lease_owner = NULL, lease_until = NULL, updated_at = now()
              WHERE id = $1 AND fence = $2 AND status = $3 AND custody_needed",
@@ -302,7 +302,7 @@ impl Store {
         job_id: Uuid,
         fence: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let Some(job) = clear_item_flags(&mut tx, job_id, fence, None).await? else {
             return Ok(false);
         };

@@ -384,7 +384,7 @@ impl Store {
         max_active: u32,
         idempotency: Option<&crate::IdempotencyHold>,
     ) -> Result<JobRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         crate::tenants::check_quota(&mut tx, new.tenant_id, Quota::ActiveTrainings, max_active)
             .await?;
         let job: JobRecord = sqlx::query_as(&format!(
@@ -505,7 +505,7 @@ impl Store {
         changes: &JobChanges,
         cause: &str,
     ) -> Result<EventOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut changed = Vec::new();
         let outcome = apply_event_in(
             &mut tx,
@@ -534,7 +534,7 @@ impl Store {
         events: &[(JobEvent, JobChanges)],
         unknown_kept_at_most: i64,
     ) -> Result<WebhookOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if job_id.is_none() {
             let kept = unknown_callbacks_kept(&mut tx, unknown_kept_at_most).await?;
             if kept >= unknown_kept_at_most {
@@ -602,7 +602,7 @@ impl Store {
         job_id: Uuid,
         events: &[(JobEvent, JobChanges)],
     ) -> Result<Option<EventOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let taken = sqlx::query(
             "UPDATE webhook_inbox SET job_id = $2, outcome = 'applied'
              WHERE id = $1 AND outcome = 'unknown_request'",
@@ -631,7 +631,7 @@ impl Store {
         owner: Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Two probes, each an index scan of its own partial index (every callback wakes this
         // worker, so a scan of the whole table here is paid per callback): uploads whose
         // worker died first (they are the oldest), then pending jobs.

@@ -151,6 +151,29 @@ impl Store {
         &self.pool
     }
 
+    /// Starts a transaction whose `BEGIN` runs to its end even when the caller stops waiting
+    /// (a client that hangs up, a worker being stopped).
+    ///
+    /// sqlx (0.8) counts a transaction as open only once the server has answered `BEGIN`;
+    /// a caller dropped between sending it and reading the answer hands the connection back
+    /// to the pool inside a transaction that nothing ends. Whatever the connection's next
+    /// users write then runs in it, is answered as done, and is lost when the connection
+    /// closes. Run on a task of its own, the `BEGIN` is always read: an abandoned transaction
+    /// is dropped like any other and rolled back before its connection is used again.
+    pub(crate) async fn begin(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let pool = self.pool.clone();
+        #[allow(clippy::disallowed_methods)] // the one place transactions begin
+        let begin = async move { pool.begin().await };
+        match tokio::spawn(begin).await {
+            Ok(begun) => Ok(begun?),
+            Err(stopped) => Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "starting a transaction: {stopped}"
+            )))),
+        }
+    }
+
     /// A one-connection pool of its own for a LISTEN connection, which is held for the life
     /// of the process: taken from the request pool it would shrink that pool for good (and
     /// a small pool would deadlock).

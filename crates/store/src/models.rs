@@ -31,7 +31,7 @@ impl Store {
         fence: i64,
         model: &NewModel,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut changed = Vec::new();
         let completed =
             complete_custody_in(&mut tx, job_id, fence, Some(model.clone()), &mut changed).await?;

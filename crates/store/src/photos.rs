@@ -169,7 +169,7 @@ impl Store {
         rules: PhotoSetRules,
         is_near_duplicate: impl Fn(u64, u64) -> bool,
     ) -> Result<Reservation, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let Some(status) = lock_tenant_avatar(&mut tx, tenant_id, avatar_id).await? else {
             return Ok(Reservation::AvatarNotFound);
         };
@@ -239,7 +239,7 @@ impl Store {
         photo_id: PhotoId,
         rules: PhotoSetRules,
     ) -> Result<Avatar, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let status = lock_tenant_avatar(&mut tx, tenant_id, avatar_id)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -308,7 +308,7 @@ impl Store {
         photo_id: PhotoId,
         rules: PhotoSetRules,
     ) -> Result<PhotoRemoval, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let Some(status) = lock_tenant_avatar(&mut tx, tenant_id, avatar_id).await? else {
             return Ok(PhotoRemoval::AvatarNotFound);
         };

@@ -239,7 +239,7 @@ impl Store {
     /// Deletes at most `batches.rows` rows `trim` selects, in one transaction. Returns how
     /// many were deleted.
     pub async fn trim_batch(&self, trim: Trim, batches: TrimBatches) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let deleted = trim_in(&mut tx, "", trim, batches).await?.deleted;
         tx.commit().await?;
         Ok(deleted)
@@ -252,7 +252,7 @@ impl Store {
         trim: Trim,
         batches: TrimBatches,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let plan = trim_in(
             &mut tx,
             "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) ",

@@ -207,7 +207,7 @@ impl Store {
         new: &NewEndpoint,
         max_endpoints: u32,
     ) -> Result<EndpointRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         crate::tenants::check_quota(
             &mut tx,
             new.tenant_id,
@@ -326,7 +326,7 @@ impl Store {
         secret: &NewSecret,
         overlap: Duration,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let endpoint: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
         )
@@ -531,7 +531,7 @@ impl Store {
         delivery_id: Uuid,
         lease: Duration,
     ) -> Result<AttemptStart, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let url: Option<String> = sqlx::query_scalar(
             "UPDATE webhook_endpoints SET relay_lease_until = now() + make_interval(secs => $4)
              WHERE id = $1 AND relay_owner = $2 AND relay_fence = $3 AND enabled
@@ -605,7 +605,7 @@ impl Store {
         next: NextStep,
         disable_after: Duration,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE webhook_attempts SET finished_at = now(), outcome = $3, status_code = $4,
                  latency_ms = $5, error = $6, response_snippet = $7
@@ -712,7 +712,7 @@ impl Store {
         &self,
         resealed: &[(SecretRow, NewSecret)],
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut changed = 0;
         for (old, new) in resealed {
             let (old_key, old_bytes) = match &old.stored {
