@@ -158,8 +158,9 @@ impl Store {
     /// a caller dropped between sending it and reading the answer hands the connection back
     /// to the pool inside a transaction that nothing ends. Whatever the connection's next
     /// users write then runs in it, is answered as done, and is lost when the connection
-    /// closes. Run on a task of its own, the `BEGIN` is always read: an abandoned transaction
-    /// is dropped like any other and rolled back before its connection is used again.
+    /// closes (upstream: transact-rs/sqlx#4393). Run on a task of its own, the `BEGIN` is
+    /// always read: an abandoned transaction is dropped like any other and rolled back before
+    /// its connection is used again.
     pub(crate) async fn begin(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
