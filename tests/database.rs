@@ -232,29 +232,15 @@ impl ReplyGate {
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = upstream.into_split();
                 let (hold, arm) = (hold.clone(), arm.clone());
-                tokio::spawn(forward(client_read, server_write, move |bytes| {
+                let saw_query = move |bytes: &[u8]| {
                     if bytes.windows(5).any(|w| w == b"BEGIN") && arm.swap(false, Ordering::SeqCst)
                     {
                         hold.send_replace(true);
                     }
-                }));
-                let mut held = held.clone();
-                tokio::spawn(async move {
-                    let mut server_read = server_read;
-                    let mut client_write = client_write;
-                    let mut buffer = vec![0u8; 16 * 1024];
-                    loop {
-                        let read = match server_read.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => read,
-                        };
-                        if held.wait_for(|holding| !*holding).await.is_err()
-                            || client_write.write_all(&buffer[..read]).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
+                };
+                tokio::spawn(forward(client_read, server_write, saw_query, None));
+                let replies = forward(server_read, client_write, |_| {}, Some(held.clone()));
+                tokio::spawn(replies);
             }
         });
         Self {
@@ -282,11 +268,13 @@ impl ReplyGate {
     }
 }
 
-/// Copies `from` to `to`, showing every chunk to `saw` first.
+/// Copies `from` to `to`, showing every chunk to `saw` first and, with a `gate`, passing it
+/// on only while the gate is not holding.
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut saw: impl FnMut(&[u8]) + Send + 'static,
+    mut gate: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -295,6 +283,11 @@ async fn forward(
             Ok(read) => read,
         };
         saw(&buffer[..read]);
+        if let Some(gate) = gate.as_mut() {
+            if gate.wait_for(|holding| !*holding).await.is_err() {
+                return;
+            }
+        }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
         }

@@ -522,7 +522,6 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
     result
 }
 
-/// Nearest-rank percentile in milliseconds of sorted latencies.
 /// Bytes of the seeded LoRA file.
 const LORA_BYTES: usize = 256 * 1024;
 /// Side of the seeded photos ([`small_jpegs`]), in pixels.
