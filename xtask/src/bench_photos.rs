@@ -136,7 +136,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
 /// Builds the release `avatars` binary and returns its path.
 pub(crate) fn release_binary(root: &Path) -> Result<PathBuf, String> {
     eprintln!("bench: building the release binary");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = crate::cargo()
         .current_dir(root)
         .args(["build", "--release", "-q", "-p", "api", "--bin", "avatars"])
         .status()

@@ -39,7 +39,7 @@ pub(crate) fn run_optimised(
     args: &[std::ffi::OsString],
 ) -> Result<(), String> {
     eprintln!("bench: building the optimised xtask (the load shares the cores with the service)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = crate::cargo()
         .current_dir(root)
         .args(["build", "--release", "-q", "-p", "xtask"])
         .status()

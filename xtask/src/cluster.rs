@@ -131,7 +131,7 @@ struct Binaries {
 
 fn build(root: &Path) -> Result<Binaries, String> {
     eprintln!("cluster: building avatars and fal-sim");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = crate::cargo()
         .current_dir(root)
         .args([
             "build", "-q", "-p", "api", "--bin", "avatars", "-p", "fal-sim", "--bin", "fal-sim",

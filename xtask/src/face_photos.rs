@@ -7,7 +7,6 @@
 //! resolution, so the crops do not depend on hand-measured coordinates.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{imageops, DynamicImage, Rgb, RgbImage};
 use media::FaceBox;
@@ -145,7 +144,7 @@ fn save(path: &Path, image: &RgbImage, width: u32, height: u32) -> Result<(), St
 
 /// `test.png` inside the `rustface` package, located through `cargo metadata` (offline).
 fn rustface_group_photo(root: &Path) -> Result<PathBuf, String> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = crate::cargo()
         .current_dir(root)
         .args(["metadata", "--format-version", "1", "--offline"])
         .output()

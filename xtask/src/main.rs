@@ -26,6 +26,27 @@ mod cluster;
 mod face_photos;
 mod moto;
 
+/// A `cargo` command for the tasks to run, without the variables `cargo run` set for this
+/// process. Build scripts watch some of them (ring's watches `CARGO_MANIFEST_DIR`): inherited,
+/// they would make every cargo run from here rebuild most of the tree, and the next cargo run
+/// from a shell rebuild it once more.
+pub(crate) fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            );
+        if set_by_cargo_run {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -197,8 +218,7 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
         });
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
         .args(&extra)
