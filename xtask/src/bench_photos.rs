@@ -144,10 +144,7 @@ pub(crate) fn release_binary(root: &Path) -> Result<PathBuf, String> {
     if !status.success() {
         return Err("release build failed".into());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/avatars"))
+    Ok(crate::target_dir(root).join("release/avatars"))
 }
 
 pub(crate) struct ServerGuard(pub(crate) Child);

@@ -48,8 +48,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, run_optimised, small_jpegs, stop_on_ctrl_c, target_dir,
-    wait_ready, WorkDir, INTERRUPTED,
+    interrupted, log_tail, percentile_ms, run_optimised, small_jpegs, stop_on_ctrl_c, wait_ready,
+    WorkDir, INTERRUPTED,
 };
 
 /// Concurrent callers of the runs.
@@ -105,7 +105,7 @@ struct Setup {
 fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
     let binary = release_binary(root)?;
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir::fresh(target_dir(root).join("bench-requests"))?;
+    let work = WorkDir::fresh(crate::target_dir(root).join("bench-requests"))?;
     let options = ClusterOptions {
         extra_settings: vec![
             "shared_preload_libraries = 'pg_stat_statements'".into(),

@@ -36,7 +36,7 @@ pub fn run(root: &Path, rows: Option<String>) -> Result<(), String> {
             .ok_or(format!("bench-retention: {rows:?} is not a number of rows"))?,
     };
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir::fresh(crate::bench_support::target_dir(root).join("bench-retention"))?;
+    let work = WorkDir::fresh(crate::target_dir(root).join("bench-retention"))?;
     let mut cluster =
         Cluster::start(&work.0.join("pg"), &ClusterOptions::test()).map_err(|e| e.to_string())?;
     cluster

@@ -24,13 +24,6 @@ pub(crate) fn interrupted() -> Result<(), String> {
     }
 }
 
-/// Cargo's target directory (`CARGO_TARGET_DIR`, or `target` in the workspace).
-pub(crate) fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
 /// Builds the release xtask and runs `xtask <subcommand> <args>` in it: the load generator
 /// shares the cores with the service, so it runs optimised.
 pub(crate) fn run_optimised(
@@ -49,7 +42,7 @@ pub(crate) fn run_optimised(
     }
     // Ctrl-C reaches both processes: this one just waits for the other to clean up.
     let _ = ctrlc::set_handler(|| {});
-    let status = Command::new(target_dir(root).join("release/xtask"))
+    let status = Command::new(crate::target_dir(root).join("release/xtask"))
         .current_dir(root)
         .arg(subcommand)
         .args(args)

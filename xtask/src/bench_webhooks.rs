@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, run_optimised, stop_on_ctrl_c, target_dir, wait_ready,
-    WorkDir, INTERRUPTED,
+    interrupted, log_tail, percentile_ms, run_optimised, stop_on_ctrl_c, wait_ready, WorkDir,
+    INTERRUPTED,
 };
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
@@ -260,7 +260,7 @@ fn bench_build(root: &Path, binary: &Path) -> Result<Measured, String> {
     }
 
     // Dropped after the cluster (declared before it), so the server is down before its files go.
-    let work = WorkDir::fresh(target_dir(root).join("bench-webhooks"))?;
+    let work = WorkDir::fresh(crate::target_dir(root).join("bench-webhooks"))?;
     // Durable, as in production: every commit waits for its WAL flush. pg_stat_statements
     // says where the database's time per callback goes.
     let options = ClusterOptions {

@@ -141,9 +141,7 @@ fn build(root: &Path) -> Result<Binaries, String> {
     if !status.success() {
         return Err("building avatars and fal-sim failed".into());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir(root);
     Ok(Binaries {
         avatars: target.join("debug/avatars"),
         fal_sim: target.join("debug/fal-sim"),

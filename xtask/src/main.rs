@@ -47,6 +47,13 @@ pub(crate) fn cargo() -> Command {
     command
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, or `target` in the workspace).
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
