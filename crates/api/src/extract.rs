@@ -12,34 +12,34 @@ use crate::problem::{ApiError, FieldLocation};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for AppJson<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the request body is larger than this endpoint accepts",
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "unreadable_body",
-                        rejection.body_text(),
-                    )
-                }
-            })?;
-        parse_json(&bytes).map(AppJson)
+        parse_json(&read_body(request, state).await?).map(AppJson)
     }
+}
+
+/// The whole body, within the route's size limit.
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than this endpoint accepts",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    rejection.body_text(),
+                )
+            }
+        })
 }
 
 /// Refuses a body that is not declared as JSON.
@@ -190,11 +190,7 @@ fn join_path(parent: &str, name: &str) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppQuery<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for AppQuery<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
@@ -226,11 +222,18 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         let axum::extract::Path(raw) =
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::not_found("not_found", "no such resource"))?;
-        uuid::Uuid::parse_str(&raw)
-            .map(PathId)
-            .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
+                .map_err(|_| no_such_resource())?;
+        parse_id(&raw).map(PathId)
     }
+}
+
+fn no_such_resource() -> ApiError {
+    ApiError::not_found("not_found", "no such resource")
+}
+
+fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
 }
 
 /// Two UUID path parameters (a resource and one of its children), by the same rule as
@@ -245,12 +248,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PathIds {
         let axum::extract::Path((first, second)) =
             axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::not_found("not_found", "no such resource"))?;
-        let parse = |raw: &str| {
-            uuid::Uuid::parse_str(raw)
-                .map_err(|_| ApiError::not_found("not_found", format!("{raw:?} is not a valid id")))
-        };
-        Ok(PathIds(parse(&first)?, parse(&second)?))
+                .map_err(|_| no_such_resource())?;
+        Ok(PathIds(parse_id(&first)?, parse_id(&second)?))
     }
 }
 

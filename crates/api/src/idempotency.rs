@@ -10,6 +10,8 @@
 
 use std::future::Future;
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -19,88 +21,108 @@ use store::{IdempotencyClaim, IdempotencyHold, IdempotentResource};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// Runs a JSON command at most once per (tenant, key): `scope` (e.g. `POST /avatars/{id}/train`)
-/// and `body` make the request's fingerprint, so the same key with another request is a 422.
-/// The body must be declared JSON; it is parsed into `T` for `work`, so a malformed body
-/// answers the same way each time it is sent. `work` passes the hold to the use case, which
-/// binds what it creates to the key.
-pub async fn idempotent_json<T, F, Fut>(
-    state: &AppState,
-    tenant: domain::TenantId,
-    headers: &HeaderMap,
-    scope: &str,
-    body: &[u8],
-    work: F,
-) -> Result<Response, ApiError>
-where
-    T: serde::de::DeserializeOwned,
-    F: FnOnce(T, Option<IdempotencyHold>) -> Fut,
-    Fut: Future<Output = Result<Response, ApiError>>,
-{
-    crate::extract::require_json(headers)?;
-    let work = |hold| async { work(crate::extract::parse_json(body)?, hold).await };
-    let Some(key) = idempotency_key(headers)? else {
-        return work(None).await;
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(format!("{scope}\n").as_bytes());
-    hasher.update(body);
-    let hash = hex::encode(hasher.finalize());
-    let tenant_id = tenant.0;
-    let lease = state.settings.http.idempotency_lease;
-    let hold = match state
-        .store
-        .claim_idempotency_key(tenant_id, &key, &hash, lease)
-        .await?
+/// A JSON command's request as read, not parsed yet: its headers (content type,
+/// `Idempotency-Key`) and body. Parsing is part of the work a key runs once, so a malformed
+/// body answers the same way each time it is sent.
+pub struct IdempotentJson {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for IdempotentJson {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = request.headers().clone();
+        let body = crate::extract::read_body(request, state).await?;
+        Ok(Self { headers, body })
+    }
+}
+
+impl IdempotentJson {
+    /// Runs the command at most once per (tenant, key): `scope` (e.g.
+    /// `POST /avatars/{id}/train`) and the body make the request's fingerprint, so the same
+    /// key with another request is a 422. The body must be declared JSON; it is parsed into
+    /// `T` for `work`, which passes the hold to the use case, which binds what it creates to
+    /// the key.
+    pub async fn run<T, F, Fut>(
+        &self,
+        state: &AppState,
+        tenant: domain::TenantId,
+        scope: &str,
+        work: F,
+    ) -> Result<Response, ApiError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: FnOnce(T, Option<IdempotencyHold>) -> Fut,
+        Fut: Future<Output = Result<Response, ApiError>>,
     {
-        IdempotencyClaim::Claimed(hold) => hold,
-        IdempotencyClaim::InFlight => {
-            return Err(ApiError::conflict(
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still being handled; retry shortly",
-            ))
-        }
-        IdempotencyClaim::Mismatch => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
-                "this Idempotency-Key was used with a different request",
-            ))
-        }
-        IdempotencyClaim::Done {
-            status,
-            body,
-            headers,
-        } => return Ok(replay(status, body, headers)),
-        IdempotencyClaim::Committed(resource) => {
-            // Its request created this and never answered: answer with it, and keep that.
-            let response = committed(state, tenant, resource).await?;
-            let response = remember(state, tenant_id, &key, None, response).await?;
-            return Ok(mark_replayed(response));
-        }
-    };
-    let renewing = tokio::spawn(renew(state.clone(), hold.clone(), lease));
-    let _stop_renewing = AbortOnDrop(renewing);
-    let outcome = work(Some(hold.clone())).await;
-    let status = match &outcome {
-        Ok(response) => response.status(),
-        Err(error) => error.status(),
-    };
-    // A quota refusal is transient like a 5xx: the same key must be able to succeed later,
-    // unless the request got as far as creating its resource.
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        match state.store.release_idempotency_key(&hold).await? {
-            None => return outcome,
-            Some(resource) => {
-                tracing::warn!(%status, "the request failed after creating its resource; answering with the resource");
+        let (headers, body) = (&self.headers, &self.body[..]);
+        crate::extract::require_json(headers)?;
+        let work = |hold| async { work(crate::extract::parse_json(body)?, hold).await };
+        let Some(key) = idempotency_key(headers)? else {
+            return work(None).await;
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(format!("{scope}\n").as_bytes());
+        hasher.update(body);
+        let hash = hex::encode(hasher.finalize());
+        let tenant_id = tenant.0;
+        let lease = state.settings.http.idempotency_lease;
+        let hold = match state
+            .store
+            .claim_idempotency_key(tenant_id, &key, &hash, lease)
+            .await?
+        {
+            IdempotencyClaim::Claimed(hold) => hold,
+            IdempotencyClaim::InFlight => {
+                return Err(ApiError::conflict(
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still being handled; retry shortly",
+                ))
+            }
+            IdempotencyClaim::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_mismatch",
+                    "this Idempotency-Key was used with a different request",
+                ))
+            }
+            IdempotencyClaim::Done {
+                status,
+                body,
+                headers,
+            } => return Ok(replay(status, body, headers)),
+            IdempotencyClaim::Committed(resource) => {
+                // Its request created this and never answered: answer with it, and keep that.
                 let response = committed(state, tenant, resource).await?;
-                return remember(state, tenant_id, &key, Some(&hold), response).await;
+                let response = remember(state, tenant_id, &key, None, response).await?;
+                return Ok(mark_replayed(response));
+            }
+        };
+        let renewing = tokio::spawn(renew(state.clone(), hold.clone(), lease));
+        let _stop_renewing = AbortOnDrop(renewing);
+        let outcome = work(Some(hold.clone())).await;
+        let status = match &outcome {
+            Ok(response) => response.status(),
+            Err(error) => error.status(),
+        };
+        // A quota refusal is transient like a 5xx: the same key must be able to succeed later,
+        // unless the request got as far as creating its resource.
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            match state.store.release_idempotency_key(&hold).await? {
+                None => return outcome,
+                Some(resource) => {
+                    tracing::warn!(%status, "the request failed after creating its resource; answering with the resource");
+                    let response = committed(state, tenant, resource).await?;
+                    return remember(state, tenant_id, &key, Some(&hold), response).await;
+                }
             }
         }
+        // Keep the answer, success or refusal, to replay it byte for byte.
+        let response = outcome.unwrap_or_else(IntoResponse::into_response);
+        remember(state, tenant_id, &key, Some(&hold), response).await
     }
-    // Keep the answer, success or refusal, to replay it byte for byte.
-    let response = outcome.unwrap_or_else(IntoResponse::into_response);
-    remember(state, tenant_id, &key, Some(&hold), response).await
 }
 
 /// Keeps the key's claim alive while its request runs.

@@ -9,6 +9,7 @@ use crate::error::StoreError;
 use crate::events::{insert_event, EventSnapshot};
 use crate::jobs::{apply_event_in, JobChanges};
 use crate::records::{parse_column, split_page};
+use crate::transitions::JobTransition;
 use crate::Store;
 
 /// The unique index that keeps trigger phrases distinct within a tenant.
@@ -359,17 +360,8 @@ impl Store {
                 error_message: Some(cause.into()),
                 ..JobChanges::default()
             };
-            apply_event_in(
-                &mut tx,
-                job_id,
-                JobEvent::Cancelled,
-                None,
-                &changes,
-                cause,
-                None,
-                &mut changed,
-            )
-            .await?;
+            let transition = JobTransition::new(JobEvent::Cancelled, &changes, cause);
+            apply_event_in(&mut tx, job_id, transition, &mut changed).await?;
         }
         for statement in [
             // Every blob that holds the person: photos, caller-supplied training archives,

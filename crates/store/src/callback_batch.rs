@@ -16,7 +16,7 @@ use crate::jobs::{
     unknown_callbacks_kept, EventOutcome, JobChanges, LockedJob, WebhookDelivery, WebhookOutcome,
 };
 use crate::records::{JobRecord, JOB_COLUMNS};
-use crate::transitions::{apply_transitions, TransitionItem};
+use crate::transitions::{apply_transitions, JobTransition, TransitionItem};
 use crate::{Store, StoreError};
 
 /// One verified callback of a batch.
@@ -188,14 +188,7 @@ async fn apply_in_rounds(
             .map(|&(r, e)| {
                 let callback = &recorded[r];
                 let (event, changes) = &callback.events[e];
-                TransitionItem {
-                    locked: locked[&callback.job],
-                    event: *event,
-                    fence: None,
-                    changes,
-                    cause: "fal webhook",
-                    claim: None,
-                }
+                JobTransition::new(*event, changes, "fal webhook").of(locked[&callback.job])
             })
             .collect();
         let outcomes = apply_transitions(tx, &items, changed).await?;

@@ -22,7 +22,7 @@ use crate::models::NewModel;
 use crate::records::{
     job_by_id, record_created, tenant_row, JobKindColumn, JobRecord, JobStatusColumn, JOB_COLUMNS,
 };
-use crate::transitions::{apply_transitions, TransitionItem};
+use crate::transitions::{apply_transition, JobTransition};
 use crate::{Quota, Store};
 
 /// The unique index allowing one live training per avatar.
@@ -185,25 +185,19 @@ pub(crate) struct Claim {
     pub(crate) lease: std::time::Duration,
 }
 
-/// Applies `event` inside `tx`: the domain's verdict, the guarded update, the event record,
-/// the avatar's side of a finished training, and the caller-visible event. With `claim`, the
-/// update also leases the job to the claimer under a new fence. A status change is added to
-/// `changed`, for the caller to report once the transaction committed.
-#[allow(clippy::too_many_arguments)]
+/// Applies `transition` inside `tx`: the domain's verdict, the guarded update, the event
+/// record, the avatar's side of a finished training, and the caller-visible event. A status
+/// change is added to `changed`, for the caller to report once the transaction committed.
 pub(crate) async fn apply_event_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
-    event: JobEvent,
-    fence: Option<i64>,
-    changes: &JobChanges,
-    cause: &str,
-    claim: Option<Claim>,
+    transition: JobTransition<'_>,
     changed: &mut Vec<Changed>,
 ) -> Result<EventOutcome, StoreError> {
     let Some(locked) = lock_job(tx, job_id).await? else {
         return Ok(EventOutcome::NotFound);
     };
-    apply_event_locked(tx, &locked, event, fence, changes, cause, claim, changed).await
+    apply_transition(tx, transition.of(locked), changed).await
 }
 
 /// A job row locked by the caller's transaction, as it stands there.
@@ -230,30 +224,6 @@ impl LockedJob {
             fence: job.fence,
         }
     }
-}
-
-/// [`apply_event_in`] for a job the caller has locked in `tx` and knows as `locked`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn apply_event_locked(
-    tx: &mut Transaction<'_, Postgres>,
-    locked: &LockedJob,
-    event: JobEvent,
-    fence: Option<i64>,
-    changes: &JobChanges,
-    cause: &str,
-    claim: Option<Claim>,
-    changed: &mut Vec<Changed>,
-) -> Result<EventOutcome, StoreError> {
-    let item = TransitionItem {
-        locked: *locked,
-        event,
-        fence,
-        changes,
-        cause,
-        claim,
-    };
-    let mut outcomes = apply_transitions(tx, std::slice::from_ref(&item), changed).await?;
-    Ok(outcomes.pop().unwrap_or(EventOutcome::NotFound))
 }
 
 /// Reads and locks (until `tx` ends) what a transition of the job needs.
@@ -299,7 +269,8 @@ pub(crate) async fn apply_callback_locked(
     let mut last = EventOutcome::NotFound;
     let mut any_applied = false;
     for (event, changes) in events {
-        last = apply_event_locked(tx, locked, *event, None, changes, cause, None, changed).await?;
+        let item = JobTransition::new(*event, changes, cause).of(*locked);
+        last = apply_transition(tx, item, changed).await?;
         if let EventOutcome::Applied(job) = &last {
             any_applied = true;
             *locked = LockedJob::of(job);
@@ -336,17 +307,9 @@ pub(crate) async fn complete_custody_in(
         model,
         ..JobChanges::default()
     };
-    let outcome = apply_event_in(
-        tx,
-        job_id,
-        JobEvent::Completed,
-        Some(fence),
-        &changes,
-        "custody complete",
-        None,
-        changed,
-    )
-    .await?;
+    let transition =
+        JobTransition::new(JobEvent::Completed, &changes, "custody complete").fenced(Some(fence));
+    let outcome = apply_event_in(tx, job_id, transition, changed).await?;
     Ok(matches!(outcome, EventOutcome::Applied(_)))
 }
 
@@ -507,17 +470,8 @@ impl Store {
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.begin().await?;
         let mut changed = Vec::new();
-        let outcome = apply_event_in(
-            &mut tx,
-            job_id,
-            event,
-            fence,
-            changes,
-            cause,
-            None,
-            &mut changed,
-        )
-        .await?;
+        let transition = JobTransition::new(event, changes, cause).fenced(fence);
+        let outcome = apply_event_in(&mut tx, job_id, transition, &mut changed).await?;
         tx.commit().await?;
         self.observer.committed(&changed);
         Ok(outcome)
@@ -661,19 +615,11 @@ impl Store {
         } else {
             JobEvent::UploadReclaimed
         };
-        let claim = Claim { owner, lease };
+        let changes = JobChanges::default();
+        let transition = JobTransition::new(event, &changes, "worker claimed the job")
+            .claimed(Claim { owner, lease });
         let mut changed = Vec::new();
-        let outcome = apply_event_in(
-            &mut tx,
-            id,
-            event,
-            None,
-            &JobChanges::default(),
-            "worker claimed the job",
-            Some(claim),
-            &mut changed,
-        )
-        .await?;
+        let outcome = apply_event_in(&mut tx, id, transition, &mut changed).await?;
         tx.commit().await?;
         self.observer.committed(&changed);
         Ok(match outcome {

@@ -29,9 +29,8 @@ use crate::records::{parse_column, JobRecord, ModelRecord, JOB_COLUMNS, MODEL_CO
 /// Why an event the domain would apply changed nothing: the caller's lease is stale.
 pub(crate) const REASON_STALE_FENCE: &str = "stale fence: another worker owns the job";
 
-/// One event for one job the caller's transaction has locked.
-pub(crate) struct TransitionItem<'a> {
-    pub locked: LockedJob,
+/// An event for one job, with what changes with it.
+pub(crate) struct JobTransition<'a> {
     pub event: JobEvent,
     /// The caller's lease fence, when the caller must still hold the job.
     pub fence: Option<i64>,
@@ -39,6 +38,46 @@ pub(crate) struct TransitionItem<'a> {
     pub cause: &'a str,
     /// A lease taken with the transition (a worker claiming the job).
     pub claim: Option<Claim>,
+}
+
+impl<'a> JobTransition<'a> {
+    /// `event`, recorded with `cause`, changing `changes` along: whoever holds the job.
+    pub(crate) fn new(event: JobEvent, changes: &'a JobChanges, cause: &'a str) -> Self {
+        Self {
+            event,
+            fence: None,
+            changes,
+            cause,
+            claim: None,
+        }
+    }
+
+    /// Only while the caller's lease `fence` is the job's.
+    pub(crate) fn fenced(self, fence: Option<i64>) -> Self {
+        Self { fence, ..self }
+    }
+
+    /// Leasing the job to `claim`'s owner under a new fence.
+    pub(crate) fn claimed(self, claim: Claim) -> Self {
+        Self {
+            claim: Some(claim),
+            ..self
+        }
+    }
+
+    /// The transition of the job `locked` stands for.
+    pub(crate) fn of(self, locked: LockedJob) -> TransitionItem<'a> {
+        TransitionItem {
+            locked,
+            transition: self,
+        }
+    }
+}
+
+/// One event for one job the caller's transaction has locked.
+pub(crate) struct TransitionItem<'a> {
+    pub locked: LockedJob,
+    pub transition: JobTransition<'a>,
 }
 
 /// What the domain decided for one item.
@@ -50,9 +89,14 @@ enum Verdict {
 
 impl TransitionItem<'_> {
     fn verdict(&self) -> Verdict {
-        match transition(self.locked.status, self.event) {
+        match transition(self.locked.status, self.transition.event) {
             Transition::Ignore { reason } => Verdict::Ignore { reason },
-            Transition::Apply { .. } if self.fence.is_some_and(|f| f != self.locked.fence) => {
+            Transition::Apply { .. }
+                if self
+                    .transition
+                    .fence
+                    .is_some_and(|f| f != self.locked.fence) =>
+            {
                 Verdict::Ignore {
                     reason: REASON_STALE_FENCE,
                 }
@@ -66,8 +110,18 @@ impl TransitionItem<'_> {
     fn moves_avatar(&self, to: JobStatus) -> bool {
         self.locked.kind == JobKind::Training
             && to.is_terminal()
-            && (to != JobStatus::Succeeded || self.changes.model.is_some())
+            && (to != JobStatus::Succeeded || self.transition.changes.model.is_some())
     }
+}
+
+/// [`apply_transitions`] for one item.
+pub(crate) async fn apply_transition(
+    tx: &mut Transaction<'_, Postgres>,
+    item: TransitionItem<'_>,
+    changed: &mut Vec<Changed>,
+) -> Result<EventOutcome, StoreError> {
+    let mut outcomes = apply_transitions(tx, std::slice::from_ref(&item), changed).await?;
+    Ok(outcomes.pop().unwrap_or(EventOutcome::NotFound))
 }
 
 /// Applies `items` (at most one per job) inside `tx` and returns each one's outcome, in order.
@@ -298,7 +352,7 @@ struct Input<'a> {
 
 impl<'a> Input<'a> {
     fn push(&mut self, index: usize, item: &TransitionItem<'a>, verdict: Verdict) {
-        let changes = item.changes;
+        let changes = item.transition.changes;
         let to = match verdict {
             Verdict::Apply { to } => Some(to),
             Verdict::Ignore { .. } => None,
@@ -308,7 +362,7 @@ impl<'a> Input<'a> {
         self.apply.push(to.is_some());
         self.to.push(to.map(JobStatus::as_str));
         self.from.push(item.locked.status.as_str());
-        self.fence.push(item.fence);
+        self.fence.push(item.transition.fence);
         self.request_id.push(changes.fal_request_id.as_deref());
         self.status_url.push(changes.status_url.as_deref());
         self.response_url.push(changes.response_url.as_deref());
@@ -323,17 +377,21 @@ impl<'a> Input<'a> {
         self.custody_needed.push(changes.custody_needed);
         self.next_check_at.push(changes.next_check_at);
         self.lease_owner
-            .push(item.claim.as_ref().map(|claim| claim.owner));
-        self.lease_secs
-            .push(item.claim.as_ref().map(|claim| claim.lease.as_secs_f64()));
+            .push(item.transition.claim.as_ref().map(|claim| claim.owner));
+        self.lease_secs.push(
+            item.transition
+                .claim
+                .as_ref()
+                .map(|claim| claim.lease.as_secs_f64()),
+        );
         self.deadline_at.push(changes.deadline_at);
         self.progress_checked.push(changes.progress_checked);
         self.cancel_outcome
             .push(changes.cancel_outcome.map(CancelOutcome::as_str));
-        self.event.push(item.event.as_str());
+        self.event.push(item.transition.event.as_str());
         self.cause.push(match verdict {
-            Verdict::Apply { .. } => item.cause.to_string(),
-            Verdict::Ignore { reason } => ignored_cause(item.cause, reason),
+            Verdict::Apply { .. } => item.transition.cause.to_string(),
+            Verdict::Ignore { reason } => ignored_cause(item.transition.cause, reason),
         });
         self.terminal.push(to.is_some_and(JobStatus::is_terminal));
         self.enters_submitted.push(to == Some(JobStatus::Submitted));
@@ -361,9 +419,9 @@ async fn record_ignored(
          VALUES ($1, $2, $3, NULL, false, $4)",
     )
     .bind(item.locked.id)
-    .bind(item.event.as_str())
+    .bind(item.transition.event.as_str())
     .bind(item.locked.status.as_str())
-    .bind(ignored_cause(item.cause, reason))
+    .bind(ignored_cause(item.transition.cause, reason))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -435,7 +493,7 @@ impl Effects {
                 self.training_event(job, event_type, None)?;
             }
         }
-        if let (JobStatus::Succeeded, Some(model)) = (to, &item.changes.model) {
+        if let (JobStatus::Succeeded, Some(model)) = (to, &item.transition.changes.model) {
             self.models.push((job.clone(), model.clone()));
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::{AppQuery, PathId};
-use crate::idempotency::idempotent_json;
+use crate::idempotency::IdempotentJson;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
@@ -143,32 +143,32 @@ pub async fn create_generation(
     caller: Caller,
     PathId(id): PathId,
     headers: HeaderMap,
-    body: Bytes,
+    command: IdempotentJson,
 ) -> Result<Response, ApiError> {
+    let (state, tenant) = (&state, caller.tenant_id);
     let wait = preferred_wait(&headers);
     let scope = format!("POST /avatars/{id}/generations");
-    let state = &state;
-    idempotent_json(
-        state,
-        caller.tenant_id,
-        &headers,
-        &scope,
-        &body,
-        |request: GenerateRequest, hold| async move {
-            let input = GenerationInput::from(request);
-            let started = service::generations::create(
-                state,
-                caller.tenant_id,
-                AvatarId(id),
-                &input,
-                wait,
-                hold.as_ref(),
-            )
-            .await?;
-            started_response(started, wait)
-        },
-    )
-    .await
+    command
+        .run(
+            state,
+            tenant,
+            &scope,
+            |request: GenerateRequest, hold| async move {
+                let input = GenerationInput::from(request);
+                let avatar = AvatarId(id);
+                let started = service::generations::create(
+                    state,
+                    tenant,
+                    avatar,
+                    &input,
+                    wait,
+                    hold.as_ref(),
+                )
+                .await?;
+                started_response(started, wait)
+            },
+        )
+        .await
 }
 
 /// 200 when the generation finished within the wait, else 202; at its Location either way.

@@ -1,8 +1,7 @@
 //! Trainings: start one (`POST /avatars/{id}/train`), follow it, cancel it; and the presets.
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::training::TrainingInput;
@@ -13,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::{AppQuery, PathId};
-use crate::idempotency::idempotent_json;
+use crate::idempotency::IdempotentJson;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
@@ -92,32 +91,25 @@ pub async fn train_avatar(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    headers: HeaderMap,
-    body: Bytes,
+    command: IdempotentJson,
 ) -> Result<Response, ApiError> {
+    let (state, tenant) = (&state, caller.tenant_id);
     let scope = format!("POST /avatars/{id}/train");
-    let state = &state;
-    idempotent_json(
-        state,
-        caller.tenant_id,
-        &headers,
-        &scope,
-        &body,
-        |request: TrainRequest, hold| async move {
-            let input = TrainingInput::from(request);
-            let training = service::trainings::create(
-                state,
-                caller.tenant_id,
-                AvatarId(id),
-                &input,
-                hold.as_ref(),
-            )
-            .await?;
-            let location = format!("/trainings/{}", training.job.id);
-            located(StatusCode::ACCEPTED, &location, training_view(training))
-        },
-    )
-    .await
+    command
+        .run(
+            state,
+            tenant,
+            &scope,
+            |request: TrainRequest, hold| async move {
+                let input = TrainingInput::from(request);
+                let training =
+                    service::trainings::create(state, tenant, AvatarId(id), &input, hold.as_ref())
+                        .await?;
+                let location = format!("/trainings/{}", training.job.id);
+                located(StatusCode::ACCEPTED, &location, training_view(training))
+            },
+        )
+        .await
 }
 
 /// Get a training.
