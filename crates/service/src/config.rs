@@ -1194,6 +1194,25 @@ mod tests {
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
+    /// Asserts that each `(variable, value)` alone is refused, naming its variable.
+    fn assert_refused(refused: &[(&str, &str)]) {
+        for &(name, value) in refused {
+            let error = config(&[(name, value)]).unwrap_err();
+            assert_eq!(error.variable, name, "{name}={value}");
+        }
+    }
+
+    /// Asserts that without variables `pick` finds the defaults, and that `vars` are read
+    /// into `expected`.
+    fn assert_read<T: PartialEq + std::fmt::Debug + Default>(
+        pick: impl Fn(Config) -> T,
+        vars: &[(&str, &str)],
+        expected: T,
+    ) {
+        assert_eq!(pick(config(&[]).unwrap()), T::default());
+        assert_eq!(pick(config(vars).unwrap()), expected);
+    }
+
     #[test]
     fn the_variable_list_names_exactly_what_is_read() {
         let read = std::sync::Mutex::new(Vec::<String>::new());
@@ -1286,13 +1305,11 @@ mod tests {
                 .schedule_delay,
             Duration::from_secs(60)
         );
-        for (name, value) in [
+        assert_refused(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
             ("OTEL_BSP_SCHEDULE_DELAY", "0"),
             ("OTEL_BSP_SCHEDULE_DELAY", "60001"),
-        ] {
-            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
-        }
+        ]);
     }
 
     #[test]
@@ -1339,33 +1356,27 @@ mod tests {
 
     #[test]
     fn api_key_cache_limits_are_read_at_their_edges() {
-        assert_eq!(
-            config(&[]).unwrap().api_key_cache,
-            store::KeyCacheSettings::default()
-        );
-        let lowest = config(&[
-            ("API_KEY_CACHE_TTL", "0"),
-            ("API_KEY_CACHE_MAX_ENTRIES", "1"),
-        ])
-        .unwrap();
-        assert_eq!(
-            lowest.api_key_cache,
+        assert_read(
+            |config| config.api_key_cache,
+            &[
+                ("API_KEY_CACHE_TTL", "0"),
+                ("API_KEY_CACHE_MAX_ENTRIES", "1"),
+            ],
             store::KeyCacheSettings {
                 ttl: Duration::ZERO,
                 max_entries: 1,
-            }
+            },
         );
-        let highest = config(&[
-            ("API_KEY_CACHE_TTL", "3600"),
-            ("API_KEY_CACHE_MAX_ENTRIES", "1000000"),
-        ])
-        .unwrap();
-        assert_eq!(
-            highest.api_key_cache,
+        assert_read(
+            |config| config.api_key_cache,
+            &[
+                ("API_KEY_CACHE_TTL", "3600"),
+                ("API_KEY_CACHE_MAX_ENTRIES", "1000000"),
+            ],
             store::KeyCacheSettings {
                 ttl: Duration::from_secs(3600),
                 max_entries: 1_000_000,
-            }
+            },
         );
     }
 
@@ -1391,64 +1402,50 @@ mod tests {
             }
         );
         assert_eq!(set.database_max_connections, 7);
-        for (name, value) in [
+        assert_refused(&[
             ("DATABASE_ACQUIRE_TIMEOUT", "4"),
             ("DATABASE_ACQUIRE_TIMEOUT", "0"),
             ("DATABASE_STATEMENT_TIMEOUT", "0"),
             ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "soon"),
-        ] {
-            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
-        }
+        ]);
     }
 
     #[test]
     fn unknown_callback_limits_are_read_and_bounded() {
-        assert_eq!(
-            config(&[]).unwrap().unknown_callbacks,
-            UnknownCallbackSettings::default()
-        );
-        let set = config(&[
-            ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "0"),
-            ("FAL_UNKNOWN_CALLBACKS_MAX", "5"),
-            ("FAL_UNKNOWN_CALLBACK_RETENTION", "3600"),
-        ])
-        .unwrap();
-        assert_eq!(
-            set.unknown_callbacks,
+        assert_read(
+            |config| config.unknown_callbacks,
+            &[
+                ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "0"),
+                ("FAL_UNKNOWN_CALLBACKS_MAX", "5"),
+                ("FAL_UNKNOWN_CALLBACK_RETENTION", "3600"),
+            ],
             UnknownCallbackSettings {
                 max_body_bytes: 0,
                 max_kept: 5,
                 retention: Duration::from_secs(3600),
-            }
+            },
         );
-        for (name, value) in [
+        assert_refused(&[
             ("FAL_UNKNOWN_CALLBACK_MAX_BYTES", "2000000"),
             ("FAL_UNKNOWN_CALLBACKS_MAX", "-1"),
             ("FAL_UNKNOWN_CALLBACK_RETENTION", "59"),
-        ] {
-            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
-        }
+        ]);
     }
 
     #[test]
     fn callback_batches_are_read_and_bounded() {
-        assert_eq!(
-            config(&[]).unwrap().callback_batches,
-            CallbackBatchSettings::default()
-        );
-        let set = config(&[
-            ("FAL_CALLBACK_BATCH_MAX", "1"),
-            ("FAL_CALLBACK_COMMITTERS", "64"),
-            ("FAL_CALLBACK_BATCH_WAIT", "0"),
-        ])
-        .unwrap();
-        assert_eq!(
-            set.callback_batches,
+        assert_read(
+            |config| config.callback_batches,
+            &[
+                ("FAL_CALLBACK_BATCH_MAX", "1"),
+                ("FAL_CALLBACK_COMMITTERS", "64"),
+                ("FAL_CALLBACK_BATCH_WAIT", "0"),
+            ],
             CallbackBatchSettings {
                 max_callbacks: 1,
                 committers: 64,
                 wait: Duration::ZERO,
-            }
+            },
         );
         assert_eq!(
             config(&[("FAL_CALLBACK_BATCH_WAIT", "100000")])
@@ -1457,15 +1454,13 @@ mod tests {
                 .wait,
             Duration::from_millis(100)
         );
-        for (name, value) in [
+        assert_refused(&[
             ("FAL_CALLBACK_BATCH_WAIT", "100001"),
             ("FAL_CALLBACK_BATCH_MAX", "0"),
             ("FAL_CALLBACK_BATCH_MAX", "10001"),
             ("FAL_CALLBACK_COMMITTERS", "0"),
             ("FAL_CALLBACK_COMMITTERS", "65"),
-        ] {
-            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
-        }
+        ]);
     }
 
     #[test]
@@ -1644,15 +1639,13 @@ mod tests {
         );
         let error = config(&[("AVATAR_MAX_PHOTOS", "40"), ("PHOTO_MAX_PARTS", "39")]).unwrap_err();
         assert_eq!(error.variable, "PHOTO_MAX_PARTS");
-        for (name, value) in [
+        assert_refused(&[
             ("PHOTO_MAX_PARTS", "0"),
             ("PHOTO_DECODE_BUDGET_PIXELS", "999999"),
             ("PHOTO_CHECK_THREADS", "0"),
             ("PHOTO_CHECK_THREADS", "257"),
             ("PHOTO_DECODE_BUDGET_PIXELS", "5000000000"),
-        ] {
-            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
-        }
+        ]);
     }
 
     #[test]
