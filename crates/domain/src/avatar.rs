@@ -6,74 +6,35 @@ use serde::{Deserialize, Serialize};
 use crate::photos::PhotoSetRules;
 use crate::validation::{FieldViolation, Violations};
 
-/// What an avatar depicts; it decides which trainer suits it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AvatarKind {
-    Character,
-    Style,
-    Product,
-    General,
-}
-
-impl AvatarKind {
-    pub const ALL: [AvatarKind; 4] = [Self::Character, Self::Style, Self::Product, Self::General];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Character => "character",
-            Self::Style => "style",
-            Self::Product => "product",
-            Self::General => "general",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == value)
+named_enum! {
+    /// What an avatar depicts; it decides which trainer suits it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AvatarKind {
+        Character => "character",
+        Style => "style",
+        Product => "product",
+        General => "general",
     }
 }
 
-/// Where an avatar is in its life: collecting photos, ready to train, training, and after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AvatarStatus {
-    /// Collecting photos; the set is not trainable yet.
-    Draft,
-    /// The photo set is valid and a training may start.
-    Ready,
-    Training,
-    Trained,
-    Failed,
-    Cancelled,
+named_enum! {
+    /// Where an avatar is in its life: collecting photos, ready to train, training, and after.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AvatarStatus {
+        /// Collecting photos; the set is not trainable yet.
+        Draft => "draft",
+        /// The photo set is valid and a training may start.
+        Ready => "ready",
+        Training => "training",
+        Trained => "trained",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
 }
 
 impl AvatarStatus {
-    pub const ALL: [AvatarStatus; 6] = [
-        Self::Draft,
-        Self::Ready,
-        Self::Training,
-        Self::Trained,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Draft => "draft",
-            Self::Ready => "ready",
-            Self::Training => "training",
-            Self::Trained => "trained",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-    }
-
     /// The trigger phrase is baked into a model: it may change only before any training ran.
     pub fn allows_trigger_phrase_change(self) -> bool {
         matches!(self, Self::Draft | Self::Ready)
@@ -405,12 +366,8 @@ mod tests {
 
     #[test]
     fn kinds_and_statuses_round_trip_through_their_names() {
-        for kind in AvatarKind::ALL {
-            assert_eq!(AvatarKind::parse(kind.as_str()), Some(kind));
-        }
-        for status in AvatarStatus::ALL {
-            assert_eq!(AvatarStatus::parse(status.as_str()), Some(status));
-        }
+        crate::names::assert_names_round_trip::<AvatarKind>();
+        crate::names::assert_names_round_trip::<AvatarStatus>();
     }
 }
 
