@@ -78,17 +78,31 @@ pub enum AvatarChange {
     TrainingEnded { cancelled: bool, has_model: bool },
 }
 
-fn has_control_chars(value: &str) -> bool {
-    value.chars().any(char::is_control)
-}
-
-/// `too_long` when `value` has more than `max` characters.
-fn check_max_chars(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
+/// Checks a one-line text, in order: `blank` when empty, `too_long` past `max` characters, and
+/// `invalid_characters` with control characters or surrounding whitespace. The blank and invalid
+/// messages are the field's own.
+fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    blank_message: &'static str,
+    invalid_message: &'static str,
+) -> Result<(), FieldViolation> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "blank", blank_message));
+    }
     if value.chars().count() > max {
         return Err(FieldViolation::new(
             field,
             "too_long",
             format!("must be at most {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) || value != value.trim() {
+        return Err(FieldViolation::new(
+            field,
+            "invalid_characters",
+            invalid_message,
         ));
     }
     Ok(())
@@ -103,17 +117,13 @@ impl AvatarName {
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
         let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Err(FieldViolation::new(field, "blank", "must not be blank"));
-        }
-        check_max_chars(field, trimmed, Self::MAX_CHARS)?;
-        if has_control_chars(trimmed) {
-            return Err(FieldViolation::new(
-                field,
-                "invalid_characters",
-                "must not contain control characters",
-            ));
-        }
+        check_text(
+            field,
+            trimmed,
+            Self::MAX_CHARS,
+            "must not be blank",
+            "must not contain control characters",
+        )?;
         Ok(Self(trimmed.to_string()))
     }
 
@@ -130,17 +140,13 @@ impl OwnerRef {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        if value.is_empty() {
-            return Err(FieldViolation::new(field, "blank", "must not be empty"));
-        }
-        check_max_chars(field, value, Self::MAX_CHARS)?;
-        if has_control_chars(value) || value != value.trim() {
-            return Err(FieldViolation::new(
-                field,
-                "invalid_characters",
-                "must not contain control characters or surrounding whitespace",
-            ));
-        }
+        check_text(
+            field,
+            value,
+            Self::MAX_CHARS,
+            "must not be empty",
+            "must not contain control characters or surrounding whitespace",
+        )?;
         Ok(Self(value.to_string()))
     }
 
