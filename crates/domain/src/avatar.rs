@@ -6,74 +6,35 @@ use serde::{Deserialize, Serialize};
 use crate::photos::PhotoSetRules;
 use crate::validation::{FieldViolation, Violations};
 
-/// What an avatar depicts; it decides which trainer suits it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AvatarKind {
-    Character,
-    Style,
-    Product,
-    General,
-}
-
-impl AvatarKind {
-    pub const ALL: [AvatarKind; 4] = [Self::Character, Self::Style, Self::Product, Self::General];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Character => "character",
-            Self::Style => "style",
-            Self::Product => "product",
-            Self::General => "general",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == value)
+named_enum! {
+    /// What an avatar depicts; it decides which trainer suits it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AvatarKind {
+        Character => "character",
+        Style => "style",
+        Product => "product",
+        General => "general",
     }
 }
 
-/// Where an avatar is in its life: collecting photos, ready to train, training, and after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AvatarStatus {
-    /// Collecting photos; the set is not trainable yet.
-    Draft,
-    /// The photo set is valid and a training may start.
-    Ready,
-    Training,
-    Trained,
-    Failed,
-    Cancelled,
+named_enum! {
+    /// Where an avatar is in its life: collecting photos, ready to train, training, and after.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AvatarStatus {
+        /// Collecting photos; the set is not trainable yet.
+        Draft => "draft",
+        /// The photo set is valid and a training may start.
+        Ready => "ready",
+        Training => "training",
+        Trained => "trained",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
 }
 
 impl AvatarStatus {
-    pub const ALL: [AvatarStatus; 6] = [
-        Self::Draft,
-        Self::Ready,
-        Self::Training,
-        Self::Trained,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Draft => "draft",
-            Self::Ready => "ready",
-            Self::Training => "training",
-            Self::Trained => "trained",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-    }
-
     /// The trigger phrase is baked into a model: it may change only before any training ran.
     pub fn allows_trigger_phrase_change(self) -> bool {
         matches!(self, Self::Draft | Self::Ready)
@@ -117,17 +78,31 @@ pub enum AvatarChange {
     TrainingEnded { cancelled: bool, has_model: bool },
 }
 
-fn has_control_chars(value: &str) -> bool {
-    value.chars().any(char::is_control)
-}
-
-/// `too_long` when `value` has more than `max` characters.
-fn check_max_chars(field: &str, value: &str, max: usize) -> Result<(), FieldViolation> {
+/// Checks a one-line text, in order: `blank` when empty, `too_long` past `max` characters, and
+/// `invalid_characters` with control characters or surrounding whitespace. The blank and invalid
+/// messages are the field's own.
+fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    blank_message: &'static str,
+    invalid_message: &'static str,
+) -> Result<(), FieldViolation> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "blank", blank_message));
+    }
     if value.chars().count() > max {
         return Err(FieldViolation::new(
             field,
             "too_long",
             format!("must be at most {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) || value != value.trim() {
+        return Err(FieldViolation::new(
+            field,
+            "invalid_characters",
+            invalid_message,
         ));
     }
     Ok(())
@@ -142,17 +117,13 @@ impl AvatarName {
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
         let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Err(FieldViolation::new(field, "blank", "must not be blank"));
-        }
-        check_max_chars(field, trimmed, Self::MAX_CHARS)?;
-        if has_control_chars(trimmed) {
-            return Err(FieldViolation::new(
-                field,
-                "invalid_characters",
-                "must not contain control characters",
-            ));
-        }
+        check_text(
+            field,
+            trimmed,
+            Self::MAX_CHARS,
+            "must not be blank",
+            "must not contain control characters",
+        )?;
         Ok(Self(trimmed.to_string()))
     }
 
@@ -169,17 +140,13 @@ impl OwnerRef {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        if value.is_empty() {
-            return Err(FieldViolation::new(field, "blank", "must not be empty"));
-        }
-        check_max_chars(field, value, Self::MAX_CHARS)?;
-        if has_control_chars(value) || value != value.trim() {
-            return Err(FieldViolation::new(
-                field,
-                "invalid_characters",
-                "must not contain control characters or surrounding whitespace",
-            ));
-        }
+        check_text(
+            field,
+            value,
+            Self::MAX_CHARS,
+            "must not be empty",
+            "must not contain control characters or surrounding whitespace",
+        )?;
         Ok(Self(value.to_string()))
     }
 
@@ -405,12 +372,8 @@ mod tests {
 
     #[test]
     fn kinds_and_statuses_round_trip_through_their_names() {
-        for kind in AvatarKind::ALL {
-            assert_eq!(AvatarKind::parse(kind.as_str()), Some(kind));
-        }
-        for status in AvatarStatus::ALL {
-            assert_eq!(AvatarStatus::parse(status.as_str()), Some(status));
-        }
+        crate::names::assert_names_round_trip::<AvatarKind>();
+        crate::names::assert_names_round_trip::<AvatarStatus>();
     }
 }
 

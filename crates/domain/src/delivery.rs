@@ -2,64 +2,30 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where one event's delivery to one endpoint stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryStatus {
-    /// Due now or later (first try or a retry).
-    Pending,
-    Delivered,
-    /// Retries exhausted, or the endpoint is gone.
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 3] = [Self::Pending, Self::Delivered, Self::Failed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<DeliveryStatus> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s)
+named_enum! {
+    /// Where one event's delivery to one endpoint stands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DeliveryStatus {
+        /// Due now or later (first try or a retry).
+        Pending => "pending",
+        Delivered => "delivered",
+        /// Retries exhausted, or the endpoint is gone.
+        Failed => "failed",
     }
 }
 
-/// How one attempt of a delivery ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptOutcome {
-    /// Started, not yet recorded as ended.
-    InFlight,
-    Succeeded,
-    Failed,
-    /// The relay that started it stopped before recording its end.
-    Abandoned,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 4] = [
-        Self::InFlight,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Abandoned,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InFlight => "in_flight",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Abandoned => "abandoned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AttemptOutcome> {
-        Self::ALL.into_iter().find(|outcome| outcome.as_str() == s)
+named_enum! {
+    /// How one attempt of a delivery ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AttemptOutcome {
+        /// Started, not yet recorded as ended.
+        InFlight => "in_flight",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        /// The relay that started it stopped before recording its end.
+        Abandoned => "abandoned",
     }
 }
 
@@ -69,12 +35,8 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for status in DeliveryStatus::ALL {
-            assert_eq!(DeliveryStatus::parse(status.as_str()), Some(status));
-        }
-        for outcome in AttemptOutcome::ALL {
-            assert_eq!(AttemptOutcome::parse(outcome.as_str()), Some(outcome));
-        }
+        crate::names::assert_names_round_trip::<DeliveryStatus>();
+        crate::names::assert_names_round_trip::<AttemptOutcome>();
         assert_eq!(DeliveryStatus::parse("retrying"), None);
     }
 }

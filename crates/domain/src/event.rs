@@ -5,54 +5,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::training::JobStatus;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventType {
-    #[serde(rename = "training.queued")]
-    TrainingQueued,
-    #[serde(rename = "training.submitted")]
-    TrainingSubmitted,
-    #[serde(rename = "training.started")]
-    TrainingStarted,
-    #[serde(rename = "training.progress")]
-    TrainingProgress,
-    #[serde(rename = "training.succeeded")]
-    TrainingSucceeded,
-    #[serde(rename = "training.failed")]
-    TrainingFailed,
-    #[serde(rename = "training.cancelled")]
-    TrainingCancelled,
-    #[serde(rename = "training.timed_out")]
-    TrainingTimedOut,
-    #[serde(rename = "generation.queued")]
-    GenerationQueued,
-    #[serde(rename = "generation.succeeded")]
-    GenerationSucceeded,
-    #[serde(rename = "generation.failed")]
-    GenerationFailed,
-    #[serde(rename = "avatar.deleted")]
-    AvatarDeleted,
-    #[serde(rename = "webhook_endpoint.disabled")]
-    WebhookEndpointDisabled,
+named_enum! {
+    /// Every event type the service emits, declared in documentation order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum EventType {
+        #[serde(rename = "training.queued")]
+        TrainingQueued => "training.queued",
+        #[serde(rename = "training.submitted")]
+        TrainingSubmitted => "training.submitted",
+        #[serde(rename = "training.started")]
+        TrainingStarted => "training.started",
+        #[serde(rename = "training.progress")]
+        TrainingProgress => "training.progress",
+        #[serde(rename = "training.succeeded")]
+        TrainingSucceeded => "training.succeeded",
+        #[serde(rename = "training.failed")]
+        TrainingFailed => "training.failed",
+        #[serde(rename = "training.cancelled")]
+        TrainingCancelled => "training.cancelled",
+        #[serde(rename = "training.timed_out")]
+        TrainingTimedOut => "training.timed_out",
+        #[serde(rename = "generation.queued")]
+        GenerationQueued => "generation.queued",
+        #[serde(rename = "generation.succeeded")]
+        GenerationSucceeded => "generation.succeeded",
+        #[serde(rename = "generation.failed")]
+        GenerationFailed => "generation.failed",
+        #[serde(rename = "avatar.deleted")]
+        AvatarDeleted => "avatar.deleted",
+        #[serde(rename = "webhook_endpoint.disabled")]
+        WebhookEndpointDisabled => "webhook_endpoint.disabled",
+    }
 }
 
 impl EventType {
-    /// Every event type the service emits, in documentation order.
-    pub const ALL: [EventType; 13] = [
-        Self::TrainingQueued,
-        Self::TrainingSubmitted,
-        Self::TrainingStarted,
-        Self::TrainingProgress,
-        Self::TrainingSucceeded,
-        Self::TrainingFailed,
-        Self::TrainingCancelled,
-        Self::TrainingTimedOut,
-        Self::GenerationQueued,
-        Self::GenerationSucceeded,
-        Self::GenerationFailed,
-        Self::AvatarDeleted,
-        Self::WebhookEndpointDisabled,
-    ];
-
     /// The names of [`EventType::ALL`], in the same order.
     pub const NAMES: [&'static str; 13] = {
         let mut names = [""; 13];
@@ -63,30 +49,6 @@ impl EventType {
         }
         names
     };
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::TrainingQueued => "training.queued",
-            Self::TrainingSubmitted => "training.submitted",
-            Self::TrainingStarted => "training.started",
-            Self::TrainingProgress => "training.progress",
-            Self::TrainingSucceeded => "training.succeeded",
-            Self::TrainingFailed => "training.failed",
-            Self::TrainingCancelled => "training.cancelled",
-            Self::TrainingTimedOut => "training.timed_out",
-            Self::GenerationQueued => "generation.queued",
-            Self::GenerationSucceeded => "generation.succeeded",
-            Self::GenerationFailed => "generation.failed",
-            Self::AvatarDeleted => "avatar.deleted",
-            Self::WebhookEndpointDisabled => "webhook_endpoint.disabled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventType> {
-        Self::ALL
-            .into_iter()
-            .find(|event_type| event_type.as_str() == s)
-    }
 
     /// The event a training's move to `status` announces. Success is not among them: it is
     /// announced only once the model is in the service's custody, with the model.

@@ -17,84 +17,39 @@ pub const LORA_GENERATION_ENDPOINT: &str = "fal-ai/flux-lora";
 /// Generation with a FLUX.1 [pro] finetune id.
 pub const FINETUNE_GENERATION_ENDPOINT: &str = "fal-ai/flux-pro/v1.1-ultra-finetuned";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationPresetName {
-    Fast,
-    #[default]
-    Balanced,
-    Quality,
-    Ultra,
-    Portrait,
-}
-
-impl GenerationPresetName {
-    pub const ALL: [GenerationPresetName; 5] = [
-        Self::Fast,
-        Self::Balanced,
-        Self::Quality,
-        Self::Ultra,
-        Self::Portrait,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fast => "fast",
-            Self::Balanced => "balanced",
-            Self::Quality => "quality",
-            Self::Ultra => "ultra",
-            Self::Portrait => "portrait",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<GenerationPresetName> {
-        Self::ALL.into_iter().find(|name| name.as_str() == s)
+named_enum! {
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum GenerationPresetName {
+        Fast => "fast",
+        #[default]
+        Balanced => "balanced",
+        Quality => "quality",
+        Ultra => "ultra",
+        Portrait => "portrait",
     }
 }
 
-/// fal's named image sizes for `fal-ai/flux-lora`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageSizePreset {
-    Square,
-    SquareHd,
-    // Explicit names: snake_case would spell these "portrait4x3"; fal uses "portrait_4_3".
-    #[serde(rename = "portrait_4_3")]
-    Portrait4x3,
-    #[serde(rename = "portrait_16_9")]
-    Portrait16x9,
-    #[serde(rename = "landscape_4_3")]
-    Landscape4x3,
-    #[serde(rename = "landscape_16_9")]
-    Landscape16x9,
+named_enum! {
+    /// fal's named image sizes for `fal-ai/flux-lora`; their names are fal's enum values.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ImageSizePreset {
+        Square => "square",
+        SquareHd => "square_hd",
+        // Explicit names: snake_case would spell these "portrait4x3"; fal uses "portrait_4_3".
+        #[serde(rename = "portrait_4_3")]
+        Portrait4x3 => "portrait_4_3",
+        #[serde(rename = "portrait_16_9")]
+        Portrait16x9 => "portrait_16_9",
+        #[serde(rename = "landscape_4_3")]
+        Landscape4x3 => "landscape_4_3",
+        #[serde(rename = "landscape_16_9")]
+        Landscape16x9 => "landscape_16_9",
+    }
 }
 
 impl ImageSizePreset {
-    pub const ALL: [ImageSizePreset; 6] = [
-        Self::Square,
-        Self::SquareHd,
-        Self::Portrait4x3,
-        Self::Portrait16x9,
-        Self::Landscape4x3,
-        Self::Landscape16x9,
-    ];
-
-    /// fal's enum value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Square => "square",
-            Self::SquareHd => "square_hd",
-            Self::Portrait4x3 => "portrait_4_3",
-            Self::Portrait16x9 => "portrait_16_9",
-            Self::Landscape4x3 => "landscape_4_3",
-            Self::Landscape16x9 => "landscape_16_9",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ImageSizePreset> {
-        Self::ALL.into_iter().find(|size| size.as_str() == s)
-    }
-
     /// (width, height) in pixels, as fal renders the named size.
     pub fn dimensions(self) -> (u32, u32) {
         match self {
@@ -318,35 +273,17 @@ pub fn item_finished(item: ItemState) -> bool {
     item.status.is_terminal() && !item.custody_needed && !item.result_fetch_needed
 }
 
-/// A generation's status, from the latest attempts of its items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GenerationStatus {
-    Pending,
-    InProgress,
-    Succeeded,
-    /// Finished and no item succeeded.
-    Failed,
-    /// Finished with some items succeeded and some not.
-    PartiallySucceeded,
-}
-
-impl GenerationStatus {
-    pub const ALL: [GenerationStatus; 5] = [
-        Self::Pending,
-        Self::InProgress,
-        Self::Succeeded,
-        Self::Failed,
-        Self::PartiallySucceeded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::InProgress => "in_progress",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::PartiallySucceeded => "partially_succeeded",
-        }
+named_enum! {
+    /// A generation's status, from the latest attempts of its items.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum GenerationStatus {
+        Pending => "pending",
+        InProgress => "in_progress",
+        Succeeded => "succeeded",
+        /// Finished and no item succeeded.
+        Failed => "failed",
+        /// Finished with some items succeeded and some not.
+        PartiallySucceeded => "partially_succeeded",
     }
 }
 
@@ -542,16 +479,9 @@ mod tests {
 
     #[test]
     fn names_and_sizes_round_trip() {
-        for name in GenerationPresetName::ALL {
-            assert_eq!(GenerationPresetName::parse(name.as_str()), Some(name));
-        }
-        for size in ImageSizePreset::ALL {
-            assert_eq!(ImageSizePreset::parse(size.as_str()), Some(size));
-            assert_eq!(
-                serde_json::to_string(&size).unwrap(),
-                format!("\"{}\"", size.as_str())
-            );
-        }
+        crate::names::assert_names_round_trip::<GenerationPresetName>();
+        crate::names::assert_names_round_trip::<ImageSizePreset>();
+        crate::names::assert_serialized_as_names::<ImageSizePreset>();
     }
 
     #[test]

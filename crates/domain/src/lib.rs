@@ -1,5 +1,9 @@
 //! Pure domain logic of the avatars service: no I/O, no HTTP, no SQL.
 
+#[macro_use]
+pub mod names;
+pub use names::Named;
+
 pub mod avatar;
 pub mod validation;
 

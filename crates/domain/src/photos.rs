@@ -39,30 +39,18 @@ impl PhotoSetRules {
     }
 }
 
-/// Image formats fal's trainers accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PhotoFormat {
-    Jpeg,
-    Png,
-    Webp,
+named_enum! {
+    /// Image formats fal's trainers accept.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PhotoFormat {
+        Jpeg => "jpeg",
+        Png => "png",
+        Webp => "webp",
+    }
 }
 
 impl PhotoFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jpeg => "jpeg",
-            Self::Png => "png",
-            Self::Webp => "webp",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [Self::Jpeg, Self::Png, Self::Webp]
-            .into_iter()
-            .find(|f| f.as_str() == value)
-    }
-
     /// The file extension of a photo in this format (`jpg`, `png`, `webp`).
     pub fn extension(self) -> &'static str {
         match self {
@@ -190,31 +178,17 @@ impl FaceCheck {
     }
 }
 
-/// What face findings do to a training of an avatar kind (`PHOTO_FACE_POLICY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FacePolicy {
-    /// Only photos with exactly one usable face count toward the minimum.
-    Require,
-    /// Findings are reported; every photo counts.
-    Warn,
-    /// Findings are reported for information only; every photo counts.
-    Off,
-}
-
-impl FacePolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Require => "require",
-            Self::Warn => "warn",
-            Self::Off => "off",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [Self::Require, Self::Warn, Self::Off]
-            .into_iter()
-            .find(|p| p.as_str() == value)
+named_enum! {
+    /// What face findings do to a training of an avatar kind (`PHOTO_FACE_POLICY`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FacePolicy {
+        /// Only photos with exactly one usable face count toward the minimum.
+        Require => "require",
+        /// Findings are reported; every photo counts.
+        Warn => "warn",
+        /// Findings are reported for information only; every photo counts.
+        Off => "off",
     }
 }
 

@@ -13,6 +13,7 @@ use crate::generation::{
 use crate::training::cost::round_usd;
 use crate::training::{JobStatus, Trainer, TrainingPrices};
 use crate::validation::{FieldViolation, Violations};
+use crate::Named;
 
 /// Days a report covers when the caller names no start.
 pub const DEFAULT_USAGE_DAYS: u32 = 30;
@@ -161,43 +162,50 @@ pub struct GenerationTally {
     pub actual_cost_usd: Option<f64>,
 }
 
-/// Trainings counted by status, with their cost.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TrainingUsage {
-    /// Indexed like [`JobStatus::ALL`].
-    by_status: [u64; JobStatus::ALL.len()],
-    pub estimated_cost_usd: f64,
-    pub actual_cost_usd: Option<f64>,
+/// How many jobs are in each status `S` (every status of `S` has a count, zero or more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusCounts<S>(Vec<(S, u64)>);
+
+impl<S: Named> Default for StatusCounts<S> {
+    fn default() -> Self {
+        Self(S::ALL.iter().map(|&status| (status, 0)).collect())
+    }
 }
 
-impl TrainingUsage {
-    pub fn count(&self, status: JobStatus) -> u64 {
-        count_of(&JobStatus::ALL, &self.by_status, status)
+impl<S: Named> StatusCounts<S> {
+    pub fn count(&self, status: S) -> u64 {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |&(_, n)| n)
     }
 
     pub fn total(&self) -> u64 {
-        self.by_status.iter().sum()
+        self.0.iter().map(|&(_, n)| n).sum()
     }
+
+    fn add(&mut self, status: S, n: u64) {
+        if let Some((_, count)) = self.0.iter_mut().find(|(s, _)| *s == status) {
+            *count += n;
+        }
+    }
+}
+
+/// Trainings counted by status, with their cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainingUsage {
+    pub by_status: StatusCounts<JobStatus>,
+    pub estimated_cost_usd: f64,
+    pub actual_cost_usd: Option<f64>,
 }
 
 /// Generations counted by status, the images made for them, and their cost.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationUsage {
-    /// Indexed like [`GenerationStatus::ALL`].
-    by_status: [u64; GenerationStatus::ALL.len()],
+    pub by_status: StatusCounts<GenerationStatus>,
     pub images: u64,
     pub estimated_cost_usd: f64,
     pub actual_cost_usd: Option<f64>,
-}
-
-impl GenerationUsage {
-    pub fn count(&self, status: GenerationStatus) -> u64 {
-        count_of(&GenerationStatus::ALL, &self.by_status, status)
-    }
-
-    pub fn total(&self) -> u64 {
-        self.by_status.iter().sum()
-    }
 }
 
 /// What one day, or the whole range, adds up to.
@@ -225,7 +233,7 @@ impl Usage {
         let t = &mut self.trainings;
         // Counted as callers see the training: one still finishing is in progress.
         let seen = tally.status.as_seen();
-        add_count(&JobStatus::ALL, &mut t.by_status, seen, tally.count);
+        t.by_status.add(seen, tally.count);
         t.estimated_cost_usd = round_usd(t.estimated_cost_usd + tally.estimated_cost_usd);
         t.actual_cost_usd = add_known(t.actual_cost_usd, tally.actual_cost_usd);
     }
@@ -233,29 +241,10 @@ impl Usage {
     fn add_generations(&mut self, tally: &GenerationTally) {
         let g = &mut self.generations;
         let status = generation_status(tally.items);
-        add_count(
-            &GenerationStatus::ALL,
-            &mut g.by_status,
-            status,
-            tally.count,
-        );
+        g.by_status.add(status, tally.count);
         g.images += tally.images;
         g.estimated_cost_usd = round_usd(g.estimated_cost_usd + tally.estimated_cost_usd);
         g.actual_cost_usd = add_known(g.actual_cost_usd, tally.actual_cost_usd);
-    }
-}
-
-/// The count of `status` in `counts`, which is indexed like `all`.
-fn count_of<S: PartialEq>(all: &[S], counts: &[u64], status: S) -> u64 {
-    all.iter()
-        .position(|s| *s == status)
-        .map_or(0, |i| counts[i])
-}
-
-/// Adds `n` to the count of `status` in `counts`, which is indexed like `all`.
-fn add_count<S: PartialEq>(all: &[S], counts: &mut [u64], status: S, n: u64) {
-    if let Some(i) = all.iter().position(|s| *s == status) {
-        counts[i] += n;
     }
 }
 
@@ -468,15 +457,22 @@ mod tests {
         assert_eq!(report.days.len(), 3);
         let (day, first) = &report.days[0];
         assert_eq!(*day, date("2026-11-01"));
-        assert_eq!(first.trainings.count(JobStatus::Succeeded), 2);
-        assert_eq!(first.generations.count(GenerationStatus::Succeeded), 3);
+        assert_eq!(first.trainings.by_status.count(JobStatus::Succeeded), 2);
         assert_eq!(
             first
                 .generations
+                .by_status
+                .count(GenerationStatus::Succeeded),
+            3
+        );
+        assert_eq!(
+            first
+                .generations
+                .by_status
                 .count(GenerationStatus::PartiallySucceeded),
             1
         );
-        assert_eq!(first.generations.total(), 4);
+        assert_eq!(first.generations.by_status.total(), 4);
         assert_eq!(first.generations.images, 7);
         assert_eq!(first.estimated_cost_usd(), 12.28);
         assert_eq!(first.actual_cost_usd(), Some(11.535));
@@ -484,9 +480,9 @@ mod tests {
         assert_eq!(quiet, &Usage::default());
         assert_eq!(quiet.actual_cost_usd(), None);
         let (_, third) = &report.days[2];
-        assert_eq!(third.trainings.total(), 1);
+        assert_eq!(third.trainings.by_status.total(), 1);
         assert_eq!(third.actual_cost_usd(), None);
-        assert_eq!(report.totals.trainings.total(), 3);
+        assert_eq!(report.totals.trainings.by_status.total(), 3);
         assert_eq!(report.totals.estimated_cost_usd(), 14.68);
         assert_eq!(report.totals.actual_cost_usd(), Some(11.535));
     }
@@ -502,8 +498,22 @@ mod tests {
             actual_cost_usd: None,
         }];
         let report = UsageReport::build(range, &trainings, &[]);
-        assert_eq!(report.totals.trainings.count(JobStatus::InProgress), 1);
-        assert_eq!(report.totals.trainings.count(JobStatus::Finishing), 0);
-        assert_eq!(report.totals.trainings.total(), 1);
+        assert_eq!(
+            report
+                .totals
+                .trainings
+                .by_status
+                .count(JobStatus::InProgress),
+            1
+        );
+        assert_eq!(
+            report
+                .totals
+                .trainings
+                .by_status
+                .count(JobStatus::Finishing),
+            0
+        );
+        assert_eq!(report.totals.trainings.by_status.total(), 1);
     }
 }

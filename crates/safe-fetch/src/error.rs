@@ -9,7 +9,7 @@ use crate::address::ForbiddenClass;
 
 /// Why a fetch or post was refused or failed. [`FetchError::code`] is stable
 /// and suitable for API responses and metrics.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// The text is not a URL, or has no host.
     #[error("invalid url: {reason}")]
@@ -109,50 +109,14 @@ impl FetchError {
             Self::Transport { reason }
         }
     }
-
-    /// A copy of this error, for errors that must be reported from a
-    /// shared place (the redirect policy) and recovered later.
-    pub(crate) fn duplicate(&self) -> Self {
-        match self {
-            Self::InvalidUrl { reason } => Self::InvalidUrl {
-                reason: reason.clone(),
-            },
-            Self::SchemeNotAllowed { scheme } => Self::SchemeNotAllowed {
-                scheme: scheme.clone(),
-            },
-            Self::UserinfoNotAllowed => Self::UserinfoNotAllowed,
-            Self::ForbiddenAddress { address, class } => Self::ForbiddenAddress {
-                address: *address,
-                class: *class,
-            },
-            Self::DnsFailed { host, reason } => Self::DnsFailed {
-                host: host.clone(),
-                reason: reason.clone(),
-            },
-            Self::TooManyRedirects { limit } => Self::TooManyRedirects { limit: *limit },
-            Self::RedirectRefused { location, reason } => Self::RedirectRefused {
-                location: location.clone(),
-                reason: Box::new(reason.duplicate()),
-            },
-            Self::TooLarge { limit } => Self::TooLarge { limit: *limit },
-            Self::Timeout => Self::Timeout,
-            Self::HttpStatus { status } => Self::HttpStatus { status: *status },
-            Self::ConnectFailed { reason } => Self::ConnectFailed {
-                reason: reason.clone(),
-            },
-            Self::Transport { reason } => Self::Transport {
-                reason: reason.clone(),
-            },
-        }
-    }
 }
 
-/// Finds a [`FetchError`] anywhere in the source chain of `err`.
+/// A copy of the [`FetchError`] anywhere in the source chain of `err`.
 fn take_own_error(err: &(dyn std::error::Error + 'static)) -> Option<FetchError> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(own) = e.downcast_ref::<FetchError>() {
-            return Some(own.duplicate());
+            return Some(own.clone());
         }
         current = e.source();
     }

@@ -90,9 +90,9 @@ pub struct UsageResponse {
 }
 
 fn trainings_view(usage: &TrainingUsage) -> TrainingUsageView {
-    let n = |status| usage.count(status);
+    let n = |status| usage.by_status.count(status);
     TrainingUsageView {
-        total: usage.total(),
+        total: usage.by_status.total(),
         by_status: TrainingStatusCounts {
             pending: n(JobStatus::Pending),
             uploading: n(JobStatus::Uploading),
@@ -110,9 +110,9 @@ fn trainings_view(usage: &TrainingUsage) -> TrainingUsageView {
 }
 
 fn generations_view(usage: &GenerationUsage) -> GenerationUsageView {
-    let n = |status| usage.count(status);
+    let n = |status| usage.by_status.count(status);
     GenerationUsageView {
-        total: usage.total(),
+        total: usage.by_status.total(),
         by_status: GenerationStatusCounts {
             pending: n(GenerationStatus::Pending),
             in_progress: n(GenerationStatus::InProgress),

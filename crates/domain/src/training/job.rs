@@ -10,82 +10,39 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Training,
-    Generation,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 2] = [Self::Training, Self::Generation];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Training => "training",
-            Self::Generation => "generation",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobKind> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind {
+        Training => "training",
+        Generation => "generation",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Accepted by the service, waiting for a worker.
-    Pending,
-    /// A worker is uploading inputs and submitting to fal.
-    Uploading,
-    /// fal accepted the request (IN_QUEUE).
-    Submitted,
-    /// fal is running it (IN_PROGRESS).
-    InProgress,
-    /// The submit may or may not have reached fal.
-    SubmitUnknown,
-    /// fal succeeded; the service is taking its result and artifacts into custody.
-    Finishing,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
+named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobStatus {
+        /// Accepted by the service, waiting for a worker.
+        Pending => "pending",
+        /// A worker is uploading inputs and submitting to fal.
+        Uploading => "uploading",
+        /// fal accepted the request (IN_QUEUE).
+        Submitted => "submitted",
+        /// fal is running it (IN_PROGRESS).
+        InProgress => "in_progress",
+        /// The submit may or may not have reached fal.
+        SubmitUnknown => "submit_unknown",
+        /// fal succeeded; the service is taking its result and artifacts into custody.
+        Finishing => "finishing",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        TimedOut => "timed_out",
+    }
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 10] = [
-        Self::Pending,
-        Self::Uploading,
-        Self::Submitted,
-        Self::InProgress,
-        Self::SubmitUnknown,
-        Self::Finishing,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-        Self::TimedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Uploading => "uploading",
-            Self::Submitted => "submitted",
-            Self::InProgress => "in_progress",
-            Self::SubmitUnknown => "submit_unknown",
-            Self::Finishing => "finishing",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -108,79 +65,41 @@ impl JobStatus {
     }
 }
 
-/// Something that happened to a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobEvent {
-    /// A worker claimed a pending job.
-    UploadStarted,
-    /// A worker claimed an upload whose worker died before sending the submit: the job stays
-    /// uploading, under a new lease.
-    UploadReclaimed,
-    /// fal accepted the submit, or a status lookup found a request whose submit was unknown.
-    Submitted,
-    /// The submit failed in a way that leaves its outcome unknown (timeout, dropped connection).
-    SubmitOutcomeUnknown,
-    /// fal refused the request before accepting it.
-    SubmitRejected,
-    /// fal reports IN_QUEUE (a position update).
-    Queued,
-    /// fal reports IN_PROGRESS (also progress updates).
-    Started,
-    /// fal's result is a success, and its result or artifacts must still be taken into the
-    /// service's custody.
-    FalSucceeded,
-    /// The job's result and artifacts are held by the service (at once when there is nothing to
-    /// keep, or when custody ends).
-    Completed,
-    /// fal's result is an error.
-    FalFailed,
-    /// The caller cancelled.
-    Cancelled,
-    /// The deadline (`FAL_TRAINING_TIMEOUT`) passed.
-    TimedOut,
-    /// fal finished the job but its result or artifacts could not be fetched into the
-    /// service's storage within the configured attempts (`CUSTODY_MAX_ATTEMPTS`).
-    ArtifactUnavailable,
-}
-
-impl JobEvent {
-    pub const ALL: [JobEvent; 13] = [
-        Self::UploadStarted,
-        Self::UploadReclaimed,
-        Self::Submitted,
-        Self::SubmitOutcomeUnknown,
-        Self::SubmitRejected,
-        Self::Queued,
-        Self::Started,
-        Self::FalSucceeded,
-        Self::Completed,
-        Self::FalFailed,
-        Self::Cancelled,
-        Self::TimedOut,
-        Self::ArtifactUnavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UploadStarted => "upload_started",
-            Self::UploadReclaimed => "upload_reclaimed",
-            Self::Submitted => "submitted",
-            Self::SubmitOutcomeUnknown => "submit_outcome_unknown",
-            Self::SubmitRejected => "submit_rejected",
-            Self::Queued => "queued",
-            Self::Started => "started",
-            Self::FalSucceeded => "fal_succeeded",
-            Self::Completed => "completed",
-            Self::FalFailed => "fal_failed",
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timed_out",
-            Self::ArtifactUnavailable => "artifact_unavailable",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobEvent> {
-        Self::ALL.into_iter().find(|event| event.as_str() == s)
+named_enum! {
+    /// Something that happened to a job.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobEvent {
+        /// A worker claimed a pending job.
+        UploadStarted => "upload_started",
+        /// A worker claimed an upload whose worker died before sending the submit: the job stays
+        /// uploading, under a new lease.
+        UploadReclaimed => "upload_reclaimed",
+        /// fal accepted the submit, or a status lookup found a request whose submit was unknown.
+        Submitted => "submitted",
+        /// The submit failed in a way that leaves its outcome unknown (timeout, dropped connection).
+        SubmitOutcomeUnknown => "submit_outcome_unknown",
+        /// fal refused the request before accepting it.
+        SubmitRejected => "submit_rejected",
+        /// fal reports IN_QUEUE (a position update).
+        Queued => "queued",
+        /// fal reports IN_PROGRESS (also progress updates).
+        Started => "started",
+        /// fal's result is a success, and its result or artifacts must still be taken into the
+        /// service's custody.
+        FalSucceeded => "fal_succeeded",
+        /// The job's result and artifacts are held by the service (at once when there is nothing to
+        /// keep, or when custody ends).
+        Completed => "completed",
+        /// fal's result is an error.
+        FalFailed => "fal_failed",
+        /// The caller cancelled.
+        Cancelled => "cancelled",
+        /// The deadline (`FAL_TRAINING_TIMEOUT`) passed.
+        TimedOut => "timed_out",
+        /// fal finished the job but its result or artifacts could not be fetched into the
+        /// service's storage within the configured attempts (`CUSTODY_MAX_ATTEMPTS`).
+        ArtifactUnavailable => "artifact_unavailable",
     }
 }
 
@@ -327,19 +246,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for status in JobStatus::ALL {
-            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
-            assert_eq!(
-                serde_json::to_string(&status).unwrap(),
-                format!("\"{}\"", status.as_str())
-            );
-        }
-        for event in JobEvent::ALL {
-            assert_eq!(JobEvent::parse(event.as_str()), Some(event));
-        }
-        for kind in JobKind::ALL {
-            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
-        }
+        crate::names::assert_names_round_trip::<JobStatus>();
+        crate::names::assert_serialized_as_names::<JobStatus>();
+        crate::names::assert_names_round_trip::<JobEvent>();
+        crate::names::assert_names_round_trip::<JobKind>();
         assert_eq!(JobStatus::parse("in-progress"), None);
     }
 

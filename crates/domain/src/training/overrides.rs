@@ -229,6 +229,26 @@ mod tests {
         (err.0[0].field.clone(), err.0[0].code)
     }
 
+    /// The message of the first violation of a rejected override.
+    fn message(trainer: Trainer, value: Value) -> String {
+        resolve(trainer, value).unwrap_err().0[0].message.clone()
+    }
+
+    /// Asserts that each value of a row, given as the override `key` of the row's trainer, is
+    /// refused with `code` at `overrides.<key>`, as the single violation.
+    fn assert_refused<const N: usize>(code: &'static str, rows: [(Trainer, &str, Vec<Value>); N]) {
+        for (trainer, key, values) in rows {
+            for value in values {
+                let overrides = json!({ key: value });
+                assert_eq!(
+                    violation(trainer, overrides.clone()),
+                    (format!("overrides.{key}"), code),
+                    "{overrides}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn no_overrides_yield_the_preset() {
         for trainer in Trainer::ALL {
@@ -300,163 +320,85 @@ mod tests {
 
     #[test]
     fn out_of_range_numbers_are_rejected_with_the_range() {
-        let cases = [
-            (Trainer::Portrait, json!({"steps": 0}), "overrides.steps"),
-            (
-                Trainer::Portrait,
-                json!({"steps": 10001}),
-                "overrides.steps",
-            ),
-            (Trainer::Portrait, json!({"steps": -5}), "overrides.steps"),
-            (
-                Trainer::FastLora,
-                json!({"steps": 20000}),
-                "overrides.steps",
-            ),
-            (
-                Trainer::Pro,
-                json!({"iterations": 99}),
-                "overrides.iterations",
-            ),
-            (
-                Trainer::Pro,
-                json!({"iterations": 1001}),
-                "overrides.iterations",
-            ),
-            (
-                Trainer::Portrait,
-                json!({"learning_rate": 0.0}),
-                "overrides.learning_rate",
-            ),
-            (
-                Trainer::Portrait,
-                json!({"learning_rate": -0.1}),
-                "overrides.learning_rate",
-            ),
-            (
-                Trainer::Pro,
-                json!({"learning_rate": 0.02}),
-                "overrides.learning_rate",
-            ),
-        ];
-        for (trainer, value, field) in cases {
-            assert_eq!(
-                violation(trainer, value.clone()),
-                (field.to_string(), "out_of_range"),
-                "{value}"
-            );
-        }
-        let err = resolve(Trainer::Portrait, json!({"steps": 0})).unwrap_err();
-        assert!(err.0[0].message.contains("1 to 10000"));
-        let err = resolve(Trainer::Pro, json!({"iterations": 5000})).unwrap_err();
-        assert!(err.0[0].message.contains("100 to 1000"));
-        let err = resolve(Trainer::Pro, json!({"learning_rate": 1.0})).unwrap_err();
-        assert!(err.0[0].message.contains("0.01"));
+        assert_refused(
+            "out_of_range",
+            [
+                (
+                    Trainer::Portrait,
+                    "steps",
+                    vec![json!(0), json!(10001), json!(-5)],
+                ),
+                (Trainer::FastLora, "steps", vec![json!(20000)]),
+                (Trainer::Pro, "iterations", vec![json!(99), json!(1001)]),
+                (
+                    Trainer::Portrait,
+                    "learning_rate",
+                    vec![json!(0.0), json!(-0.1)],
+                ),
+                (Trainer::Pro, "learning_rate", vec![json!(0.02)]),
+            ],
+        );
+        assert!(message(Trainer::Portrait, json!({"steps": 0})).contains("1 to 10000"));
+        assert!(message(Trainer::Pro, json!({"iterations": 5000})).contains("100 to 1000"));
+        assert!(message(Trainer::Pro, json!({"learning_rate": 1.0})).contains("0.01"));
     }
 
     #[test]
     fn values_outside_an_enum_are_invalid_values() {
-        assert_eq!(
-            violation(Trainer::Pro, json!({"priority": "balanced"})),
-            ("overrides.priority".to_string(), "invalid_value")
+        assert_refused(
+            "invalid_value",
+            [
+                (Trainer::Pro, "priority", vec![json!("balanced")]),
+                (Trainer::Pro, "finetune_type", vec![json!("partial")]),
+                (Trainer::Pro, "lora_rank", vec![json!(64)]),
+            ],
         );
-        assert_eq!(
-            violation(Trainer::Pro, json!({"finetune_type": "partial"})),
-            ("overrides.finetune_type".to_string(), "invalid_value")
-        );
-        assert_eq!(
-            violation(Trainer::Pro, json!({"lora_rank": 64})),
-            ("overrides.lora_rank".to_string(), "invalid_value")
-        );
-        let err = resolve(Trainer::Pro, json!({"priority": "fastest"})).unwrap_err();
-        assert!(err.0[0].message.contains("speed, quality, high_res_only"));
-        let err = resolve(Trainer::Pro, json!({"lora_rank": 8})).unwrap_err();
-        assert!(err.0[0].message.contains("16 or 32"));
+        assert!(message(Trainer::Pro, json!({"priority": "fastest"}))
+            .contains("speed, quality, high_res_only"));
+        assert!(message(Trainer::Pro, json!({"lora_rank": 8})).contains("16 or 32"));
     }
 
     #[test]
     fn wrong_json_types_are_invalid_types() {
-        let cases = [
-            (
-                Trainer::Portrait,
-                json!({"steps": "1000"}),
-                "overrides.steps",
-            ),
-            (Trainer::Portrait, json!({"steps": 1.5}), "overrides.steps"),
-            (
-                Trainer::Portrait,
-                json!({"steps": 1000.0}),
-                "overrides.steps",
-            ),
-            (Trainer::Portrait, json!({"steps": null}), "overrides.steps"),
-            (
-                Trainer::Portrait,
-                json!({"learning_rate": "0.0002"}),
-                "overrides.learning_rate",
-            ),
-            (
-                Trainer::Portrait,
-                json!({"subject_crop": "true"}),
-                "overrides.subject_crop",
-            ),
-            (
-                Trainer::FastLora,
-                json!({"is_style": 1}),
-                "overrides.is_style",
-            ),
-            (
-                Trainer::Pro,
-                json!({"iterations": 1.5}),
-                "overrides.iterations",
-            ),
-            (Trainer::Pro, json!({"priority": 1}), "overrides.priority"),
-            (
-                Trainer::Pro,
-                json!({"lora_rank": "32"}),
-                "overrides.lora_rank",
-            ),
-            (
-                Trainer::Pro,
-                json!({"lora_rank": 16.5}),
-                "overrides.lora_rank",
-            ),
-            (
-                Trainer::Pro,
-                json!({"captioning": []}),
-                "overrides.captioning",
-            ),
-        ];
-        for (trainer, value, field) in cases {
-            assert_eq!(
-                violation(trainer, value.clone()),
-                (field.to_string(), "invalid_type"),
-                "{value}"
-            );
-        }
+        assert_refused(
+            "invalid_type",
+            [
+                (
+                    Trainer::Portrait,
+                    "steps",
+                    vec![json!("1000"), json!(1.5), json!(1000.0), json!(null)],
+                ),
+                (Trainer::Portrait, "learning_rate", vec![json!("0.0002")]),
+                (Trainer::Portrait, "subject_crop", vec![json!("true")]),
+                (Trainer::FastLora, "is_style", vec![json!(1)]),
+                (Trainer::Pro, "iterations", vec![json!(1.5)]),
+                (Trainer::Pro, "priority", vec![json!(1)]),
+                (Trainer::Pro, "lora_rank", vec![json!("32"), json!(16.5)]),
+                (Trainer::Pro, "captioning", vec![json!([])]),
+            ],
+        );
     }
 
     #[test]
     fn unknown_keys_are_rejected_per_trainer() {
-        // Another trainer's setting is unknown too.
-        assert_eq!(
-            violation(Trainer::Portrait, json!({"iterations": 500})),
-            ("overrides.iterations".to_string(), "unknown_field")
+        assert_refused(
+            "unknown_field",
+            [
+                // Another trainer's setting is unknown too.
+                (Trainer::Portrait, "iterations", vec![json!(500)]),
+                (Trainer::FastLora, "learning_rate", vec![json!(0.0001)]),
+                (Trainer::Pro, "steps", vec![json!(500)]),
+                // Fields the service sets itself are not overridable.
+                (
+                    Trainer::Portrait,
+                    "images_data_url",
+                    vec![json!("https://x")],
+                ),
+            ],
         );
-        assert_eq!(
-            violation(Trainer::FastLora, json!({"learning_rate": 0.0001})),
-            ("overrides.learning_rate".to_string(), "unknown_field")
+        assert!(
+            message(Trainer::FastLora, json!({"foo": 1})).contains("steps, create_masks, is_style")
         );
-        assert_eq!(
-            violation(Trainer::Pro, json!({"steps": 500})),
-            ("overrides.steps".to_string(), "unknown_field")
-        );
-        // Fields the service sets itself are not overridable.
-        assert_eq!(
-            violation(Trainer::Portrait, json!({"images_data_url": "https://x"})),
-            ("overrides.images_data_url".to_string(), "unknown_field")
-        );
-        let err = resolve(Trainer::FastLora, json!({"foo": 1})).unwrap_err();
-        assert!(err.0[0].message.contains("steps, create_masks, is_style"));
     }
 
     #[test]

@@ -37,51 +37,24 @@ pub struct FastLoraParams {
     pub is_style: bool,
 }
 
-/// The pro trainer's `priority` (a training setting, not the fal queue priority).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProPriority {
-    Speed,
-    Quality,
-    HighResOnly,
-}
-
-impl ProPriority {
-    pub const ALL: [ProPriority; 3] = [Self::Speed, Self::Quality, Self::HighResOnly];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Speed => "speed",
-            Self::Quality => "quality",
-            Self::HighResOnly => "high_res_only",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ProPriority> {
-        Self::ALL.into_iter().find(|value| value.as_str() == s)
+named_enum! {
+    /// The pro trainer's `priority` (a training setting, not the fal queue priority).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ProPriority {
+        Speed => "speed",
+        Quality => "quality",
+        HighResOnly => "high_res_only",
     }
 }
 
-/// The pro trainer's `finetune_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinetuneType {
-    Full,
-    Lora,
-}
-
-impl FinetuneType {
-    pub const ALL: [FinetuneType; 2] = [Self::Full, Self::Lora];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Lora => "lora",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<FinetuneType> {
-        Self::ALL.into_iter().find(|value| value.as_str() == s)
+named_enum! {
+    /// The pro trainer's `finetune_type`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FinetuneType {
+        Full => "full",
+        Lora => "lora",
     }
 }
 
@@ -249,11 +222,7 @@ mod tests {
 
     #[test]
     fn enums_round_trip_through_their_names() {
-        for value in ProPriority::ALL {
-            assert_eq!(ProPriority::parse(value.as_str()), Some(value));
-        }
-        for value in FinetuneType::ALL {
-            assert_eq!(FinetuneType::parse(value.as_str()), Some(value));
-        }
+        crate::names::assert_names_round_trip::<ProPriority>();
+        crate::names::assert_names_round_trip::<FinetuneType>();
     }
 }

@@ -12,29 +12,15 @@ use super::params::{
 };
 use super::trainer::Trainer;
 
-/// A quality level.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PresetName {
-    Fast,
-    #[default]
-    Balanced,
-    Quality,
-}
-
-impl PresetName {
-    pub const ALL: [PresetName; 3] = [Self::Fast, Self::Balanced, Self::Quality];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fast => "fast",
-            Self::Balanced => "balanced",
-            Self::Quality => "quality",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PresetName> {
-        Self::ALL.into_iter().find(|name| name.as_str() == s)
+named_enum! {
+    /// A quality level.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PresetName {
+        Fast => "fast",
+        #[default]
+        Balanced => "balanced",
+        Quality => "quality",
     }
 }
 
@@ -370,9 +356,7 @@ mod tests {
     #[test]
     fn preset_names_round_trip_and_default_to_balanced() {
         assert_eq!(PresetName::default(), PresetName::Balanced);
-        for name in PresetName::ALL {
-            assert_eq!(PresetName::parse(name.as_str()), Some(name));
-        }
+        crate::names::assert_names_round_trip::<PresetName>();
         assert_eq!(PresetName::parse("max"), None);
     }
 }

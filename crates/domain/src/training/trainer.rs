@@ -2,33 +2,21 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A fal training endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trainer {
-    /// `fal-ai/flux-lora-portrait-trainer`: a LoRA tuned for faces; the default for people.
-    Portrait,
-    /// `fal-ai/flux-pro-trainer`: a FLUX.1 [pro] finetune, generated through ultra-finetuned.
-    Pro,
-    /// `fal-ai/flux-lora-fast-training`: a general LoRA, flat price.
-    FastLora,
+named_enum! {
+    /// A fal training endpoint.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Trainer {
+        /// `fal-ai/flux-lora-portrait-trainer`: a LoRA tuned for faces; the default for people.
+        Portrait => "portrait",
+        /// `fal-ai/flux-pro-trainer`: a FLUX.1 [pro] finetune, generated through ultra-finetuned.
+        Pro => "pro",
+        /// `fal-ai/flux-lora-fast-training`: a general LoRA, flat price.
+        FastLora => "fast_lora",
+    }
 }
 
 impl Trainer {
-    pub const ALL: [Trainer; 3] = [Self::Portrait, Self::Pro, Self::FastLora];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Portrait => "portrait",
-            Self::Pro => "pro",
-            Self::FastLora => "fast_lora",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Trainer> {
-        Self::ALL.into_iter().find(|trainer| trainer.as_str() == s)
-    }
-
     /// The fal endpoint id a training is submitted to.
     pub fn endpoint(self) -> &'static str {
         match self {
@@ -59,30 +47,15 @@ impl Trainer {
     }
 }
 
-/// The artifact a training yields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelType {
-    /// LoRA weights (a safetensors file), used with `fal-ai/flux-lora`.
-    Lora,
-    /// A BFL finetune id, used with `fal-ai/flux-pro/v1.1-ultra-finetuned`.
-    Finetune,
-}
-
-impl ModelType {
-    pub const ALL: [ModelType; 2] = [Self::Lora, Self::Finetune];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lora => "lora",
-            Self::Finetune => "finetune",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ModelType> {
-        Self::ALL
-            .into_iter()
-            .find(|model_type| model_type.as_str() == s)
+named_enum! {
+    /// The artifact a training yields.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ModelType {
+        /// LoRA weights (a safetensors file), used with `fal-ai/flux-lora`.
+        Lora => "lora",
+        /// A BFL finetune id, used with `fal-ai/flux-pro/v1.1-ultra-finetuned`.
+        Finetune => "finetune",
     }
 }
 
@@ -92,15 +65,10 @@ mod tests {
 
     #[test]
     fn trainers_round_trip_through_their_names() {
-        for trainer in Trainer::ALL {
-            assert_eq!(Trainer::parse(trainer.as_str()), Some(trainer));
-            let json = serde_json::to_string(&trainer).unwrap();
-            assert_eq!(json, format!("\"{}\"", trainer.as_str()));
-        }
+        crate::names::assert_names_round_trip::<Trainer>();
+        crate::names::assert_serialized_as_names::<Trainer>();
         assert_eq!(Trainer::parse("Portrait"), None);
-        for model_type in ModelType::ALL {
-            assert_eq!(ModelType::parse(model_type.as_str()), Some(model_type));
-        }
+        crate::names::assert_names_round_trip::<ModelType>();
     }
 
     #[test]
