@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::accounts::{Account, KeyKind};
 use crate::faults::{HeldWebhookOrder, RequestFaults, SubmitFault};
-use crate::http::json_response;
+use crate::http::{detail_response, json_response};
 use crate::record::{ReceivedRequest, RequestReport, WebhookOutcome};
 use crate::state::{SharedSim, Sim};
 use crate::{webhook, worker};
@@ -197,7 +197,7 @@ async fn requests(State(sim): State<SharedSim>) -> Json<Vec<RequestReport>> {
 async fn request(State(sim): State<SharedSim>, Path(id): Path<String>) -> Response {
     match sim.report(&id) {
         Some(report) => Json(report).into_response(),
-        None => json_response(StatusCode::NOT_FOUND, json!({"detail": "unknown request"})),
+        None => detail_response(StatusCode::NOT_FOUND, "unknown request"),
     }
 }
 

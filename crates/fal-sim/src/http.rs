@@ -22,6 +22,14 @@ pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp
         .into_response()
 }
 
+/// fal's error answer `{"detail": detail}`: a message, or a list of pydantic-style issues.
+pub(crate) fn detail_response(
+    status: StatusCode,
+    detail: impl Into<serde_json::Value>,
+) -> Response {
+    json_response(status, serde_json::json!({ "detail": detail.into() }))
+}
+
 /// Why a call was not authenticated.
 pub(crate) enum AuthError {
     Unauthorized(&'static str),
@@ -30,10 +38,7 @@ pub(crate) enum AuthError {
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         match self {
-            AuthError::Unauthorized(detail) => json_response(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"detail": detail}),
-            ),
+            AuthError::Unauthorized(detail) => detail_response(StatusCode::UNAUTHORIZED, detail),
         }
     }
 }
@@ -61,10 +66,6 @@ pub(crate) fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Account, Au
 /// 403 for billing-locked accounts on calls that would cost money (submit, upload). fal fails
 /// these "before enqueue"; whether reads also fail is [UNVERIFIED], so reads are allowed.
 pub(crate) fn refuse_if_locked(account: &Account) -> Option<Response> {
-    (account.kind == KeyKind::BillingLocked).then(|| {
-        json_response(
-            StatusCode::FORBIDDEN,
-            serde_json::json!({"detail": BILLING_LOCK_DETAIL}),
-        )
-    })
+    (account.kind == KeyKind::BillingLocked)
+        .then(|| detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL))
 }

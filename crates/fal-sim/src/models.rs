@@ -205,6 +205,11 @@ pub(crate) fn find(endpoint: &str) -> Option<&'static EndpointSpec> {
     ENDPOINTS.iter().find(|e| e.id == endpoint)
 }
 
+/// The `detail` entry for a body that is not a JSON object.
+pub(crate) fn body_not_a_dict() -> Value {
+    json!({"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"})
+}
+
 /// `{"loc":["body",field],"msg":...,"type":...}`.
 pub(crate) fn issue(field: &str, msg: &str, kind: &str) -> Value {
     json!({"loc": ["body", field], "msg": msg, "type": kind})
@@ -215,9 +220,7 @@ impl EndpointSpec {
     /// ignored, as fal does.
     pub fn validate(&self, input: &Value) -> Result<(), Vec<Value>> {
         let Some(object) = input.as_object() else {
-            return Err(vec![
-                json!({"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}),
-            ]);
+            return Err(vec![body_not_a_dict()]);
         };
         let issues: Vec<Value> = self
             .fields

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::http::{authenticate, json_response, refuse_if_locked};
+use crate::http::{authenticate, detail_response, json_response, refuse_if_locked};
 use crate::state::{PendingUpload, SharedSim, StoredFile};
 
 /// Lifecycle headers: fal-js sends the first on initiate, the Python client both.
@@ -63,9 +63,9 @@ fn start_upload(sim: &SharedSim, headers: &HeaderMap, body: &[u8], multipart: bo
     let request: InitiateBody = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(_) => {
-            return json_response(
+            return detail_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"detail": [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]}),
+                vec![crate::models::body_not_a_dict()],
             )
         }
     };
@@ -132,10 +132,7 @@ fn sanitize(name: &str) -> String {
 }
 
 fn bad_signature() -> Response {
-    json_response(
-        StatusCode::FORBIDDEN,
-        json!({"detail": "Invalid upload signature"}),
-    )
+    detail_response(StatusCode::FORBIDDEN, "Invalid upload signature")
 }
 
 /// `PUT {upload_url}`: the whole object, no Authorization needed (a signed URL).
@@ -165,7 +162,7 @@ pub(crate) async fn put_single(
     match inner.uploads.get(&upload_id) {
         Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
         Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
+        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
     let content_type = headers
@@ -192,16 +189,10 @@ pub(crate) async fn put_part(
     body: Bytes,
 ) -> Response {
     let Ok(number) = part.parse::<u32>() else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Invalid part number"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Invalid part number");
     };
     if number == 0 {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Part numbers start at 1"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Part numbers start at 1");
     }
     let etag = hex::encode(&Sha256::digest(&body)[..16]);
     let mut inner = sim.lock();
@@ -210,7 +201,7 @@ pub(crate) async fn put_part(
             upload.parts.insert(number, (body, etag.clone()));
         }
         Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
+        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
     }
     let mut response = json_response(StatusCode::OK, json!({"partNumber": number, "etag": etag}));
     if let Ok(value) = HeaderValue::from_str(&etag) {
@@ -241,40 +232,40 @@ pub(crate) async fn complete_multipart(
     body: Bytes,
 ) -> Response {
     let Ok(request) = serde_json::from_slice::<CompleteBody>(&body) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Invalid completion body"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Invalid completion body");
     };
     let mut inner = sim.lock();
     match inner.uploads.get(&upload_id) {
         Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
         Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
+        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
     }
     let upload = inner.uploads.get(&upload_id).expect("checked above");
     let mut assembled = Vec::new();
     for (index, part) in request.parts.iter().enumerate() {
         if part.part_number as usize != index + 1 {
-            return json_response(
+            return detail_response(
                 StatusCode::BAD_REQUEST,
-                json!({"detail": "Parts must be numbered 1..n in order"}),
+                "Parts must be numbered 1..n in order",
             );
         }
         match upload.parts.get(&part.part_number) {
             Some((bytes, etag)) if *etag == part.etag => assembled.extend_from_slice(bytes),
             _ => {
-                return json_response(
+                return detail_response(
                     StatusCode::BAD_REQUEST,
-                    json!({"detail": format!("Part {} is missing or its etag does not match", part.part_number)}),
+                    format!(
+                        "Part {} is missing or its etag does not match",
+                        part.part_number
+                    ),
                 )
             }
         }
     }
     if request.parts.len() != upload.parts.len() {
-        return json_response(
+        return detail_response(
             StatusCode::BAD_REQUEST,
-            json!({"detail": "Uploaded parts are missing from the completion"}),
+            "Uploaded parts are missing from the completion",
         );
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
@@ -300,6 +291,6 @@ pub(crate) async fn serve_file(State(sim): State<SharedSim>, Path(path): Path<St
             file.bytes,
         )
             .into_response(),
-        _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "File not found"})),
+        _ => detail_response(StatusCode::NOT_FOUND, "File not found"),
     }
 }
