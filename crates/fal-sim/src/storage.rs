@@ -131,8 +131,21 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-fn bad_signature() -> Response {
-    detail_response(StatusCode::FORBIDDEN, "Invalid upload signature")
+/// The pending upload `upload_id` when `query` carries its signature; otherwise the 404 or
+/// 403 answer.
+fn signed_upload<'a>(
+    uploads: &'a mut HashMap<String, PendingUpload>,
+    upload_id: &str,
+    query: &Signature,
+) -> Result<&'a mut PendingUpload, Response> {
+    match uploads.get_mut(upload_id) {
+        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => Ok(upload),
+        Some(_) => Err(detail_response(
+            StatusCode::FORBIDDEN,
+            "Invalid upload signature",
+        )),
+        None => Err(detail_response(StatusCode::NOT_FOUND, "Upload not found")),
+    }
 }
 
 /// `PUT {upload_url}`: the whole object, no Authorization needed (a signed URL).
@@ -159,10 +172,8 @@ pub(crate) async fn put_single(
         }
     }
     let mut inner = sim.lock();
-    match inner.uploads.get(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
-        Some(_) => return bad_signature(),
-        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
+    if let Err(refusal) = signed_upload(&mut inner.uploads, &upload_id, &query) {
+        return refusal;
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
     let content_type = headers
@@ -196,13 +207,11 @@ pub(crate) async fn put_part(
     }
     let etag = hex::encode(&Sha256::digest(&body)[..16]);
     let mut inner = sim.lock();
-    match inner.uploads.get_mut(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {
-            upload.parts.insert(number, (body, etag.clone()));
-        }
-        Some(_) => return bad_signature(),
-        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
-    }
+    let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
+        Ok(upload) => upload,
+        Err(refusal) => return refusal,
+    };
+    upload.parts.insert(number, (body, etag.clone()));
     let mut response = json_response(StatusCode::OK, json!({"partNumber": number, "etag": etag}));
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response
@@ -235,12 +244,10 @@ pub(crate) async fn complete_multipart(
         return detail_response(StatusCode::BAD_REQUEST, "Invalid completion body");
     };
     let mut inner = sim.lock();
-    match inner.uploads.get(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
-        Some(_) => return bad_signature(),
-        None => return detail_response(StatusCode::NOT_FOUND, "Upload not found"),
-    }
-    let upload = inner.uploads.get(&upload_id).expect("checked above");
+    let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
+        Ok(upload) => upload,
+        Err(refusal) => return refusal,
+    };
     let mut assembled = Vec::new();
     for (index, part) in request.parts.iter().enumerate() {
         if part.part_number as usize != index + 1 {
