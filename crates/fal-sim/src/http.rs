@@ -63,9 +63,13 @@ pub(crate) fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Account, Au
         .ok_or(AuthError::Unauthorized(UNKNOWN_KEY_DETAIL))
 }
 
-/// 403 for billing-locked accounts on calls that would cost money (submit, upload). fal fails
-/// these "before enqueue"; whether reads also fail is [UNVERIFIED], so reads are allowed.
-pub(crate) fn refuse_if_locked(account: &Account) -> Option<Response> {
-    (account.kind == KeyKind::BillingLocked)
-        .then(|| detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL))
+/// The caller's account for a call that would cost money (submit, upload): 401 as
+/// [`authenticate`] says, 403 for billing-locked accounts. fal fails these "before enqueue";
+/// whether reads also fail is [UNVERIFIED], so reads only [`authenticate`].
+pub(crate) fn paying_account(sim: &Sim, headers: &HeaderMap) -> Result<Account, Response> {
+    let account = authenticate(sim, headers).map_err(IntoResponse::into_response)?;
+    if account.kind == KeyKind::BillingLocked {
+        return Err(detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL));
+    }
+    Ok(account)
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::faults::SubmitFault;
 use crate::http::{
-    authenticate, detail_response, json_response, refuse_if_locked, ConnectionControl,
+    authenticate, detail_response, json_response, paying_account, ConnectionControl,
 };
 use crate::models;
 use crate::record::QueueState;
@@ -73,13 +73,10 @@ async fn submit(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let account = match authenticate(sim, headers) {
+    let account = match paying_account(sim, headers) {
         Ok(account) => account,
-        Err(e) => return e.into_response(),
+        Err(refusal) => return refusal,
     };
-    if let Some(refusal) = refuse_if_locked(&account) {
-        return refusal;
-    }
     let Some(spec) = models::find(endpoint) else {
         // The body fal gives for an unknown app is [UNVERIFIED].
         return detail_response(

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::http::{authenticate, detail_response, json_response, refuse_if_locked};
+use crate::http::{detail_response, json_response, paying_account};
 use crate::state::{PendingUpload, SharedSim, StoredFile};
 
 /// Lifecycle headers: fal-js sends the first on initiate, the Python client both.
@@ -53,11 +53,7 @@ pub(crate) async fn initiate_multipart(
 }
 
 fn start_upload(sim: &SharedSim, headers: &HeaderMap, body: &[u8], multipart: bool) -> Response {
-    let account = match authenticate(sim, headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    if let Some(refusal) = refuse_if_locked(&account) {
+    if let Err(refusal) = paying_account(sim, headers) {
         return refusal;
     }
     let request: InitiateBody = match serde_json::from_slice(body) {
