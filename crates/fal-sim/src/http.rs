@@ -30,15 +30,19 @@ pub(crate) fn detail_response(
     json_response(status, serde_json::json!({ "detail": detail.into() }))
 }
 
-/// Why a call was not authenticated.
+/// Why a call was refused for its key.
 pub(crate) enum AuthError {
+    /// 401: the key is missing, malformed or unknown.
     Unauthorized(&'static str),
+    /// 403: the account is billing-locked.
+    BillingLocked,
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         match self {
             AuthError::Unauthorized(detail) => detail_response(StatusCode::UNAUTHORIZED, detail),
+            AuthError::BillingLocked => detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL),
         }
     }
 }
@@ -66,10 +70,10 @@ pub(crate) fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Account, Au
 /// The caller's account for a call that would cost money (submit, upload): 401 as
 /// [`authenticate`] says, 403 for billing-locked accounts. fal fails these "before enqueue";
 /// whether reads also fail is [UNVERIFIED], so reads only [`authenticate`].
-pub(crate) fn paying_account(sim: &Sim, headers: &HeaderMap) -> Result<Account, Response> {
-    let account = authenticate(sim, headers).map_err(IntoResponse::into_response)?;
+pub(crate) fn paying_account(sim: &Sim, headers: &HeaderMap) -> Result<Account, AuthError> {
+    let account = authenticate(sim, headers)?;
     if account.kind == KeyKind::BillingLocked {
-        return Err(detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL));
+        return Err(AuthError::BillingLocked);
     }
     Ok(account)
 }

@@ -75,7 +75,7 @@ async fn submit(
 ) -> Response {
     let account = match paying_account(sim, headers) {
         Ok(account) => account,
-        Err(refusal) => return refusal,
+        Err(e) => return e.into_response(),
     };
     let Some(spec) = models::find(endpoint) else {
         // The body fal gives for an unknown app is [UNVERIFIED].

@@ -53,8 +53,8 @@ pub(crate) async fn initiate_multipart(
 }
 
 fn start_upload(sim: &SharedSim, headers: &HeaderMap, body: &[u8], multipart: bool) -> Response {
-    if let Err(refusal) = paying_account(sim, headers) {
-        return refusal;
+    if let Err(e) = paying_account(sim, headers) {
+        return e.into_response();
     }
     let request: InitiateBody = match serde_json::from_slice(body) {
         Ok(b) => b,
@@ -127,20 +127,33 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-/// The pending upload `upload_id` when `query` carries its signature; otherwise the 404 or
-/// 403 answer.
+/// Why a signed upload call has no upload to act on.
+enum UploadRefusal {
+    NotFound,
+    BadSignature,
+}
+
+impl IntoResponse for UploadRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            UploadRefusal::NotFound => detail_response(StatusCode::NOT_FOUND, "Upload not found"),
+            UploadRefusal::BadSignature => {
+                detail_response(StatusCode::FORBIDDEN, "Invalid upload signature")
+            }
+        }
+    }
+}
+
+/// The pending upload `upload_id` when `query` carries its signature.
 fn signed_upload<'a>(
     uploads: &'a mut HashMap<String, PendingUpload>,
     upload_id: &str,
     query: &Signature,
-) -> Result<&'a mut PendingUpload, Response> {
+) -> Result<&'a mut PendingUpload, UploadRefusal> {
     match uploads.get_mut(upload_id) {
         Some(upload) if Some(&upload.signature) == query.signature.as_ref() => Ok(upload),
-        Some(_) => Err(detail_response(
-            StatusCode::FORBIDDEN,
-            "Invalid upload signature",
-        )),
-        None => Err(detail_response(StatusCode::NOT_FOUND, "Upload not found")),
+        Some(_) => Err(UploadRefusal::BadSignature),
+        None => Err(UploadRefusal::NotFound),
     }
 }
 
@@ -169,7 +182,7 @@ pub(crate) async fn put_single(
     }
     let mut inner = sim.lock();
     if let Err(refusal) = signed_upload(&mut inner.uploads, &upload_id, &query) {
-        return refusal;
+        return refusal.into_response();
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
     let content_type = headers
@@ -205,7 +218,7 @@ pub(crate) async fn put_part(
     let mut inner = sim.lock();
     let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
         Ok(upload) => upload,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     upload.parts.insert(number, (body, etag.clone()));
     let mut response = json_response(StatusCode::OK, json!({"partNumber": number, "etag": etag}));
@@ -242,7 +255,7 @@ pub(crate) async fn complete_multipart(
     let mut inner = sim.lock();
     let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
         Ok(upload) => upload,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut assembled = Vec::new();
     for (index, part) in request.parts.iter().enumerate() {
