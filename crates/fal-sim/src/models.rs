@@ -37,17 +37,10 @@ pub(crate) enum Work {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Str,
-    Int {
-        min: i64,
-        max: i64,
-    },
-    Num {
-        min: f64,
-        max: f64,
-    },
+    Int { min: i64, max: i64 },
+    Num { min: f64, max: f64 },
     Bool,
     Choice(&'static [&'static str]),
-    /// One of the names of a size table.
     Preset(&'static [Preset]),
     ImageSize,
     Loras,
