@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::accounts::{Account, KeyKind};
 use crate::faults::{HeldWebhookOrder, RequestFaults, SubmitFault};
-use crate::http::json_response;
+use crate::http::{detail_response, json_response};
 use crate::record::{ReceivedRequest, RequestReport, WebhookOutcome};
 use crate::state::{SharedSim, Sim};
 use crate::{webhook, worker};
@@ -54,17 +54,15 @@ impl Sim {
     }
 
     pub(crate) fn fail_next_submits(&self, count: u32, fault: SubmitFault) {
-        let mut inner = self.lock();
-        for _ in 0..count {
-            inner.submit_faults.push_back(fault.clone());
-        }
+        self.lock()
+            .submit_faults
+            .extend(std::iter::repeat_n(fault, count as usize));
     }
 
     pub(crate) fn fail_next_reads(&self, count: u32, fault: SubmitFault) {
-        let mut inner = self.lock();
-        for _ in 0..count {
-            inner.read_faults.push_back(fault.clone());
-        }
+        self.lock()
+            .read_faults
+            .extend(std::iter::repeat_n(fault, count as usize));
     }
 
     pub(crate) fn fault_next_requests(
@@ -73,12 +71,9 @@ impl Sim {
         endpoint: Option<String>,
         faults: RequestFaults,
     ) {
-        let mut inner = self.lock();
-        for _ in 0..count {
-            inner
-                .request_faults
-                .push_back((endpoint.clone(), faults.clone()));
-        }
+        self.lock()
+            .request_faults
+            .extend(std::iter::repeat_n((endpoint, faults), count as usize));
     }
 
     /// Replaces the faults of an existing request; false when unknown.
@@ -168,6 +163,15 @@ pub(crate) fn release_held_webhooks(sim: &SharedSim, order: HeldWebhookOrder) ->
     count
 }
 
+/// 204 when the target of a control call existed, 404 when it did not.
+fn no_content_or_not_found(found: bool) -> StatusCode {
+    if found {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 async fn info(State(sim): State<SharedSim>) -> Response {
     json_response(
         StatusCode::OK,
@@ -197,7 +201,7 @@ async fn requests(State(sim): State<SharedSim>) -> Json<Vec<RequestReport>> {
 async fn request(State(sim): State<SharedSim>, Path(id): Path<String>) -> Response {
     match sim.report(&id) {
         Some(report) => Json(report).into_response(),
-        None => json_response(StatusCode::NOT_FOUND, json!({"detail": "unknown request"})),
+        None => detail_response(StatusCode::NOT_FOUND, "unknown request"),
     }
 }
 
@@ -206,19 +210,11 @@ async fn set_request_faults(
     Path(id): Path<String>,
     Json(faults): Json<RequestFaults>,
 ) -> StatusCode {
-    if sim.set_request_faults(&id, faults) {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::NOT_FOUND
-    }
+    no_content_or_not_found(sim.set_request_faults(&id, faults))
 }
 
 async fn release(State(sim): State<SharedSim>, Path(id): Path<String>) -> StatusCode {
-    if worker::release(&sim, &id) {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::NOT_FOUND
-    }
+    no_content_or_not_found(worker::release(&sim, &id))
 }
 
 #[derive(Deserialize)]
@@ -323,9 +319,5 @@ struct ExpireBody {
 }
 
 async fn expire_file(State(sim): State<SharedSim>, Json(body): Json<ExpireBody>) -> StatusCode {
-    if sim.expire_file(&body.url) {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::NOT_FOUND
-    }
+    no_content_or_not_found(sim.expire_file(&body.url))
 }

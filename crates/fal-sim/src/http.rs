@@ -22,18 +22,27 @@ pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp
         .into_response()
 }
 
-/// Why a call was not authenticated.
+/// fal's error answer `{"detail": detail}`: a message, or a list of pydantic-style issues.
+pub(crate) fn detail_response(
+    status: StatusCode,
+    detail: impl Into<serde_json::Value>,
+) -> Response {
+    json_response(status, serde_json::json!({ "detail": detail.into() }))
+}
+
+/// Why a call was refused for its key.
 pub(crate) enum AuthError {
+    /// 401: the key is missing, malformed or unknown.
     Unauthorized(&'static str),
+    /// 403: the account is billing-locked.
+    BillingLocked,
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         match self {
-            AuthError::Unauthorized(detail) => json_response(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"detail": detail}),
-            ),
+            AuthError::Unauthorized(detail) => detail_response(StatusCode::UNAUTHORIZED, detail),
+            AuthError::BillingLocked => detail_response(StatusCode::FORBIDDEN, BILLING_LOCK_DETAIL),
         }
     }
 }
@@ -58,13 +67,13 @@ pub(crate) fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Account, Au
         .ok_or(AuthError::Unauthorized(UNKNOWN_KEY_DETAIL))
 }
 
-/// 403 for billing-locked accounts on calls that would cost money (submit, upload). fal fails
-/// these "before enqueue"; whether reads also fail is [UNVERIFIED], so reads are allowed.
-pub(crate) fn refuse_if_locked(account: &Account) -> Option<Response> {
-    (account.kind == KeyKind::BillingLocked).then(|| {
-        json_response(
-            StatusCode::FORBIDDEN,
-            serde_json::json!({"detail": BILLING_LOCK_DETAIL}),
-        )
-    })
+/// The caller's account for a call that would cost money (submit, upload): 401 as
+/// [`authenticate`] says, 403 for billing-locked accounts. fal fails these "before enqueue";
+/// whether reads also fail is [UNVERIFIED], so reads only [`authenticate`].
+pub(crate) fn paying_account(sim: &Sim, headers: &HeaderMap) -> Result<Account, AuthError> {
+    let account = authenticate(sim, headers)?;
+    if account.kind == KeyKind::BillingLocked {
+        return Err(AuthError::BillingLocked);
+    }
+    Ok(account)
 }

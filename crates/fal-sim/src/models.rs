@@ -41,6 +41,7 @@ enum Kind {
     Num { min: f64, max: f64 },
     Bool,
     Choice(&'static [&'static str]),
+    Preset(&'static [Preset]),
     ImageSize,
     Loras,
 }
@@ -84,16 +85,29 @@ pub(crate) struct EndpointSpec {
     fields: &'static [Field],
 }
 
-const IMAGE_SIZES: &[&str] = &[
-    "square_hd",
-    "square",
-    "portrait_4_3",
-    "portrait_16_9",
-    "landscape_4_3",
-    "landscape_16_9",
+/// A named output size: `(name, (width, height))`.
+type Preset = (&'static str, (u32, u32));
+
+/// `image_size` presets of `fal-ai/flux-lora`.
+const IMAGE_SIZES: &[Preset] = &[
+    ("square_hd", (1024, 1024)),
+    ("square", (512, 512)),
+    ("portrait_4_3", (768, 1024)),
+    ("portrait_16_9", (576, 1024)),
+    ("landscape_4_3", (1024, 768)),
+    ("landscape_16_9", (1024, 576)),
 ];
-const ASPECT_RATIOS: &[&str] = &[
-    "21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21",
+/// `aspect_ratio`s of the ultra endpoint, each about 4 MP.
+const ASPECT_RATIOS: &[Preset] = &[
+    ("21:9", (3136, 1344)),
+    ("16:9", (2752, 1536)),
+    ("4:3", (2368, 1792)),
+    ("3:2", (2496, 1664)),
+    ("1:1", (2048, 2048)),
+    ("2:3", (1664, 2496)),
+    ("3:4", (1792, 2368)),
+    ("9:16", (1536, 2752)),
+    ("9:21", (1344, 3136)),
 ];
 const OUTPUT_FORMATS: &[&str] = &["jpeg", "png"];
 
@@ -182,7 +196,7 @@ static ENDPOINTS: &[EndpointSpec] = &[
             req("prompt", Kind::Str),
             req("finetune_id", Kind::Str),
             req("finetune_strength", num(0.0, 2.0)),
-            opt("aspect_ratio", Kind::Choice(ASPECT_RATIOS)),
+            opt("aspect_ratio", Kind::Preset(ASPECT_RATIOS)),
             opt("raw", Kind::Bool),
             opt("num_images", int(1, 4)),
             opt("seed", SEED),
@@ -205,6 +219,11 @@ pub(crate) fn find(endpoint: &str) -> Option<&'static EndpointSpec> {
     ENDPOINTS.iter().find(|e| e.id == endpoint)
 }
 
+/// The `detail` entry for a body that is not a JSON object.
+pub(crate) fn body_not_a_dict() -> Value {
+    json!({"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"})
+}
+
 /// `{"loc":["body",field],"msg":...,"type":...}`.
 pub(crate) fn issue(field: &str, msg: &str, kind: &str) -> Value {
     json!({"loc": ["body", field], "msg": msg, "type": kind})
@@ -215,9 +234,7 @@ impl EndpointSpec {
     /// ignored, as fal does.
     pub fn validate(&self, input: &Value) -> Result<(), Vec<Value>> {
         let Some(object) = input.as_object() else {
-            return Err(vec![
-                json!({"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}),
-            ]);
+            return Err(vec![body_not_a_dict()]);
         };
         let issues: Vec<Value> = self
             .fields
@@ -311,13 +328,10 @@ fn check_field(field: &Field, object: &Map<String, Value>) -> Option<Value> {
             None => Some(issue(name, "value is not a valid float", "type_error.float")),
             Some(n) => range_issue(name, n, min, max),
         },
-        Kind::Choice(choices) => match value.as_str() {
-            Some(s) if choices.contains(&s) => None,
-            _ => Some(enum_issue(name, choices)),
-        },
+        Kind::Choice(choices) => choice_issue(name, value.as_str(), choices),
+        Kind::Preset(presets) => choice_issue(name, value.as_str(), &preset_names(presets)),
         Kind::ImageSize => match value {
-            Value::String(s) if IMAGE_SIZES.contains(&s.as_str()) => None,
-            Value::String(_) => Some(enum_issue(name, IMAGE_SIZES)),
+            Value::String(s) => choice_issue(name, Some(s), &preset_names(IMAGE_SIZES)),
             Value::Object(size) => ["width", "height"].iter().find_map(|dim| match size.get(*dim) {
                 None => None,
                 Some(v) => match v.as_u64() {
@@ -352,6 +366,14 @@ fn range_issue(name: &str, n: f64, min: f64, max: f64) -> Option<Value> {
     }
 }
 
+/// `None` when `value` is one of `choices`, else the enumeration issue.
+fn choice_issue(name: &str, value: Option<&str>, choices: &[&str]) -> Option<Value> {
+    match value {
+        Some(s) if choices.contains(&s) => None,
+        _ => Some(enum_issue(name, choices)),
+    }
+}
+
 fn enum_issue(name: &str, choices: &[&str]) -> Value {
     let permitted = choices
         .iter()
@@ -365,14 +387,6 @@ fn enum_issue(name: &str, choices: &[&str]) -> Value {
 /// defaults each missing side to 512).
 pub(crate) fn lora_image_size(input: &Value) -> (u32, u32) {
     match input.get("image_size") {
-        Some(Value::String(preset)) => match preset.as_str() {
-            "square_hd" => (1024, 1024),
-            "square" => (512, 512),
-            "portrait_4_3" => (768, 1024),
-            "portrait_16_9" => (576, 1024),
-            "landscape_16_9" => (1024, 576),
-            _ => (1024, 768),
-        },
         Some(Value::Object(size)) => {
             let side = |k: &str| {
                 size.get(k)
@@ -381,27 +395,31 @@ pub(crate) fn lora_image_size(input: &Value) -> (u32, u32) {
             };
             (side("width"), side("height"))
         }
-        _ => (1024, 768),
+        preset => preset_size(IMAGE_SIZES, preset.and_then(Value::as_str), "landscape_4_3"),
     }
 }
 
 /// Output size of the ultra endpoint for an aspect ratio (about 4 MP; default `16:9`).
 pub(crate) fn ultra_image_size(input: &Value) -> (u32, u32) {
-    match input
-        .get("aspect_ratio")
-        .and_then(Value::as_str)
-        .unwrap_or("16:9")
-    {
-        "21:9" => (3136, 1344),
-        "4:3" => (2368, 1792),
-        "3:2" => (2496, 1664),
-        "1:1" => (2048, 2048),
-        "2:3" => (1664, 2496),
-        "3:4" => (1792, 2368),
-        "9:16" => (1536, 2752),
-        "9:21" => (1344, 3136),
-        _ => (2752, 1536),
-    }
+    let ratio = input.get("aspect_ratio").and_then(Value::as_str);
+    preset_size(ASPECT_RATIOS, ratio, "16:9")
+}
+
+fn preset_names(presets: &[Preset]) -> Vec<&'static str> {
+    presets.iter().map(|&(name, _)| name).collect()
+}
+
+/// The size `name` stands for in `presets`, or that of `default` when it names none.
+fn preset_size(presets: &[Preset], name: Option<&str>, default: &str) -> (u32, u32) {
+    let find = |wanted: &str| {
+        presets
+            .iter()
+            .find(|&&(name, _)| name == wanted)
+            .map(|&(_, size)| size)
+    };
+    name.and_then(find)
+        .or_else(|| find(default))
+        .expect("the default is one of the presets")
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::faults::SubmitFault;
-use crate::http::{authenticate, json_response, refuse_if_locked, ConnectionControl};
+use crate::http::{
+    authenticate, detail_response, json_response, paying_account, ConnectionControl,
+};
 use crate::models;
 use crate::record::QueueState;
 use crate::state::{Outcome, RequestRecord, SharedSim, Sim};
@@ -45,10 +47,7 @@ pub(crate) async fn dispatch(
                     stream(sim.clone(), &headers, &app, id, query)
                 }
                 (Method::PUT, ["cancel"]) => cancel(&sim, &headers, &app, id),
-                _ => json_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    json!({"detail": "Method Not Allowed"}),
-                ),
+                _ => detail_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
             }
         }
         _ if method == Method::POST => {
@@ -62,10 +61,7 @@ pub(crate) async fn dispatch(
             )
             .await
         }
-        _ => json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"detail": "Method Not Allowed"}),
-        ),
+        _ => detail_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
     }
 }
 
@@ -77,18 +73,15 @@ async fn submit(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let account = match authenticate(sim, headers) {
+    let account = match paying_account(sim, headers) {
         Ok(account) => account,
         Err(e) => return e.into_response(),
     };
-    if let Some(refusal) = refuse_if_locked(&account) {
-        return refusal;
-    }
     let Some(spec) = models::find(endpoint) else {
         // The body fal gives for an unknown app is [UNVERIFIED].
-        return json_response(
+        return detail_response(
             StatusCode::NOT_FOUND,
-            json!({"detail": format!("Application '{endpoint}' not found")}),
+            format!("Application '{endpoint}' not found"),
         );
     };
     let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
@@ -117,23 +110,23 @@ async fn submit(
     let input: Value = match serde_json::from_slice(&body) {
         Ok(value @ Value::Object(_)) => value,
         _ => {
-            return json_response(
+            return detail_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"detail": [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]}),
+                vec![crate::models::body_not_a_dict()],
             )
         }
     };
     if sim.config.validate_at_submit {
         if let Err(issues) = spec.validate(&input) {
-            return json_response(StatusCode::UNPROCESSABLE_ENTITY, json!({"detail": issues}));
+            return detail_response(StatusCode::UNPROCESSABLE_ENTITY, issues);
         }
     }
     let max_queue_length = match param("fal_max_queue_length").map(|v| v.parse::<usize>()) {
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => {
-            return json_response(
+            return detail_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"detail": [{"loc": ["query", "fal_max_queue_length"], "msg": "value is not a valid integer", "type": "type_error.integer"}]}),
+                json!([{"loc": ["query", "fal_max_queue_length"], "msg": "value is not a valid integer", "type": "type_error.integer"}]),
             )
         }
         None => None,
@@ -212,9 +205,9 @@ async fn close(connection: Option<ConnectionControl>) -> Response {
             control.0.cancel();
             std::future::pending::<Response>().await
         }
-        None => json_response(
+        None => detail_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"detail": "connection control unavailable"}),
+            "connection control unavailable",
         ),
     }
 }
@@ -464,10 +457,7 @@ fn result(sim: &SharedSim, headers: &HeaderMap, app: &str, id: &str) -> Response
                 response
             }
             // One third-party note reports this for a result fetched too early.
-            _ => json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"detail": "Request is still in progress"}),
-            ),
+            _ => detail_response(StatusCode::BAD_REQUEST, "Request is still in progress"),
         }
     });
     match found {

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::http::{json_response, ConnectionControl};
+use crate::http::{detail_response, json_response, ConnectionControl};
 use crate::record::ReceivedRequest;
 use crate::state::SharedSim;
 use crate::{control, queue, storage};
@@ -90,10 +90,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: Cance
 
 async fn jwks(State(sim): State<SharedSim>) -> Response {
     if sim.lock().jwks_down {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"detail": "Service Unavailable"}),
-        );
+        return detail_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
     let body = sim
         .keys
@@ -108,12 +105,7 @@ async fn record_request(State(sim): State<SharedSim>, request: Request, next: Ne
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, sim.config.max_upload_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return json_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({"detail": "Payload too large"}),
-            )
-        }
+        Err(_) => return detail_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
     };
     let headers = parts
         .headers

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::http::{authenticate, json_response, refuse_if_locked};
+use crate::http::{detail_response, json_response, paying_account};
 use crate::state::{PendingUpload, SharedSim, StoredFile};
 
 /// Lifecycle headers: fal-js sends the first on initiate, the Python client both.
@@ -53,19 +53,15 @@ pub(crate) async fn initiate_multipart(
 }
 
 fn start_upload(sim: &SharedSim, headers: &HeaderMap, body: &[u8], multipart: bool) -> Response {
-    let account = match authenticate(sim, headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    if let Some(refusal) = refuse_if_locked(&account) {
-        return refusal;
+    if let Err(e) = paying_account(sim, headers) {
+        return e.into_response();
     }
     let request: InitiateBody = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(_) => {
-            return json_response(
+            return detail_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"detail": [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]}),
+                vec![crate::models::body_not_a_dict()],
             )
         }
     };
@@ -131,11 +127,34 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-fn bad_signature() -> Response {
-    json_response(
-        StatusCode::FORBIDDEN,
-        json!({"detail": "Invalid upload signature"}),
-    )
+/// Why a signed upload call has no upload to act on.
+enum UploadRefusal {
+    NotFound,
+    BadSignature,
+}
+
+impl IntoResponse for UploadRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            UploadRefusal::NotFound => detail_response(StatusCode::NOT_FOUND, "Upload not found"),
+            UploadRefusal::BadSignature => {
+                detail_response(StatusCode::FORBIDDEN, "Invalid upload signature")
+            }
+        }
+    }
+}
+
+/// The pending upload `upload_id` when `query` carries its signature.
+fn signed_upload<'a>(
+    uploads: &'a mut HashMap<String, PendingUpload>,
+    upload_id: &str,
+    query: &Signature,
+) -> Result<&'a mut PendingUpload, UploadRefusal> {
+    match uploads.get_mut(upload_id) {
+        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => Ok(upload),
+        Some(_) => Err(UploadRefusal::BadSignature),
+        None => Err(UploadRefusal::NotFound),
+    }
 }
 
 /// `PUT {upload_url}`: the whole object, no Authorization needed (a signed URL).
@@ -162,10 +181,8 @@ pub(crate) async fn put_single(
         }
     }
     let mut inner = sim.lock();
-    match inner.uploads.get(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
-        Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
+    if let Err(refusal) = signed_upload(&mut inner.uploads, &upload_id, &query) {
+        return refusal.into_response();
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
     let content_type = headers
@@ -192,26 +209,18 @@ pub(crate) async fn put_part(
     body: Bytes,
 ) -> Response {
     let Ok(number) = part.parse::<u32>() else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Invalid part number"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Invalid part number");
     };
     if number == 0 {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Part numbers start at 1"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Part numbers start at 1");
     }
     let etag = hex::encode(&Sha256::digest(&body)[..16]);
     let mut inner = sim.lock();
-    match inner.uploads.get_mut(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {
-            upload.parts.insert(number, (body, etag.clone()));
-        }
-        Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
-    }
+    let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
+        Ok(upload) => upload,
+        Err(refusal) => return refusal.into_response(),
+    };
+    upload.parts.insert(number, (body, etag.clone()));
     let mut response = json_response(StatusCode::OK, json!({"partNumber": number, "etag": etag}));
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response
@@ -241,40 +250,38 @@ pub(crate) async fn complete_multipart(
     body: Bytes,
 ) -> Response {
     let Ok(request) = serde_json::from_slice::<CompleteBody>(&body) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"detail": "Invalid completion body"}),
-        );
+        return detail_response(StatusCode::BAD_REQUEST, "Invalid completion body");
     };
     let mut inner = sim.lock();
-    match inner.uploads.get(&upload_id) {
-        Some(upload) if Some(&upload.signature) == query.signature.as_ref() => {}
-        Some(_) => return bad_signature(),
-        None => return json_response(StatusCode::NOT_FOUND, json!({"detail": "Upload not found"})),
-    }
-    let upload = inner.uploads.get(&upload_id).expect("checked above");
+    let upload = match signed_upload(&mut inner.uploads, &upload_id, &query) {
+        Ok(upload) => upload,
+        Err(refusal) => return refusal.into_response(),
+    };
     let mut assembled = Vec::new();
     for (index, part) in request.parts.iter().enumerate() {
         if part.part_number as usize != index + 1 {
-            return json_response(
+            return detail_response(
                 StatusCode::BAD_REQUEST,
-                json!({"detail": "Parts must be numbered 1..n in order"}),
+                "Parts must be numbered 1..n in order",
             );
         }
         match upload.parts.get(&part.part_number) {
             Some((bytes, etag)) if *etag == part.etag => assembled.extend_from_slice(bytes),
             _ => {
-                return json_response(
+                return detail_response(
                     StatusCode::BAD_REQUEST,
-                    json!({"detail": format!("Part {} is missing or its etag does not match", part.part_number)}),
+                    format!(
+                        "Part {} is missing or its etag does not match",
+                        part.part_number
+                    ),
                 )
             }
         }
     }
     if request.parts.len() != upload.parts.len() {
-        return json_response(
+        return detail_response(
             StatusCode::BAD_REQUEST,
-            json!({"detail": "Uploaded parts are missing from the completion"}),
+            "Uploaded parts are missing from the completion",
         );
     }
     let upload = inner.uploads.remove(&upload_id).expect("checked above");
@@ -300,6 +307,6 @@ pub(crate) async fn serve_file(State(sim): State<SharedSim>, Path(path): Path<St
             file.bytes,
         )
             .into_response(),
-        _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "File not found"})),
+        _ => detail_response(StatusCode::NOT_FOUND, "File not found"),
     }
 }

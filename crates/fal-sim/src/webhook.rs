@@ -60,6 +60,20 @@ fn record_attempt(sim: &SharedSim, id: &str, attempt: DeliveryAttempt, delivered
     sim.notify();
 }
 
+/// A delivery attempt as [`post`] ended: the receiver's status, or why there was none.
+fn attempt_of(result: Result<u16, String>) -> DeliveryAttempt {
+    match result {
+        Ok(status) => DeliveryAttempt {
+            status: Some(status),
+            error: None,
+        },
+        Err(error) => DeliveryAttempt {
+            status: None,
+            error: Some(error),
+        },
+    }
+}
+
 /// The body fal posts, as a JSON value.
 fn body_value(request_id: &str, outcome: &Outcome, null_payload: bool) -> Value {
     let mut body = match outcome {
@@ -116,50 +130,20 @@ async fn deliver_now(sim: SharedSim, id: String, faults: WebhookFaults) {
     let delays = sim.config.webhook_retry_delays.clone();
     let mut attempt = 0usize;
     let delivered = loop {
-        match post(&sim, &url, &header_id, &user_id, &body, &faults.signature).await {
-            Ok(status) if (200..300).contains(&status) => {
-                record_attempt(
-                    &sim,
-                    &id,
-                    DeliveryAttempt {
-                        status: Some(status),
-                        error: None,
-                    },
-                    true,
-                );
+        let tried =
+            attempt_of(post(&sim, &url, &header_id, &user_id, &body, &faults.signature).await);
+        match tried.status {
+            Some(status) if (200..300).contains(&status) => {
+                record_attempt(&sim, &id, tried, true);
                 break true;
             }
-            Ok(status) if (300..400).contains(&status) => {
+            Some(status) if (300..400).contains(&status) => {
                 // Redirects are not followed and end delivery (fal 2026 docs).
-                record_attempt(
-                    &sim,
-                    &id,
-                    DeliveryAttempt {
-                        status: Some(status),
-                        error: Some("redirect: permanent failure".into()),
-                    },
-                    false,
-                );
+                let error = Some("redirect: permanent failure".into());
+                record_attempt(&sim, &id, DeliveryAttempt { error, ..tried }, false);
                 break false;
             }
-            Ok(status) => record_attempt(
-                &sim,
-                &id,
-                DeliveryAttempt {
-                    status: Some(status),
-                    error: None,
-                },
-                false,
-            ),
-            Err(error) => record_attempt(
-                &sim,
-                &id,
-                DeliveryAttempt {
-                    status: None,
-                    error: Some(error),
-                },
-                false,
-            ),
+            _ => record_attempt(&sim, &id, tried, false),
         }
         let Some(delay) = delays.get(attempt) else {
             break false;
@@ -172,18 +156,9 @@ async fn deliver_now(sim: SharedSim, id: String, faults: WebhookFaults) {
     };
     if delivered {
         for _ in 0..faults.duplicates {
-            let result = post(&sim, &url, &header_id, &user_id, &body, &faults.signature).await;
-            let ok = matches!(result, Ok(s) if (200..300).contains(&s));
-            let attempt = match result {
-                Ok(status) => DeliveryAttempt {
-                    status: Some(status),
-                    error: None,
-                },
-                Err(error) => DeliveryAttempt {
-                    status: None,
-                    error: Some(error),
-                },
-            };
+            let attempt =
+                attempt_of(post(&sim, &url, &header_id, &user_id, &body, &faults.signature).await);
+            let ok = attempt.status.is_some_and(|s| (200..300).contains(&s));
             record_attempt(&sim, &id, attempt, ok);
         }
     }

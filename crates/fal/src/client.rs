@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::classify::{classify, is_user_timeout, request_id_header, retry_after};
@@ -162,11 +163,7 @@ impl FalClient {
         builder: reqwest::RequestBuilder,
     ) -> Result<Answer, Failure> {
         let transport = |e: reqwest::Error| {
-            let stage = if e.is_connect() {
-                TransportStage::Connect
-            } else {
-                TransportStage::AfterSend
-            };
+            let stage = TransportStage::of(&e);
             Failure {
                 error: FalError::transport(stage, e),
                 attempt: Some(AttemptFailure::Transport { stage }),
@@ -201,6 +198,14 @@ impl FalClient {
         let base = &self.config.queue_url;
         url.origin() == base.origin() && url.path().starts_with(base.path().trim_end_matches('/'))
     }
+}
+
+/// Parses a JSON answer body; `context` names the call in the error.
+pub(crate) fn decode<T: DeserializeOwned>(
+    body: &[u8],
+    context: &'static str,
+) -> Result<T, FalError> {
+    serde_json::from_slice(body).map_err(|source| FalError::Decode { context, source })
 }
 
 /// Appends path segments to a base URL, keeping any path prefix of the base.

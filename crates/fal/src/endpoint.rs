@@ -86,12 +86,17 @@ mod tests {
         assert_eq!(id.app_path(), "fal-ai/flux-pro");
     }
 
+    fn app_path(id: &str) -> String {
+        EndpointId::parse(id).unwrap().app_path()
+    }
+
     #[test]
     fn namespace_keeps_owner_and_alias_after_it() {
-        let id = EndpointId::parse("workflows/acme/my-flow/extra").unwrap();
-        assert_eq!(id.app_path(), "workflows/acme/my-flow");
-        let id = EndpointId::parse("comfy/acme/graph").unwrap();
-        assert_eq!(id.app_path(), "comfy/acme/graph");
+        assert_eq!(
+            app_path("workflows/acme/my-flow/extra"),
+            "workflows/acme/my-flow"
+        );
+        assert_eq!(app_path("comfy/acme/graph"), "comfy/acme/graph");
     }
 
     #[test]

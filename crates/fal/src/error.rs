@@ -34,6 +34,17 @@ pub enum TransportStage {
     AfterSend,
 }
 
+impl TransportStage {
+    /// Where `error` stopped a call: before a connection was made, or after.
+    pub(crate) fn of(error: &reqwest::Error) -> Self {
+        if error.is_connect() {
+            TransportStage::Connect
+        } else {
+            TransportStage::AfterSend
+        }
+    }
+}
+
 /// A failed call to fal.
 #[derive(Debug, thiserror::Error)]
 pub enum FalError {
@@ -137,6 +148,11 @@ impl FalError {
             stage,
             source: source.without_url(),
         }
+    }
+
+    /// A failed send, at the stage the error itself tells.
+    pub(crate) fn send_failed(source: reqwest::Error) -> Self {
+        Self::transport(TransportStage::of(&source), source)
     }
 }
 

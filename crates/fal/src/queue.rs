@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::client::{join_path, Failure, FalClient};
+use crate::client::{decode, join_path, Answer, Failure, FalClient};
 use crate::endpoint::EndpointId;
 use crate::error::{FalError, SubmitError, TransportStage};
 use crate::retry::{AttemptFailure, Operation};
@@ -174,16 +174,13 @@ impl FalClient {
             Ok(answer) => answer,
             Err(failure) => return Err(submit_failure(failure)),
         };
-        let submitted: Submitted = match serde_json::from_slice(&answer.body) {
+        let submitted: Submitted = match decode(&answer.body, "submit") {
             Ok(s) => s,
-            Err(source) => {
+            Err(cause) => {
                 // fal answered 2xx: the request is most likely enqueued under an id we lost.
                 return Err(SubmitError::OutcomeUnknown {
                     request_id: crate::classify::request_id_header(&answer.headers),
-                    cause: FalError::Decode {
-                        context: "submit",
-                        source,
-                    },
+                    cause,
                 });
             }
         };
@@ -242,17 +239,10 @@ impl FalClient {
         let mut url = request.status_url.clone();
         url.set_query(Some(if with_logs { "logs=1" } else { "logs=0" }));
         let answer = self
-            .send_with_retry(Operation::Status, || {
-                Ok(self
-                    .authorized(self.http.get(url.clone()))
-                    .timeout(self.config.request_timeout))
-            })
+            .send_bodiless(Operation::Status, reqwest::Method::GET, &url)
             .await
             .map_err(|f| f.error)?;
-        serde_json::from_slice(&answer.body).map_err(|source| FalError::Decode {
-            context: "status",
-            source,
-        })
+        decode(&answer.body, "status")
     }
 
     /// The bare model output of a completed request. A failed request re-emits the model's
@@ -265,19 +255,15 @@ impl FalClient {
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id))]
     pub async fn billed_result(&self, request: &RequestRef) -> Result<BilledResult, FalError> {
         let answer = self
-            .send_with_retry(Operation::Result, || {
-                Ok(self
-                    .authorized(self.http.get(request.response_url.clone()))
-                    .timeout(self.config.request_timeout))
-            })
+            .send_bodiless(
+                Operation::Result,
+                reqwest::Method::GET,
+                &request.response_url,
+            )
             .await
             .map_err(|f| f.error)?;
-        let output = serde_json::from_slice(&answer.body).map_err(|source| FalError::Decode {
-            context: "result",
-            source,
-        })?;
         Ok(BilledResult {
-            output,
+            output: decode(&answer.body, "result")?,
             billable_units: crate::classify::billable_units(&answer.headers),
         })
     }
@@ -298,11 +284,7 @@ impl FalClient {
     #[tracing::instrument(skip_all, fields(request_id = %request.request_id))]
     pub async fn cancel(&self, request: &RequestRef) -> Result<CancelOutcome, FalError> {
         let result = self
-            .send_with_retry(Operation::Cancel, || {
-                Ok(self
-                    .authorized(self.http.put(request.cancel_url.clone()))
-                    .timeout(self.config.request_timeout))
-            })
+            .send_bodiless(Operation::Cancel, reqwest::Method::PUT, &request.cancel_url)
             .await;
         match result {
             Ok(_) => Ok(CancelOutcome::CancellationRequested),
@@ -317,6 +299,22 @@ impl FalClient {
             }) if detail == "ALREADY_COMPLETED" => Ok(CancelOutcome::AlreadyCompleted),
             Err(f) => Err(f.error),
         }
+    }
+
+    /// Sends a queue call without a body (status, result, cancel) to `url` with the key,
+    /// retried by `op`'s policy.
+    async fn send_bodiless(
+        &self,
+        op: Operation,
+        method: reqwest::Method,
+        url: &Url,
+    ) -> Result<Answer, Failure> {
+        self.send_with_retry(op, || {
+            Ok(self
+                .authorized(self.http.request(method.clone(), url.clone()))
+                .timeout(self.config.request_timeout))
+        })
+        .await
     }
 
     /// Follows a request's status over server-sent events until it completes.
@@ -334,14 +332,7 @@ impl FalClient {
             .with_extra_headers(self.authorized_accepting(self.http.get(url), "text/event-stream"))
             .send()
             .await
-            .map_err(|e| {
-                let stage = if e.is_connect() {
-                    TransportStage::Connect
-                } else {
-                    TransportStage::AfterSend
-                };
-                FalError::transport(stage, e)
-            })?;
+            .map_err(FalError::send_failed)?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();

@@ -235,13 +235,24 @@ impl RetryPolicies {
 mod tests {
     use super::*;
 
-    fn status(status: u16) -> AttemptFailure {
+    /// A failed answer with `status`, whether it carried fal's request id, whether fal marked
+    /// it as the caller's own request timeout, and its `Retry-After`.
+    fn answer(
+        status: u16,
+        has_request_id: bool,
+        user_timeout: bool,
+        retry_after: Option<Duration>,
+    ) -> AttemptFailure {
         AttemptFailure::Status {
             status,
-            has_request_id: false,
-            user_timeout: false,
-            retry_after: None,
+            has_request_id,
+            user_timeout,
+            retry_after,
         }
+    }
+
+    fn status(status: u16) -> AttemptFailure {
+        answer(status, false, false, None)
     }
 
     #[test]
@@ -263,12 +274,7 @@ mod tests {
                 "{code}"
             );
         }
-        let with_id = AttemptFailure::Status {
-            status: 503,
-            has_request_id: true,
-            user_timeout: false,
-            retry_after: None,
-        };
+        let with_id = answer(503, true, false, None);
         assert_eq!(
             p.decide(Operation::Submit, &with_id, 0, 0.5),
             RetryDecision::GiveUp
@@ -312,12 +318,7 @@ mod tests {
                 RetryDecision::GiveUp
             );
         }
-        let user_timeout = AttemptFailure::Status {
-            status: 504,
-            has_request_id: false,
-            user_timeout: true,
-            retry_after: None,
-        };
+        let user_timeout = answer(504, false, true, None);
         assert_eq!(
             p.decide(Operation::Status, &user_timeout, 0, 0.5),
             RetryDecision::GiveUp
@@ -351,12 +352,7 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_or_reported_when_too_long() {
         let p = RetryPolicy::submit_default();
-        let wait = |secs| AttemptFailure::Status {
-            status: 429,
-            has_request_id: false,
-            user_timeout: false,
-            retry_after: Some(Duration::from_secs(secs)),
-        };
+        let wait = |secs| answer(429, false, false, Some(Duration::from_secs(secs)));
         assert_eq!(
             p.decide(Operation::Submit, &wait(10), 0, 0.5),
             RetryDecision::RetryAfter(Duration::from_secs(10))

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use url::Url;
 
-use crate::client::{join_path, FalClient};
+use crate::client::{decode, join_path, FalClient};
 use crate::error::FalError;
 use crate::retry::Operation;
 
@@ -103,14 +103,7 @@ impl FalClient {
                     let body = response.bytes().await.unwrap_or_default();
                     crate::classify::classify(status, &headers, &body)
                 }
-                Err(e) => {
-                    let stage = if e.is_connect() {
-                        crate::error::TransportStage::Connect
-                    } else {
-                        crate::error::TransportStage::AfterSend
-                    };
-                    FalError::transport(stage, e)
-                }
+                Err(e) => FalError::send_failed(e),
             };
             if retries < policy.max_retries && part_retryable(&error) {
                 tokio::time::sleep(policy.backoff(retries, rand::random::<f64>())).await;
@@ -327,10 +320,7 @@ impl FalClient {
             })
             .await
             .map_err(|f| f.error)?;
-        serde_json::from_slice(&answer.body).map_err(|source| FalError::Decode {
-            context: "storage initiate",
-            source,
-        })
+        decode(&answer.body, "storage initiate")
     }
 
     /// PUTs part `number` to `{origin}{path}/{number}{query}`; the etag comes back in the JSON
