@@ -68,70 +68,52 @@ impl Trim {
     ///
     /// The statement: `$1` is the horizon in seconds, `$2` the batch size, `$3` (outbox
     /// events only) the horizon of events with a failed delivery.
-    fn statement(&self) -> &'static str {
+    fn statement(&self) -> String {
         match self {
-            Trim::OutboxEvents { .. } => {
-                "DELETE FROM outbox_events WHERE ctid = ANY(ARRAY(
-                     SELECT e.ctid FROM outbox_events e
-                     WHERE e.position IS NOT NULL
-                       AND e.created_at < now() - make_interval(secs => $1)
-                       AND NOT EXISTS (
-                           SELECT 1 FROM webhook_deliveries d
-                           WHERE d.event_id = e.id
-                             AND (d.status = 'pending'
-                                  OR (d.status = 'failed'
-                                      AND e.created_at >= now() - make_interval(secs => $3)))
-                           OFFSET 0)
-                     ORDER BY e.created_at
-                     LIMIT $2
-                     FOR UPDATE OF e SKIP LOCKED))"
-            }
-            Trim::FalCallbacks(_) => {
-                "DELETE FROM webhook_inbox WHERE ctid = ANY(ARRAY(
-                     SELECT i.ctid FROM webhook_inbox i
-                     WHERE i.outcome <> 'unknown_request'
-                       AND i.received_at < now() - make_interval(secs => $1)
-                       AND NOT EXISTS (
-                           SELECT 1 FROM jobs j WHERE j.id = i.job_id AND j.finished_at IS NULL
-                           OFFSET 0)
-                     ORDER BY i.received_at
-                     LIMIT $2
-                     FOR UPDATE OF i SKIP LOCKED))"
-            }
-            Trim::UnknownCallbacks(_) => {
-                "DELETE FROM webhook_inbox WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM webhook_inbox
-                     WHERE outcome = 'unknown_request'
-                       AND received_at < now() - make_interval(secs => $1)
-                     ORDER BY received_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED))"
-            }
+            Trim::OutboxEvents { .. } => "DELETE FROM outbox_events WHERE ctid = ANY(ARRAY(
+                 SELECT e.ctid FROM outbox_events e
+                 WHERE e.position IS NOT NULL
+                   AND e.created_at < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM webhook_deliveries d
+                       WHERE d.event_id = e.id
+                         AND (d.status = 'pending'
+                              OR (d.status = 'failed'
+                                  AND e.created_at >= now() - make_interval(secs => $3)))
+                       OFFSET 0)
+                 ORDER BY e.created_at
+                 LIMIT $2
+                 FOR UPDATE OF e SKIP LOCKED))"
+                .to_string(),
+            Trim::FalCallbacks(_) => "DELETE FROM webhook_inbox WHERE ctid = ANY(ARRAY(
+                 SELECT i.ctid FROM webhook_inbox i
+                 WHERE i.outcome <> 'unknown_request'
+                   AND i.received_at < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM jobs j WHERE j.id = i.job_id AND j.finished_at IS NULL
+                       OFFSET 0)
+                 ORDER BY i.received_at
+                 LIMIT $2
+                 FOR UPDATE OF i SKIP LOCKED))"
+                .to_string(),
+            Trim::UnknownCallbacks(_) => oldest_first(
+                "webhook_inbox",
+                "outcome = 'unknown_request'",
+                "received_at",
+            ),
             Trim::IdempotencyKeys(_) => {
-                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM idempotency_keys
-                     WHERE state = 'done'
-                       AND created_at < now() - make_interval(secs => $1)
-                     ORDER BY created_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED))"
+                oldest_first("idempotency_keys", "state = 'done'", "created_at")
             }
-            Trim::JobEvents(_) => {
-                "DELETE FROM job_events WHERE ctid = ANY(ARRAY(
-                     SELECT e.ctid FROM job_events e JOIN jobs j ON j.id = e.job_id
-                     WHERE e.created_at < now() - make_interval(secs => $1)
-                       AND j.finished_at < now() - make_interval(secs => $1)
-                     ORDER BY e.created_at
-                     LIMIT $2
-                     FOR UPDATE OF e SKIP LOCKED))"
-            }
+            Trim::JobEvents(_) => "DELETE FROM job_events WHERE ctid = ANY(ARRAY(
+                 SELECT e.ctid FROM job_events e JOIN jobs j ON j.id = e.job_id
+                 WHERE e.created_at < now() - make_interval(secs => $1)
+                   AND j.finished_at < now() - make_interval(secs => $1)
+                 ORDER BY e.created_at
+                 LIMIT $2
+                 FOR UPDATE OF e SKIP LOCKED))"
+                .to_string(),
             Trim::ExpiredSecrets(_) => {
-                "DELETE FROM webhook_endpoint_secrets WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM webhook_endpoint_secrets
-                     WHERE expires_at < now() - make_interval(secs => $1)
-                     ORDER BY expires_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED))"
+                oldest_first("webhook_endpoint_secrets", "true", "expires_at")
             }
         }
     }
@@ -147,6 +129,19 @@ impl Trim {
             | Trim::ExpiredSecrets(h) => (h, None),
         }
     }
+}
+
+/// The batch statement of a trim that keeps nothing but by age: the oldest `$2` rows of `table`
+/// matching `filter` whose `age` column is more than `$1` seconds old.
+fn oldest_first(table: &str, filter: &str, age: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM {table}
+             WHERE {filter} AND {age} < now() - make_interval(secs => $1)
+             ORDER BY {age}
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED))"
+    )
 }
 
 /// How a trim deletes: batch size and how long one batch may wait for a lock.
