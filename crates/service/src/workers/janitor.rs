@@ -35,16 +35,9 @@ pub fn blob_retry_after(failures: u32, settings: &RetentionSettings) -> Duration
 /// again after a wait that grows with its failures, so blobs that keep failing never hold up
 /// the others. Returns how many deletions were attempted.
 pub async fn purge_deleted_blobs(service: &Service) -> usize {
-    let claimed = match service
-        .store
-        .claim_blob_deletions(BLOB_BATCH, BLOB_CLAIM)
-        .await
-    {
-        Ok(claimed) => claimed,
-        Err(error) => {
-            tracing::warn!(%error, "claiming blobs to delete");
-            return 0;
-        }
+    let claim = service.store.claim_blob_deletions(BLOB_BATCH, BLOB_CLAIM);
+    let Some(claimed) = super::claimed(claim.await, "blobs to delete") else {
+        return 0;
     };
     let attempted = claimed.len();
     futures_util::stream::iter(claimed)

@@ -37,6 +37,14 @@ use tracing::Instrument;
 use crate::context::Service;
 pub use crate::context::WorkerIntervals;
 
+/// What a claim returned, or `None` (with a warning naming `what`) when it failed: the
+/// worker's next round claims again.
+fn claimed<T>(result: Result<T, store::StoreError>, what: &str) -> Option<T> {
+    result
+        .inspect_err(|error| tracing::warn!(%error, "claiming {what}"))
+        .ok()
+}
+
 /// The running workers; dropping this stops them at once, [`Workers::stop`] cleanly.
 pub struct Workers {
     service: Service,

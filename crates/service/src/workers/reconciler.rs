@@ -13,7 +13,7 @@ use domain::{JobEvent, JobStatus};
 use store::JobRecord;
 use tracing::Instrument;
 
-use super::record;
+use super::{claimed, record};
 use crate::context::Service;
 use crate::error::JobFailure;
 use crate::jobs;
@@ -29,22 +29,10 @@ pub(super) async fn reconcile_due(service: &Service) {
     let gaps: Vec<_> = (1..=LISTED_GAPS)
         .map(|done| schedule.next_check_after(done))
         .collect();
-    let jobs = match service
-        .store
-        .claim_due_checks(
-            service.worker_id,
-            settings.lease,
-            &gaps,
-            settings.status_check_interval,
-            20,
-        )
-        .await
-    {
-        Ok(jobs) => jobs,
-        Err(error) => {
-            tracing::warn!(%error, "claiming jobs to check");
-            return;
-        }
+    let (store, interval) = (&service.store, settings.status_check_interval);
+    let claim = store.claim_due_checks(service.worker_id, settings.lease, &gaps, interval, 20);
+    let Some(jobs) = claimed(claim.await, "jobs to check") else {
+        return;
     };
     for job in jobs {
         let span = job_span!("reconcile", &job);
@@ -58,16 +46,10 @@ pub(super) async fn reconcile_due(service: &Service) {
 /// that fal did not confirm yet, or whose request id arrived late), whichever replica
 /// recorded them, also after a restart.
 async fn carry_out_due_cancels(service: &Service) {
-    let jobs = match service
-        .store
-        .claim_due_cancels(service.worker_id, service.settings.jobs.lease, 20)
-        .await
-    {
-        Ok(jobs) => jobs,
-        Err(error) => {
-            tracing::warn!(%error, "claiming owed cancels");
-            return;
-        }
+    let (store, lease) = (&service.store, service.settings.jobs.lease);
+    let claim = store.claim_due_cancels(service.worker_id, lease, 20);
+    let Some(jobs) = claimed(claim.await, "owed cancels") else {
+        return;
     };
     for job in jobs {
         let span = job_span!("cancel", &job);
@@ -88,21 +70,10 @@ async fn carry_out_due_cancels(service: &Service) {
 /// interval per job.
 async fn look_up_watched(service: &Service) {
     let settings = &service.settings.jobs;
-    let jobs = match service
-        .store
-        .claim_progress_checks(
-            service.worker_id,
-            settings.lease,
-            settings.status_check_interval,
-            20,
-        )
-        .await
-    {
-        Ok(jobs) => jobs,
-        Err(error) => {
-            tracing::warn!(%error, "claiming watched jobs");
-            return;
-        }
+    let (store, interval) = (&service.store, settings.status_check_interval);
+    let claim = store.claim_progress_checks(service.worker_id, settings.lease, interval, 20);
+    let Some(jobs) = claimed(claim.await, "watched jobs") else {
+        return;
     };
     for job in jobs {
         jobs::reconcile_job(service, &job, Some(job.fence)).await;
