@@ -27,14 +27,8 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
         service.fal.as_ref(),
         service.settings.jobs.public_base_url.as_deref(),
     ) else {
-        fail(
-            service,
-            &job,
-            JobEvent::SubmitRejected,
-            JobFailure::new("fal_not_configured", "the service has no fal connection"),
-            "no fal",
-        )
-        .await;
+        let failure = JobFailure::new("fal_not_configured", "the service has no fal connection");
+        reject(service, &job, failure, "no fal").await;
         return;
     };
     if job.kind() == JobKind::Generation {
@@ -42,14 +36,8 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
         return;
     }
     let Some(params) = jobs::job_params(&job) else {
-        fail(
-            service,
-            &job,
-            JobEvent::SubmitRejected,
-            JobFailure::new("invalid_job", "the job's parameters cannot be read"),
-            "bad params",
-        )
-        .await;
+        let failure = JobFailure::new("invalid_job", "the job's parameters cannot be read");
+        reject(service, &job, failure, "bad params").await;
         return;
     };
     let scratch = match tempfile::Builder::new()
@@ -65,14 +53,8 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
     };
     let archive = scratch.path().join("training.zip");
     if let Err((code, message)) = prepare_archive(service, &job, &archive).await {
-        fail(
-            service,
-            &job,
-            JobEvent::SubmitRejected,
-            JobFailure::new(code, message),
-            "training data",
-        )
-        .await;
+        let failure = JobFailure::new(code, message);
+        reject(service, &job, failure, "training data").await;
         return;
     }
     let lifecycle = fal::ObjectLifecycle::expires_after(
@@ -129,14 +111,8 @@ pub(super) async fn send(
     let webhook = match jobs::webhook_url(base, &job, &service.settings.secrets) {
         Ok(url) => url,
         Err(error) => {
-            fail(
-                service,
-                &job,
-                JobEvent::SubmitRejected,
-                JobFailure::new("invalid_public_base_url", error.to_string()),
-                "webhook url",
-            )
-            .await;
+            let failure = JobFailure::new("invalid_public_base_url", error.to_string());
+            reject(service, &job, failure, "webhook url").await;
             return;
         }
     };
@@ -402,14 +378,7 @@ pub(super) async fn submit_generation(
         let model = match generation_model(service, &job).await {
             Ok(model) => model,
             Err((code, message)) => {
-                fail(
-                    service,
-                    &job,
-                    JobEvent::SubmitRejected,
-                    JobFailure::new(code, message),
-                    "no model",
-                )
-                .await;
+                reject(service, &job, JobFailure::new(code, message), "no model").await;
                 return;
             }
         };
@@ -497,13 +466,10 @@ async fn refused(
 ) {
     let failure = crate::fal_errors::submit_refusal(job.kind(), &job.endpoint, error);
     fal.health.record_refusal(Some(error));
-    record(
-        service,
-        job,
-        JobEvent::SubmitRejected,
-        job.fence,
-        failure.changes(),
-        cause,
-    )
-    .await;
+    reject(service, job, failure, cause).await;
+}
+
+/// Ends a job fal never got: its submit is refused before it leaves.
+async fn reject(service: &Service, job: &JobRecord, failure: JobFailure, cause: &str) {
+    fail(service, job, JobEvent::SubmitRejected, failure, cause).await;
 }
