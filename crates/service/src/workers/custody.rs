@@ -82,13 +82,11 @@ pub(super) async fn take_custody(service: &Service, job: JobRecord) {
             }
         },
         domain::ModelType::Lora => {
-            let output = match serde_json::from_value::<fal::models::LoraTrainingOutput>(result) {
-                Ok(output) => output,
-                Err(error) => {
-                    tracing::error!(%error, "the LoRA trainer's result has no weights file");
-                    fail_custody(service, &job, "the trainer's result has no weights file").await;
-                    return;
-                }
+            let missing = "the trainer's result has no weights file";
+            let Some(output) =
+                result_as::<fal::models::LoraTrainingOutput>(service, &job, missing).await
+            else {
+                return;
             };
             let prefix = format!("tenants/{}/models/{}", job.tenant_id, job.id);
             let weights_key = format!("{prefix}/pytorch_lora_weights.safetensors");
@@ -184,6 +182,24 @@ async fn retry_or_fail(
         &format!("{what} failed {attempts} times; last error: {error}"),
     )
     .await;
+}
+
+/// The job's result read as fal's `T`; when it is not one, the custody fails saying what is
+/// `missing`.
+async fn result_as<T: serde::de::DeserializeOwned>(
+    service: &Service,
+    job: &JobRecord,
+    missing: &str,
+) -> Option<T> {
+    let result = job.result.clone().unwrap_or(Value::Null);
+    match serde_json::from_value(result) {
+        Ok(output) => Some(output),
+        Err(error) => {
+            tracing::error!(%error, "{missing}");
+            fail_custody(service, job, missing).await;
+            None
+        }
+    }
 }
 
 /// Ends a job whose result or artifacts cannot be taken into custody: `failed` with
@@ -309,14 +325,9 @@ pub(super) async fn keep_images(service: &Service, fal: &FalLink, job: JobRecord
     let Some(generation_id) = job.generation_id else {
         return;
     };
-    let result = job.result.clone().unwrap_or(Value::Null);
-    let output = match serde_json::from_value::<fal::models::ImagesOutput>(result) {
-        Ok(output) => output,
-        Err(error) => {
-            tracing::error!(%error, "the generation's result has no images");
-            fail_custody(service, &job, "the result has no images").await;
-            return;
-        }
+    let missing = "the result has no images";
+    let Some(output) = result_as::<fal::models::ImagesOutput>(service, &job, missing).await else {
+        return;
     };
     let item = job.item_index.unwrap_or(0);
     let mut images = Vec::with_capacity(output.images.len());
