@@ -16,7 +16,9 @@ pub trait Named: Copy + Eq + 'static {
 /// as `Variant => "name"`. The enum's and its variants' attributes (docs, derives, `#[default]`,
 /// serde names) are written as usual. Besides the [`Named`] implementation, the enum gets the
 /// inherent `ALL` (every variant, in declaration order), `as_str` and `parse`, so callers need
-/// no import to use them.
+/// no import to use them. Exported: the other crates' named enums (the store's cancel causes,
+/// the metrics' label values, the media's file kinds) are declared with it too.
+#[macro_export]
 macro_rules! named_enum {
     (
         $(#[$attr:meta])*

@@ -18,45 +18,29 @@ pub(crate) fn image_format(format: PhotoFormat) -> image::ImageFormat {
     }
 }
 
-/// What the first bytes of a file say it is. Unsupported kinds are named so
-/// a rejection can say "this is a HEIC photo" instead of "invalid file".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FileKind {
-    Jpeg,
-    Png,
-    Webp,
-    /// HEIC/HEIF (iPhone default). Common and not decodable by the trainer.
-    Heic,
-    Avif,
-    Gif,
-    /// An HTML page, typically an error page saved under an image name.
-    Html,
-    Svg,
-    Bmp,
-    Tiff,
-    Pdf,
-    Unknown,
+domain::named_enum! {
+    /// What the first bytes of a file say it is. Unsupported kinds are named so
+    /// a rejection can say "this is a HEIC photo" instead of "invalid file".
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum FileKind {
+        Jpeg => "jpeg",
+        Png => "png",
+        Webp => "webp",
+        /// HEIC/HEIF (iPhone default). Common and not decodable by the trainer.
+        Heic => "heic",
+        Avif => "avif",
+        Gif => "gif",
+        /// An HTML page, typically an error page saved under an image name.
+        Html => "html",
+        Svg => "svg",
+        Bmp => "bmp",
+        Tiff => "tiff",
+        Pdf => "pdf",
+        Unknown => "unknown",
+    }
 }
 
 impl FileKind {
-    /// Stable lower-case name used in rejection fields and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileKind::Jpeg => "jpeg",
-            FileKind::Png => "png",
-            FileKind::Webp => "webp",
-            FileKind::Heic => "heic",
-            FileKind::Avif => "avif",
-            FileKind::Gif => "gif",
-            FileKind::Html => "html",
-            FileKind::Svg => "svg",
-            FileKind::Bmp => "bmp",
-            FileKind::Tiff => "tiff",
-            FileKind::Pdf => "pdf",
-            FileKind::Unknown => "unknown",
-        }
-    }
-
     /// The accepted photo format, if this kind is one.
     pub fn photo_format(self) -> Option<PhotoFormat> {
         match self {

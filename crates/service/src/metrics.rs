@@ -82,97 +82,47 @@ struct PoolLabels {
     state: &'static str,
 }
 
-/// What became of a fal callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallbackResult {
-    /// It changed its job.
-    Applied,
-    /// The same delivery was recorded before.
-    Duplicate,
-    /// Late, repeated or out of order for its job: nothing changed.
-    Ignored,
-    /// No job matches its request.
-    UnknownRequest,
-    /// Its signature is missing, malformed or made by no key of fal's.
-    BadSignature,
-    /// Its signature's timestamp is outside the tolerance (a replay, or a skewed clock).
-    Stale,
-    /// Signed, but not a fal callback.
-    Malformed,
-    /// Signed for another fal user than `FAL_WEBHOOK_USER_ID`.
-    ForeignUser,
-    /// Its signed request id header names another request than its body.
-    RequestIdMismatch,
-    /// fal's keys could not be fetched to check it (it is refused so that fal retries).
-    KeysUnavailable,
-    /// Verified, but recording it failed (it is refused so that fal retries).
-    Error,
-}
-
-impl CallbackResult {
-    pub const ALL: [CallbackResult; 11] = [
-        Self::Applied,
-        Self::Duplicate,
-        Self::Ignored,
-        Self::UnknownRequest,
-        Self::BadSignature,
-        Self::Stale,
-        Self::Malformed,
-        Self::ForeignUser,
-        Self::RequestIdMismatch,
-        Self::KeysUnavailable,
-        Self::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Duplicate => "duplicate",
-            Self::Ignored => "ignored",
-            Self::UnknownRequest => "unknown_request",
-            Self::BadSignature => "bad_signature",
-            Self::Stale => "stale",
-            Self::Malformed => "malformed",
-            Self::ForeignUser => "foreign_user",
-            Self::RequestIdMismatch => "request_id_mismatch",
-            Self::KeysUnavailable => "keys_unavailable",
-            Self::Error => "error",
-        }
+domain::named_enum! {
+    /// What became of a fal callback.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CallbackResult {
+        /// It changed its job.
+        Applied => "applied",
+        /// The same delivery was recorded before.
+        Duplicate => "duplicate",
+        /// Late, repeated or out of order for its job: nothing changed.
+        Ignored => "ignored",
+        /// No job matches its request.
+        UnknownRequest => "unknown_request",
+        /// Its signature is missing, malformed or made by no key of fal's.
+        BadSignature => "bad_signature",
+        /// Its signature's timestamp is outside the tolerance (a replay, or a skewed clock).
+        Stale => "stale",
+        /// Signed, but not a fal callback.
+        Malformed => "malformed",
+        /// Signed for another fal user than `FAL_WEBHOOK_USER_ID`.
+        ForeignUser => "foreign_user",
+        /// Its signed request id header names another request than its body.
+        RequestIdMismatch => "request_id_mismatch",
+        /// fal's keys could not be fetched to check it (it is refused so that fal retries).
+        KeysUnavailable => "keys_unavailable",
+        /// Verified, but recording it failed (it is refused so that fal retries).
+        Error => "error",
     }
 }
 
-/// A call this service makes to fal, as timed and counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FalOperation {
-    Submit,
-    Status,
-    Result,
-    Cancel,
-    /// A file sent to fal's storage (a training archive, a LoRA).
-    Upload,
-    /// A file fetched from fal's CDN (a LoRA, an image); timed until its body starts.
-    Download,
-}
-
-impl FalOperation {
-    pub const ALL: [FalOperation; 6] = [
-        Self::Submit,
-        Self::Status,
-        Self::Result,
-        Self::Cancel,
-        Self::Upload,
-        Self::Download,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Submit => "submit",
-            Self::Status => "status",
-            Self::Result => "result",
-            Self::Cancel => "cancel",
-            Self::Upload => "upload",
-            Self::Download => "download",
-        }
+domain::named_enum! {
+    /// A call this service makes to fal, as timed and counted.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FalOperation {
+        Submit => "submit",
+        Status => "status",
+        Result => "result",
+        Cancel => "cancel",
+        /// A file sent to fal's storage (a training archive, a LoRA).
+        Upload => "upload",
+        /// A file fetched from fal's CDN (a LoRA, an image); timed until its body starts.
+        Download => "download",
     }
 }
 
@@ -216,27 +166,18 @@ impl FalCallError for fal::SubmitError {
     }
 }
 
-/// What a webhook delivery attempt came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookAttempt {
-    /// The receiver answered 2xx.
-    Delivered,
-    /// The receiver answered something else (it is retried on the schedule).
-    Rejected,
-    /// The receiver answered 410 Gone: the endpoint is disabled.
-    Gone,
-    /// No answer: refused address, connection, timeout.
-    Unreachable,
-}
-
-impl WebhookAttempt {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::Rejected => "rejected",
-            Self::Gone => "gone",
-            Self::Unreachable => "unreachable",
-        }
+domain::named_enum! {
+    /// What a webhook delivery attempt came to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WebhookAttempt {
+        /// The receiver answered 2xx.
+        Delivered => "delivered",
+        /// The receiver answered something else (it is retried on the schedule).
+        Rejected => "rejected",
+        /// The receiver answered 410 Gone: the endpoint is disabled.
+        Gone => "gone",
+        /// No answer: refused address, connection, timeout.
+        Unreachable => "unreachable",
     }
 }
 

@@ -9,25 +9,12 @@ use crate::error::StoreError;
 use crate::records::parse_column;
 use crate::Store;
 
-/// Where a key's request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyState {
-    InFlight,
-    Done,
-}
-
-impl KeyState {
-    const ALL: [KeyState; 2] = [Self::InFlight, Self::Done];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::InFlight => "in_flight",
-            Self::Done => "done",
-        }
-    }
-
-    fn parse(s: &str) -> Option<KeyState> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
+domain::named_enum! {
+    /// Where a key's request stands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum KeyState {
+        InFlight => "in_flight",
+        Done => "done",
     }
 }
 

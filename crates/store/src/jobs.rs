@@ -83,57 +83,33 @@ pub struct JobChanges {
     pub cancel_outcome: Option<CancelOutcome>,
 }
 
-/// Why the service owes fal a cancel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelCause {
-    /// The caller cancelled the job.
-    Caller,
-    /// The job's deadline passed.
-    Deadline,
-    /// The job's avatar was deleted.
-    AvatarDeleted,
-}
-
-impl CancelCause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Caller => "caller",
-            Self::Deadline => "deadline",
-            Self::AvatarDeleted => "avatar_deleted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Caller, Self::Deadline, Self::AvatarDeleted]
-            .into_iter()
-            .find(|cause| cause.as_str() == text)
+domain::named_enum! {
+    /// Why the service owes fal a cancel.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CancelCause {
+        /// The caller cancelled the job.
+        Caller => "caller",
+        /// The job's deadline passed.
+        Deadline => "deadline",
+        /// The job's avatar was deleted.
+        AvatarDeleted => "avatar_deleted",
     }
 }
 
-/// How a cancel owed to fal ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelOutcome {
-    /// fal accepted it (202).
-    Requested,
-    /// fal had already finished the request: its result stands.
-    AlreadyCompleted,
-    /// fal does not know the request (404): nothing runs there.
-    NotFound,
-    /// Nothing was ever sent to fal.
-    NotSubmitted,
-    /// fal never confirmed it within the configured attempts.
-    Unconfirmed,
-}
-
-impl CancelOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::AlreadyCompleted => "already_completed",
-            Self::NotFound => "not_found",
-            Self::NotSubmitted => "not_submitted",
-            Self::Unconfirmed => "unconfirmed",
-        }
+domain::named_enum! {
+    /// How a cancel owed to fal ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CancelOutcome {
+        /// fal accepted it (202).
+        Requested => "requested",
+        /// fal had already finished the request: its result stands.
+        AlreadyCompleted => "already_completed",
+        /// fal does not know the request (404): nothing runs there.
+        NotFound => "not_found",
+        /// Nothing was ever sent to fal.
+        NotSubmitted => "not_submitted",
+        /// fal never confirmed it within the configured attempts.
+        Unconfirmed => "unconfirmed",
     }
 }
 
