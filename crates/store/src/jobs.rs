@@ -28,6 +28,11 @@ use crate::{Quota, Store};
 /// The unique index allowing one live training per avatar.
 pub const ONE_ACTIVE_TRAINING: &str = "jobs_one_active_training_per_avatar";
 
+/// The `SET` list of every claim: the job is leased to `$1` for `$2` seconds under a new
+/// fence, so whoever held it before is fenced out.
+const TAKE_LEASE: &str =
+    "lease_owner = $1, lease_until = now() + make_interval(secs => $2), fence = fence + 1";
+
 /// The statuses' names, to bind as a `text[]`.
 fn names(statuses: impl IntoIterator<Item = JobStatus>) -> Vec<&'static str> {
     statuses.into_iter().map(JobStatus::as_str).collect()
@@ -635,8 +640,7 @@ impl Store {
     ) -> Result<Vec<JobRecord>, StoreError> {
         let gaps: Vec<f64> = gaps.iter().map(|gap| gap.as_secs_f64()).collect();
         Ok(sqlx::query_as(&format!(
-            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                 fence = fence + 1,
+            "UPDATE jobs SET {TAKE_LEASE},
                  next_check_at = now() + make_interval(secs =>
                      $3[least(status_checks + 1, cardinality($3::float8[]))]),
                  status_checks = status_checks + 1,
@@ -680,8 +684,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                 fence = fence + 1, progress_checked_at = now()
+            "UPDATE jobs SET {TAKE_LEASE}, progress_checked_at = now()
              WHERE id IN (
                  SELECT id FROM jobs
                  WHERE status = ANY($5) AND watched_until > now() AND fal_request_id IS NOT NULL
@@ -804,8 +807,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                 fence = fence + 1,
+            "UPDATE jobs SET {TAKE_LEASE},
                  cancel_due_at = now() + make_interval(secs => $2)
              WHERE id IN (
                  SELECT id FROM jobs
@@ -918,7 +920,7 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "UPDATE jobs SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), fence = fence + 1
+            "UPDATE jobs SET {TAKE_LEASE}
              WHERE id = (
                  SELECT id FROM jobs
                  WHERE ((custody_needed OR result_fetch_needed) AND status = $3
