@@ -40,6 +40,11 @@ impl<S: Send + Sync> FromRequest<S> for IdempotentJson {
 }
 
 impl IdempotentJson {
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
     /// Runs the command at most once per (tenant, key): `scope` (e.g.
     /// `POST /avatars/{id}/train`) and the body make the request's fingerprint, so the same
     /// key with another request is a 422. The body must be declared JSON; it is parsed into
@@ -157,11 +162,7 @@ async fn committed(
     match resource {
         IdempotentResource::Training(id) => {
             let training = service::trainings::get(state, tenant, id).await?;
-            crate::responses::located(
-                StatusCode::ACCEPTED,
-                &format!("/trainings/{id}"),
-                crate::views::trainings::training_view(training),
-            )
+            crate::views::trainings::accepted_training(training)
         }
         IdempotentResource::Generation(id) => {
             let generation = service::generations::get(state, tenant, id).await?;

@@ -142,11 +142,10 @@ pub async fn create_generation(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    headers: HeaderMap,
     command: IdempotentJson,
 ) -> Result<Response, ApiError> {
     let (state, tenant) = (&state, caller.tenant_id);
-    let wait = preferred_wait(&headers);
+    let wait = preferred_wait(command.headers());
     let scope = format!("POST /avatars/{id}/generations");
     command
         .run(

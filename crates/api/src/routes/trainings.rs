@@ -16,13 +16,13 @@ use crate::idempotency::IdempotentJson;
 use crate::pagination::PageQuery;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
+    AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
     TrainingNotFound, TrainingPath, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::trainings::{
-    generation_preset_view, training_preset_view, training_view, PresetsResponse, TrainingPage,
-    TrainingResponse,
+    accepted_training, generation_preset_view, training_preset_view, training_view,
+    PresetsResponse, TrainingPage, TrainingResponse,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -105,8 +105,7 @@ pub async fn train_avatar(
                 let training =
                     service::trainings::create(state, tenant, AvatarId(id), &input, hold.as_ref())
                         .await?;
-                let location = format!("/trainings/{}", training.job.id);
-                located(StatusCode::ACCEPTED, &location, training_view(training))
+                accepted_training(training)
             },
         )
         .await

@@ -1,5 +1,7 @@
 //! Trainings and presets as callers see them.
 
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use domain::Trainer;
 use serde::Serialize;
@@ -8,6 +10,9 @@ use service::trainings::{GenerationPresetOffer, Training, TrainingPresetOffer};
 use store::JobRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::problem::ApiError;
+use crate::responses::located;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrainingError {
@@ -77,6 +82,12 @@ pub struct TrainingResponse {
 }
 
 /// The training as callers see it.
+/// A started training (or the one a replayed key created): 202 at its Location.
+pub fn accepted_training(training: Training) -> Result<Response, ApiError> {
+    let location = format!("/trainings/{}", training.job.id);
+    located(StatusCode::ACCEPTED, &location, training_view(training))
+}
+
 pub fn training_view(training: Training) -> TrainingResponse {
     render_training(training.job, training.model)
 }
