@@ -20,13 +20,18 @@
 //! its work at a hundredth of fal's pace so nothing finishes (and no callback arrives) during
 //! the runs: the background work left is the submits the requests cause.
 //!
-//! Database time: `pg_stat_statements` is reset before each run and read after it; `db ms/req`
-//! is the `total_exec_time` of every statement the service ran in the run (requests and the
-//! background submits they caused) divided by the requests answered, and `stmts/req` their
-//! calls likewise. `key reads/req` counts the reads of `api_keys` by hash. `beyond db p50/p99`
-//! is the latency percentile seen by the caller minus `db ms/req`: the service's own time
-//! (HTTP, JSON, waiting for a pool connection and the round trips to PostgreSQL), an estimate
-//! that leans low, since the background's statements are counted as the requests'.
+//! Database time, per request: the service runs with `SERVER_TIMING=true`, so each answer says
+//! how long its own statements took (`db`, as sqlx times them: sent until the last row is
+//! read, the commit included) and how long the service spent outside them (`app`). `beyond db
+//! p50/p99` are percentiles over the requests of the latency the caller saw minus that
+//! request's own database time: the service's own time (HTTP, JSON, the key check, waiting for
+//! a pool connection or for a core) plus the loopback network and the caller's client. `app
+//! p50/p99` are the service's own measure of the same, without the network and the client.
+//!
+//! The run's whole database load: `pg_stat_statements` is reset before each run and read after
+//! it; `db ms/req` is the `total_exec_time` of every statement the service ran in the run
+//! (requests and the background submits they caused) divided by the requests answered, and
+//! `stmts/req` their calls likewise. `key reads/req` counts the reads of `api_keys` by hash.
 //!
 //! Each configuration runs twice, back to back, with the API key cache (the default settings)
 //! and without it (`API_KEY_CACHE_TTL=0`, every request reads its key): the yardstick.
@@ -48,8 +53,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, run_optimised, small_jpegs, stop_on_ctrl_c, wait_ready,
-    WorkDir, INTERRUPTED,
+    interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised, small_jpegs,
+    stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent callers of the runs.
@@ -100,6 +105,7 @@ struct Setup {
     /// `(tenant name, key)` of every tenant.
     keys: Vec<(String, String)>,
     callers: Vec<usize>,
+    postmaster: u32,
 }
 
 fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
@@ -147,6 +153,7 @@ fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
         database_url: database_url.clone(),
         keys,
         callers: callers.to_vec(),
+        postmaster: postmaster_pid(&cluster)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,9 +177,15 @@ struct Row {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Latency minus the request's own database time, p50 and p99.
+    beyond_ms: (f64, f64),
+    /// The service's own time outside the database, as it reports it, p50 and p99.
+    app_ms: (f64, f64),
     db_ms: f64,
     statements: f64,
     key_reads: f64,
+    /// CPU over the run: the service's, PostgreSQL's and this process's (callers and fal-sim).
+    cpu: Cpu,
 }
 
 async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
@@ -249,6 +262,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             .env("FAL_JWKS_URL", sim.jwks_url().as_str())
             .env("STORAGE_URL", setup.work.join("blobs"))
             .env("RUST_LOG", "warn")
+            .env("SERVER_TIMING", "true")
             .env("DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
             .env("API_KEY_RATE_PER_SECOND", "100000")
             .env("API_KEY_RATE_BURST", "100000")
@@ -260,6 +274,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             serve.env("API_KEY_CACHE_TTL", ttl);
         }
         let mut server = ServerGuard(serve.spawn().map_err(|e| e.to_string())?);
+        let server_pid = Some(server.0.id());
         let with_log = |message: String| format!("{message}\n{}", log_tail(&log_path));
         wait_ready(&client, &base, &mut server)
             .await
@@ -298,7 +313,11 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                     .execute(&pool)
                     .await
                     .map_err(|e| e.to_string())?;
+                let origin = Instant::now();
+                let before = Cpu::sample(server_pid, setup.postmaster, origin, origin);
                 let run = fire(&client, calls, callers).await;
+                let cpu =
+                    Cpu::sample(server_pid, setup.postmaster, Instant::now(), origin).since(before);
                 let (db_ms, statements, key_reads) = database_time(&pool).await?;
                 let answered = run.latencies.len().max(1) as f64;
                 rows.push(Row {
@@ -311,9 +330,15 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                     per_second: run.latencies.len() as f64 / run.seconds,
                     p50_ms: percentile_ms(&run.latencies, 0.50),
                     p99_ms: percentile_ms(&run.latencies, 0.99),
+                    beyond_ms: (
+                        percentile_ms(&run.beyond_db, 0.50),
+                        percentile_ms(&run.beyond_db, 0.99),
+                    ),
+                    app_ms: (percentile_ms(&run.app, 0.50), percentile_ms(&run.app, 0.99)),
                     db_ms: db_ms / answered,
                     statements: statements / answered,
                     key_reads: key_reads / answered,
+                    cpu,
                 });
             }
         }
@@ -436,6 +461,10 @@ fn generation_calls(base: &str, tenants: &[TenantAvatars], count: usize) -> Vec<
 
 struct RunResult {
     latencies: Vec<Duration>,
+    /// Per request: its latency minus its own database time.
+    beyond_db: Vec<Duration>,
+    /// Per request: the service's own time outside the database.
+    app: Vec<Duration>,
     errors: usize,
     first_error: Option<String>,
     seconds: f64,
@@ -451,7 +480,7 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
         .map(|_| {
             let (client, calls, next) = (client.clone(), calls.clone(), next.clone());
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
+                let (mut latencies, mut beyond_db, mut app) = (Vec::new(), Vec::new(), Vec::new());
                 let (mut errors, mut first_error) = (0, None);
                 loop {
                     if INTERRUPTED.load(Ordering::Relaxed) || started.elapsed() > RUN_LIMIT {
@@ -470,8 +499,11 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
                     {
                         Ok(response) => {
                             let status = response.status();
+                            let timing = server_timing(response.headers());
                             match response.bytes().await {
-                                Ok(_) if status.is_success() => Ok(()),
+                                Ok(_) if status.is_success() => {
+                                    timing.ok_or_else(|| "no Server-Timing header".to_string())
+                                }
                                 Ok(body) => Err(format!(
                                     "HTTP {status}: {}",
                                     String::from_utf8_lossy(&body)
@@ -483,27 +515,35 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
                     };
                     let took = sent.elapsed();
                     match outcome {
-                        Ok(()) => latencies.push(took),
+                        Ok((db, own)) => {
+                            latencies.push(took);
+                            beyond_db.push(took.saturating_sub(db));
+                            app.push(own);
+                        }
                         Err(error) => {
                             errors += 1;
                             first_error.get_or_insert(error);
                         }
                     }
                 }
-                (latencies, errors, first_error)
+                (latencies, beyond_db, app, errors, first_error)
             })
         })
         .collect();
     let mut result = RunResult {
         latencies: Vec::new(),
+        beyond_db: Vec::new(),
+        app: Vec::new(),
         errors: 0,
         first_error: None,
         seconds: 0.0,
     };
     for task in tasks {
         match task.await {
-            Ok((mut latencies, errors, first_error)) => {
+            Ok((mut latencies, mut beyond_db, mut app, errors, first_error)) => {
                 result.latencies.append(&mut latencies);
+                result.beyond_db.append(&mut beyond_db);
+                result.app.append(&mut app);
                 result.errors += errors;
                 if result.first_error.is_none() {
                     result.first_error = first_error;
@@ -519,7 +559,23 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
     }
     result.seconds = started.elapsed().as_secs_f64();
     result.latencies.sort();
+    result.beyond_db.sort();
+    result.app.sort();
     result
+}
+
+/// `(db, app)` of an answer's `Server-Timing` header (`db;dur=1.84;desc="…", app;dur=0.42`).
+fn server_timing(headers: &reqwest::header::HeaderMap) -> Option<(Duration, Duration)> {
+    let header = headers.get("server-timing")?.to_str().ok()?;
+    let duration = |name: &str| {
+        header
+            .split(',')
+            .map(str::trim)
+            .find_map(|metric| metric.strip_prefix(name)?.strip_prefix(";dur="))
+            .and_then(|rest| rest.split(';').next()?.parse::<f64>().ok())
+            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1e3))
+    };
+    Some((duration("db")?, duration("app")?))
 }
 
 /// Bytes of the seeded LoRA file.
@@ -651,10 +707,12 @@ fn print_table(rows: &[Row]) {
     println!();
     println!(
         "request overhead: release build, 16 tenants with a key each, fal-sim answering at once; \
-         beyond db = latency percentile - db ms/req (all statements of the run / requests)"
+         beyond db = per request, its latency - its own database time (Server-Timing db); \
+         app = the service's own time outside the database (Server-Timing app); \
+         db ms/req = all statements of the run (background included) / requests"
     );
     println!(
-        "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "mode",
         "endpoint",
         "callers",
@@ -667,11 +725,13 @@ fn print_table(rows: &[Row]) {
         "stmts/req",
         "key reads",
         "beyond p50",
-        "beyond p99"
+        "beyond p99",
+        "app p50",
+        "app p99"
     );
     for row in rows {
         println!(
-            "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>10.3} {:>10.1} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>10.3} {:>10.1} {:>10.2} {:>10.2} {:>10.2} {:>8.2} {:>8.2}",
             row.mode,
             row.endpoint,
             row.callers,
@@ -683,8 +743,10 @@ fn print_table(rows: &[Row]) {
             row.db_ms,
             row.statements,
             row.key_reads,
-            (row.p50_ms - row.db_ms).max(0.0),
-            (row.p99_ms - row.db_ms).max(0.0),
+            row.beyond_ms.0,
+            row.beyond_ms.1,
+            row.app_ms.0,
+            row.app_ms.1,
         );
     }
     for row in rows.iter().filter(|row| row.errors > 0) {
@@ -698,5 +760,29 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!("(key reads: reads of api_keys by hash per request)");
+    println!();
+    println!(
+        "CPU per request over each run (ms; the machine has {} cores; callers and fal-sim share this process)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<9} {:<12} {:>7} {:>8} {:>9} {:>8} {:>8} {:>12}",
+        "mode", "endpoint", "callers", "service", "postgres", "callers", "other", "cores busy"
+    );
+    for row in rows {
+        let per = |seconds: f64| seconds * 1e3 / row.requests.max(1) as f64;
+        let cpu = &row.cpu;
+        println!(
+            "{:<9} {:<12} {:>7} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>12.2}",
+            row.mode,
+            row.endpoint,
+            row.callers,
+            per(cpu.service),
+            per(cpu.postgres),
+            per(cpu.own),
+            per(cpu.other_cores() * cpu.wall),
+            cpu.machine / cpu.wall.max(1e-9),
+        );
+    }
     println!();
 }

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, run_optimised, stop_on_ctrl_c, wait_ready, WorkDir,
-    INTERRUPTED,
+    interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised, stop_on_ctrl_c,
+    wait_ready, Cpu, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
@@ -137,96 +137,6 @@ struct Row {
     pgbench_terminal_ok: i64,
 }
 
-/// CPU seconds from /proc (in USER_HZ, 100 per second on Linux): the service, our PostgreSQL
-/// (the postmaster, its live children and those it reaped), this process (the senders and the
-/// simulator), this process's reaped children (pgbench), and the whole machine.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    service: f64,
-    postgres: f64,
-    own: f64,
-    children: f64,
-    machine: f64,
-    wall: f64,
-}
-
-/// (utime + stime, cutime + cstime, ppid) of a process, in seconds.
-fn proc_times(pid: &str) -> Option<(f64, f64, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i)?.parse::<f64>().ok().map(|t| t / 100.0);
-    Some((
-        tick(11)? + tick(12)?,
-        tick(13)? + tick(14)?,
-        fields.get(1)?.parse().ok()?,
-    ))
-}
-
-impl Cpu {
-    fn sample(service: Option<u32>, postmaster: u32, at: Instant, origin: Instant) -> Cpu {
-        let service = service
-            .and_then(|pid| proc_times(&pid.to_string()))
-            .map_or(0.0, |t| t.0);
-        let mut postgres = proc_times(&postmaster.to_string()).map_or(0.0, |t| t.0 + t.1);
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            if let Some((used, _, ppid)) = proc_times(pid) {
-                if ppid == postmaster {
-                    postgres += used;
-                }
-            }
-        }
-        let (own, children) = proc_times("self").map_or((0.0, 0.0), |t| (t.0, t.1));
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|stat| {
-                let line = stat.lines().next()?.to_string();
-                let ticks: Vec<f64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
-                let busy: f64 = ticks.iter().take(8).sum::<f64>()
-                    - ticks.get(3).copied().unwrap_or(0.0)
-                    - ticks.get(4).copied().unwrap_or(0.0);
-                Some(busy / 100.0)
-            })
-            .unwrap_or(0.0);
-        Cpu {
-            service,
-            postgres,
-            own,
-            children,
-            machine,
-            wall: at.duration_since(origin).as_secs_f64(),
-        }
-    }
-
-    fn since(self, earlier: Cpu) -> Cpu {
-        Cpu {
-            service: self.service - earlier.service,
-            postgres: self.postgres - earlier.postgres,
-            own: self.own - earlier.own,
-            children: self.children - earlier.children,
-            machine: self.machine - earlier.machine,
-            wall: self.wall - earlier.wall,
-        }
-    }
-
-    /// Cores busy with processes other than the ones named (the machine is shared).
-    fn other_cores(&self) -> f64 {
-        let ours = self.service + self.postgres + self.own + self.children;
-        ((self.machine - ours) / self.wall.max(1e-9)).max(0.0)
-    }
-}
-
 fn bench(root: &Path, against: Option<PathBuf>) -> Result<(), String> {
     let binary = crate::bench_photos::release_binary(root)?;
     let mut builds = Vec::new();
@@ -304,10 +214,7 @@ fn bench_build(root: &Path, binary: &Path) -> Result<Measured, String> {
         database_url,
         pgbench,
         pg_port: cluster.port(),
-        postmaster: std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse().ok())
-            .ok_or("cannot read the postmaster's pid")?,
+        postmaster: postmaster_pid(&cluster)?,
     };
     let (rows, index_reads) = runtime.block_on(bench_async(&setup))?;
     drop(runtime);

@@ -109,6 +109,11 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             crate::metrics::track,
         ))
+        .layer(tower::util::option_layer(
+            limits
+                .server_timing
+                .then(|| middleware::from_fn(crate::server_timing::report)),
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()

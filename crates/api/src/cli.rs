@@ -108,7 +108,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(config.log_format, traces.as_ref());
+    crate::telemetry::init(
+        config.log_format,
+        traces.as_ref(),
+        config.http.server_timing,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

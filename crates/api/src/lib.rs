@@ -20,6 +20,7 @@ pub mod rate_limit;
 pub mod responses;
 pub mod routes;
 pub mod server;
+pub mod server_timing;
 pub mod state;
 pub mod telemetry;
 pub mod views;

@@ -11,11 +11,14 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use tracing::Subscriber;
+use tracing::{Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+use crate::server_timing::{DatabaseTimeLayer, SQLX_STATEMENTS};
 
 use service::config::{LogFormat, TraceSettings};
 
@@ -73,12 +76,19 @@ impl Traces {
     }
 }
 
-pub fn init(format: LogFormat, traces: Option<&Traces>) {
+/// Installs the process's subscriber: logs filtered by `RUST_LOG`, spans to the collector when
+/// there is one, and each request's database time when `database_time` (`SERVER_TIMING`).
+pub fn init(format: LogFormat, traces: Option<&Traces>, database_time: bool) {
+    // One filter per layer, so that the statements the database-time layer reads are not
+    // logged because of it.
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let statements = database_time.then(|| {
+        DatabaseTimeLayer.with_filter(Targets::new().with_target(SQLX_STATEMENTS, Level::DEBUG))
+    });
     let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(traces.map(|traces| traces.layer()));
+        .with(statements)
+        .with(traces.map(|traces| traces.layer().with_filter(filter())));
     // try_init: a second initialisation (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
@@ -86,7 +96,8 @@ pub fn init(format: LogFormat, traces: Option<&Traces>) {
                 fmt::layer()
                     .with_target(false)
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter()),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -94,7 +105,8 @@ pub fn init(format: LogFormat, traces: Option<&Traces>) {
                 fmt::layer()
                     .json()
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_filter(filter()),
             )
             .try_init(),
     };

@@ -5,50 +5,94 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[tokio::test]
-async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
-    let data_dir = std::env::temp_dir().join(format!("avatars-dev-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_avatars"))
-        .args(["dev", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("FAL_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("avatars dev starts");
+/// `avatars dev` in a data directory of its own, with `env` set, as far as its banner.
+struct Dev {
+    child: std::process::Child,
+    data_dir: std::path::PathBuf,
+    base: String,
+    key: String,
+}
 
-    // The banner names the base URL and the key; read it on a thread with a deadline.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+impl Dev {
+    fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let data_dir =
+            std::env::temp_dir().join(format!("avatars-{name}-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_avatars"))
+            .args(["dev", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("FAL_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("avatars dev starts");
+
+        // The banner names the base URL and the key; read it on a thread with a deadline. The
+        // thread reads stdout to its end, so the process never writes into a closed pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut base, mut key) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while key.is_none() && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                if let Some(url) = line.trim().strip_prefix("base URL:") {
+                    base = Some(url.trim().to_string());
+                }
+                if let Some(k) = line.trim().strip_prefix("dev API key:") {
+                    key = Some(k.trim().to_string());
+                }
             }
         }
-    });
-    let (mut base, mut key) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while key.is_none() && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if let Some(url) = line.trim().strip_prefix("base URL:") {
-                base = Some(url.trim().to_string());
-            }
-            if let Some(k) = line.trim().strip_prefix("dev API key:") {
-                key = Some(k.trim().to_string());
-            }
+        Self {
+            child,
+            data_dir,
+            base: base.expect("base URL printed"),
+            key: key.expect("dev key printed"),
         }
     }
-    let (base, key) = (
-        base.expect("base URL printed"),
-        key.expect("dev key printed"),
-    );
+
+    /// Stops it with SIGTERM, waits for a clean exit and returns its data directory.
+    async fn stop(self) -> std::path::PathBuf {
+        let Self {
+            mut child,
+            data_dir,
+            ..
+        } = self;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || child.wait()),
+        )
+        .await
+        .expect("avatars dev exits after SIGTERM")
+        .unwrap()
+        .unwrap();
+        assert!(status.success(), "{status:?}");
+        data_dir
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
+    let dev = Dev::start("dev", &[]);
+    let (base, key) = (dev.base.clone(), dev.key.clone());
 
     let client = reqwest::Client::new();
     let docs = client.get(format!("{base}/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
+    // Timings are reported only when asked for.
+    assert!(docs.headers().get("server-timing").is_none());
     let created: serde_json::Value = client
         .post(format!("{base}/avatars"))
         .bearer_auth(&key)
@@ -178,20 +222,7 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         .expect("a delivery");
     assert!(delivered.contains("training.succeeded"), "{delivered}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("avatars dev exits after SIGTERM")
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "{status:?}");
+    let data_dir = dev.stop().await;
     // A cleanly stopped PostgreSQL removes its pid file.
     assert!(
         !data_dir.join("postgres/postmaster.pid").exists(),
@@ -202,4 +233,65 @@ async fn dev_mode_serves_with_embedded_defaults_and_stops_cleanly() {
         "data is kept"
     );
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `SERVER_TIMING=true`: every answer says how long its request spent in the database and
+/// outside it.
+#[tokio::test]
+async fn server_timing_reports_each_requests_database_time() {
+    let dev = Dev::start("server-timing", &[("SERVER_TIMING", "true")]);
+    let client = reqwest::Client::new();
+
+    // A request that reads and writes the database: its statements are counted.
+    let created = client
+        .post(format!("{}/avatars", dev.base))
+        .bearer_auth(&dev.key)
+        .json(&serde_json::json!({"name": "timed", "kind": "style"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (db_ms, statements, app_ms) = server_timing(&created);
+    assert!(statements >= 2, "{statements} statements");
+    assert!(
+        db_ms > 0.0 && app_ms > 0.0,
+        "db {db_ms} ms, app {app_ms} ms"
+    );
+
+    // One that needs no database says so, and is still timed.
+    let live = client
+        .get(format!("{}/healthz", dev.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let (db_ms, statements, app_ms) = server_timing(&live);
+    assert_eq!((db_ms, statements), (0.0, 0));
+    assert!(app_ms >= 0.0);
+
+    let data_dir = dev.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `(db ms, statements, app ms)` of an answer's `Server-Timing` header.
+fn server_timing(response: &reqwest::Response) -> (f64, u32, f64) {
+    let header = response
+        .headers()
+        .get("server-timing")
+        .expect("a Server-Timing header")
+        .to_str()
+        .unwrap();
+    let after = |from: &str, until: char| -> &str {
+        let at = header
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} in {header}"))
+            + from.len();
+        let rest = &header[at..];
+        &rest[..rest.find(until).unwrap_or(rest.len())]
+    };
+    (
+        after("db;dur=", ';').parse().expect("db time in ms"),
+        after("desc=\"", ' ').parse().expect("a statement count"),
+        after("app;dur=", ',').parse().expect("own time in ms"),
+    )
 }

@@ -405,7 +405,7 @@ impl Default for FetchSettings {
     }
 }
 
-/// Limits every request is held to.
+/// How every request is served: the limits it is held to, and what its answer reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
@@ -418,6 +418,10 @@ pub struct HttpLimits {
     /// The lease of an Idempotency-Key in flight: its request renews it every third of this
     /// while it runs, so only a request that died loses its key, this long after.
     pub idempotency_lease: Duration,
+    /// Every answer carries a `Server-Timing` header: the request's time in the database and
+    /// outside it (`SERVER_TIMING`). Off by default: timings are for measuring, not for
+    /// every caller.
+    pub server_timing: bool,
 }
 
 impl Default for HttpLimits {
@@ -428,6 +432,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             idempotency_lease: Duration::from_secs(10),
+            server_timing: false,
         }
     }
 }
@@ -460,6 +465,7 @@ impl Config {
         "HTTP_HEADER_READ_TIMEOUT",
         "HTTP_MAX_CONNECTIONS",
         "IDEMPOTENCY_LEASE",
+        "SERVER_TIMING",
         "AVATAR_MIN_PHOTOS",
         "AVATAR_MAX_PHOTOS",
         "PHOTO_MAX_PARTS",
@@ -636,6 +642,9 @@ impl Config {
                 idempotency_lease: env
                     .seconds("IDEMPOTENCY_LEASE", 1, 600)?
                     .unwrap_or(http_defaults.idempotency_lease),
+                server_timing: env
+                    .boolean("SERVER_TIMING")?
+                    .unwrap_or(http_defaults.server_timing),
             },
             photos: {
                 let defaults = PhotoSettings::default();
@@ -1378,6 +1387,16 @@ mod tests {
                 max_entries: 1_000_000,
             },
         );
+    }
+
+    #[test]
+    fn server_timing_is_off_unless_asked_for() {
+        assert_read(
+            |config| config.http.server_timing,
+            &[("SERVER_TIMING", "true")],
+            true,
+        );
+        assert_refused(&[("SERVER_TIMING", "sometimes")]);
     }
 
     #[test]
