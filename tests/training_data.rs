@@ -13,13 +13,13 @@ async fn the_training_archive_holds_the_photos_in_order_with_captions(pool: PgPo
     let state = app.service();
     let tenant = app.store.find_tenant_by_name("tenant-a").await.unwrap().id;
     let avatar_id = domain::AvatarId(avatar.parse().unwrap());
+    let photos = app.store.photos_of(tenant, avatar_id).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.zip");
     let summary = service::training_data::build_training_archive(
         &state,
-        tenant,
-        avatar_id,
+        &photos,
         Some("ohwx_person".into()),
         &first,
     )
@@ -57,8 +57,7 @@ async fn the_training_archive_holds_the_photos_in_order_with_captions(pool: PgPo
     let second = dir.path().join("second.zip");
     service::training_data::build_training_archive(
         &state,
-        tenant,
-        avatar_id,
+        &photos,
         Some("ohwx_person".into()),
         &second,
     )

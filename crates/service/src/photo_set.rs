@@ -159,6 +159,6 @@ pub async fn photo_set(
     avatar_id: AvatarId,
 ) -> Result<PhotoSetReport, ServiceError> {
     let avatar = crate::avatars::get_avatar(service, tenant_id, avatar_id).await?;
-    let photos = crate::photos::list_photos(service, tenant_id, avatar_id).await?;
+    let photos = service.store.photos_of(tenant_id, avatar_id).await?;
     Ok(report_for(service, &avatar, &photos))
 }

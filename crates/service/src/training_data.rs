@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use domain::{AvatarId, TenantId};
+use domain::TenantId;
 use serde::Serialize;
 
 use crate::context::Service;
@@ -11,35 +11,25 @@ use crate::error::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingDataError {
-    #[error("reading the avatar's photos: {0}")]
-    Store(#[from] store::StoreError),
     #[error("copying a photo from blob storage: {0}")]
     Blob(#[from] store::BlobError),
     #[error("writing the training archive: {0}")]
     Archive(#[from] media::ArchiveWriteError),
-    #[error("the avatar does not exist")]
-    AvatarNotFound,
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("building the archive failed: {0}")]
     Task(#[from] crate::check_pool::CheckPanicked),
 }
 
-/// Writes the ZIP fal trains from: the avatar's stored photos in upload order, EXIF orientation
+/// Writes the ZIP fal trains from: an avatar's stored `photos` in upload order, EXIF orientation
 /// applied, with a caption file per image carrying `caption` when given. Photos are copied from
 /// the blob store to a scratch directory one by one, so memory stays flat.
 pub async fn build_training_archive(
     service: &Service,
-    tenant_id: TenantId,
-    avatar_id: AvatarId,
+    photos: &[store::PhotoRecord],
     caption: Option<String>,
     destination: &Path,
 ) -> Result<media::TrainingArchiveSummary, TrainingDataError> {
-    let photos = service
-        .store
-        .list_photos(tenant_id, avatar_id)
-        .await?
-        .ok_or(TrainingDataError::AvatarNotFound)?;
     let scratch = tempfile::Builder::new()
         .prefix("avatars-archive-")
         .tempdir_in(&service.settings.scratch_dir)?;

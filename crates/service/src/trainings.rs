@@ -139,7 +139,7 @@ async fn check_photo_set(
     tenant: TenantId,
     avatar: &domain::Avatar,
 ) -> Result<(), ServiceError> {
-    let photos = crate::photos::list_photos(service, tenant, avatar.id).await?;
+    let photos = service.store.photos_of(tenant, avatar.id).await?;
     let report = crate::photo_set::report_for(service, avatar, &photos);
     if report.trainable {
         return Ok(());

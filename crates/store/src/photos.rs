@@ -286,6 +286,16 @@ impl Store {
         if !avatar_exists(&self.pool, tenant_id, avatar_id).await? {
             return Ok(None);
         }
+        self.photos_of(tenant_id, avatar_id).await.map(Some)
+    }
+
+    /// The stored photos of an avatar the caller has read, in upload order: none when the
+    /// avatar is gone meanwhile (one statement fewer than [`Store::list_photos`]).
+    pub async fn photos_of(
+        &self,
+        tenant_id: TenantId,
+        avatar_id: AvatarId,
+    ) -> Result<Vec<PhotoRecord>, StoreError> {
         let rows: Vec<PhotoRow> = sqlx::query_as(&format!(
             "SELECT {PHOTO_COLUMNS} FROM photos
              WHERE tenant_id = $1 AND avatar_id = $2 AND state = 'stored' ORDER BY id"
@@ -294,10 +304,7 @@ impl Store {
         .bind(avatar_id.0)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(PhotoRecord::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        rows.into_iter().map(PhotoRecord::try_from).collect()
     }
 
     /// Deletes a photo and queues its blob for deletion in the same transaction.

@@ -302,12 +302,12 @@ pub(super) async fn prepare_archive(
         return Err(("avatar_deleted", "the avatar was deleted".to_string()));
     };
     let tenant = domain::TenantId(job.tenant_id);
+    // None when the avatar is gone meanwhile: the set is then not trainable.
     let photos = service
         .store
-        .list_photos(tenant, domain::AvatarId(avatar))
+        .photos_of(tenant, domain::AvatarId(avatar))
         .await
-        .map_err(|e| ("training_data_unavailable", e.to_string()))?
-        .unwrap_or_default();
+        .map_err(|e| ("training_data_unavailable", e.to_string()))?;
     let rules = service.photo_set_rules();
     if !rules.is_trainable(photos.len() as u32) {
         return Err((
@@ -320,16 +320,10 @@ pub(super) async fn prepare_archive(
             ),
         ));
     }
-    crate::training_data::build_training_archive(
-        service,
-        tenant,
-        domain::AvatarId(avatar),
-        job.trigger_phrase.clone(),
-        path,
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| ("training_data_unavailable", e.to_string()))
+    crate::training_data::build_training_archive(service, &photos, job.trigger_phrase.clone(), path)
+        .await
+        .map(|_| ())
+        .map_err(|e| ("training_data_unavailable", e.to_string()))
 }
 
 /// The input fal's trainer expects.
