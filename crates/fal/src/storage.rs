@@ -16,6 +16,11 @@ use crate::client::{decode, join_path, FalClient};
 use crate::error::FalError;
 use crate::retry::Operation;
 
+/// Bytes read from the file per piece of an upload's body: each read of a file is handed to a
+/// blocking thread, so large pieces send an archive in a few hand-offs instead of one per
+/// 4 KiB.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
+
 /// Header of the initiate call that sets the uploaded object's lifecycle (fal-js sends
 /// `X-Fal-Object-Lifecycle`; the Python client also sends `X-Fal-Object-Lifecycle-Preference`,
 /// so both are sent).
@@ -144,8 +149,9 @@ impl FalClient {
                         || async move {
                             let mut file = tokio::fs::File::open(path).await?;
                             file.seek(std::io::SeekFrom::Start(offset)).await?;
-                            Ok(reqwest::Body::wrap_stream(ReaderStream::new(
+                            Ok(reqwest::Body::wrap_stream(ReaderStream::with_capacity(
                                 file.take(len),
+                                FILE_CHUNK_BYTES,
                             )))
                         },
                         len,
@@ -176,7 +182,7 @@ impl FalClient {
             let body = reqwest::Body::wrap_stream(
                 futures_util::stream::once(async move { tokio::fs::File::open(path).await })
                     .map(|opened| match opened {
-                        Ok(file) => ReaderStream::new(file).boxed(),
+                        Ok(file) => ReaderStream::with_capacity(file, FILE_CHUNK_BYTES).boxed(),
                         Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
                     })
                     .flatten(),

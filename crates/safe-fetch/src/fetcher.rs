@@ -17,6 +17,9 @@ use crate::resolver::{
 };
 use crate::target::{check_parsed, name_and_port, parse_and_check, redacted};
 
+/// Bytes a fetch to a file gathers before each write (a file's writes run on blocking threads).
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
 /// Outcome of a successful GET.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -105,7 +108,11 @@ impl SafeFetcher {
             .within_deadline(&url, async {
                 let mut response = self.start_get(&url).await?;
                 let fetched_head = head_of(&response);
-                let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
+                // Buffered: each write of a file is handed to a blocking thread.
+                let mut file = tokio::io::BufWriter::with_capacity(
+                    WRITE_BUFFER_BYTES,
+                    tokio::fs::File::create(path).await.map_err(io_error)?,
+                );
                 created = true;
                 let mut total: u64 = 0;
                 while let Some(chunk) = next_chunk(&mut response).await? {

@@ -239,7 +239,8 @@ enum Pending {
 pub struct IncomingFile {
     file_name: String,
     spool: tempfile::NamedTempFile,
-    file: tokio::fs::File,
+    /// Buffered: each write of a file is handed to a blocking thread.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     size: u64,
     max_bytes: u64,
     /// Hashed as it arrives, so an exact duplicate is known before any decode.
@@ -354,7 +355,10 @@ impl PhotoBatch {
     pub fn receive(&mut self, name: Option<&str>) -> Result<IncomingFile, ServiceError> {
         let file_name = self.next_name(name)?;
         let spool = spool_file(&self.service)?;
-        let file = tokio::fs::File::from_std(spool.reopen().map_err(ServiceError::internal)?);
+        let file = tokio::io::BufWriter::with_capacity(
+            store::FILE_CHUNK_BYTES,
+            tokio::fs::File::from_std(spool.reopen().map_err(ServiceError::internal)?),
+        );
         Ok(IncomingFile {
             file_name,
             spool,

@@ -11,9 +11,16 @@ use futures_util::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
+use object_store::{GetResult, GetResultPayload, ObjectStore};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+/// Bytes moved per read of a local file. Each read of a local file is handed to a blocking
+/// thread (tokio and object_store read 8 KiB at a time by default); pieces this large move
+/// a photo or an archive in a few hand-offs instead of hundreds, and bound the memory a
+/// transfer holds.
+pub const FILE_CHUNK_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -209,9 +216,10 @@ impl BlobStore {
 
     /// Stores the file at `source` under `key`, streaming it (multipart for large files).
     pub async fn put_file(&self, key: &str, source: &Path) -> Result<u64, BlobError> {
-        let mut file = tokio::fs::File::open(source).await?;
+        let file = tokio::fs::File::open(source).await?;
+        let mut reader = tokio::io::BufReader::with_capacity(FILE_CHUNK_BYTES, file);
         let mut writer = BufWriter::new(Arc::clone(&self.inner), Self::path(key)?);
-        let copied = match tokio::io::copy(&mut file, &mut writer).await {
+        let copied = match tokio::io::copy_buf(&mut reader, &mut writer).await {
             Ok(copied) => copied,
             Err(error) => {
                 let _ = writer.abort().await;
@@ -227,24 +235,46 @@ impl BlobStore {
         Ok(())
     }
 
-    /// The blob's bytes as a stream of chunks.
-    pub async fn get_stream(
-        &self,
-        key: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+    /// The whole blob, as the store hands it out: an open file (local directory) or a stream.
+    async fn get(&self, key: &str) -> Result<GetResult, BlobError> {
         match self.inner.get(&Self::path(key)?).await {
-            Ok(result) => Ok(result
-                .into_stream()
-                .map(|r| r.map_err(BlobError::from))
-                .boxed()),
+            Ok(result) => Ok(result),
             Err(object_store::Error::NotFound { .. }) => Err(BlobError::NotFound(key.to_string())),
             Err(error) => Err(error.into()),
         }
     }
 
-    /// Copies the blob into a local file.
+    /// The blob's bytes as a stream of chunks (a local file's in [`FILE_CHUNK_BYTES`] pieces).
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        Ok(match self.get(key).await?.payload {
+            GetResultPayload::File(file, _) => {
+                ReaderStream::with_capacity(tokio::fs::File::from_std(file), FILE_CHUNK_BYTES)
+                    .map(|r| r.map_err(BlobError::from))
+                    .boxed()
+            }
+            GetResultPayload::Stream(stream) => stream.map(|r| r.map_err(BlobError::from)).boxed(),
+        })
+    }
+
+    /// Copies the blob into a local file: a local blob in one blocking copy, a remote one as
+    /// it streams in.
     pub async fn get_to_file(&self, key: &str, destination: &Path) -> Result<u64, BlobError> {
-        let mut stream = self.get_stream(key).await?;
+        let mut stream = match self.get(key).await?.payload {
+            GetResultPayload::File(mut file, _) => {
+                let destination = destination.to_owned();
+                let copied = tokio::task::spawn_blocking(move || {
+                    let mut out = std::fs::File::create(destination)?;
+                    std::io::copy(&mut file, &mut out)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                return Ok(copied);
+            }
+            GetResultPayload::Stream(stream) => stream.map(|r| r.map_err(BlobError::from)),
+        };
         let mut file = tokio::fs::File::create(destination).await?;
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {

@@ -29,7 +29,7 @@ pub mod webhooks;
 
 pub use api_keys::{ApiKeyRecord, AuthenticatedKey};
 pub use avatars::{AvatarFilter, AvatarPatch, TRIGGER_PHRASE_CONSTRAINT};
-pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options};
+pub use blobs::{BlobError, BlobHealth, BlobStore, S3Options, FILE_CHUNK_BYTES};
 pub use callback_batch::{BatchedCallback, BatchedOutcome};
 pub use error::StoreError;
 pub use gauges::{TransitionObserver, WorkSnapshot};

@@ -256,7 +256,11 @@ pub(super) async fn copy_to_blob(
     let scratch = tempfile::Builder::new()
         .prefix("avatars-artifact-")
         .tempfile_in(&service.settings.scratch_dir)?;
-    let mut file = tokio::fs::File::from_std(scratch.reopen()?);
+    // Buffered: each write of a file is handed to a blocking thread.
+    let mut file = tokio::io::BufWriter::with_capacity(
+        store::FILE_CHUNK_BYTES,
+        tokio::fs::File::from_std(scratch.reopen()?),
+    );
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
