@@ -109,11 +109,6 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             crate::metrics::track,
         ))
-        .layer(tower::util::option_layer(
-            limits
-                .server_timing
-                .then(|| middleware::from_fn(crate::server_timing::report)),
-        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
@@ -153,6 +148,12 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
+        // Outermost, so that `app` covers every layer's own time.
+        .layer(tower::util::option_layer(
+            limits
+                .server_timing
+                .then(|| middleware::from_fn(crate::server_timing::report)),
+        ))
         .with_state(state)
 }
 
