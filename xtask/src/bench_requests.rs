@@ -36,6 +36,10 @@
 //! Each configuration runs twice, back to back, with the API key cache (the default settings)
 //! and without it (`API_KEY_CACHE_TTL=0`, every request reads its key): the yardstick.
 //!
+//! `--against <avatars binary>` measures an earlier build too, right after this one in each
+//! mode, so two builds are compared within one run (absolute numbers drift between runs). A
+//! build without `SERVER_TIMING` shows `-` where per-request timings would be.
+//!
 //! The callers share the machine's cores with the service and PostgreSQL, so they run
 //! optimised: a debug `cargo xtask` builds the release xtask and hands the benchmark to it.
 
@@ -81,25 +85,40 @@ fn requests_at(callers: usize) -> usize {
     }
 }
 
+const USAGE: &str = "usage: cargo xtask bench-requests [--against <avatars binary>] [callers...]";
+
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
-    let callers = if args.is_empty() {
+    let (against, callers) = match args {
+        [flag, path, rest @ ..] if flag == "--against" => (
+            Some(std::path::absolute(path).map_err(|e| format!("{path}: {e}"))?),
+            rest,
+        ),
+        _ => (None, args),
+    };
+    let callers = if callers.is_empty() {
         CALLERS.to_vec()
     } else {
-        args.iter()
+        callers
+            .iter()
             .map(|a| a.parse::<usize>().ok().filter(|n| *n > 0))
             .collect::<Option<Vec<_>>>()
-            .ok_or("usage: cargo xtask bench-requests [callers...]")?
+            .ok_or(USAGE)?
     };
     if cfg!(debug_assertions) {
-        let forwarded: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let mut forwarded: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(earlier) = &against {
+            forwarded.extend(["--against".into(), earlier.clone().into_os_string()]);
+        }
+        forwarded.extend(callers.iter().map(|c| c.to_string().into()));
         return run_optimised(root, "bench-requests", &forwarded);
     }
     stop_on_ctrl_c();
-    bench(root, &callers)
+    bench(root, against, &callers)
 }
 
 struct Setup {
-    binary: PathBuf,
+    /// `(label, avatars binary)` of each build measured: this one, and the `--against` one.
+    builds: Vec<(&'static str, PathBuf)>,
     work: PathBuf,
     database_url: String,
     /// `(tenant name, key)` of every tenant.
@@ -108,8 +127,10 @@ struct Setup {
     postmaster: u32,
 }
 
-fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
+fn bench(root: &Path, against: Option<PathBuf>, callers: &[usize]) -> Result<(), String> {
     let binary = release_binary(root)?;
+    let mut builds = vec![("this", binary.clone())];
+    builds.extend(against.map(|earlier| ("against", earlier)));
     // Dropped after the cluster (declared before it), so the server is down before its files go.
     let work = WorkDir::fresh(crate::target_dir(root).join("bench-requests"))?;
     let options = ClusterOptions {
@@ -148,7 +169,7 @@ fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
         ));
     }
     let setup = Setup {
-        binary: binary.clone(),
+        builds,
         work: work.0.clone(),
         database_url: database_url.clone(),
         keys,
@@ -169,6 +190,7 @@ fn bench(root: &Path, callers: &[usize]) -> Result<(), String> {
 /// What one run measured.
 struct Row {
     mode: &'static str,
+    build: &'static str,
     endpoint: &'static str,
     callers: usize,
     requests: usize,
@@ -177,10 +199,11 @@ struct Row {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Latency minus the request's own database time, p50 and p99.
-    beyond_ms: (f64, f64),
+    /// Latency minus the request's own database time, p50 and p99 (`None`: a build that does
+    /// not report its timings).
+    beyond_ms: Option<(f64, f64)>,
     /// The service's own time outside the database, as it reports it, p50 and p99.
-    app_ms: (f64, f64),
+    app_ms: Option<(f64, f64)>,
     db_ms: f64,
     statements: f64,
     key_reads: f64,
@@ -205,7 +228,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         .await
         .map_err(|e| format!("loading pg_stat_statements: {e}"))?;
     let per_mode: usize = WARMUP + setup.callers.iter().map(|c| requests_at(*c)).sum::<usize>();
-    let per_tenant = (per_mode * MODES.len()).div_ceil(TENANTS);
+    let per_tenant = (per_mode * MODES.len() * setup.builds.len()).div_ceil(TENANTS);
     eprintln!(
         "bench: seeding {} trainable avatars (10 photos each) and {} trained ones over {TENANTS} tenants",
         per_tenant * TENANTS,
@@ -241,14 +264,21 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         .map_err(|e| e.to_string())?;
     let ring = service::secrets::KeyRing::generate("bench").1;
     let mut rows = Vec::new();
-    for (mode, ttl) in MODES {
+    // Each mode runs every build back to back, so builds are compared within one run.
+    let runs = MODES.iter().flat_map(|&(mode, ttl)| {
+        setup
+            .builds
+            .iter()
+            .map(move |(build, binary)| (mode, ttl, *build, binary))
+    });
+    for (mode, ttl, build, binary) in runs {
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
         let log_path = setup
             .work
-            .join(format!("serve-{}.log", mode.replace(' ', "-")));
+            .join(format!("serve-{}-{build}.log", mode.replace(' ', "-")));
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut serve = Command::new(&setup.binary);
+        let mut serve = Command::new(binary);
         serve
             .arg("serve")
             .env("DATABASE_URL", &setup.database_url)
@@ -280,7 +310,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             .await
             .map_err(with_log)?;
 
-        eprintln!("bench [{mode}]: warm-up");
+        eprintln!("bench [{mode}, {build} build]: warm-up");
         let warm_train = train_calls(&base, &mut tenants, WARMUP);
         let warm_generate = generation_calls(&base, &tenants, WARMUP);
         for calls in [warm_train, warm_generate] {
@@ -308,7 +338,9 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
             for (endpoint, calls) in [("train", train), ("generations", generate)] {
                 interrupted()?;
                 settle(&pool).await?;
-                eprintln!("bench [{mode}]: {count} {endpoint} requests from {callers} callers");
+                eprintln!(
+                    "bench [{mode}, {build} build]: {count} {endpoint} requests from {callers} callers"
+                );
                 sqlx::query("SELECT pg_stat_statements_reset()")
                     .execute(&pool)
                     .await
@@ -322,6 +354,7 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                 let answered = run.latencies.len().max(1) as f64;
                 rows.push(Row {
                     mode,
+                    build,
                     endpoint,
                     callers,
                     requests: run.latencies.len(),
@@ -330,11 +363,8 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                     per_second: run.latencies.len() as f64 / run.seconds,
                     p50_ms: percentile_ms(&run.latencies, 0.50),
                     p99_ms: percentile_ms(&run.latencies, 0.99),
-                    beyond_ms: (
-                        percentile_ms(&run.beyond_db, 0.50),
-                        percentile_ms(&run.beyond_db, 0.99),
-                    ),
-                    app_ms: (percentile_ms(&run.app, 0.50), percentile_ms(&run.app, 0.99)),
+                    beyond_ms: percentiles(&run.beyond_db),
+                    app_ms: percentiles(&run.app),
                     db_ms: db_ms / answered,
                     statements: statements / answered,
                     key_reads: key_reads / answered,
@@ -501,9 +531,7 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
                             let status = response.status();
                             let timing = server_timing(response.headers());
                             match response.bytes().await {
-                                Ok(_) if status.is_success() => {
-                                    timing.ok_or_else(|| "no Server-Timing header".to_string())
-                                }
+                                Ok(_) if status.is_success() => Ok(timing),
                                 Ok(body) => Err(format!(
                                     "HTTP {status}: {}",
                                     String::from_utf8_lossy(&body)
@@ -515,10 +543,12 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
                     };
                     let took = sent.elapsed();
                     match outcome {
-                        Ok((db, own)) => {
+                        Ok(timing) => {
                             latencies.push(took);
-                            beyond_db.push(took.saturating_sub(db));
-                            app.push(own);
+                            if let Some((db, own)) = timing {
+                                beyond_db.push(took.saturating_sub(db));
+                                app.push(own);
+                            }
                         }
                         Err(error) => {
                             errors += 1;
@@ -562,6 +592,11 @@ async fn fire(client: &reqwest::Client, calls: Vec<Call>, callers: usize) -> Run
     result.beyond_db.sort();
     result.app.sort();
     result
+}
+
+/// p50 and p99 of sorted durations, in ms; `None` when there are none.
+fn percentiles(sorted: &[Duration]) -> Option<(f64, f64)> {
+    (!sorted.is_empty()).then(|| (percentile_ms(sorted, 0.50), percentile_ms(sorted, 0.99)))
 }
 
 /// `(db, app)` of an answer's `Server-Timing` header (`db;dur=1.84;desc="…", app;dur=0.42`).
@@ -704,16 +739,24 @@ async fn seed_trained(pool: &PgPool, tenant: Uuid, count: usize) -> Result<Vec<U
 }
 
 fn print_table(rows: &[Row]) {
+    // Each configuration's builds side by side.
+    let mut order: Vec<&Row> = rows.iter().collect();
+    order.sort_by_key(|row| (row.mode, row.callers, row.endpoint, row.build != "this"));
+    let pair = |value: Option<(f64, f64)>| match value {
+        Some((p50, p99)) => (format!("{p50:.2}"), format!("{p99:.2}")),
+        None => ("-".to_string(), "-".to_string()),
+    };
     println!();
     println!(
         "request overhead: release build, 16 tenants with a key each, fal-sim answering at once; \
          beyond db = per request, its latency - its own database time (Server-Timing db); \
-         app = the service's own time outside the database (Server-Timing app); \
-         db ms/req = all statements of the run (background included) / requests"
+         app = the service's own time outside the database (Server-Timing app; - for a build \
+         without it); db ms/req = all statements of the run (background included) / requests"
     );
     println!(
-        "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "{:<9} {:<8} {:<12} {:>7} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "mode",
+        "build",
         "endpoint",
         "callers",
         "requests",
@@ -729,10 +772,13 @@ fn print_table(rows: &[Row]) {
         "app p50",
         "app p99"
     );
-    for row in rows {
+    for row in &order {
+        let (beyond_p50, beyond_p99) = pair(row.beyond_ms);
+        let (app_p50, app_p99) = pair(row.app_ms);
         println!(
-            "{:<9} {:<12} {:>7} {:>8} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>10.3} {:>10.1} {:>10.2} {:>10.2} {:>10.2} {:>8.2} {:>8.2}",
+            "{:<9} {:<8} {:<12} {:>7} {:>8} {:>6} {:>8.0} {:>8.2} {:>8.2} {:>10.3} {:>10.1} {:>10.2} {:>10} {:>10} {:>8} {:>8}",
             row.mode,
+            row.build,
             row.endpoint,
             row.callers,
             row.requests,
@@ -743,16 +789,17 @@ fn print_table(rows: &[Row]) {
             row.db_ms,
             row.statements,
             row.key_reads,
-            row.beyond_ms.0,
-            row.beyond_ms.1,
-            row.app_ms.0,
-            row.app_ms.1,
+            beyond_p50,
+            beyond_p99,
+            app_p50,
+            app_p99,
         );
     }
-    for row in rows.iter().filter(|row| row.errors > 0) {
+    for row in order.iter().filter(|row| row.errors > 0) {
         println!(
-            "{} {} at {} callers: {} errors, first: {}",
+            "{} ({} build) {} at {} callers: {} errors, first: {}",
             row.mode,
+            row.build,
             row.endpoint,
             row.callers,
             row.errors,
@@ -766,15 +813,24 @@ fn print_table(rows: &[Row]) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<9} {:<12} {:>7} {:>8} {:>9} {:>8} {:>8} {:>12}",
-        "mode", "endpoint", "callers", "service", "postgres", "callers", "other", "cores busy"
+        "{:<9} {:<8} {:<12} {:>7} {:>8} {:>9} {:>8} {:>8} {:>12}",
+        "mode",
+        "build",
+        "endpoint",
+        "callers",
+        "service",
+        "postgres",
+        "callers",
+        "other",
+        "cores busy"
     );
-    for row in rows {
+    for row in &order {
         let per = |seconds: f64| seconds * 1e3 / row.requests.max(1) as f64;
         let cpu = &row.cpu;
         println!(
-            "{:<9} {:<12} {:>7} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>12.2}",
+            "{:<9} {:<8} {:<12} {:>7} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>12.2}",
             row.mode,
+            row.build,
             row.endpoint,
             row.callers,
             per(cpu.service),

@@ -129,7 +129,9 @@ fn main() -> ExitCode {
             eprintln!("       cargo xtask bench-photos [--against <avatars binary>]");
             eprintln!("       cargo xtask bench-hostile [part of a case name]");
             eprintln!("       cargo xtask bench-webhooks [--against <avatars binary>]");
-            eprintln!("       cargo xtask bench-requests [callers...]");
+            eprintln!(
+                "       cargo xtask bench-requests [--against <avatars binary>] [callers...]"
+            );
             eprintln!("       cargo xtask bench-retention [old events, default 1000000]");
             eprintln!("       cargo xtask face-photos");
             ExitCode::from(2)
