@@ -227,8 +227,13 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
         .execute(&pool)
         .await
         .map_err(|e| format!("loading pg_stat_statements: {e}"))?;
-    let per_mode: usize = WARMUP + setup.callers.iter().map(|c| requests_at(*c)).sum::<usize>();
-    let per_tenant = (per_mode * MODES.len() * setup.builds.len()).div_ceil(TENANTS);
+    // Requests go to the tenants in turn, so the first tenants take one more when a count
+    // does not divide evenly: each tenant gets the larger share of every count.
+    let per_run: usize = std::iter::once(WARMUP)
+        .chain(setup.callers.iter().map(|c| requests_at(*c)))
+        .map(|count| count.div_ceil(TENANTS))
+        .sum();
+    let per_tenant = per_run * MODES.len() * setup.builds.len();
     eprintln!(
         "bench: seeding {} trainable avatars (10 photos each) and {} trained ones over {TENANTS} tenants",
         per_tenant * TENANTS,
