@@ -127,3 +127,51 @@ async fn refused_credentials_are_not_ready(pool: PgPool) {
         app.stop().await;
     }
 }
+
+/// Files several read pieces long (and one byte more) go in and come out whole, whether the
+/// blobs live in a local directory (read in pieces on blocking threads) or in S3 (streamed).
+#[tokio::test]
+async fn blobs_longer_than_one_read_piece_arrive_whole_from_disk_and_from_s3() {
+    use futures_util::TryStreamExt;
+
+    let s3 = TestS3::from_env();
+    let local_dir = tempfile::tempdir().unwrap();
+    let stores = [
+        ("local", store::BlobStore::local(local_dir.path()).unwrap()),
+        ("s3", s3.fresh_store().0),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let original: Vec<u8> = (0..2 * store::FILE_CHUNK_BYTES + 1)
+        .map(|n| (n * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&source, &original).unwrap();
+
+    for (name, blobs) in stores {
+        let stored = blobs.put_file("long/blob", &source).await.unwrap();
+        assert_eq!(stored, original.len() as u64, "{name}: bytes stored");
+
+        let copy = work.path().join(format!("copy-{name}"));
+        let copied = blobs.get_to_file("long/blob", &copy).await.unwrap();
+        assert_eq!(copied, original.len() as u64, "{name}: bytes copied");
+        assert!(
+            std::fs::read(&copy).unwrap() == original,
+            "{name}: copy differs"
+        );
+
+        let chunks: Vec<bytes::Bytes> = blobs
+            .get_stream("long/blob")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(chunks.concat() == original, "{name}: streamed bytes differ");
+
+        let missing = blobs.get_to_file("no/such/blob", &copy).await.unwrap_err();
+        assert!(
+            matches!(missing, store::BlobError::NotFound(_)),
+            "{name}: {missing}"
+        );
+    }
+}
