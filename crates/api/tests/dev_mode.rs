@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 /// `avatars dev` in a data directory of its own, with `env` set, as far as its banner.
 struct Dev {
-    child: std::process::Child,
+    /// Taken by [`Dev::stop`]; a test that fails before stops it on drop.
+    child: Option<std::process::Child>,
     data_dir: std::path::PathBuf,
     base: String,
     key: String,
@@ -51,7 +52,7 @@ impl Dev {
             }
         }
         Self {
-            child,
+            child: Some(child),
             data_dir,
             base: base.expect("base URL printed"),
             key: key.expect("dev key printed"),
@@ -59,17 +60,9 @@ impl Dev {
     }
 
     /// Stops it with SIGTERM, waits for a clean exit and returns its data directory.
-    async fn stop(self) -> std::path::PathBuf {
-        let Self {
-            mut child,
-            data_dir,
-            ..
-        } = self;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+    async fn stop(mut self) -> std::path::PathBuf {
+        let mut child = self.child.take().expect("running");
+        terminate(&child);
         let status = tokio::time::timeout(
             Duration::from_secs(60),
             tokio::task::spawn_blocking(move || child.wait()),
@@ -79,8 +72,25 @@ impl Dev {
         .unwrap()
         .unwrap();
         assert!(status.success(), "{status:?}");
-        data_dir
+        self.data_dir.clone()
     }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Asks the process to stop as an operator would (its PostgreSQL stops with it).
+fn terminate(child: &std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
 }
 
 #[tokio::test]
