@@ -604,18 +604,10 @@ fn percentiles(sorted: &[Duration]) -> Option<(f64, f64)> {
     (!sorted.is_empty()).then(|| (percentile_ms(sorted, 0.50), percentile_ms(sorted, 0.99)))
 }
 
-/// `(db, app)` of an answer's `Server-Timing` header (`db;dur=1.84;desc="…", app;dur=0.42`).
+/// `(db, app)` of an answer's `Server-Timing` header.
 fn server_timing(headers: &reqwest::header::HeaderMap) -> Option<(Duration, Duration)> {
     let header = headers.get("server-timing")?.to_str().ok()?;
-    let duration = |name: &str| {
-        header
-            .split(',')
-            .map(str::trim)
-            .find_map(|metric| metric.strip_prefix(name)?.strip_prefix(";dur="))
-            .and_then(|rest| rest.split(';').next()?.parse::<f64>().ok())
-            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1e3))
-    };
-    Some((duration("db")?, duration("app")?))
+    api::server_timing::Timing::parse(header).map(|timing| (timing.database, timing.app))
 }
 
 /// Bytes of the seeded LoRA file.

@@ -67,22 +67,70 @@ impl Visit for Elapsed {
     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
 }
 
+/// What one answer's `Server-Timing` header says: written by [`report`], read by
+/// [`Timing::parse`] (the tests and `cargo xtask bench-requests`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub database: Duration,
+    pub statements: u32,
+    pub app: Duration,
+}
+
+impl Timing {
+    fn header_value(&self) -> String {
+        format!(
+            "db;dur={:.3};desc=\"{} statements\", app;dur={:.3}",
+            self.database.as_secs_f64() * 1e3,
+            self.statements,
+            self.app.as_secs_f64() * 1e3
+        )
+    }
+
+    /// The timing a header written by this service gives; `None` for any other header.
+    pub fn parse(header: &str) -> Option<Self> {
+        let (mut database, mut statements, mut app) = (None, None, None);
+        for metric in header.split(',') {
+            let mut parts = metric.trim().split(';');
+            let name = parts.next()?;
+            for part in parts {
+                match (name, part.split_once('=')?) {
+                    ("db", ("dur", ms)) => database = Some(milliseconds(ms)?),
+                    ("app", ("dur", ms)) => app = Some(milliseconds(ms)?),
+                    ("db", ("desc", desc)) => {
+                        statements = desc.trim_matches('"').split(' ').next()?.parse().ok();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(Self {
+            database: database?,
+            statements: statements?,
+            app: app?,
+        })
+    }
+}
+
+fn milliseconds(text: &str) -> Option<Duration> {
+    let ms: f64 = text.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
+}
+
 /// Serves the request with its database time counted, and reports it in `Server-Timing`.
 pub async fn report(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let (mut response, spent, statements) = DATABASE_TIME
+    let (mut response, database, statements) = DATABASE_TIME
         .scope(DatabaseTime::default(), async {
             let response = next.run(request).await;
             DATABASE_TIME.with(|time| (response, time.spent.get(), time.statements.get()))
         })
         .await;
-    let app = started.elapsed().saturating_sub(spent);
-    let value = format!(
-        "db;dur={:.3};desc=\"{statements} statements\", app;dur={:.3}",
-        spent.as_secs_f64() * 1e3,
-        app.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let timing = Timing {
+        database,
+        statements,
+        app: started.elapsed().saturating_sub(database),
+    };
+    if let Ok(value) = HeaderValue::from_str(&timing.header_value()) {
         response.headers_mut().append("server-timing", value);
     }
     response
@@ -91,6 +139,21 @@ pub async fn report(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_header_reads_back() {
+        let timing = Timing {
+            database: Duration::from_micros(1840),
+            statements: 4,
+            app: Duration::from_micros(420),
+        };
+        assert_eq!(
+            timing.header_value(),
+            "db;dur=1.840;desc=\"4 statements\", app;dur=0.420"
+        );
+        assert_eq!(Timing::parse(&timing.header_value()), Some(timing));
+        assert_eq!(Timing::parse("cache;desc=hit"), None);
+    }
 
     #[test]
     fn statements_add_up_to_the_request_that_ran_them() {

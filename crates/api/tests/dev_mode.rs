@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use api::server_timing::Timing;
+
 /// `avatars dev` in a data directory of its own, with `env` set, as far as its banner.
 struct Dev {
     /// Taken by [`Dev::stop`]; a test that fails before stops it on drop.
@@ -261,11 +263,11 @@ async fn server_timing_reports_each_requests_database_time() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let (db_ms, statements, app_ms) = server_timing(&created);
-    assert!(statements >= 2, "{statements} statements");
+    let timing = server_timing(&created);
+    assert!(timing.statements >= 2, "{timing:?}");
     assert!(
-        db_ms > 0.0 && app_ms > 0.0,
-        "db {db_ms} ms, app {app_ms} ms"
+        timing.database > Duration::ZERO && timing.app > Duration::ZERO,
+        "{timing:?}"
     );
 
     // One that needs no database says so, and is still timed.
@@ -275,33 +277,20 @@ async fn server_timing_reports_each_requests_database_time() {
         .await
         .unwrap();
     assert_eq!(live.status(), 200);
-    let (db_ms, statements, app_ms) = server_timing(&live);
-    assert_eq!((db_ms, statements), (0.0, 0));
-    assert!(app_ms >= 0.0);
+    let timing = server_timing(&live);
+    assert_eq!((timing.database, timing.statements), (Duration::ZERO, 0));
 
     let data_dir = dev.stop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// `(db ms, statements, app ms)` of an answer's `Server-Timing` header.
-fn server_timing(response: &reqwest::Response) -> (f64, u32, f64) {
+/// What an answer's `Server-Timing` header says.
+fn server_timing(response: &reqwest::Response) -> Timing {
     let header = response
         .headers()
         .get("server-timing")
         .expect("a Server-Timing header")
         .to_str()
         .unwrap();
-    let after = |from: &str, until: char| -> &str {
-        let at = header
-            .find(from)
-            .unwrap_or_else(|| panic!("{from} in {header}"))
-            + from.len();
-        let rest = &header[at..];
-        &rest[..rest.find(until).unwrap_or(rest.len())]
-    };
-    (
-        after("db;dur=", ';').parse().expect("db time in ms"),
-        after("desc=\"", ' ').parse().expect("a statement count"),
-        after("app;dur=", ',').parse().expect("own time in ms"),
-    )
+    Timing::parse(header).unwrap_or_else(|| panic!("db and app times in {header}"))
 }
