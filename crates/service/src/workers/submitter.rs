@@ -302,7 +302,7 @@ pub(super) async fn prepare_archive(
         return Err(("avatar_deleted", "the avatar was deleted".to_string()));
     };
     let tenant = domain::TenantId(job.tenant_id);
-    // None when the avatar is gone meanwhile: the set is then not trainable.
+    // Empty when the avatar is gone meanwhile: the set is then not trainable.
     let photos = service
         .store
         .photos_of(tenant, domain::AvatarId(avatar))
