@@ -353,6 +353,21 @@ async fn callbacks_that_arrive_together_commit_together(pool: PgPool) {
         wait_trained(&app, training).await;
         assert_eq!(successes(&pool, training).await, 1);
     }
+
+    // The batch plans its statements its own way only inside its transaction: every pooled
+    // connection, the batch's among them, plans as configured again.
+    let service_pool = app.running().store.pool();
+    let mut connections = Vec::new();
+    for _ in 0..service_pool.size() {
+        connections.push(service_pool.acquire().await.unwrap());
+    }
+    for connection in &mut connections {
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+            .fetch_one(&mut **connection)
+            .await
+            .unwrap();
+        assert_eq!(mode, "auto");
+    }
 }
 
 /// A batch that fails is applied callback by callback: the callback that cannot be stored

@@ -48,7 +48,7 @@ impl Store {
         unknown_kept_at_most: i64,
         mut events_for: impl FnMut(usize, &JobRecord) -> Vec<(JobEvent, JobChanges)> + Send,
     ) -> Result<Vec<BatchedOutcome>, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_planned_once().await?;
         let jobs = lock_jobs(&mut tx, callbacks).await?;
         let job_of: Vec<Option<&JobRecord>> =
             callbacks.iter().map(|c| correlate(&jobs, c)).collect();

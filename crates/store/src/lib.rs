@@ -164,9 +164,28 @@ impl Store {
     pub(crate) async fn begin(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.begin_with("BEGIN").await
+    }
+
+    /// [`Store::begin`] for a transaction whose statements all find their rows by key, through
+    /// arrays: PostgreSQL then plans each statement once per connection (a generic plan)
+    /// instead of again at every execution for the lengths of its arrays. For a batch of fal
+    /// callbacks that planning was a fifth of the transaction's time. The setting travels
+    /// with `BEGIN` (no extra round trip) and ends with the transaction.
+    pub(crate) async fn begin_planned_once(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+            .await
+    }
+
+    async fn begin_with(
+        &self,
+        statement: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         let pool = self.pool.clone();
         #[allow(clippy::disallowed_methods)] // the one place transactions begin
-        let begin = async move { pool.begin().await };
+        let begin = async move { pool.begin_with(statement).await };
         match tokio::spawn(begin).await {
             Ok(begun) => Ok(begun?),
             Err(stopped) => Err(StoreError::Database(sqlx::Error::Protocol(format!(
