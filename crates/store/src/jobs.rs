@@ -449,7 +449,8 @@ impl Store {
         changes: &JobChanges,
         cause: &str,
     ) -> Result<EventOutcome, StoreError> {
-        let mut tx = self.begin().await?;
+        // Every statement of a transition finds its rows by key.
+        let mut tx = self.begin_planned_once().await?;
         let mut changed = Vec::new();
         let transition = JobTransition::new(event, changes, cause).fenced(fence);
         let outcome = apply_event_in(&mut tx, job_id, transition, &mut changed).await?;
