@@ -79,11 +79,6 @@ pub(crate) const INSERT_OUTBOX_EVENT: &str =
     "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
      VALUES ($1, $2, $3, $4, $5, $6)";
 
-/// Writes events into the outbox from arrays: ids, tenants, types, jobs, avatars, data.
-pub(crate) const INSERT_OUTBOX_EVENTS: &str =
-    "INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
-     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::jsonb[])";
-
 /// Writes an event into the outbox, inside the caller's transaction. `job_id` is the id a
 /// caller follows: the training, or the generation.
 pub(crate) async fn insert_event(

@@ -4,7 +4,7 @@
 //! A group of callbacks committed together would otherwise pay three or four single-row
 //! statements per callback (the job, its model, its avatar, its event). Here one statement
 //! updates every job of the group, records their job events and locks the avatars whose
-//! status may move; one inserts their models; one moves the avatars and writes the
+//! status may move; one inserts their models, moves the avatars and writes the
 //! caller-visible events. A single transition is the same call with one item, so there is one
 //! way a job's status changes.
 
@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use crate::avatars::LockedAvatar;
 use crate::error::StoreError;
-use crate::events::{EventSnapshot, INSERT_OUTBOX_EVENTS};
+use crate::events::EventSnapshot;
 use crate::gauges::Changed;
 use crate::generations::announce_if_finished;
 use crate::jobs::{CancelOutcome, Claim, EventOutcome, JobChanges, LockedJob};
-use crate::records::{parse_column, JobRecord, ModelRecord, JOB_COLUMNS, MODEL_COLUMNS};
+use crate::records::{parse_column, JobRecord, ModelRecord, JOB_COLUMNS};
 
 /// Why an event the domain would apply changed nothing: the caller's lease is stale.
 pub(crate) const REASON_STALE_FENCE: &str = "stale fence: another worker owns the job";
@@ -178,7 +178,7 @@ pub(crate) async fn apply_transitions(
             });
         }
     }
-    effects.record_models(tx).await?;
+    effects.record_models()?;
     effects.write(tx).await?;
     Ok(outcomes.into_iter().flatten().collect())
 }
@@ -442,6 +442,8 @@ struct NewEvent {
     job_id: Option<Uuid>,
     avatar_id: Option<Uuid>,
     data: Value,
+    /// The new model the event announces: written only with it.
+    model_id: Option<Uuid>,
 }
 
 /// What the group's transitions cause beyond the job rows, written after them in bulk.
@@ -450,6 +452,8 @@ struct Effects {
     avatars: HashMap<Uuid, AvatarMove>,
     /// Trainings that succeeded with a model, and the model.
     models: Vec<(JobRecord, crate::models::NewModel)>,
+    /// Those models as they are written, with their tenant.
+    recorded_models: Vec<(Uuid, ModelRecord)>,
     events: Vec<NewEvent>,
 }
 
@@ -505,6 +509,7 @@ impl Effects {
         event_type: EventType,
         model: Option<ModelRecord>,
     ) -> Result<(), StoreError> {
+        let model_id = model.as_ref().map(|model| model.id);
         let snapshot = EventSnapshot::Training {
             job: Box::new(job.clone()),
             model,
@@ -515,65 +520,45 @@ impl Effects {
             job_id: Some(job.id),
             avatar_id: job.avatar_id,
             data: serde_json::to_value(&snapshot).map_err(|e| StoreError::Encode(e.to_string()))?,
+            model_id,
         });
         Ok(())
     }
 
-    /// Records the succeeded trainings' models (a training has at most one: a repeat changes
-    /// nothing), makes each its avatar's current model and announces `training.succeeded`
-    /// with it.
-    async fn record_models(
-        &mut self,
-        tx: &mut Transaction<'_, Postgres>,
-    ) -> Result<(), StoreError> {
-        if self.models.is_empty() {
-            return Ok(());
-        }
-        let models = std::mem::take(&mut self.models);
-        let ids: Vec<Uuid> = models.iter().map(|_| Uuid::now_v7()).collect();
-        let recorded: Vec<ModelRecord> = sqlx::query_as(&format!(
-            "INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type, trigger_phrase,
-                 artifact_key, artifact_sha256, artifact_bytes, config_key, fal_artifact_url,
-                 finetune_id)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                 $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[],
-                 $12::text[])
-             ON CONFLICT (training_id) DO NOTHING
-             RETURNING {MODEL_COLUMNS}"
-        ))
-        .bind(&ids)
-        .bind(column(&models, |(job, _)| job.tenant_id))
-        .bind(column(&models, |(job, _)| job.avatar_id))
-        .bind(column(&models, |(job, _)| job.id))
-        .bind(column(&models, |(_, m)| m.model_type.as_str()))
-        .bind(column(&models, |(_, m)| m.trigger_phrase.as_str()))
-        .bind(column(&models, |(_, m)| m.artifact_key.as_deref()))
-        .bind(column(&models, |(_, m)| m.artifact_sha256.as_deref()))
-        .bind(column(&models, |(_, m)| m.artifact_bytes.map(|b| b as i64)))
-        .bind(column(&models, |(_, m)| m.config_key.as_deref()))
-        .bind(column(&models, |(_, m)| m.fal_artifact_url.as_deref()))
-        .bind(column(&models, |(_, m)| m.finetune_id.as_deref()))
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut by_training: HashMap<Uuid, ModelRecord> = recorded
-            .into_iter()
-            .map(|model| (model.training_id, model))
-            .collect();
-        for (job, _) in &models {
-            let Some(model) = by_training.remove(&job.id) else {
-                continue;
+    /// The succeeded trainings' models: each becomes its avatar's current model and is
+    /// announced with `training.succeeded`. They are written by [`Effects::write`], in the
+    /// statement that moves the avatars and writes the events.
+    fn record_models(&mut self) -> Result<(), StoreError> {
+        for (job, new) in std::mem::take(&mut self.models) {
+            let model = ModelRecord {
+                id: Uuid::now_v7(),
+                avatar_id: job.avatar_id,
+                training_id: job.id,
+                model_type: new.model_type,
+                trigger_phrase: new.trigger_phrase,
+                artifact_key: new.artifact_key,
+                artifact_sha256: new.artifact_sha256,
+                artifact_bytes: new.artifact_bytes.map(|bytes| bytes as i64),
+                config_key: new.config_key,
+                fal_artifact_url: new.fal_artifact_url,
+                finetune_id: new.finetune_id,
             };
             if let Some(avatar) = job.avatar_id.and_then(|id| self.avatars.get_mut(&id)) {
                 avatar.now.status = avatar.now.status.after(AvatarChange::TrainingSucceeded);
                 avatar.now.has_model = true;
                 avatar.model_id = Some(model.id);
             }
-            self.training_event(job, EventType::TrainingSucceeded, Some(model))?;
+            self.training_event(&job, EventType::TrainingSucceeded, Some(model.clone()))?;
+            self.recorded_models.push((job.tenant_id, model));
         }
         Ok(())
     }
 
-    /// The avatars' new status and model, and the outbox events: one statement.
+    /// The models, the avatars' new status and model, and the outbox events: one statement.
+    ///
+    /// A training enters `succeeded` once, so its model is new; should one exist all the same
+    /// (unique on the training), the insert keeps the stored one and nothing that names the
+    /// new one is written: neither the avatar's move to it nor its `training.succeeded`.
     async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         let moved: Vec<(&Uuid, &AvatarMove)> = self
             .avatars
@@ -583,24 +568,53 @@ impl Effects {
         if moved.is_empty() && self.events.is_empty() {
             return Ok(());
         }
-        sqlx::query(&format!(
-            "WITH moved AS (
+        let models = &self.recorded_models;
+        sqlx::query(
+            "WITH recorded_models AS (
+                 INSERT INTO models (id, tenant_id, avatar_id, training_id, model_type,
+                     trigger_phrase, artifact_key, artifact_sha256, artifact_bytes, config_key,
+                     fal_artifact_url, finetune_id)
+                 SELECT * FROM unnest($11::uuid[], $12::uuid[], $13::uuid[], $14::uuid[],
+                     $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[],
+                     $20::text[], $21::text[], $22::text[])
+                 ON CONFLICT (training_id) DO NOTHING
+                 RETURNING id),
+             moved AS (
                  UPDATE avatars a SET status = m.status,
                      current_model_id = coalesce(m.model_id, a.current_model_id),
                      updated_at = now()
-                 FROM unnest($7::uuid[], $8::text[], $9::uuid[]) AS m(id, status, model_id)
-                 WHERE a.id = m.id AND a.id = ANY($7))
-             {INSERT_OUTBOX_EVENTS}"
-        ))
+                 FROM unnest($8::uuid[], $9::text[], $10::uuid[]) AS m(id, status, model_id)
+                 WHERE a.id = m.id AND a.id = ANY($8)
+                   AND (m.model_id IS NULL OR m.model_id IN (SELECT id FROM recorded_models)))
+             INSERT INTO outbox_events (id, tenant_id, event_type, job_id, avatar_id, data)
+             SELECT e.id, e.tenant_id, e.event_type, e.job_id, e.avatar_id, e.data
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                   $6::jsonb[], $7::uuid[])
+                 AS e(id, tenant_id, event_type, job_id, avatar_id, data, model_id)
+              WHERE e.model_id IS NULL OR e.model_id IN (SELECT id FROM recorded_models)",
+        )
         .bind(column(&self.events, |_| Uuid::now_v7()))
         .bind(column(&self.events, |e| e.tenant_id))
         .bind(column(&self.events, |e| e.event_type.as_str()))
         .bind(column(&self.events, |e| e.job_id))
         .bind(column(&self.events, |e| e.avatar_id))
         .bind(column(&self.events, |e| &e.data))
+        .bind(column(&self.events, |e| e.model_id))
         .bind(column(&moved, |(id, _)| **id))
         .bind(column(&moved, |(_, avatar)| avatar.now.status.as_str()))
         .bind(column(&moved, |(_, avatar)| avatar.model_id))
+        .bind(column(models, |(_, m)| m.id))
+        .bind(column(models, |(tenant_id, _)| *tenant_id))
+        .bind(column(models, |(_, m)| m.avatar_id))
+        .bind(column(models, |(_, m)| m.training_id))
+        .bind(column(models, |(_, m)| m.model_type.as_str()))
+        .bind(column(models, |(_, m)| m.trigger_phrase.as_str()))
+        .bind(column(models, |(_, m)| m.artifact_key.as_deref()))
+        .bind(column(models, |(_, m)| m.artifact_sha256.as_deref()))
+        .bind(column(models, |(_, m)| m.artifact_bytes))
+        .bind(column(models, |(_, m)| m.config_key.as_deref()))
+        .bind(column(models, |(_, m)| m.fal_artifact_url.as_deref()))
+        .bind(column(models, |(_, m)| m.finetune_id.as_deref()))
         .execute(&mut **tx)
         .await?;
         Ok(())
