@@ -292,12 +292,15 @@ async fn release_when_queued(
     drop(hold);
 }
 
-/// The service's callback batches so far: (batches, callbacks in them).
-async fn batches(app: &TestApp) -> (f64, f64) {
+/// The service's callback batches so far: (batches, callbacks in them, batches timed, their
+/// seconds).
+async fn batches(app: &TestApp) -> (f64, f64, f64, f64) {
     let scrape = app.scrape().await;
     (
         scrape.sum("avatars_fal_callback_batch_size_count", &[]),
         scrape.sum("avatars_fal_callback_batch_size_sum", &[]),
+        scrape.sum("avatars_fal_callback_batch_duration_seconds_count", &[]),
+        scrape.sum("avatars_fal_callback_batch_duration_seconds_sum", &[]),
     )
 }
 
@@ -326,7 +329,7 @@ async fn successes(pool: &PgPool, training: &str) -> i64 {
 async fn callbacks_that_arrive_together_commit_together(pool: PgPool) {
     let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
     let finished = finished_without_callbacks(&app, 2).await;
-    let (batches_before, callbacks_before) = batches(&app).await;
+    let (batches_before, callbacks_before, timed_before, seconds_before) = batches(&app).await;
 
     let hold = app.running().callbacks.hold().await;
     let sending = join_all(
@@ -342,13 +345,15 @@ async fn callbacks_that_arrive_together_commit_together(pool: PgPool) {
         .collect();
     outcomes.sort();
     assert_eq!(outcomes, ["applied", "applied", "duplicate"]);
-    let (batches_after, callbacks_after) = batches(&app).await;
+    let (batches_after, callbacks_after, timed_after, seconds_after) = batches(&app).await;
     assert_eq!(batches_after - batches_before, 1.0, "one batch");
     assert_eq!(
         callbacks_after - callbacks_before,
         3.0,
         "of three callbacks"
     );
+    assert_eq!(timed_after - timed_before, 1.0, "its transaction timed");
+    assert!(seconds_after > seconds_before, "and it took time");
     for (training, _, _) in &finished {
         wait_trained(&app, training).await;
         assert_eq!(successes(&pool, training).await, 1);
@@ -395,7 +400,7 @@ async fn one_bad_callback_does_not_fail_its_batch(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let (batches_before, _) = batches(&app).await;
+    let (batches_before, ..) = batches(&app).await;
 
     let hold = app.running().callbacks.hold().await;
     let sending = join_all(
@@ -440,7 +445,7 @@ async fn a_batch_limit_of_one_commits_each_callback_alone(pool: PgPool) {
     })
     .await;
     let finished = finished_without_callbacks(&app, 2).await;
-    let (batches_before, callbacks_before) = batches(&app).await;
+    let (batches_before, callbacks_before, ..) = batches(&app).await;
     let hold = app.running().callbacks.hold().await;
     let sending = join_all(
         finished
@@ -451,7 +456,7 @@ async fn a_batch_limit_of_one_commits_each_callback_alone(pool: PgPool) {
     for ack in acks {
         assert_eq!(ack["outcome"], "applied", "{ack:#}");
     }
-    let (batches_after, callbacks_after) = batches(&app).await;
+    let (batches_after, callbacks_after, ..) = batches(&app).await;
     assert_eq!(batches_after - batches_before, 2.0, "two batches");
     assert_eq!(
         callbacks_after - callbacks_before,
@@ -472,7 +477,7 @@ async fn two_callbacks_for_one_job_in_one_batch_apply_in_turn(pool: PgPool) {
     let mut again: Value = serde_json::from_slice(body).unwrap();
     again["retried"] = json!(true);
     let again = again.to_string().into_bytes();
-    let (batches_before, _) = batches(&app).await;
+    let (batches_before, ..) = batches(&app).await;
 
     let hold = app.running().callbacks.hold().await;
     let sending = join_all([

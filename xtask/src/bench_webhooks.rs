@@ -127,6 +127,8 @@ struct ServiceRun {
     statements: Statements,
     /// The service's callback batch sizes during the run.
     batches: Histogram,
+    /// How long the batches' transactions took during the run, in seconds.
+    batch_seconds: Histogram,
 }
 
 /// One row of the table: the service's run and pgbench's at the same client count.
@@ -345,13 +347,19 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
         );
         let serve_pid = Some(server.0.id());
         let transactions_before = settled_transactions(&pool).await?;
-        let batches_before = batch_sizes(&client, &base).await;
+        let batches_before = histogram(&client, &base, BATCH_SIZE).await;
+        let batch_seconds_before = histogram(&client, &base, BATCH_SECONDS).await;
         reset_statements(&pool).await?;
         let before = Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin);
         let run = fire(&client, &sim, &base, jobs, senders).await;
         let after = Cpu::sample(serve_pid, setup.postmaster, Instant::now(), origin);
         let statements = top_statements(&pool).await?;
-        let batches = batch_sizes(&client, &base).await.since(&batches_before);
+        let batches = histogram(&client, &base, BATCH_SIZE)
+            .await
+            .since(&batches_before);
+        let batch_seconds = histogram(&client, &base, BATCH_SECONDS)
+            .await
+            .since(&batch_seconds_before);
         interrupted()?;
         let (terminal_ok, terminal_total) = terminal_once(&pool, jobs).await?;
         let drained = Instant::now();
@@ -371,6 +379,7 @@ async fn bench_async(setup: &Setup) -> Result<(Vec<Row>, String), String> {
             transactions,
             statements,
             batches,
+            batch_seconds,
         });
     }
     let index_reads = index_reads(&pool).await?;
@@ -474,8 +483,8 @@ async fn top_statements(pool: &PgPool) -> Result<Statements, String> {
     })
 }
 
-/// The service's `avatars_fal_callback_batch_size` histogram: (upper bound, cumulative count)
-/// per bucket, the sum and the count. Empty for a build without it.
+/// A histogram of the service's: (upper bound, cumulative count) per bucket, the sum and the
+/// count. Empty for a build without it.
 #[derive(Default, Clone)]
 struct Histogram {
     buckets: Vec<(String, f64)>,
@@ -503,8 +512,9 @@ impl Histogram {
         }
     }
 
-    /// "mean 23.1; <=1: 5, <=2: 10, ..." with the count in each bucket (not cumulative).
-    fn describe(&self) -> String {
+    /// "210 batches, mean 23.1; <=1: 5; <=2: 10; ..." with the count in each bucket (not
+    /// cumulative); values and bounds are multiplied by `scale` (1000: seconds as ms).
+    fn describe(&self, scale: f64) -> String {
         if self.count == 0.0 {
             return "none recorded".into();
         }
@@ -512,21 +522,27 @@ impl Histogram {
         let mut parts = vec![format!(
             "{} batches, mean {:.1}",
             self.count,
-            self.sum / self.count
+            self.sum * scale / self.count
         )];
         for (le, cumulative) in &self.buckets {
             let here = cumulative - previous;
             previous = *cumulative;
             if here > 0.0 {
-                parts.push(format!("<={le}: {here}"));
+                let bound = le
+                    .parse::<f64>()
+                    .map_or_else(|_| le.clone(), |bound| format!("{}", bound * scale));
+                parts.push(format!("<={bound}: {here}"));
             }
         }
         parts.join("; ")
     }
 }
 
-async fn batch_sizes(client: &reqwest::Client, base: &str) -> Histogram {
-    const NAME: &str = "avatars_fal_callback_batch_size";
+const BATCH_SIZE: &str = "avatars_fal_callback_batch_size";
+const BATCH_SECONDS: &str = "avatars_fal_callback_batch_duration_seconds";
+
+/// The service's histogram `name`, read from its metrics.
+async fn histogram(client: &reqwest::Client, base: &str, name: &str) -> Histogram {
     let Ok(text) = async {
         client
             .get(format!("{base}/metrics"))
@@ -548,13 +564,13 @@ async fn batch_sizes(client: &reqwest::Client, base: &str) -> Histogram {
             continue;
         };
         if let Some(le) = series
-            .strip_prefix(&format!("{NAME}_bucket{{le=\""))
+            .strip_prefix(&format!("{name}_bucket{{le=\""))
             .and_then(|rest| rest.strip_suffix("\"}"))
         {
             histogram.buckets.push((le.to_string(), value));
-        } else if series == format!("{NAME}_sum") {
+        } else if series == format!("{name}_sum") {
             histogram.sum = value;
-        } else if series == format!("{NAME}_count") {
+        } else if series == format!("{name}_count") {
             histogram.count = value;
         }
     }
@@ -1111,7 +1127,14 @@ fn print_table(label: &str, measured: &Measured) {
             p.machine / p.wall.max(1e-9),
             p.other_cores()
         );
-        println!("    callback batches: {}", row.service.batches.describe());
+        println!(
+            "    callback batches: {}",
+            row.service.batches.describe(1.0)
+        );
+        println!(
+            "    batch transactions, ms: {}",
+            row.service.batch_seconds.describe(1000.0)
+        );
         println!(
             "    statements: {:.1} per callback; the costliest (calls per callback, us per callback):",
             row.service.statements.calls as f64 / row.service.run.requests.max(1) as f64

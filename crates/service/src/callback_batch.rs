@@ -247,6 +247,7 @@ async fn commit_batch(service: &Service, batch: Vec<Pending>) {
         })
         .unzip();
     let mut spans: Vec<Option<tracing::Span>> = vec![None; waiting.len()];
+    let started = std::time::Instant::now();
     let applied = service
         .store
         .apply_webhook_batch(
@@ -260,6 +261,7 @@ async fn commit_batch(service: &Service, batch: Vec<Pending>) {
             },
         )
         .await;
+    service.metrics.callback_batch_duration(started.elapsed());
     let outcomes = match applied {
         Ok(outcomes) => outcomes,
         Err(error) => {

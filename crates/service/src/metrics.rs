@@ -189,6 +189,7 @@ pub struct Metrics {
     overdue: Family<KindLabels, Gauge>,
     callbacks: Family<OutcomeLabels, Counter>,
     callback_batches: Histogram,
+    callback_batch_seconds: Histogram,
     fal_calls: Family<FalCallLabels, Counter>,
     fal_call_seconds: Family<OperationLabels, Histogram>,
     fal_billing_locked: Gauge,
@@ -232,6 +233,9 @@ impl Metrics {
             callbacks: Family::default(),
             callback_batches: Histogram::new([
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+            callback_batch_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             fal_calls: Family::default(),
             fal_call_seconds: Family::new_with_constructor(|| {
@@ -354,6 +358,11 @@ impl Metrics {
             "avatars_fal_callback_batch_size",
             "fal callbacks committed together in one transaction (a batch that failed and was applied callback by callback counts once)",
             self.callback_batches.clone(),
+        );
+        self.register(
+            "avatars_fal_callback_batch_duration_seconds",
+            "Time of one batch's transaction, from taking its connection to the end of its COMMIT (of a batch that failed, until it was rolled back); every callback of the batch waits for it",
+            self.callback_batch_seconds.clone(),
         );
         self.register(
             "avatars_fal_calls",
@@ -486,6 +495,10 @@ impl Metrics {
     /// A batch of `size` callbacks went to the database together.
     pub fn callback_batch(&self, size: usize) {
         self.callback_batches.observe(size as f64);
+    }
+
+    pub fn callback_batch_duration(&self, took: std::time::Duration) {
+        self.callback_batch_seconds.observe(took.as_secs_f64());
     }
 
     pub fn fal_callback(&self, outcome: CallbackResult) {
