@@ -178,7 +178,7 @@ pub(crate) async fn apply_transitions(
             });
         }
     }
-    effects.record_models()?;
+    effects.prepare_models()?;
     effects.write(tx).await?;
     Ok(outcomes.into_iter().flatten().collect())
 }
@@ -528,7 +528,7 @@ impl Effects {
     /// The succeeded trainings' models: each becomes its avatar's current model and is
     /// announced with `training.succeeded`. They are written by [`Effects::write`], in the
     /// statement that moves the avatars and writes the events.
-    fn record_models(&mut self) -> Result<(), StoreError> {
+    fn prepare_models(&mut self) -> Result<(), StoreError> {
         for (job, new) in std::mem::take(&mut self.models) {
             let model = ModelRecord {
                 id: Uuid::now_v7(),
