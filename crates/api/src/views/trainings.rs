@@ -81,13 +81,13 @@ pub struct TrainingResponse {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// The training as callers see it.
 /// A started training (or the one a replayed key created): 202 at its Location.
 pub fn accepted_training(training: Training) -> Result<Response, ApiError> {
     let location = format!("/trainings/{}", training.job.id);
     located(StatusCode::ACCEPTED, &location, training_view(training))
 }
 
+/// The training as callers see it.
 pub fn training_view(training: Training) -> TrainingResponse {
     render_training(training.job, training.model)
 }
