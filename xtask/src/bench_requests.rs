@@ -57,8 +57,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, release_binary, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised, small_jpegs,
-    stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
+    against_args, interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised, small_jpegs,
+    split_against, stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent callers of the runs.
@@ -88,13 +88,7 @@ fn requests_at(callers: usize) -> usize {
 const USAGE: &str = "usage: cargo xtask bench-requests [--against <avatars binary>] [callers...]";
 
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
-    let (against, callers) = match args {
-        [flag, path, rest @ ..] if flag == "--against" => (
-            Some(std::path::absolute(path).map_err(|e| format!("{path}: {e}"))?),
-            rest,
-        ),
-        _ => (None, args),
-    };
+    let (against, callers) = split_against(args)?;
     let callers = if callers.is_empty() {
         CALLERS.to_vec()
     } else {
@@ -105,10 +99,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             .ok_or(USAGE)?
     };
     if cfg!(debug_assertions) {
-        let mut forwarded: Vec<std::ffi::OsString> = Vec::new();
-        if let Some(earlier) = &against {
-            forwarded.extend(["--against".into(), earlier.clone().into_os_string()]);
-        }
+        let mut forwarded = against_args(against.as_deref());
         forwarded.extend(callers.iter().map(|c| c.to_string().into()));
         return run_optimised(root, "bench-requests", &forwarded);
     }

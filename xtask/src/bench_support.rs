@@ -24,6 +24,26 @@ pub(crate) fn interrupted() -> Result<(), String> {
     }
 }
 
+/// Splits a leading `--against <avatars binary>` off a benchmark's arguments: the earlier
+/// build to measure in the same run (made absolute, since the optimised xtask may resolve
+/// paths from elsewhere), and the arguments after it.
+pub(crate) fn split_against(args: &[String]) -> Result<(Option<PathBuf>, &[String]), String> {
+    match args {
+        [flag, path, rest @ ..] if flag == "--against" => {
+            let earlier = std::path::absolute(path).map_err(|e| format!("{path}: {e}"))?;
+            Ok((Some(earlier), rest))
+        }
+        _ => Ok((None, args)),
+    }
+}
+
+/// The arguments that hand `--against <earlier>` on to the optimised xtask.
+pub(crate) fn against_args(against: Option<&Path>) -> Vec<std::ffi::OsString> {
+    against
+        .map(|earlier| vec!["--against".into(), earlier.as_os_str().to_owned()])
+        .unwrap_or_default()
+}
+
 /// Builds the release xtask and runs `xtask <subcommand> <args>` in it: the load generator
 /// shares the cores with the service, so it runs optimised.
 pub(crate) fn run_optimised(

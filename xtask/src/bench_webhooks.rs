@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::bench_photos::{check, free_port, ServerGuard};
 use crate::bench_support::{
-    interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised, stop_on_ctrl_c,
-    wait_ready, Cpu, WorkDir, INTERRUPTED,
+    against_args, interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised,
+    split_against, stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
@@ -45,28 +45,17 @@ const USER_ID: &str = "bench-user";
 /// Every this many callbacks, one is delivered twice (answered 200 `duplicate`).
 const DUPLICATE_EVERY: usize = 16;
 
+/// `--against <avatars binary>`: an earlier build measured first, in the same run.
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
-    let against = parse_args(args)?;
+    let (against, rest) = split_against(args)?;
+    if !rest.is_empty() {
+        return Err("usage: cargo xtask bench-webhooks [--against <avatars binary>]".into());
+    }
     if cfg!(debug_assertions) {
-        let forwarded = match against {
-            Some(earlier) => vec!["--against".into(), earlier.into_os_string()],
-            None => Vec::new(),
-        };
-        return run_optimised(root, "bench-webhooks", &forwarded);
+        return run_optimised(root, "bench-webhooks", &against_args(against.as_deref()));
     }
     stop_on_ctrl_c();
     bench(root, against)
-}
-
-/// `--against <avatars binary>`: an earlier build measured first, in the same run.
-fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
-    match args {
-        [] => Ok(None),
-        [flag, path] if flag == "--against" => std::path::absolute(path)
-            .map(Some)
-            .map_err(|e| format!("{path}: {e}")),
-        _ => Err("usage: cargo xtask bench-webhooks [--against <avatars binary>]".into()),
-    }
 }
 
 /// One seeded training and what a callback for it needs.
