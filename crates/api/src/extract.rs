@@ -175,7 +175,43 @@ fn field_error(path: &str, message: &str, location: FieldLocation) -> ApiError {
     } else {
         (parent.to_string(), "invalid_value")
     };
+    let message = about_the_field(code, &message);
     ApiError::invalid_field(location, field, code, message)
+}
+
+/// serde's message, said of the field it names: the problem's `detail` puts the field first
+/// ("`limit` must be a whole number"), so the field's own name is not repeated after it.
+fn about_the_field(code: &str, message: &str) -> String {
+    // What serde says after the field's name ("unknown field `x`, expected one of ...").
+    let after_name = || message.split_once("`, ").map(|(_, rest)| rest);
+    match code {
+        "required" => "is required".to_string(),
+        "duplicate_field" => "is given more than once".to_string(),
+        "unknown_field" => match after_name() {
+            Some("there are no fields") => "is not a field of this request (it takes none)".into(),
+            Some(expected) => format!("is not a field of this request; {expected}"),
+            None => "is not a field of this request".to_string(),
+        },
+        _ => match message {
+            // Query values parsed with `str::parse`, whose errors name no field.
+            "invalid digit found in string" | "cannot parse integer from empty string" => {
+                "must be a whole number".to_string()
+            }
+            "number too large to fit in target type" => "is too large".to_string(),
+            "number too small to fit in target type" => "is too small".to_string(),
+            "invalid float literal" | "cannot parse float from empty string" => {
+                "must be a number".to_string()
+            }
+            "provided string was not `true` or `false`" => "must be `true` or `false`".to_string(),
+            _ if message.starts_with("unknown variant `") => match after_name() {
+                Some(expected) => format!("is not an accepted value; {expected}"),
+                None => "is not an accepted value".to_string(),
+            },
+            // "invalid type: string \"a\", expected u32", "invalid value: ...", "invalid length ...".
+            _ if message.starts_with("invalid ") => format!("has an {message}"),
+            _ => format!("is invalid: {message}"),
+        },
+    }
 }
 
 fn join_path(parent: &str, name: &str) -> String {
@@ -300,6 +336,95 @@ mod tests {
         assert_eq!(
             first_field(nested_missing),
             ("inner.steps".into(), "required".into())
+        );
+    }
+
+    fn first_message(error: ApiError) -> (String, String) {
+        let problem = error.into_problem();
+        (problem.detail.clone(), problem.errors[0].message.clone())
+    }
+
+    #[test]
+    fn shape_errors_are_said_of_the_field() {
+        let said = |body: &[u8]| first_message(parse_json::<Body>(body).unwrap_err());
+        assert_eq!(said(br#"{}"#).0, "`name` is required");
+        assert_eq!(
+            said(br#"{"name":"a","nmae":"b"}"#).0,
+            "`nmae` is not a field of this request; expected `name` or `inner`"
+        );
+        assert_eq!(
+            said(br#"{"name":"a","name":"b"}"#).0,
+            "`name` is given more than once"
+        );
+        assert_eq!(
+            said(br#"{"name":"a","inner":{"steps":"x"}}"#),
+            (
+                "`inner.steps` has an invalid type: string \"x\", expected u32".to_string(),
+                "has an invalid type: string \"x\", expected u32".to_string()
+            )
+        );
+        assert_eq!(
+            said(br#"{"name":"a","inner":{"steps":-1}}"#).0,
+            "`inner.steps` has an invalid value: integer `-1`, expected u32"
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Query {
+        limit: Option<u32>,
+        ready: Option<bool>,
+        order: Option<Order>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Order {
+        Newest,
+        Oldest,
+    }
+
+    async fn query_error(query: &str) -> (String, String, String) {
+        let request = axum::http::Request::builder()
+            .uri(format!("/items?{query}"))
+            .body(())
+            .expect("request");
+        let (mut parts, ()) = request.into_parts();
+        let error = AppQuery::<Query>::from_request_parts(&mut parts, &())
+            .await
+            .expect_err("refused");
+        let problem = error.into_problem();
+        let field = &problem.errors[0];
+        (
+            problem.detail.clone(),
+            field.field.clone(),
+            field.code.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn query_errors_are_said_of_the_parameter() {
+        let detail = |query: &'static str| async move { query_error(query).await.0 };
+        assert_eq!(detail("limit=abc").await, "`limit` must be a whole number");
+        assert_eq!(detail("limit=").await, "`limit` must be a whole number");
+        assert_eq!(detail("limit=99999999999").await, "`limit` is too large");
+        assert_eq!(
+            detail("ready=yes").await,
+            "`ready` must be `true` or `false`"
+        );
+        assert_eq!(
+            detail("order=random").await,
+            "`order` is not an accepted value; expected `newest` or `oldest`"
+        );
+        assert_eq!(
+            query_error("sort=name").await,
+            (
+                "`sort` is not a field of this request; expected one of `limit`, `ready`, `order`"
+                    .to_string(),
+                "sort".to_string(),
+                "unknown_field".to_string()
+            )
         );
     }
 
