@@ -22,8 +22,9 @@ pub enum TrainingDataError {
 }
 
 /// Writes the ZIP fal trains from: an avatar's stored `photos` in upload order, EXIF orientation
-/// applied, with a caption file per image carrying `caption` when given. Photos are copied from
-/// the blob store to a scratch directory one by one, so memory stays flat.
+/// applied, with a caption file per image carrying `caption` when given. Photos are read from
+/// files one by one, so memory stays flat: a local store's own files, a remote store's copied
+/// to a scratch directory first.
 pub async fn build_training_archive(
     service: &Service,
     photos: &[store::PhotoRecord],
@@ -35,8 +36,8 @@ pub async fn build_training_archive(
         .tempdir_in(&service.settings.scratch_dir)?;
     let mut sources = Vec::with_capacity(photos.len());
     for (index, photo) in photos.iter().enumerate() {
-        let path = scratch.path().join(format!("{index:04}"));
-        service.blobs.get_to_file(&photo.blob_key, &path).await?;
+        let copy = scratch.path().join(format!("{index:04}"));
+        let path = service.blobs.readable_path(&photo.blob_key, &copy).await?;
         sources.push((path, photo.facts.format, photo.facts.orientation));
     }
     let options = media::TrainingArchiveOptions {

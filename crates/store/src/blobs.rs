@@ -2,7 +2,7 @@
 //! by default, S3 or any S3-compatible store when `STORAGE_URL` says `s3://bucket/prefix`
 //! (endpoint, region, credentials and addressing style from [`S3Options`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -275,15 +275,21 @@ impl BlobStore {
             }
             GetResultPayload::Stream(stream) => stream.map(|r| r.map_err(BlobError::from)),
         };
-        let mut file = tokio::fs::File::create(destination).await?;
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            file.write_all(&chunk).await?;
-            written += chunk.len() as u64;
+        write_stream(&mut stream, destination).await
+    }
+
+    /// A file that holds the blob, for reading it by path: a local blob's own file (read where
+    /// it is kept, not copied), a remote one copied into `copy` as it streams in. A local blob
+    /// deleted before it is read is then gone for the reader too.
+    pub async fn readable_path(&self, key: &str, copy: &Path) -> Result<PathBuf, BlobError> {
+        match self.get(key).await?.payload {
+            GetResultPayload::File(_, path) => Ok(path),
+            GetResultPayload::Stream(stream) => {
+                let mut stream = stream.map(|r| r.map_err(BlobError::from));
+                write_stream(&mut stream, copy).await?;
+                Ok(copy.to_path_buf())
+            }
         }
-        file.flush().await?;
-        Ok(written)
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
@@ -301,6 +307,22 @@ impl BlobStore {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// Writes a blob's chunks to a new file at `destination`; returns the bytes written.
+async fn write_stream(
+    stream: &mut (impl futures_util::Stream<Item = Result<Bytes, BlobError>> + Unpin),
+    destination: &Path,
+) -> Result<u64, BlobError> {
+    let mut file = tokio::fs::File::create(destination).await?;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await?;
+    Ok(written)
 }
 
 /// Whether the S3 client reads the environment variable `name`: [`BlobStore::from_url`] starts
