@@ -72,7 +72,7 @@ pub async fn create(
     let new = new_generation(service, tenant, avatar_id, &request, &model, &plan);
     tracing::Span::current().record("generation_id", tracing::field::display(new.id));
     let limit = service.settings.tenants.max_active_generations;
-    let record = match service
+    let (record, jobs) = match service
         .store
         .insert_generation(&new, limit, idempotency)
         .await
@@ -89,10 +89,19 @@ pub async fn create(
         other => other?,
     };
     service.work.notify_waiters();
-    let finished = match wait {
-        Some(wait) => wait_until_finished(service, record.id, wait).await,
-        None => false,
+    let Some(wait) = wait else {
+        // As this request created it; the submitter may have moved it on since (GET shows it).
+        let generation = Generation {
+            record,
+            jobs,
+            images: Vec::new(),
+        };
+        return Ok(Started {
+            generation,
+            finished: false,
+        });
     };
+    let finished = wait_until_finished(service, record.id, wait).await;
     Ok(Started {
         generation: load(service, record).await?,
         finished,

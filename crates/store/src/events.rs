@@ -134,6 +134,18 @@ pub(crate) async fn insert_generation_event(
         .ok_or(StoreError::NotFound)?;
     let jobs = generation_jobs(&mut *conn, generation_id).await?;
     let images = generation_images(&mut *conn, generation_id).await?;
+    insert_generation_event_of(conn, event_type, generation, jobs, images).await
+}
+
+/// [`insert_generation_event`] for a generation the caller's transaction has just read or
+/// written: `jobs` and `images` are all of its own.
+pub(crate) async fn insert_generation_event_of(
+    conn: &mut PgConnection,
+    event_type: EventType,
+    generation: GenerationRecord,
+    jobs: Vec<JobRecord>,
+    images: Vec<GenerationImage>,
+) -> Result<(), StoreError> {
     insert_event(
         conn,
         generation.tenant_id,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::avatars::avatar_page;
 use crate::error::StoreError;
-use crate::events::insert_generation_event;
+use crate::events::{insert_generation_event, insert_generation_event_of};
 use crate::jobs::complete_custody_in;
 use crate::records::{
     generation_by_id, generation_images, generation_jobs, parse_column, record_created, tenant_row,
@@ -56,13 +56,14 @@ pub struct NewGenerationItem {
 }
 
 impl Store {
-    /// Creates the generation and one pending job per prompt, in one transaction.
+    /// Creates the generation and one pending job per prompt, in one transaction, and returns
+    /// them as stored (the jobs by item).
     pub async fn insert_generation(
         &self,
         new: &NewGeneration,
         max_active: u32,
         idempotency: Option<&crate::IdempotencyHold>,
-    ) -> Result<GenerationRecord, StoreError> {
+    ) -> Result<(GenerationRecord, Vec<JobRecord>), StoreError> {
         let mut tx = self.begin().await?;
         crate::tenants::check_quota(
             &mut tx,
@@ -90,34 +91,15 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
-        for (index, item) in new.items.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
-                     trigger_phrase, estimated_cost_usd, deadline_at, generation_id, item_index,
-                     traceparent, estimated_seconds)
-                 VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14, $15)",
-            )
-            .bind(item.job_id)
-            .bind(new.tenant_id.0)
-            .bind(new.avatar_id.0)
-            .bind(&new.endpoint)
-            .bind(&new.preset)
-            .bind(&item.params)
-            .bind(&item.trigger_phrase)
-            .bind(item.estimated_cost_usd)
-            .bind(new.deadline_at)
-            .bind(new.id)
-            .bind(index as i32)
-            .bind(JobKind::Generation.as_str())
-            .bind(JobStatus::Pending.as_str())
-            .bind(&new.traceparent)
-            .bind(new.estimated_seconds)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_write)?;
-            record_created(&mut tx, item.job_id, "generation requested").await?;
-        }
-        insert_generation_event(&mut tx, new.id, EventType::GenerationQueued).await?;
+        let jobs = insert_items(&mut tx, new).await?;
+        insert_generation_event_of(
+            &mut tx,
+            EventType::GenerationQueued,
+            generation.clone(),
+            jobs.clone(),
+            Vec::new(),
+        )
+        .await?;
         crate::idempotency::bind_resource_in(
             &mut tx,
             idempotency,
@@ -125,7 +107,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(generation)
+        Ok((generation, jobs))
     }
 
     /// A tenant's generation.
@@ -331,6 +313,64 @@ async fn clear_item_flags(
     .bind(status.map(JobStatus::as_str))
     .fetch_optional(conn)
     .await?)
+}
+
+/// One pending job per item of `new`, each with its `created` job event: one statement.
+/// Returns the jobs by item.
+async fn insert_items(
+    conn: &mut PgConnection,
+    new: &NewGeneration,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let ids: Vec<Uuid> = new.items.iter().map(|item| item.job_id).collect();
+    let params: Vec<&Value> = new.items.iter().map(|item| &item.params).collect();
+    let triggers: Vec<&str> = new
+        .items
+        .iter()
+        .map(|item| item.trigger_phrase.as_str())
+        .collect();
+    let costs: Vec<Option<f64>> = new
+        .items
+        .iter()
+        .map(|item| item.estimated_cost_usd)
+        .collect();
+    let indexes: Vec<i32> = (0..new.items.len())
+        .map(|index| i32::try_from(index).unwrap_or(i32::MAX))
+        .collect();
+    let mut jobs: Vec<JobRecord> = sqlx::query_as(&format!(
+        "WITH inserted AS (
+             INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
+                 trigger_phrase, estimated_cost_usd, deadline_at, generation_id, item_index,
+                 traceparent, estimated_seconds)
+             SELECT t.id, $6, $7, $8, $9, $10, $11, t.params, t.trigger_phrase, t.cost, $12, $13,
+                    t.item_index, $14, $15
+               FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::float8[], $5::int4[])
+                    AS t(id, params, trigger_phrase, cost, item_index)
+             RETURNING {JOB_COLUMNS}),
+         created AS (
+             INSERT INTO job_events (job_id, event, to_status, applied, cause)
+             SELECT id, 'created', status, true, 'generation requested' FROM inserted)
+         SELECT * FROM inserted"
+    ))
+    .bind(&ids)
+    .bind(&params)
+    .bind(&triggers)
+    .bind(&costs)
+    .bind(&indexes)
+    .bind(new.tenant_id.0)
+    .bind(new.avatar_id.0)
+    .bind(JobKind::Generation.as_str())
+    .bind(JobStatus::Pending.as_str())
+    .bind(&new.endpoint)
+    .bind(&new.preset)
+    .bind(new.deadline_at)
+    .bind(new.id)
+    .bind(&new.traceparent)
+    .bind(new.estimated_seconds)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::from_write)?;
+    jobs.sort_by_key(|job| (job.item_index, job.attempt));
+    Ok(jobs)
 }
 
 /// When `job` (as its transaction left it) is a generation item the domain calls finished:
