@@ -32,6 +32,8 @@
 //! it; `db ms/req` is the `total_exec_time` of every statement the service ran in the run
 //! (requests and the background submits they caused) divided by the requests answered, and
 //! `stmts/req` their calls likewise. `key reads/req` counts the reads of `api_keys` by hash.
+//! With the key cache on, each run's progress line is followed by its statements, most called
+//! first, with calls and execution time per request: where the round trips go.
 //!
 //! Each configuration runs twice, back to back, with the API key cache (the default settings)
 //! and without it (`API_KEY_CACHE_TTL=0`, every request reads its key): the yardstick.
@@ -347,6 +349,9 @@ async fn bench_async(setup: &Setup) -> Result<Vec<Row>, String> {
                 let cpu =
                     Cpu::sample(server_pid, setup.postmaster, Instant::now(), origin).since(before);
                 let (db_ms, statements, key_reads) = database_time(&pool).await?;
+                if ttl.is_none() {
+                    print_statements(&pool, count).await?;
+                }
                 let answered = run.latencies.len().max(1) as f64;
                 rows.push(Row {
                     mode,
@@ -419,6 +424,31 @@ async fn report_background(pool: &PgPool) -> Result<(), String> {
         "bench: jobs the requests created, by status: {}",
         listed.join(", ")
     );
+    Ok(())
+}
+
+/// The statements of the run just ended, most called first, per request: calls and execution
+/// time (background work the requests caused included), to see where round trips go.
+async fn print_statements(pool: &PgPool, requests: usize) -> Result<(), String> {
+    let top: Vec<(i64, f64, String)> = sqlx::query_as(
+        "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND query NOT LIKE '%pg_stat_statements%'
+         ORDER BY calls DESC, total_exec_time DESC LIMIT 14",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("reading pg_stat_statements: {e}"))?;
+    let requests = requests.max(1) as f64;
+    eprintln!("    statements per request, most called first (calls, us):");
+    for (calls, total_ms, query) in top {
+        eprintln!(
+            "    {:6.2} {:7.1}  {query}",
+            calls as f64 / requests,
+            total_ms * 1000.0 / requests
+        );
+    }
     Ok(())
 }
 
