@@ -265,7 +265,7 @@ async fn a_finetuned_avatar_generates_through_ultra_finetuned(pool: PgPool) {
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_batch_of_three_prompts_is_one_generation(pool: PgPool) {
-    let app = TestApp::spawn_with_fal(pool, FalOptions::default()).await;
+    let app = TestApp::spawn_with_fal(pool.clone(), FalOptions::default()).await;
     let avatar = trained(&app, "character").await;
     let id = avatar["id"].as_str().unwrap();
     let trigger = avatar["trigger_phrase"].as_str().unwrap();
@@ -276,7 +276,35 @@ async fn a_batch_of_three_prompts_is_one_generation(pool: PgPool) {
         json!({"prompts": prompts, "num_images": 2, "preset": "fast"}),
     )
     .await;
-    assert_eq!(started["items"].as_array().unwrap().len(), 3);
+    // The answer shows the generation as the request created it: every item pending, in order.
+    let items = started["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["index"], i);
+        assert_eq!(item["prompt"], format!("{trigger} {}", prompts[i]));
+        assert_eq!(item["status"], "pending", "{started:#}");
+    }
+    // Its queued event holds the same three items, and each item's history starts at `created`.
+    let generation_id: uuid::Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    let (queued_items, created): (serde_json::Value, i64) = sqlx::query_as(
+        "SELECT (SELECT data -> 'jobs' FROM outbox_events
+                  WHERE job_id = $1 AND event_type = 'generation.queued'),
+                (SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id
+                  WHERE j.generation_id = $1 AND e.event = 'created'
+                    AND e.cause = 'generation requested')",
+    )
+    .bind(generation_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let queued_indexes: Vec<i64> = queued_items
+        .as_array()
+        .expect("the queued event lists the items")
+        .iter()
+        .map(|job| job["item_index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(queued_indexes, [0, 1, 2]);
+    assert_eq!(created, 3);
     // Three requests of 2 x 512 x 512 (one megapixel each, rounded up).
     assert_eq!(started["estimated_cost_usd"], 0.21);
     let done = wait_generation(&app, started["id"].as_str().unwrap(), finished).await;
