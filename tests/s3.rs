@@ -129,7 +129,8 @@ async fn refused_credentials_are_not_ready(pool: PgPool) {
 }
 
 /// Files several read pieces long (and one byte more) go in and come out whole, whether the
-/// blobs live in a local directory (read in pieces on blocking threads) or in S3 (streamed).
+/// blobs live in a local directory (read in pieces on blocking threads, or in place) or in S3
+/// (streamed).
 #[tokio::test]
 async fn blobs_longer_than_one_read_piece_arrive_whole_from_disk_and_from_s3() {
     use futures_util::TryStreamExt;
@@ -168,7 +169,30 @@ async fn blobs_longer_than_one_read_piece_arrive_whole_from_disk_and_from_s3() {
             .unwrap();
         assert!(chunks.concat() == original, "{name}: streamed bytes differ");
 
+        // A local blob is read where it is kept; a remote one is copied where asked.
+        let scratch = work.path().join(format!("readable-{name}"));
+        let readable = blobs.readable_path("long/blob", &scratch).await.unwrap();
+        assert!(
+            std::fs::read(&readable).unwrap() == original,
+            "{name}: readable file differs"
+        );
+        match name {
+            "local" => {
+                assert!(readable.starts_with(local_dir.path()), "{readable:?}");
+                assert!(!scratch.exists(), "a local blob is not copied");
+            }
+            _ => assert_eq!(readable, scratch),
+        }
+
         let missing = blobs.get_to_file("no/such/blob", &copy).await.unwrap_err();
+        assert!(
+            matches!(missing, store::BlobError::NotFound(_)),
+            "{name}: {missing}"
+        );
+        let missing = blobs
+            .readable_path("no/such/blob", &scratch)
+            .await
+            .unwrap_err();
         assert!(
             matches!(missing, store::BlobError::NotFound(_)),
             "{name}: {missing}"
