@@ -102,3 +102,25 @@ pub(crate) async fn check_quota(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Quota;
+
+    /// The planner uses a partial index only for a condition that implies the index's own:
+    /// the quota counts and `jobs_tenant_unfinished_idx` must name the same statuses, or every
+    /// generation request would count through the tenant's whole history again.
+    #[test]
+    fn the_unfinished_jobs_index_serves_the_quota_counts() {
+        let migration =
+            include_str!("../../../migrations/20261130400000_unfinished_jobs_by_tenant.sql");
+        for quota in [Quota::ActiveTrainings, Quota::ActiveGenerations] {
+            let sql = quota.count_sql();
+            let condition = &sql[sql.find("status IN").expect("a status condition")..];
+            assert!(
+                migration.contains(&format!("WHERE {condition};")),
+                "{condition}"
+            );
+        }
+    }
+}
