@@ -541,3 +541,59 @@ async fn the_running_janitor_deletes_blobs_and_trims_on_its_own(pool: PgPool) {
         "keys used more than a minute ago are forgotten"
     );
 }
+
+/// Sets `path`'s modification time to `age` ago.
+fn touched_ago(path: &std::path::Path, age: Duration) {
+    let when = std::time::SystemTime::now() - age;
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_janitor_removes_scratch_files_a_stopped_process_left(pool: PgPool) {
+    let blobs = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut settings = service::Settings::default();
+    let horizon = Duration::from_secs(3600);
+    settings.scratch_dir = scratch.path().to_path_buf();
+    settings.retention.scratch_files = horizon;
+    let janitor = service_on(&pool, blobs.path(), settings);
+
+    let path = |name: &str| scratch.path().join(name);
+    // Left by a process that died: an upload being checked, and a submit's directory with the
+    // training archive of a person's photos in it.
+    std::fs::write(path("avatars-upload-dead"), b"a person's photo").unwrap();
+    std::fs::create_dir(path("avatars-submit-dead")).unwrap();
+    std::fs::write(path("avatars-submit-dead/training.zip"), b"photos").unwrap();
+    // In use, or just under the horizon; and a file that is not the service's.
+    std::fs::write(path("avatars-upload-live"), b"in flight").unwrap();
+    std::fs::write(path("avatars-archive-recent"), b"recent").unwrap();
+    std::fs::write(path("someone-else"), b"not ours").unwrap();
+    let minute = Duration::from_secs(60);
+    touched_ago(&path("avatars-upload-dead"), horizon + minute);
+    touched_ago(&path("avatars-submit-dead"), horizon + minute);
+    touched_ago(&path("avatars-archive-recent"), horizon - minute);
+    touched_ago(&path("someone-else"), 10 * horizon);
+
+    service::workers::janitor::run_once(&janitor).await;
+
+    let left: BTreeSet<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        BTreeSet::from(
+            [
+                "avatars-archive-recent",
+                "avatars-upload-live",
+                "someone-else"
+            ]
+            .map(String::from)
+        )
+    );
+    // A second round finds nothing more to remove.
+    assert_eq!(service::workers::janitor::sweep_scratch(&janitor).await, 0);
+}

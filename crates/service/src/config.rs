@@ -270,6 +270,9 @@ pub struct RetentionSettings {
     pub blob_retry_base: Duration,
     /// The longest wait between two attempts to delete one blob.
     pub blob_retry_max: Duration,
+    /// Scratch files (`avatars-*` in the scratch directory) untouched for longer belong to a
+    /// process that died mid-work, and are removed: they may hold a person's photos.
+    pub scratch_files: Duration,
 }
 
 impl Default for RetentionSettings {
@@ -287,6 +290,7 @@ impl Default for RetentionSettings {
             lock_timeout: batches.lock_timeout,
             blob_retry_base: Duration::from_secs(30),
             blob_retry_max: Duration::from_secs(6 * 3600),
+            scratch_files: Duration::from_secs(DAY),
         }
     }
 }
@@ -513,6 +517,7 @@ impl Config {
         "RETENTION_EXPIRED_SECRETS",
         "RETENTION_BATCH_ROWS",
         "RETENTION_LOCK_TIMEOUT",
+        "RETENTION_SCRATCH_FILES",
         "BLOB_DELETE_RETRY_BASE",
         "BLOB_DELETE_RETRY_MAX",
         "JANITOR_INTERVAL",
@@ -1033,6 +1038,10 @@ fn retention(env: &Env<'_>) -> Result<RetentionSettings, ConfigError> {
             .unwrap_or(defaults.lock_timeout),
         blob_retry_base,
         blob_retry_max,
+        // At least an hour: a scratch file in use lives for one request or one submit.
+        scratch_files: env
+            .seconds("RETENTION_SCRATCH_FILES", 3600, 30 * 24 * 3600)?
+            .unwrap_or(defaults.scratch_files),
     })
 }
 
@@ -1500,6 +1509,7 @@ mod tests {
             ("BLOB_DELETE_RETRY_BASE", "1"),
             ("BLOB_DELETE_RETRY_MAX", "1"),
             ("JANITOR_INTERVAL", "5"),
+            ("RETENTION_SCRATCH_FILES", "3600"),
         ])
         .unwrap();
         assert_eq!(
@@ -1515,6 +1525,7 @@ mod tests {
                 lock_timeout: Duration::from_secs(60),
                 blob_retry_base: Duration::from_secs(1),
                 blob_retry_max: Duration::from_secs(1),
+                scratch_files: Duration::from_secs(3600),
             }
         );
         assert_eq!(set.janitor_interval, Duration::from_secs(5));
@@ -1547,6 +1558,14 @@ mod tests {
                 "RETENTION_LOCK_TIMEOUT",
             ),
             (vec![("JANITOR_INTERVAL", "0")], "JANITOR_INTERVAL"),
+            (
+                vec![("RETENTION_SCRATCH_FILES", "3599")],
+                "RETENTION_SCRATCH_FILES",
+            ),
+            (
+                vec![("RETENTION_SCRATCH_FILES", "2592001")],
+                "RETENTION_SCRATCH_FILES",
+            ),
             (
                 vec![
                     ("RETENTION_DELIVERED_EVENTS", "7200"),

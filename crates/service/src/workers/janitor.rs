@@ -111,6 +111,70 @@ pub async fn trim_expired(service: &Service) {
     }
 }
 
+/// Removes what processes that died mid-work left in the scratch directory: entries named
+/// `avatars-*` (uploads being checked, training archives, model files) untouched for longer
+/// than `RETENTION_SCRATCH_FILES`. One in use lives for a request or a submit; one this old has
+/// no owner left, and may hold a person's photos. Returns how many entries were removed.
+pub async fn sweep_scratch(service: &Service) -> usize {
+    let dir = service.settings.scratch_dir.clone();
+    let horizon = service.settings.retention.scratch_files;
+    let swept = tokio::task::spawn_blocking(move || remove_stale_scratch(&dir, horizon)).await;
+    match swept {
+        Ok(Ok(0)) => 0,
+        Ok(Ok(removed)) => {
+            tracing::info!(
+                entries = removed,
+                "removed scratch files a stopped process left"
+            );
+            removed
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "sweeping the scratch directory");
+            0
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the scratch sweep failed");
+            0
+        }
+    }
+}
+
+fn remove_stale_scratch(dir: &std::path::Path, horizon: Duration) -> std::io::Result<usize> {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("avatars-") {
+            continue;
+        }
+        // Not followed: a link is removed as a link, never what it points to.
+        let Ok(metadata) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let untouched = metadata
+            .modified()
+            .ok()
+            .and_then(|modified| now.duration_since(modified).ok());
+        if untouched.is_none_or(|age| age <= horizon) {
+            continue;
+        }
+        let gone = if metadata.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match gone {
+            Ok(()) => removed += 1,
+            // Another replica sharing the directory removed it first.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %entry.path().display(), "removing a scratch entry");
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// One round of clean-up.
 pub async fn run_once(service: &Service) {
     // A photo stays pending only while its request stores the bytes; one pending for longer
@@ -128,6 +192,7 @@ pub async fn run_once(service: &Service) {
     // Each claimed blob is deleted or moved to a later attempt, so this ends.
     while purge_deleted_blobs(service).await as i64 == BLOB_BATCH {}
     trim_expired(service).await;
+    sweep_scratch(service).await;
 }
 
 /// Runs clean-up rounds every `interval` until the task is dropped.
