@@ -15,8 +15,9 @@ use crate::error::StoreError;
 use crate::events::{insert_generation_event, insert_generation_event_of};
 use crate::jobs::complete_custody_in;
 use crate::records::{
-    generation_by_id, generation_images, generation_jobs, parse_column, record_created, tenant_row,
-    GenerationImage, GenerationRecord, JobRecord, GENERATION_COLUMNS, JOB_COLUMNS,
+    generation_by_id, generation_images, generation_jobs, inserting_jobs_with_created_events,
+    parse_column, record_created, tenant_row, GenerationImage, GenerationRecord, JobRecord,
+    GENERATION_COLUMNS, JOB_COLUMNS,
 };
 use crate::Store;
 
@@ -336,20 +337,18 @@ async fn insert_items(
     let indexes: Vec<i32> = (0..new.items.len())
         .map(|index| i32::try_from(index).unwrap_or(i32::MAX))
         .collect();
-    let mut jobs: Vec<JobRecord> = sqlx::query_as(&format!(
-        "WITH inserted AS (
-             INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
+    let mut jobs: Vec<JobRecord> = sqlx::query_as(&inserting_jobs_with_created_events(
+        &format!(
+            "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, endpoint, preset, params,
                  trigger_phrase, estimated_cost_usd, deadline_at, generation_id, item_index,
                  traceparent, estimated_seconds)
              SELECT t.id, $6, $7, $8, $9, $10, $11, t.params, t.trigger_phrase, t.cost, $12, $13,
                     t.item_index, $14, $15
                FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::float8[], $5::int4[])
                     AS t(id, params, trigger_phrase, cost, item_index)
-             RETURNING {JOB_COLUMNS}),
-         created AS (
-             INSERT INTO job_events (job_id, event, to_status, applied, cause)
-             SELECT id, 'created', status, true, 'generation requested' FROM inserted)
-         SELECT * FROM inserted"
+             RETURNING {JOB_COLUMNS}"
+        ),
+        "$16",
     ))
     .bind(&ids)
     .bind(&params)
@@ -366,6 +365,7 @@ async fn insert_items(
     .bind(new.id)
     .bind(&new.traceparent)
     .bind(new.estimated_seconds)
+    .bind("generation requested")
     .fetch_all(&mut *conn)
     .await
     .map_err(StoreError::from_write)?;

@@ -20,7 +20,8 @@ use crate::events::insert_training_event;
 use crate::gauges::Changed;
 use crate::models::NewModel;
 use crate::records::{
-    job_by_id, tenant_row, JobKindColumn, JobRecord, JobStatusColumn, JOB_COLUMNS,
+    inserting_jobs_with_created_events, job_by_id, tenant_row, JobKindColumn, JobRecord,
+    JobStatusColumn, JOB_COLUMNS,
 };
 use crate::transitions::{apply_transition, JobTransition};
 use crate::{Quota, Store};
@@ -331,18 +332,15 @@ impl Store {
         let mut tx = self.begin().await?;
         crate::tenants::check_quota(&mut tx, new.tenant_id, Quota::ActiveTrainings, max_active)
             .await?;
-        // The job and its `created` job event: one statement.
-        let job: JobRecord = sqlx::query_as(&format!(
-            "WITH inserted AS (
-                 INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint, preset,
-                     params, trigger_phrase, input_blob_key, estimated_cost_usd, deadline_at,
-                     traceparent, estimated_seconds)
+        let job: JobRecord = sqlx::query_as(&inserting_jobs_with_created_events(
+            &format!(
+                "INSERT INTO jobs (id, tenant_id, avatar_id, kind, status, trainer, endpoint,
+                     preset, params, trigger_phrase, input_blob_key, estimated_cost_usd,
+                     deadline_at, traceparent, estimated_seconds)
                  VALUES ($1, $2, $3, $12, $13, $4, $5, $6, $7, $8, $9, $10, $11, $14, $15)
-                 RETURNING {JOB_COLUMNS}),
-             created AS (
-                 INSERT INTO job_events (job_id, event, to_status, applied, cause)
-                 SELECT id, 'created', status, true, 'training requested' FROM inserted)
-             SELECT * FROM inserted"
+                 RETURNING {JOB_COLUMNS}"
+            ),
+            "$16",
         ))
         .bind(new.id)
         .bind(new.tenant_id.0)
@@ -359,6 +357,7 @@ impl Store {
         .bind(JobStatus::Pending.as_str())
         .bind(&new.traceparent)
         .bind(new.estimated_seconds)
+        .bind("training requested")
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;

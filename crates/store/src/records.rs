@@ -332,6 +332,19 @@ pub(crate) async fn generation_images(
     .await?)
 }
 
+/// `insert_jobs` (an `INSERT INTO jobs ... RETURNING {JOB_COLUMNS}`) as one statement that also
+/// records each inserted job's creation in its event log, with the cause bound at
+/// `cause_param` (such as `$16`). Returns the inserted jobs.
+pub(crate) fn inserting_jobs_with_created_events(insert_jobs: &str, cause_param: &str) -> String {
+    format!(
+        "WITH inserted AS ({insert_jobs}),
+         created AS (
+             INSERT INTO job_events (job_id, event, to_status, applied, cause)
+             SELECT id, 'created', status, true, {cause_param}::text FROM inserted)
+         SELECT * FROM inserted"
+    )
+}
+
 /// Records a job's creation in its event log.
 pub(crate) async fn record_created(
     conn: &mut PgConnection,
