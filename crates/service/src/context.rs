@@ -249,6 +249,13 @@ pub enum StartError {
     CheckThreads(std::io::Error),
 }
 
+/// How every scratch file and directory of the service is named (then its purpose).
+pub const SCRATCH_PREFIX: &str = "avatars-";
+
+fn scratch_prefix(purpose: &str) -> String {
+    format!("{SCRATCH_PREFIX}{purpose}-")
+}
+
 impl Service {
     pub fn new(
         store: store::Store,
@@ -320,6 +327,21 @@ impl Service {
     /// Changes when the process begins to stop.
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// A new scratch file for `purpose` (`upload`, `lora`, ...), removed when dropped. Named
+    /// [`SCRATCH_PREFIX`]`<purpose>-`, so the janitor finds what a process that died left.
+    pub fn scratch_file(&self, purpose: &str) -> std::io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix(&scratch_prefix(purpose))
+            .tempfile_in(&self.settings.scratch_dir)
+    }
+
+    /// [`Service::scratch_file`] for a directory, removed with its contents when dropped.
+    pub fn scratch_directory(&self, purpose: &str) -> std::io::Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(&scratch_prefix(purpose))
+            .tempdir_in(&self.settings.scratch_dir)
     }
 
     /// The fal connection and the URL fal calls back, or why paid work cannot start.

@@ -202,9 +202,8 @@ fn limit_reached(file_name: &str, max: u32) -> RejectedFile {
 
 /// A fresh spool file in the scratch directory, removed when dropped.
 fn spool_file(service: &Service) -> Result<tempfile::NamedTempFile, ServiceError> {
-    tempfile::Builder::new()
-        .prefix("avatars-upload-")
-        .tempfile_in(&service.settings.scratch_dir)
+    service
+        .scratch_file("upload")
         .map_err(ServiceError::internal)
 }
 

@@ -31,9 +31,7 @@ pub async fn build_training_archive(
     caption: Option<String>,
     destination: &Path,
 ) -> Result<media::TrainingArchiveSummary, TrainingDataError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("avatars-archive-")
-        .tempdir_in(&service.settings.scratch_dir)?;
+    let scratch = service.scratch_directory("archive")?;
     let mut sources = Vec::with_capacity(photos.len());
     for (index, photo) in photos.iter().enumerate() {
         let copy = scratch.path().join(format!("{index:04}"));
@@ -167,9 +165,7 @@ pub async fn fetch_and_inspect(
     url: &str,
     policy: domain::FacePolicy,
 ) -> Result<(ArchiveInspection, tempfile::TempDir, std::path::PathBuf), ArchiveCheckError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("avatars-byo-")
-        .tempdir_in(&service.settings.scratch_dir)?;
+    let scratch = service.scratch_directory("byo")?;
     let archive = scratch.path().join("archive.zip");
     service.archive_fetcher.fetch_to_file(url, &archive).await?;
     let rules = service.photo_rules();

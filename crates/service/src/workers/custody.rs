@@ -253,9 +253,7 @@ pub(super) async fn copy_to_blob(
             fal.client.download(&url),
         )
         .await?;
-    let scratch = tempfile::Builder::new()
-        .prefix("avatars-artifact-")
-        .tempfile_in(&service.settings.scratch_dir)?;
+    let scratch = service.scratch_file("artifact")?;
     // Buffered: each write of a file is handed to a blocking thread.
     let mut file = tokio::io::BufWriter::with_capacity(
         store::FILE_CHUNK_BYTES,

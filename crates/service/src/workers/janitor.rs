@@ -144,7 +144,11 @@ fn remove_stale_scratch(dir: &std::path::Path, horizon: Duration) -> std::io::Re
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if !entry.file_name().to_string_lossy().starts_with("avatars-") {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(crate::context::SCRATCH_PREFIX)
+        {
             continue;
         }
         // Not followed: a link is removed as a link, never what it points to.

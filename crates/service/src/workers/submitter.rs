@@ -40,10 +40,7 @@ pub(super) async fn submit(service: &Service, job: JobRecord) {
         reject(service, &job, failure, "bad params").await;
         return;
     };
-    let scratch = match tempfile::Builder::new()
-        .prefix("avatars-submit-")
-        .tempdir_in(&service.settings.scratch_dir)
-    {
+    let scratch = match service.scratch_directory("submit") {
         Ok(dir) => dir,
         Err(error) => {
             tracing::error!(%error, "creating a scratch directory");
@@ -434,9 +431,7 @@ pub(super) async fn upload_lora(
         .artifact_key
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("the model has no stored LoRA"))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("avatars-lora-")
-        .tempfile_in(&service.settings.scratch_dir)?;
+    let scratch = service.scratch_file("lora")?;
     service.blobs.get_to_file(key, scratch.path()).await?;
     let uploaded = service
         .metrics
