@@ -430,19 +430,12 @@ async fn report_background(pool: &PgPool) -> Result<(), String> {
 /// The statements of the run just ended, most called first, per request: calls and execution
 /// time (background work the requests caused included), to see where round trips go.
 async fn print_statements(pool: &PgPool, requests: usize) -> Result<(), String> {
-    let top: Vec<(i64, f64, String)> = sqlx::query_as(
-        "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
-         FROM pg_stat_statements
-         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND query NOT LIKE '%pg_stat_statements%'
-         ORDER BY calls DESC, total_exec_time DESC LIMIT 14",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(|e| format!("reading pg_stat_statements: {e}"))?;
+    let mut statements = crate::bench_support::service_statements(pool).await?;
+    // Most called first; the sort is stable, so the costliest first among equals.
+    statements.sort_by_key(|(calls, _, _)| std::cmp::Reverse(*calls));
     let requests = requests.max(1) as f64;
     eprintln!("    statements per request, most called first (calls, us):");
-    for (calls, total_ms, query) in top {
+    for (calls, total_ms, query) in statements.into_iter().take(14) {
         eprintln!(
             "    {:6.2} {:7.1}  {query}",
             calls as f64 / requests,

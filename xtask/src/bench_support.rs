@@ -44,6 +44,23 @@ pub(crate) fn against_args(against: Option<&Path>) -> Vec<std::ffi::OsString> {
         .unwrap_or_default()
 }
 
+/// The service's statements since `pg_stat_statements` was last reset, costliest first:
+/// (calls, total execution ms, the statement's text on one line, cut to 110 characters).
+pub(crate) async fn service_statements(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(i64, f64, String)>, String> {
+    sqlx::query_as(
+        "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND query NOT LIKE '%pg_stat_statements%'
+         ORDER BY total_exec_time DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("reading pg_stat_statements: {e}"))
+}
+
 /// Builds the release xtask and runs `xtask <subcommand> <args>` in it: the load generator
 /// shares the cores with the service, so it runs optimised.
 pub(crate) fn run_optimised(

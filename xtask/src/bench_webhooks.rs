@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::bench_photos::{check, free_port, ServerGuard};
 use crate::bench_support::{
     against_args, interrupted, log_tail, percentile_ms, postmaster_pid, run_optimised,
-    split_against, stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
+    service_statements, split_against, stop_on_ctrl_c, wait_ready, Cpu, WorkDir, INTERRUPTED,
 };
 
 /// Concurrent senders of the two runs (and pgbench's client counts).
@@ -455,16 +455,7 @@ async fn reset_statements(pool: &PgPool) -> Result<(), String> {
 }
 
 async fn top_statements(pool: &PgPool) -> Result<Statements, String> {
-    let rows: Vec<(i64, f64, String)> = sqlx::query_as(
-        "SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
-         FROM pg_stat_statements
-         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND query NOT LIKE '%pg_stat_statements%'
-         ORDER BY total_exec_time DESC",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(|e| format!("reading pg_stat_statements: {e}"))?;
+    let rows = service_statements(pool).await?;
     Ok(Statements {
         total_ms: rows.iter().map(|r| r.1).sum(),
         calls: rows.iter().map(|r| r.0).sum(),
