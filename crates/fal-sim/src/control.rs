@@ -19,20 +19,38 @@ use crate::{webhook, worker};
 pub(crate) fn router() -> Router<SharedSim> {
     Router::new()
         .route("/info", get(info))
+        .route("/keys", post(register_key))
+        .merge(observation_routes())
+        .nest("/faults", fault_routes())
+        .merge(release_routes())
+        .route("/files/expire", post(expire_file))
+}
+
+/// What the sim received and answered, for tests to read.
+fn observation_routes() -> Router<SharedSim> {
+    Router::new()
         .route("/received", get(received).delete(clear_received))
         .route("/requests", get(requests))
         .route("/requests/{id}", get(request))
         .route("/requests/{id}/faults", post(set_request_faults))
+}
+
+/// Faults every later call of a kind meets, until cleared.
+fn fault_routes() -> Router<SharedSim> {
+    Router::new()
+        .route("/submit", post(fault_submits))
+        .route("/reads", post(fault_reads))
+        .route("/requests", post(fault_requests))
+        .route("/clear", post(clear_faults))
+}
+
+/// Held work let go, and the signing keys' availability.
+fn release_routes() -> Router<SharedSim> {
+    Router::new()
         .route("/requests/{id}/release", post(release))
-        .route("/keys", post(register_key))
-        .route("/faults/submit", post(fault_submits))
-        .route("/faults/reads", post(fault_reads))
-        .route("/faults/requests", post(fault_requests))
-        .route("/faults/clear", post(clear_faults))
         .route("/webhooks/release", post(release_webhooks))
         .route("/jwks/rotate", post(rotate))
         .route("/jwks/down", post(jwks_down))
-        .route("/files/expire", post(expire_file))
 }
 
 impl Sim {
