@@ -1,12 +1,15 @@
 //! Cursor pagination, the same on every list: `limit` 1-100 (default 20) and an opaque
 //! `cursor` carrying the last id of the previous page (ids are time-ordered UUIDv7).
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use base64::Engine;
 use serde::Deserialize;
 use service::PageRequest;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::extract::AppQuery;
 use crate::problem::{ApiError, FieldLocation};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -21,6 +24,20 @@ pub struct PageQuery {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// A list's `limit` and `cursor` ([`PageQuery`]), checked: the extractor of every list without
+/// filters.
+#[derive(Debug, Clone, Copy)]
+pub struct Paged(pub PageRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for Paged {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let AppQuery(query) = AppQuery::<PageQuery>::from_request_parts(parts, state).await?;
+        page(query.limit, query.cursor.as_deref()).map(Paged)
+    }
 }
 
 fn query_error(field: &str, code: &str, message: &str) -> ApiError {

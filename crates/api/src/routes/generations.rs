@@ -17,9 +17,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::extract::{AppQuery, PathId};
+use crate::extract::PathId;
 use crate::idempotency::IdempotentJson;
-use crate::pagination::PageQuery;
+use crate::pagination::{PageQuery, Paged};
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
     located, AvatarNotFound, AvatarPath, FalNotConfigured, GenerationNotFound, GenerationPath,
@@ -258,9 +258,8 @@ pub async fn list_generations(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    AppQuery(query): AppQuery<PageQuery>,
+    Paged(page): Paged,
 ) -> Result<Json<GenerationPage>, ApiError> {
-    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let found = service::generations::list(&state, caller.tenant_id, AvatarId(id), page).await?;
     let (items, next_cursor) = crate::pagination::render(found, |g| g.record.id, generation_view);
     Ok(Json(GenerationPage { items, next_cursor }))

@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::extract::{AppQuery, PathId};
+use crate::extract::PathId;
 use crate::idempotency::IdempotentJson;
-use crate::pagination::PageQuery;
+use crate::pagination::{PageQuery, Paged};
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
     AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
@@ -153,9 +153,8 @@ pub async fn list_trainings(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    AppQuery(query): AppQuery<PageQuery>,
+    Paged(page): Paged,
 ) -> Result<Json<TrainingPage>, ApiError> {
-    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let found = service::trainings::list(&state, caller.tenant_id, AvatarId(id), page).await?;
     let (items, next_cursor) = crate::pagination::render(found, |t| t.job.id, training_view);
     Ok(Json(TrainingPage { items, next_cursor }))

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::extract::{AppJson, AppQuery, PathId, PathIds};
-use crate::pagination::PageQuery;
+use crate::pagination::{PageQuery, Paged};
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
     located, DeliveryNotFound, EndpointNotFound, EndpointPath, InvalidQuery, MalformedJson,
@@ -142,9 +142,8 @@ pub async fn create_webhook_endpoint(
 pub async fn list_webhook_endpoints(
     State(state): State<AppState>,
     caller: Caller,
-    AppQuery(query): AppQuery<PageQuery>,
+    Paged(page): Paged,
 ) -> Result<Json<EndpointPage>, ApiError> {
-    let page = crate::pagination::page(query.limit, query.cursor.as_deref())?;
     let found = webhook_endpoints::list_endpoints(&state, caller.tenant_id, page).await?;
     let (items, next_cursor) = crate::pagination::render(found, |e| e.id, Into::into);
     Ok(Json(EndpointPage { items, next_cursor }))
