@@ -211,6 +211,13 @@ pub struct Metrics {
     key_cache_entries: Gauge,
 }
 
+/// `metric`, after adding it to `registry` under `name`: every metric is named and described
+/// where it is made.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -225,41 +232,167 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let mut registry = Registry::default();
         let metrics = Self {
-            registry: Mutex::new(Registry::default()),
-            jobs: Family::default(),
-            transitions: Family::default(),
-            overdue: Family::default(),
-            callbacks: Family::default(),
-            callback_batches: Histogram::new([
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-            callback_batch_seconds: Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            fal_calls: Family::default(),
-            fal_call_seconds: Family::new_with_constructor(|| {
+            jobs: registered(
+                &mut registry,
+                "avatars_jobs",
+                "Jobs (trainings and generation items) not finished yet, by kind and status",
+                Family::default(),
+            ),
+            transitions: registered(
+                &mut registry,
+                "avatars_job_transitions",
+                "Job status changes made by this process, by kind and the statuses left and entered",
+                Family::default(),
+            ),
+            overdue: registered(
+                &mut registry,
+                "avatars_jobs_overdue",
+                "Jobs still at fal past their deadline: no callback came and reconciliation has not settled them",
+                Family::default(),
+            ),
+            callbacks: registered(
+                &mut registry,
+                "avatars_fal_callbacks",
+                "fal callbacks received by this process, by outcome",
+                Family::default(),
+            ),
+            callback_batches: registered(
+                &mut registry,
+                "avatars_fal_callback_batch_size",
+                "fal callbacks committed together in one transaction (a batch that failed and was applied callback by callback counts once)",
                 Histogram::new([
-                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                ])
-            }),
-            fal_billing_locked: Gauge::default(),
-            fal_unauthorized: Gauge::default(),
-            relay_attempts: Family::default(),
-            deliveries_due: Gauge::default(),
-            delivery_lag: FloatGauge::default(),
-            sequencer_lag: FloatGauge::default(),
-            custody_backlog: Gauge::default(),
-            result_fetch_backlog: Gauge::default(),
-            custody_oldest: FloatGauge::default(),
-            pool_connections: Family::default(),
-            retention_trimmed: Family::default(),
-            blob_deletion_failures: Counter::default(),
-            pool_max: Gauge::default(),
-            pool_acquire_seconds: FloatGauge::default(),
-            collect_errors: Counter::default(),
-            key_checks: Family::default(),
-            key_cache_entries: Gauge::default(),
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                ]),
+            ),
+            callback_batch_seconds: registered(
+                &mut registry,
+                "avatars_fal_callback_batch_duration_seconds",
+                "Time of one batch's transaction, from taking its connection to the end of its COMMIT (of a batch that failed, until it was rolled back); every callback of the batch waits for it",
+                Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            ),
+            fal_calls: registered(
+                &mut registry,
+                "avatars_fal_calls",
+                "Calls to fal by operation and result (ok or the error class), retries included",
+                Family::default(),
+            ),
+            fal_call_seconds: registered(
+                &mut registry,
+                "avatars_fal_call_duration_seconds",
+                "Time of calls to fal by operation, retries included",
+                Family::new_with_constructor(|| {
+                    Histogram::new([
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    ])
+                }),
+            ),
+            fal_billing_locked: registered(
+                &mut registry,
+                "avatars_fal_billing_locked",
+                "1 while fal reports our account locked (billing): every submit is refused",
+                Gauge::default(),
+            ),
+            fal_unauthorized: registered(
+                &mut registry,
+                "avatars_fal_unauthorized",
+                "1 while fal rejects our API key",
+                Gauge::default(),
+            ),
+            relay_attempts: registered(
+                &mut registry,
+                "avatars_webhook_attempts",
+                "Outbound webhook delivery attempts made by this process, by outcome",
+                Family::default(),
+            ),
+            deliveries_due: registered(
+                &mut registry,
+                "avatars_webhook_deliveries_due",
+                "Webhook deliveries due now to enabled endpoints",
+                Gauge::default(),
+            ),
+            delivery_lag: registered(
+                &mut registry,
+                "avatars_webhook_delivery_lag_seconds",
+                "How long the oldest due webhook delivery has been due (0 when none is)",
+                FloatGauge::default(),
+            ),
+            sequencer_lag: registered(
+                &mut registry,
+                "avatars_sequencer_lag_seconds",
+                "Age of the oldest event not yet sequenced (0 when none waits)",
+                FloatGauge::default(),
+            ),
+            custody_backlog: registered(
+                &mut registry,
+                "avatars_custody_backlog",
+                "Finished jobs whose artifacts are still to be copied into our storage",
+                Gauge::default(),
+            ),
+            result_fetch_backlog: registered(
+                &mut registry,
+                "avatars_result_fetch_backlog",
+                "Finishing jobs whose result is still to be fetched from fal",
+                Gauge::default(),
+            ),
+            custody_oldest: registered(
+                &mut registry,
+                "avatars_custody_oldest_seconds",
+                "How long the oldest job of the custody and result-fetch backlogs has waited",
+                FloatGauge::default(),
+            ),
+            retention_trimmed: registered(
+                &mut registry,
+                "avatars_retention_trimmed_rows",
+                "Rows the janitor of this process deleted past their retention, by table",
+                Family::default(),
+            ),
+            blob_deletion_failures: registered(
+                &mut registry,
+                "avatars_blob_deletion_failures",
+                "Failed attempts of this process to delete a blob (each is retried later)",
+                Counter::default(),
+            ),
+            pool_connections: registered(
+                &mut registry,
+                "avatars_db_pool_connections",
+                "Database pool connections of this process, in use or idle",
+                Family::default(),
+            ),
+            pool_max: registered(
+                &mut registry,
+                "avatars_db_pool_max_connections",
+                "Most connections the database pool of this process opens",
+                Gauge::default(),
+            ),
+            pool_acquire_seconds: registered(
+                &mut registry,
+                "avatars_db_pool_acquire_seconds",
+                "Time the last scrape waited for a pool connection (requests wait as long when the pool is exhausted)",
+                FloatGauge::default(),
+            ),
+            collect_errors: registered(
+                &mut registry,
+                "avatars_metrics_collect_errors",
+                "Scrapes whose database-derived gauges could not be read (they keep their last values)",
+                Counter::default(),
+            ),
+            key_checks: registered(
+                &mut registry,
+                "avatars_api_key_checks",
+                "API keys checked, by where the answer came from: this process's key cache or the database",
+                Family::default(),
+            ),
+            key_cache_entries: registered(
+                &mut registry,
+                "avatars_api_key_cache_entries",
+                "Live API keys this process's key cache holds",
+                Gauge::default(),
+            ),
+            registry: Mutex::new(registry),
         };
         // Every series of a fixed set exists from the start, at zero, so rates and alerts
         // see a value before the first event: live job states, every transition the domain allows,
@@ -329,136 +462,7 @@ impl Metrics {
                 .pool_connections
                 .get_or_create(&PoolLabels { state });
         }
-        metrics.register_all();
         metrics
-    }
-
-    fn register_all(&self) {
-        self.register(
-            "avatars_jobs",
-            "Jobs (trainings and generation items) not finished yet, by kind and status",
-            self.jobs.clone(),
-        );
-        self.register(
-            "avatars_job_transitions",
-            "Job status changes made by this process, by kind and the statuses left and entered",
-            self.transitions.clone(),
-        );
-        self.register(
-            "avatars_jobs_overdue",
-            "Jobs still at fal past their deadline: no callback came and reconciliation has not settled them",
-            self.overdue.clone(),
-        );
-        self.register(
-            "avatars_fal_callbacks",
-            "fal callbacks received by this process, by outcome",
-            self.callbacks.clone(),
-        );
-        self.register(
-            "avatars_fal_callback_batch_size",
-            "fal callbacks committed together in one transaction (a batch that failed and was applied callback by callback counts once)",
-            self.callback_batches.clone(),
-        );
-        self.register(
-            "avatars_fal_callback_batch_duration_seconds",
-            "Time of one batch's transaction, from taking its connection to the end of its COMMIT (of a batch that failed, until it was rolled back); every callback of the batch waits for it",
-            self.callback_batch_seconds.clone(),
-        );
-        self.register(
-            "avatars_fal_calls",
-            "Calls to fal by operation and result (ok or the error class), retries included",
-            self.fal_calls.clone(),
-        );
-        self.register(
-            "avatars_fal_call_duration_seconds",
-            "Time of calls to fal by operation, retries included",
-            self.fal_call_seconds.clone(),
-        );
-        self.register(
-            "avatars_fal_billing_locked",
-            "1 while fal reports our account locked (billing): every submit is refused",
-            self.fal_billing_locked.clone(),
-        );
-        self.register(
-            "avatars_fal_unauthorized",
-            "1 while fal rejects our API key",
-            self.fal_unauthorized.clone(),
-        );
-        self.register(
-            "avatars_webhook_attempts",
-            "Outbound webhook delivery attempts made by this process, by outcome",
-            self.relay_attempts.clone(),
-        );
-        self.register(
-            "avatars_webhook_deliveries_due",
-            "Webhook deliveries due now to enabled endpoints",
-            self.deliveries_due.clone(),
-        );
-        self.register(
-            "avatars_webhook_delivery_lag_seconds",
-            "How long the oldest due webhook delivery has been due (0 when none is)",
-            self.delivery_lag.clone(),
-        );
-        self.register(
-            "avatars_sequencer_lag_seconds",
-            "Age of the oldest event not yet sequenced (0 when none waits)",
-            self.sequencer_lag.clone(),
-        );
-        self.register(
-            "avatars_custody_backlog",
-            "Finished jobs whose artifacts are still to be copied into our storage",
-            self.custody_backlog.clone(),
-        );
-        self.register(
-            "avatars_result_fetch_backlog",
-            "Finishing jobs whose result is still to be fetched from fal",
-            self.result_fetch_backlog.clone(),
-        );
-        self.register(
-            "avatars_custody_oldest_seconds",
-            "How long the oldest job of the custody and result-fetch backlogs has waited",
-            self.custody_oldest.clone(),
-        );
-        self.register(
-            "avatars_retention_trimmed_rows",
-            "Rows the janitor of this process deleted past their retention, by table",
-            self.retention_trimmed.clone(),
-        );
-        self.register(
-            "avatars_blob_deletion_failures",
-            "Failed attempts of this process to delete a blob (each is retried later)",
-            self.blob_deletion_failures.clone(),
-        );
-        self.register(
-            "avatars_db_pool_connections",
-            "Database pool connections of this process, in use or idle",
-            self.pool_connections.clone(),
-        );
-        self.register(
-            "avatars_db_pool_max_connections",
-            "Most connections the database pool of this process opens",
-            self.pool_max.clone(),
-        );
-        self.register(
-            "avatars_db_pool_acquire_seconds",
-            "Time the last scrape waited for a pool connection (requests wait as long when the pool is exhausted)",
-            self.pool_acquire_seconds.clone(),
-        );
-        self.register(
-            "avatars_metrics_collect_errors",
-            "Scrapes whose database-derived gauges could not be read (they keep their last values)",
-            self.collect_errors.clone(),
-        );
-        self.register(
-            "avatars_api_key_checks",
-            "API keys checked, by where the answer came from: this process's key cache or the database",
-            self.key_checks.clone(),
-        );
-        self.register(
-            "avatars_api_key_cache_entries",
-            "Live API keys this process's key cache holds",
-            self.key_cache_entries.clone(),
-        );
     }
 
     /// Adds a family of the caller's (the transport's) to the registry.
