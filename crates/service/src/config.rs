@@ -1768,105 +1768,74 @@ mod tests {
     #[test]
     fn the_job_lease_is_configurable_within_bounds() {
         assert_eq!(config(&[]).unwrap().job_lease, Duration::from_secs(600));
-        assert_eq!(
-            config(&[("JOB_LEASE", "5")]).unwrap().job_lease,
-            Duration::from_secs(5)
-        );
-        for bad in ["4", "86401", "soon"] {
-            assert_eq!(
-                config(&[("JOB_LEASE", bad)]).unwrap_err().variable,
-                "JOB_LEASE"
-            );
-        }
+        let shortest = config(&[("JOB_LEASE", "5")]).unwrap();
+        assert_eq!(shortest.job_lease, Duration::from_secs(5));
+        assert_refused(&[
+            ("JOB_LEASE", "4"),
+            ("JOB_LEASE", "86401"),
+            ("JOB_LEASE", "soon"),
+        ]);
     }
 
     #[test]
     fn the_generation_timeout_is_configurable_within_bounds() {
+        let timeout = |vars: &[(&str, &str)]| config(vars).unwrap().generation_timeout;
+        assert_eq!(timeout(&[]), Duration::from_secs(600));
         assert_eq!(
-            config(&[]).unwrap().generation_timeout,
-            Duration::from_secs(600)
-        );
-        assert_eq!(
-            config(&[("GENERATION_TIMEOUT", "30")])
-                .unwrap()
-                .generation_timeout,
+            timeout(&[("GENERATION_TIMEOUT", "30")]),
             Duration::from_secs(30)
         );
-        for bad in ["29", "86401", "later"] {
-            assert_eq!(
-                config(&[("GENERATION_TIMEOUT", bad)]).unwrap_err().variable,
-                "GENERATION_TIMEOUT"
-            );
-        }
+        assert_refused(&[
+            ("GENERATION_TIMEOUT", "29"),
+            ("GENERATION_TIMEOUT", "86401"),
+            ("GENERATION_TIMEOUT", "later"),
+        ]);
+    }
+
+    /// Asserts the attempts and retry interval `pick` reads: their defaults, both lower edges
+    /// (1 and 1 s) and both upper edges (100 and 3600 s) accepted, one past each refused.
+    fn assert_attempt_bounds(
+        attempts: &str,
+        interval: &str,
+        defaults: (u32, u64),
+        pick: impl Fn(&Config) -> (u32, Duration),
+    ) {
+        let read = |vars: &[(&str, &str)]| pick(&config(vars).unwrap());
+        let (default_attempts, default_secs) = defaults;
+        let expected = (default_attempts, Duration::from_secs(default_secs));
+        assert_eq!(read(&[]), expected);
+        let lowest = read(&[(attempts, "1"), (interval, "1")]);
+        assert_eq!(lowest, (1, Duration::from_secs(1)));
+        let highest = read(&[(attempts, "100"), (interval, "3600")]);
+        assert_eq!(highest, (100, Duration::from_secs(3600)));
+        assert_refused(&[
+            (attempts, "0"),
+            (attempts, "101"),
+            (attempts, "many"),
+            (interval, "0"),
+            (interval, "3601"),
+            (interval, "soon"),
+        ]);
     }
 
     #[test]
     fn custody_attempts_and_their_interval_are_configurable_within_bounds() {
-        let defaults = config(&[]).unwrap();
-        assert_eq!(defaults.custody_max_attempts, 8);
-        assert_eq!(defaults.custody_retry_interval, Duration::from_secs(10));
-        let edges = config(&[
-            ("CUSTODY_MAX_ATTEMPTS", "1"),
-            ("CUSTODY_RETRY_INTERVAL", "1"),
-        ])
-        .unwrap();
-        assert_eq!(edges.custody_max_attempts, 1);
-        assert_eq!(edges.custody_retry_interval, Duration::from_secs(1));
-        assert_eq!(
-            config(&[("CUSTODY_MAX_ATTEMPTS", "100")])
-                .unwrap()
-                .custody_max_attempts,
-            100
+        assert_attempt_bounds(
+            "CUSTODY_MAX_ATTEMPTS",
+            "CUSTODY_RETRY_INTERVAL",
+            (8, 10),
+            |c| (c.custody_max_attempts, c.custody_retry_interval),
         );
-        for bad in ["0", "101", "many"] {
-            assert_eq!(
-                config(&[("CUSTODY_MAX_ATTEMPTS", bad)])
-                    .unwrap_err()
-                    .variable,
-                "CUSTODY_MAX_ATTEMPTS"
-            );
-        }
-        for bad in ["0", "3601", "soon"] {
-            assert_eq!(
-                config(&[("CUSTODY_RETRY_INTERVAL", bad)])
-                    .unwrap_err()
-                    .variable,
-                "CUSTODY_RETRY_INTERVAL"
-            );
-        }
     }
 
     #[test]
     fn cancel_attempts_and_their_interval_are_configurable_within_bounds() {
-        let defaults = config(&[]).unwrap();
-        assert_eq!(defaults.cancel_max_attempts, 8);
-        assert_eq!(defaults.cancel_retry_interval, Duration::from_secs(10));
-        let low = config(&[("CANCEL_MAX_ATTEMPTS", "1"), ("CANCEL_RETRY_INTERVAL", "1")]).unwrap();
-        assert_eq!(low.cancel_max_attempts, 1);
-        assert_eq!(low.cancel_retry_interval, Duration::from_secs(1));
-        let high = config(&[
-            ("CANCEL_MAX_ATTEMPTS", "100"),
-            ("CANCEL_RETRY_INTERVAL", "3600"),
-        ])
-        .unwrap();
-        assert_eq!(high.cancel_max_attempts, 100);
-        assert_eq!(high.cancel_retry_interval, Duration::from_secs(3600));
-        for bad in ["0", "101", "many"] {
-            assert_eq!(
-                config(&[("CANCEL_MAX_ATTEMPTS", bad)])
-                    .unwrap_err()
-                    .variable,
-                "CANCEL_MAX_ATTEMPTS"
-            );
-        }
-        for bad in ["0", "3601", "soon"] {
-            assert_eq!(
-                config(&[("CANCEL_RETRY_INTERVAL", bad)])
-                    .unwrap_err()
-                    .variable,
-                "CANCEL_RETRY_INTERVAL"
-            );
-        }
+        assert_attempt_bounds(
+            "CANCEL_MAX_ATTEMPTS",
+            "CANCEL_RETRY_INTERVAL",
+            (8, 10),
+            |c| (c.cancel_max_attempts, c.cancel_retry_interval),
+        );
     }
 
     #[test]
