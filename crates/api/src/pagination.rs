@@ -4,13 +4,19 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine;
+use domain::AvatarId;
 use serde::Deserialize;
-use service::PageRequest;
-use utoipa::IntoParams;
+use service::{AvatarListing, PageRequest};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{RefOr, Response};
+use utoipa::{IntoParams, IntoResponses};
 use uuid::Uuid;
 
-use crate::extract::AppQuery;
+use crate::auth::Caller;
+use crate::extract::{AppQuery, PathId};
 use crate::problem::{ApiError, FieldLocation};
+use crate::responses::{AvatarNotFound, AvatarPath, InvalidQuery, Unauthorized};
+use crate::state::AppState;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -37,6 +43,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Paged {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let AppQuery(query) = AppQuery::<PageQuery>::from_request_parts(parts, state).await?;
         page(query.limit, query.cursor.as_deref()).map(Paged)
+    }
+}
+
+/// A page of one avatar's trainings or generations for the calling tenant, checked in the
+/// order of separate extractors: the key (401), the avatar id in the path (404), then `limit`
+/// and `cursor` (422).
+#[derive(Debug, Clone, Copy)]
+pub struct Listing(pub AvatarListing);
+
+impl FromRequestParts<AppState> for Listing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let PathId(avatar) = PathId::from_request_parts(parts, state).await?;
+        let Paged(page) = Paged::from_request_parts(parts, state).await?;
+        Ok(Listing(AvatarListing {
+            tenant: caller.tenant_id,
+            avatar: AvatarId(avatar),
+            page,
+        }))
+    }
+}
+
+/// The parameters a listing reads, for `params(...)`: the avatar id, then the page's.
+impl IntoParams for Listing {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = AvatarPath::into_params(|| Some(ParameterIn::Path));
+        params.extend(PageQuery::into_params(|| Some(ParameterIn::Query)));
+        params
+    }
+}
+
+/// The refusals of a listing, for `responses(...)`, in the order it checks them.
+impl IntoResponses for Listing {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        let mut responses = Unauthorized::responses();
+        responses.append(&mut AvatarNotFound::responses());
+        responses.append(&mut InvalidQuery::responses());
+        responses
     }
 }
 

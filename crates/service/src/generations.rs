@@ -16,6 +16,7 @@ use crate::context::Service;
 use crate::error::ServiceError;
 use crate::generation_items::latest_attempts;
 use crate::jobs;
+use crate::{AvatarListing, PageRequest};
 
 /// A generation with what callers see of it: its items' jobs (every attempt) and its images.
 #[derive(Debug)]
@@ -327,17 +328,16 @@ pub async fn cancel(
 }
 
 /// A page of an avatar's generations, newest first, and whether more follow.
-#[tracing::instrument(skip_all, fields(tenant_id = %tenant, avatar_id = %avatar_id))]
+#[tracing::instrument(skip_all, fields(tenant_id = %of.tenant, avatar_id = %of.avatar))]
 pub async fn list(
     service: &Service,
-    tenant: TenantId,
-    avatar_id: AvatarId,
-    page: crate::PageRequest,
+    of: AvatarListing,
 ) -> Result<(Vec<Generation>, bool), ServiceError> {
+    let PageRequest { after, limit } = of.page;
     let found = service
         .store
-        .list_generations(tenant, avatar_id, page.after, page.limit);
-    jobs::load_page(avatar_id, found.await?, |record| load(service, record)).await
+        .list_generations(of.tenant, of.avatar, after, limit);
+    jobs::load_page(of.avatar, found.await?, |record| load(service, record)).await
 }
 
 /// A stored image, ready to stream.

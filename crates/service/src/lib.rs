@@ -41,5 +41,13 @@ pub struct PageRequest {
     pub after: Option<uuid::Uuid>,
     pub limit: u32,
 }
+
+/// Which page of one avatar's trainings or generations a tenant asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvatarListing {
+    pub tenant: domain::TenantId,
+    pub avatar: domain::AvatarId,
+    pub page: PageRequest,
+}
 pub use context::{Service, Settings};
 pub use error::{ErrorKind, InputLocation, JobFailure, ServiceError, Violation};

@@ -11,6 +11,7 @@ use crate::context::Service;
 use crate::error::{ErrorKind, InputLocation, ServiceError};
 use crate::jobs;
 use crate::training_data::{self, ArchiveCheckError};
+use crate::{AvatarListing, PageRequest};
 
 /// A training with its model, once that is in the service's custody.
 #[derive(Debug)]
@@ -291,17 +292,16 @@ pub async fn get(service: &Service, tenant: TenantId, id: Uuid) -> Result<Traini
 }
 
 /// A page of an avatar's trainings, newest first, and whether more follow.
-#[tracing::instrument(skip_all, fields(tenant_id = %tenant, avatar_id = %avatar_id))]
+#[tracing::instrument(skip_all, fields(tenant_id = %of.tenant, avatar_id = %of.avatar))]
 pub async fn list(
     service: &Service,
-    tenant: TenantId,
-    avatar_id: AvatarId,
-    page: crate::PageRequest,
+    of: AvatarListing,
 ) -> Result<(Vec<Training>, bool), ServiceError> {
+    let PageRequest { after, limit } = of.page;
     let found = service
         .store
-        .list_trainings(tenant, avatar_id, page.after, page.limit);
-    jobs::load_page(avatar_id, found.await?, |job| load(service, job)).await
+        .list_trainings(of.tenant, of.avatar, after, limit);
+    jobs::load_page(of.avatar, found.await?, |job| load(service, job)).await
 }
 
 /// Cancels a training: at once when not yet submitted, on fal otherwise. If fal already

@@ -19,11 +19,11 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::extract::PathId;
 use crate::idempotency::IdempotentJson;
-use crate::pagination::{PageQuery, Paged};
+use crate::pagination::Listing;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
     located, AvatarNotFound, AvatarPath, FalNotConfigured, GenerationNotFound, GenerationPath,
-    InvalidQuery, NotJson, Unauthorized,
+    NotJson, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::generations::{generation_view, GenerationPage, GenerationResponse};
@@ -245,22 +245,18 @@ pub async fn cancel_generation(
     path = "/avatars/{id}/generations",
     tag = "generations",
     operation_id = "list_generations",
-    params(AvatarPath, PageQuery),
+    params(Listing),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = GenerationPage),
-        Unauthorized,
-        AvatarNotFound,
-        InvalidQuery,
+        Listing,
     )
 )]
 pub async fn list_generations(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
-    Paged(page): Paged,
+    Listing(listing): Listing,
 ) -> Result<Json<GenerationPage>, ApiError> {
-    let found = service::generations::list(&state, caller.tenant_id, AvatarId(id), page).await?;
+    let found = service::generations::list(&state, listing).await?;
     let (items, next_cursor) = crate::pagination::render(found, |g| g.record.id, generation_view);
     Ok(Json(GenerationPage { items, next_cursor }))
 }

@@ -13,11 +13,11 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::extract::PathId;
 use crate::idempotency::IdempotentJson;
-use crate::pagination::{PageQuery, Paged};
+use crate::pagination::Listing;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    AvatarNotFound, AvatarPath, FalNotConfigured, InvalidQuery, MalformedJson, NotJson,
-    TrainingNotFound, TrainingPath, Unauthorized,
+    AvatarNotFound, AvatarPath, FalNotConfigured, MalformedJson, NotJson, TrainingNotFound,
+    TrainingPath, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::trainings::{
@@ -140,22 +140,18 @@ pub async fn get_training(
     path = "/avatars/{id}/trainings",
     tag = "trainings",
     operation_id = "list_trainings",
-    params(AvatarPath, PageQuery),
+    params(Listing),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Newest first", body = TrainingPage),
-        Unauthorized,
-        AvatarNotFound,
-        InvalidQuery,
+        Listing,
     )
 )]
 pub async fn list_trainings(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
-    Paged(page): Paged,
+    Listing(listing): Listing,
 ) -> Result<Json<TrainingPage>, ApiError> {
-    let found = service::trainings::list(&state, caller.tenant_id, AvatarId(id), page).await?;
+    let found = service::trainings::list(&state, listing).await?;
     let (items, next_cursor) = crate::pagination::render(found, |t| t.job.id, training_view);
     Ok(Json(TrainingPage { items, next_cursor }))
 }
