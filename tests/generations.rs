@@ -603,6 +603,39 @@ async fn an_idempotency_key_replays_the_generation(pool: PgPool) {
         (status, body["code"].as_str()),
         (422, Some("idempotency_key_mismatch"))
     );
+    // The key covers the route with the avatar's id: the id in capitals names the same avatar,
+    // so the first answer comes again; the same body for another avatar is another request.
+    let upper = app
+        .request(
+            Method::POST,
+            &format!("/avatars/{}/generations", id.to_uppercase()),
+        )
+        .header("idempotency-key", "gen-1")
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upper.status(), 202);
+    assert_eq!(upper.headers()["idempotent-replayed"], "true");
+    let other = app
+        .create_avatar(json!({"name": "other", "kind": "character"}))
+        .await;
+    let (status, body) = problem(
+        app.request(
+            Method::POST,
+            &format!("/avatars/{}/generations", other["id"].as_str().unwrap()),
+        )
+        .header("idempotency-key", "gen-1")
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_mismatch"))
+    );
     let list = get(&app, &path).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     wait_generation(&app, first["id"].as_str().unwrap(), finished).await;

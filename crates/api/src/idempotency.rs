@@ -11,57 +11,76 @@
 use std::future::Future;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use domain::{AvatarId, TenantId};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::{IdempotencyClaim, IdempotencyHold, IdempotentResource};
 
+use crate::auth::Caller;
+use crate::extract::PathId;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// A JSON command's request as read, not parsed yet: its headers (content type,
+/// A paid command on one avatar (`POST /avatars/{id}/train`, `POST /avatars/{id}/generations`)
+/// as read, not parsed yet: who sent it and for which avatar (checked in that order, as
+/// separate extractors would: 401, then 404), its scope, headers (content type,
 /// `Idempotency-Key`) and body. Parsing is part of the work a key runs once, so a malformed
 /// body answers the same way each time it is sent.
-pub struct IdempotentJson {
+pub struct AvatarCommand {
+    pub tenant: TenantId,
+    pub avatar: AvatarId,
+    /// The method and the route with the avatar's id, e.g. `POST /avatars/{id}/train`: part of
+    /// the request's fingerprint, so one key cannot serve two routes or avatars.
+    scope: String,
     headers: HeaderMap,
     body: Bytes,
 }
 
-impl<S: Send + Sync> FromRequest<S> for IdempotentJson {
+impl FromRequest<AppState> for AvatarCommand {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = request.headers().clone();
-        let body = crate::extract::read_body(request, state).await?;
-        Ok(Self { headers, body })
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let PathId(avatar) = PathId::from_request_parts(&mut parts, state).await?;
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|matched| matched.as_str().replace("{id}", &avatar.to_string()))
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a command outside its route")))?;
+        let scope = format!("{} {route}", parts.method);
+        let headers = parts.headers.clone();
+        let body = crate::extract::read_body(Request::from_parts(parts, body), state).await?;
+        Ok(Self {
+            tenant: caller.tenant_id,
+            avatar: AvatarId(avatar),
+            scope,
+            headers,
+            body,
+        })
     }
 }
 
-impl IdempotentJson {
+impl AvatarCommand {
     /// The request's headers.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
 
-    /// Runs the command at most once per (tenant, key): `scope` (e.g.
-    /// `POST /avatars/{id}/train`) and the body make the request's fingerprint, so the same
-    /// key with another request is a 422. The body must be declared JSON; it is parsed into
+    /// Runs the command at most once per (tenant, key): its scope and body make the request's
+    /// fingerprint, so the same key with another request is a 422. The body must be declared JSON; it is parsed into
     /// `T` for `work`, which passes the hold to the use case, which binds what it creates to
     /// the key.
-    pub async fn run<T, F, Fut>(
-        &self,
-        state: &AppState,
-        tenant: domain::TenantId,
-        scope: &str,
-        work: F,
-    ) -> Result<Response, ApiError>
+    pub async fn run<T, F, Fut>(&self, state: &AppState, work: F) -> Result<Response, ApiError>
     where
         T: serde::de::DeserializeOwned,
         F: FnOnce(T, Option<IdempotencyHold>) -> Fut,
         Fut: Future<Output = Result<Response, ApiError>>,
     {
+        let (tenant, scope) = (self.tenant, &self.scope);
         let (headers, body) = (&self.headers, &self.body[..]);
         crate::extract::require_json(headers)?;
         let work = |hold| async { work(crate::extract::parse_json(body)?, hold).await };

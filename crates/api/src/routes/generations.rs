@@ -9,7 +9,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::generation::GenerationInput;
-use domain::AvatarId;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use service::generations::{ImageDownload, Started};
@@ -18,7 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::extract::PathId;
-use crate::idempotency::IdempotentJson;
+use crate::idempotency::AvatarCommand;
 use crate::pagination::Listing;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
@@ -140,33 +139,18 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
 )]
 pub async fn create_generation(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
-    command: IdempotentJson,
+    command: AvatarCommand,
 ) -> Result<Response, ApiError> {
-    let (state, tenant) = (&state, caller.tenant_id);
+    let (state, tenant, avatar) = (&state, command.tenant, command.avatar);
     let wait = preferred_wait(command.headers());
-    let scope = format!("POST /avatars/{id}/generations");
     command
-        .run(
-            state,
-            tenant,
-            &scope,
-            |request: GenerateRequest, hold| async move {
-                let input = GenerationInput::from(request);
-                let avatar = AvatarId(id);
-                let started = service::generations::create(
-                    state,
-                    tenant,
-                    avatar,
-                    &input,
-                    wait,
-                    hold.as_ref(),
-                )
-                .await?;
-                started_response(started, wait)
-            },
-        )
+        .run(state, |request: GenerateRequest, hold| async move {
+            let input = GenerationInput::from(request);
+            let started =
+                service::generations::create(state, tenant, avatar, &input, wait, hold.as_ref())
+                    .await?;
+            started_response(started, wait)
+        })
         .await
 }
 

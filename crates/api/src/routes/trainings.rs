@@ -5,14 +5,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::training::TrainingInput;
-use domain::AvatarId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::extract::PathId;
-use crate::idempotency::IdempotentJson;
+use crate::idempotency::AvatarCommand;
 use crate::pagination::Listing;
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
@@ -89,25 +88,16 @@ impl From<TrainRequest> for TrainingInput {
 )]
 pub async fn train_avatar(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
-    command: IdempotentJson,
+    command: AvatarCommand,
 ) -> Result<Response, ApiError> {
-    let (state, tenant) = (&state, caller.tenant_id);
-    let scope = format!("POST /avatars/{id}/train");
+    let (state, tenant, avatar) = (&state, command.tenant, command.avatar);
     command
-        .run(
-            state,
-            tenant,
-            &scope,
-            |request: TrainRequest, hold| async move {
-                let input = TrainingInput::from(request);
-                let training =
-                    service::trainings::create(state, tenant, AvatarId(id), &input, hold.as_ref())
-                        .await?;
-                accepted_training(training)
-            },
-        )
+        .run(state, |request: TrainRequest, hold| async move {
+            let input = TrainingInput::from(request);
+            let training =
+                service::trainings::create(state, tenant, avatar, &input, hold.as_ref()).await?;
+            accepted_training(training)
+        })
         .await
 }
 
