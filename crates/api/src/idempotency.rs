@@ -19,8 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::{IdempotencyClaim, IdempotencyHold, IdempotentResource};
 
-use crate::auth::Caller;
-use crate::extract::PathId;
+use crate::avatar_in_path::AvatarInPath;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -44,19 +43,19 @@ impl FromRequest<AppState> for AvatarCommand {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = request.into_parts();
-        let caller = Caller::from_request_parts(&mut parts, state).await?;
-        let PathId(avatar) = PathId::from_request_parts(&mut parts, state).await?;
+        let AvatarInPath { tenant, avatar } =
+            AvatarInPath::from_request_parts(&mut parts, state).await?;
         let route = parts
             .extensions
             .get::<MatchedPath>()
-            .map(|matched| matched.as_str().replace("{id}", &avatar.to_string()))
+            .map(|matched| matched.as_str().replace("{id}", &avatar.0.to_string()))
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a command outside its route")))?;
         let scope = format!("{} {route}", parts.method);
         let headers = parts.headers.clone();
         let body = crate::extract::read_body(Request::from_parts(parts, body), state).await?;
         Ok(Self {
-            tenant: caller.tenant_id,
-            avatar: AvatarId(avatar),
+            tenant,
+            avatar,
             scope,
             headers,
             body,

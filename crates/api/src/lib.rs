@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod app;
 pub mod application;
 pub mod auth;
+pub mod avatar_in_path;
 pub mod cli;
 mod dev;
 pub mod event_bodies;

@@ -4,7 +4,6 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine;
-use domain::AvatarId;
 use serde::Deserialize;
 use service::{AvatarListing, PageRequest};
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -12,10 +11,10 @@ use utoipa::openapi::{RefOr, Response};
 use utoipa::{IntoParams, IntoResponses};
 use uuid::Uuid;
 
-use crate::auth::Caller;
-use crate::extract::{AppQuery, PathId};
+use crate::avatar_in_path::AvatarInPath;
+use crate::extract::AppQuery;
 use crate::problem::{ApiError, FieldLocation};
-use crate::responses::{AvatarNotFound, AvatarPath, InvalidQuery, Unauthorized};
+use crate::responses::InvalidQuery;
 use crate::state::AppState;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -56,12 +55,12 @@ impl FromRequestParts<AppState> for Listing {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let PathId(avatar) = PathId::from_request_parts(parts, state).await?;
+        let AvatarInPath { tenant, avatar } =
+            AvatarInPath::from_request_parts(parts, state).await?;
         let Paged(page) = Paged::from_request_parts(parts, state).await?;
         Ok(Listing(AvatarListing {
-            tenant: caller.tenant_id,
-            avatar: AvatarId(avatar),
+            tenant,
+            avatar,
             page,
         }))
     }
@@ -70,17 +69,16 @@ impl FromRequestParts<AppState> for Listing {
 /// The parameters a listing reads, for `params(...)`: the avatar id, then the page's.
 impl IntoParams for Listing {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let mut params = AvatarPath::into_params(|| Some(ParameterIn::Path));
+        let mut params = AvatarInPath::into_params(|| Some(ParameterIn::Path));
         params.extend(PageQuery::into_params(|| Some(ParameterIn::Query)));
         params
     }
 }
 
-/// The refusals of a listing, for `responses(...)`, in the order it checks them.
+/// The refusals of a listing, for `responses(...)`.
 impl IntoResponses for Listing {
     fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
-        let mut responses = Unauthorized::responses();
-        responses.append(&mut AvatarNotFound::responses());
+        let mut responses = AvatarInPath::responses();
         responses.append(&mut InvalidQuery::responses());
         responses
     }

@@ -4,17 +4,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use domain::{AvatarId, NewAvatar, TriggerPhrase, Violations};
+use domain::{NewAvatar, TriggerPhrase, Violations};
 use serde::Deserialize;
 use store::{AvatarFilter, AvatarPatch};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::extract::{AppJson, AppQuery, PathId};
+use crate::avatar_in_path::AvatarInPath;
+use crate::extract::{AppJson, AppQuery};
 use crate::problem::{ApiError, Problem};
 use crate::responses::{
-    located, AvatarNotFound, AvatarPath, InvalidFields, InvalidQuery, MalformedJson, NotJson,
-    Unauthorized,
+    located, InvalidFields, InvalidQuery, MalformedJson, NotJson, Unauthorized,
 };
 use crate::state::AppState;
 use crate::views::avatars::{AvatarPage, AvatarResponse, Kind, Status};
@@ -132,20 +132,18 @@ pub async fn list_avatars(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "get_avatar",
-    params(AvatarPath),
+    params(AvatarInPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar", body = AvatarResponse),
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
     )
 )]
 pub async fn get_avatar(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
 ) -> Result<Json<AvatarResponse>, ApiError> {
-    let avatar = service::avatars::get_avatar(&state, caller.tenant_id, AvatarId(id)).await?;
+    let avatar = service::avatars::get_avatar(&state, at.tenant, at.avatar).await?;
     Ok(Json(avatar.into()))
 }
 
@@ -157,14 +155,13 @@ pub async fn get_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "update_avatar",
-    params(AvatarPath),
+    params(AvatarInPath),
     request_body = UpdateAvatarRequest,
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The updated avatar", body = AvatarResponse),
         MalformedJson,
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
         (status = 409, description = "Trigger phrase taken (`trigger_phrase_taken`) or fixed by training (`trigger_phrase_locked`)", body = Problem, content_type = "application/problem+json"),
         NotJson,
         InvalidFields,
@@ -172,8 +169,7 @@ pub async fn get_avatar(
 )]
 pub async fn update_avatar(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
     AppJson(body): AppJson<UpdateAvatarRequest>,
 ) -> Result<Json<AvatarResponse>, ApiError> {
     let mut violations = Violations::default();
@@ -188,8 +184,7 @@ pub async fn update_avatar(
             .and_then(|t| violations.check(TriggerPhrase::parse("trigger_phrase", t))),
     };
     violations.into_result()?;
-    let avatar =
-        service::avatars::update_avatar(&state, caller.tenant_id, AvatarId(id), &patch).await?;
+    let avatar = service::avatars::update_avatar(&state, at.tenant, at.avatar, &patch).await?;
     Ok(Json(avatar.into()))
 }
 
@@ -199,19 +194,17 @@ pub async fn update_avatar(
     path = "/avatars/{id}",
     tag = "avatars",
     operation_id = "delete_avatar",
-    params(AvatarPath),
+    params(AvatarInPath),
     security(("api_key" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
     )
 )]
 pub async fn delete_avatar(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
 ) -> Result<StatusCode, ApiError> {
-    service::deletion::delete_avatar(&state, caller.tenant_id, AvatarId(id)).await?;
+    service::deletion::delete_avatar(&state, at.tenant, at.avatar).await?;
     Ok(StatusCode::NO_CONTENT)
 }

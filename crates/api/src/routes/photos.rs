@@ -9,10 +9,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::extract::{parse_json, PathId};
+use crate::avatar_in_path::AvatarInPath;
+use crate::extract::parse_json;
 use crate::paced_body::PacedBody;
 use crate::problem::{ApiError, Problem};
-use crate::responses::{AvatarNotFound, AvatarPath, AvatarTraining, Unauthorized};
+use crate::responses::{AvatarPath, AvatarTraining, Unauthorized};
 
 use crate::state::AppState;
 use crate::views::photos::{PhotoBatchReport, PhotoList, PhotoSetReport};
@@ -47,7 +48,7 @@ pub struct PhotoUrls {
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "add_photos",
-    params(AvatarPath),
+    params(AvatarInPath),
     request_body(
         description = "Photo files as multipart/form-data, or `{\"urls\": [...]}` as JSON",
         content(
@@ -59,8 +60,7 @@ pub struct PhotoUrls {
     responses(
         (status = 201, description = "At least one photo accepted; the report lists every file", body = PhotoBatchReport),
         (status = 400, description = "Malformed multipart or JSON body", body = Problem, content_type = "application/problem+json"),
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
         AvatarTraining,
         (status = 413, description = "The whole request is larger than a full set of photos (`payload_too_large`), or carries more parts than `PHOTO_MAX_PARTS` (`too_many_parts`, with `limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither multipart/form-data nor JSON", body = Problem, content_type = "application/problem+json"),
@@ -69,11 +69,10 @@ pub struct PhotoUrls {
 )]
 pub async fn add_photos(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let mut batch = PhotoBatch::open(&state, caller.tenant_id, AvatarId(id)).await?;
+    let mut batch = PhotoBatch::open(&state, at.tenant, at.avatar).await?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -174,20 +173,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     path = "/avatars/{id}/photos",
     tag = "photos",
     operation_id = "list_photos",
-    params(AvatarPath),
+    params(AvatarInPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photos, oldest first", body = PhotoList),
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
     )
 )]
 pub async fn list_photos(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
 ) -> Result<Json<PhotoList>, ApiError> {
-    let photos = photos::list_photos(&state, caller.tenant_id, AvatarId(id)).await?;
+    let photos = photos::list_photos(&state, at.tenant, at.avatar).await?;
     Ok(Json(PhotoList {
         items: photos.into_iter().map(Into::into).collect(),
     }))
@@ -204,20 +201,18 @@ pub async fn list_photos(
     path = "/avatars/{id}/photo-set",
     tag = "photos",
     operation_id = "get_photo_set",
-    params(AvatarPath),
+    params(AvatarInPath),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The avatar's photo set summary", body = PhotoSetReport),
-        Unauthorized,
-        AvatarNotFound,
+        AvatarInPath,
     )
 )]
 pub async fn get_photo_set(
     State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    at: AvatarInPath,
 ) -> Result<Json<PhotoSetReport>, ApiError> {
-    let report = service::photo_set::photo_set(&state, caller.tenant_id, AvatarId(id)).await?;
+    let report = service::photo_set::photo_set(&state, at.tenant, at.avatar).await?;
     Ok(Json(report.into()))
 }
 
