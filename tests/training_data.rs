@@ -1,6 +1,6 @@
 use std::io::{Cursor, Read, Write};
 
-use blackbox::{images, problem, TestApp};
+use blackbox::{images, problem, FalOptions, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -170,6 +170,64 @@ async fn a_callers_archive_is_checked_for_faces_under_the_kinds_policy(pool: PgP
     )
     .await;
     assert_eq!(status, 422, "{body}");
+}
+
+/// A training refused for its archive carries the archive's inspection in the shape
+/// `POST /training-archives/inspect` answers with, so a caller reads one schema for both.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_training_refused_for_its_archive_carries_the_inspection_as_inspect_shows_it(
+    pool: PgPool,
+) {
+    let faceless_zip = zip_of(
+        (0..10)
+            .map(|i| (format!("img{i}.jpg"), images::jpeg(700 + i)))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/faceless.zip",
+        axum::routing::get(move || async move { faceless_zip.clone() }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
+        settings.fetch.allow_http = true;
+        settings.fetch.allowed_private = vec![addr];
+    })
+    .await;
+    let url = format!("http://{addr}/faceless.zip");
+    let inspected = inspect_for(&app, &url, "character").await;
+    assert_eq!(inspected["usable"], false, "{inspected}");
+
+    let avatar = app
+        .create_avatar(json!({"name": "Ann", "kind": "character"}))
+        .await;
+    let path = format!("/avatars/{}/train", avatar["id"].as_str().unwrap());
+    let (status, body) = problem(
+        app.request(Method::POST, &path)
+            .json(&json!({"images_data_url": url}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (422, "archive_unusable"),
+        "{body}"
+    );
+    assert_eq!(body["inspection"], inspected);
+    assert_eq!(
+        body["inspection"]["images"][0]["faces"]["findings"],
+        json!(["no_face"])
+    );
+    assert!(
+        app.sim.as_ref().unwrap().requests().is_empty(),
+        "nothing reached fal"
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

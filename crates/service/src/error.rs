@@ -51,6 +51,15 @@ pub struct Violation {
     pub message: String,
 }
 
+/// What a refusal carries beyond words, for the transport to render the way it renders the
+/// same thing elsewhere, so that a caller meets one shape for one concept.
+#[derive(Debug)]
+pub enum Attachment {
+    /// The inspection of the archive a training was refused for: what
+    /// [`crate::training_data::inspect_archive_url`] answers for the same archive.
+    ArchiveInspection(Box<crate::training_data::ArchiveInspection>),
+}
+
 /// The error of every use case (boxed: it travels in every `Result`).
 #[derive(Debug)]
 pub struct ServiceError(Box<Inner>);
@@ -62,6 +71,7 @@ struct Inner {
     detail: String,
     violations: Vec<Violation>,
     extensions: Map<String, Value>,
+    attachment: Option<Attachment>,
     retry_after: Option<Duration>,
     source: Option<anyhow::Error>,
 }
@@ -74,6 +84,7 @@ impl ServiceError {
             detail: detail.into(),
             violations: Vec::new(),
             extensions: Map::new(),
+            attachment: None,
             retry_after: None,
             source: None,
         }))
@@ -166,6 +177,11 @@ impl ServiceError {
         self
     }
 
+    pub fn with_attachment(mut self, attachment: Attachment) -> Self {
+        self.0.attachment = Some(attachment);
+        self
+    }
+
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.0.retry_after = Some(after);
         self
@@ -209,6 +225,7 @@ impl ServiceError {
             detail: inner.detail,
             violations: inner.violations,
             extensions: inner.extensions,
+            attachment: inner.attachment,
             retry_after: inner.retry_after,
             source: inner.source,
         }
@@ -260,6 +277,7 @@ pub struct ErrorParts {
     pub detail: String,
     pub violations: Vec<Violation>,
     pub extensions: Map<String, Value>,
+    pub attachment: Option<Attachment>,
     pub retry_after: Option<Duration>,
     pub source: Option<anyhow::Error>,
 }

@@ -50,4 +50,4 @@ pub struct AvatarListing {
     pub page: PageRequest,
 }
 pub use context::{Service, Settings};
-pub use error::{ErrorKind, InputLocation, JobFailure, ServiceError, Violation};
+pub use error::{Attachment, ErrorKind, InputLocation, JobFailure, ServiceError, Violation};

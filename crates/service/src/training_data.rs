@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use domain::TenantId;
-use serde::Serialize;
 
 use crate::context::Service;
 use crate::error::ServiceError;
@@ -62,7 +61,7 @@ pub async fn build_training_archive(
 }
 
 /// An image found in a caller's archive.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ArchiveImage {
     pub entry_name: String,
     pub format: String,
@@ -71,14 +70,12 @@ pub struct ArchiveImage {
     pub bytes: u64,
     pub warnings: Vec<domain::PhotoWarning>,
     pub faces: domain::FaceCheck,
-    /// Face finding codes (`no_face`, `several_faces`, `face_too_small`, `face_cut_off`).
-    pub findings: Vec<&'static str>,
     /// Whether the image counts toward the minimum under the face policy applied.
     pub counts: bool,
 }
 
 /// An entry of a caller's archive that fal must not be given.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ArchiveEntryProblem {
     pub entry_name: String,
     /// e.g. `unsafe_path`, `symlink`, `nested_archive`, `corrupt_image`, `duplicate_photo`.
@@ -87,7 +84,7 @@ pub struct ArchiveEntryProblem {
 }
 
 /// What a caller's training archive holds, and whether it can be trained from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ArchiveInspection {
     /// True when every entry is acceptable and the image count is within the limits.
     pub usable: bool,
@@ -231,7 +228,6 @@ pub async fn fetch_and_inspect(
             height: inspection.height,
             bytes: inspection.bytes,
             warnings,
-            findings: faces.findings().into_iter().map(|f| f.code()).collect(),
             counts: domain::photos::counts_for_training(policy, Some(&faces)),
             faces,
         });

@@ -8,7 +8,7 @@ use store::{JobRecord, ModelRecord, NewTraining, ONE_ACTIVE_TRAINING};
 use uuid::Uuid;
 
 use crate::context::Service;
-use crate::error::{ErrorKind, InputLocation, ServiceError};
+use crate::error::{Attachment, ErrorKind, InputLocation, ServiceError};
 use crate::jobs;
 use crate::training_data::{self, ArchiveCheckError};
 use crate::{AvatarListing, PageRequest};
@@ -241,10 +241,9 @@ async fn store_callers_archive(
         Err(error) => return Err(ServiceError::internal(error)),
     };
     if !inspection.usable {
-        let report = serde_json::to_value(&inspection).map_err(ServiceError::internal)?;
-        return Err(
-            archive_unusable(inspection.problems.join("; ")).with_extension("inspection", report)
-        );
+        let detail = inspection.problems.join("; ");
+        let attachment = Attachment::ArchiveInspection(Box::new(inspection));
+        return Err(archive_unusable(detail).with_attachment(attachment));
     }
     let key = format!("tenants/{tenant}/jobs/{job_id}/input.zip");
     service.blobs.put_file(&key, &path).await.map_err(|e| {

@@ -81,7 +81,7 @@ impl From<TrainRequest> for TrainingInput {
         AvatarNotFound,
         (status = 409, description = "Photo set not trainable (`photo_set_not_trainable`, with counts), a training already running (`training_in_progress`), or the same Idempotency-Key in flight (`idempotency_key_in_use`)", body = Problem, content_type = "application/problem+json"),
         NotJson,
-        (status = 422, description = "Invalid fields (`validation_failed`), an unusable archive (`archive_unusable`), a training expected to run longer than `FAL_TRAINING_TIMEOUT` (`estimate_exceeds_timeout`, naming `overrides.steps`, `overrides.iterations` or `preset`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`validation_failed`), an unusable archive (`archive_unusable`, with `inspection`: the archive as `POST /training-archives/inspect` shows it), a training expected to run longer than `FAL_TRAINING_TIMEOUT` (`estimate_exceeds_timeout`, naming `overrides.steps`, `overrides.iterations` or `preset`), or an Idempotency-Key reused with another body (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The key's request rate (`rate_limited`, with `Retry-After`) or the tenant's running trainings (`training_quota_exceeded`) are at their limit", body = Problem, content_type = "application/problem+json"),
         FalNotConfigured,
     )
