@@ -86,21 +86,26 @@ pub struct ArchiveEntryProblem {
 /// What a caller's training archive holds, and whether it can be trained from.
 #[derive(Debug, Clone)]
 pub struct ArchiveInspection {
-    /// True when every entry is acceptable and the image count is within the limits.
-    pub usable: bool,
-    /// Why it is not usable, in words; empty when usable.
+    /// Why it cannot be trained from, in words; empty when it can.
     pub problems: Vec<String>,
     pub images: Vec<ArchiveImage>,
     pub rejected: Vec<ArchiveEntryProblem>,
     /// Caption `.txt` files found (allowed).
     pub captions: u32,
     pub decompressed_bytes: u64,
-    pub min_photos: u32,
-    pub max_photos: u32,
+    /// How many usable images a training needs, and takes at most.
+    pub rules: domain::PhotoSetRules,
     /// The face policy applied (that of the avatar kind asked about; `off` when none).
     pub face_policy: domain::FacePolicy,
-    /// Images that count toward `min_photos` under `face_policy`.
+    /// Images that count toward the minimum under `face_policy`.
     pub usable_images: u32,
+}
+
+impl ArchiveInspection {
+    /// Every entry is acceptable and the image count is within the limits.
+    pub fn usable(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 /// Why a caller's archive could not be inspected at all.
@@ -259,14 +264,12 @@ pub async fn fetch_and_inspect(
         });
     }
     let inspection = ArchiveInspection {
-        usable: problems.is_empty(),
         problems,
         images,
         rejected,
         captions: report.captions.len() as u32,
         decompressed_bytes: report.decompressed_bytes,
-        min_photos: set_rules.min_photos,
-        max_photos: set_rules.max_photos,
+        rules: set_rules,
         face_policy: policy,
         usable_images,
     };

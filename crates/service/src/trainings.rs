@@ -240,7 +240,7 @@ async fn store_callers_archive(
         }
         Err(error) => return Err(ServiceError::internal(error)),
     };
-    if !inspection.usable {
+    if !inspection.usable() {
         let detail = inspection.problems.join("; ");
         let attachment = Attachment::ArchiveInspection(Box::new(inspection));
         return Err(archive_unusable(detail).with_attachment(attachment));

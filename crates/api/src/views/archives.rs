@@ -79,7 +79,7 @@ pub struct ArchiveInspection {
 impl From<service::training_data::ArchiveInspection> for ArchiveInspection {
     fn from(inspection: service::training_data::ArchiveInspection) -> Self {
         Self {
-            usable: inspection.usable,
+            usable: inspection.usable(),
             problems: inspection.problems,
             images: inspection
                 .images
@@ -106,8 +106,8 @@ impl From<service::training_data::ArchiveInspection> for ArchiveInspection {
                 .collect(),
             captions: inspection.captions,
             decompressed_bytes: inspection.decompressed_bytes,
-            min_photos: inspection.min_photos,
-            max_photos: inspection.max_photos,
+            min_photos: inspection.rules.min_photos,
+            max_photos: inspection.rules.max_photos,
             face_policy: inspection.face_policy.as_str().to_string(),
             usable_images: inspection.usable_images,
         }
