@@ -234,8 +234,9 @@ impl From<service::ServiceError> for ApiError {
             .collect();
         api.0.extensions = parts.extensions;
         if let Some(attachment) = parts.attachment {
-            let (name, value) = crate::views::attachment_member(attachment);
-            api.0.extensions.insert(name.to_string(), value);
+            for (name, value) in crate::views::attachment_members(attachment) {
+                api.0.extensions.insert(name.to_string(), value);
+            }
         }
         api.0.source = parts.source;
         if let Some(after) = parts.retry_after {

@@ -58,6 +58,9 @@ pub enum Attachment {
     /// The inspection of the archive a training was refused for: what
     /// [`crate::training_data::inspect_archive_url`] answers for the same archive.
     ArchiveInspection(Box<crate::training_data::ArchiveInspection>),
+    /// The photo set a training was refused for: the report `GET /avatars/{id}/photo-set`
+    /// answers with, and in it the photos that do not count.
+    PhotoSet(Box<crate::photo_set::PhotoSetReport>),
 }
 
 /// The error of every use case (boxed: it travels in every `Result`).

@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 
 use domain::{Avatar, AvatarId, FacePolicy, PhotoId, PhotoSetRules, TenantId};
-use serde::Serialize;
 use store::PhotoRecord;
 
 use crate::context::Service;
 use crate::error::ServiceError;
 
 /// A photo with face findings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PhotoFindings {
     pub photo_id: PhotoId,
     pub file_name: String,
@@ -22,7 +21,7 @@ pub struct PhotoFindings {
 }
 
 /// Smallest, median and largest face share of the photos with a face.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct FaceShareSpread {
     pub min: f64,
     pub median: f64,
@@ -30,7 +29,7 @@ pub struct FaceShareSpread {
 }
 
 /// A summary of an avatar's photo set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PhotoSetReport {
     pub photo_count: u32,
     /// Photos that count toward `min_photos` under `face_policy`.

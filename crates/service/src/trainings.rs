@@ -160,20 +160,13 @@ async fn check_photo_set(
             report.max_photos
         )
     };
-    let at_fault: Vec<_> = report
-        .photos_with_findings
-        .iter()
-        .filter(|p| !p.counts)
-        .collect();
-    let at_fault = serde_json::to_value(at_fault).map_err(ServiceError::internal)?;
-    let summary = serde_json::to_value(&report).map_err(ServiceError::internal)?;
+    let (min_photos, max_photos) = (report.min_photos, report.max_photos);
     Err(ServiceError::conflict("photo_set_not_trainable", detail)
         .with_extension("photo_count", count)
         .with_extension("usable_photos", usable)
-        .with_extension("min_photos", report.min_photos)
-        .with_extension("max_photos", report.max_photos)
-        .with_extension("photos", at_fault)
-        .with_extension("photo_set", summary))
+        .with_extension("min_photos", min_photos)
+        .with_extension("max_photos", max_photos)
+        .with_attachment(Attachment::PhotoSet(Box::new(report))))
 }
 
 /// Stores the job; a kept archive is removed again when that fails.

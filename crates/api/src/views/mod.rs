@@ -2,6 +2,8 @@
 //! Routes render them, and so does the event sequencer (an event's `data` is the resource as
 //! `GET` shows it), so they live here, where non-route code may import them.
 
+use serde_json::Value;
+
 pub mod archives;
 pub mod avatars;
 pub mod generations;
@@ -10,15 +12,32 @@ pub mod trainings;
 pub mod usage;
 pub mod webhook_endpoints;
 
-/// A refusal's attachment as the problem document's member, rendered by the same view that
-/// answers for the thing elsewhere (a refused training's `inspection` is the body
-/// `POST /training-archives/inspect` answers with).
-pub fn attachment_member(attachment: service::Attachment) -> (&'static str, serde_json::Value) {
+/// A refusal's attachment as members of its problem document, rendered by the views that
+/// answer for the same things elsewhere: a refused training's `inspection` is the body
+/// `POST /training-archives/inspect` answers with, its `photo_set` the body of
+/// `GET /avatars/{id}/photo-set` (and `photos` the photos in it that do not count).
+pub fn attachment_members(attachment: service::Attachment) -> Vec<(&'static str, Value)> {
     match attachment {
         service::Attachment::ArchiveInspection(inspection) => {
             let view = archives::ArchiveInspection::from(*inspection);
-            let value = serde_json::to_value(view).unwrap_or(serde_json::Value::Null);
-            ("inspection", value)
+            vec![("inspection", to_json(&view))]
+        }
+        service::Attachment::PhotoSet(report) => {
+            let report = photos::PhotoSetReport::from(*report);
+            let at_fault: Vec<_> = report
+                .photos_with_findings
+                .iter()
+                .filter(|photo| !photo.counts)
+                .collect();
+            vec![
+                ("photos", to_json(&at_fault)),
+                ("photo_set", to_json(&report)),
+            ]
         }
     }
+}
+
+/// A view as JSON (views are plain data: serializing one cannot fail).
+fn to_json(view: &impl serde::Serialize) -> Value {
+    serde_json::to_value(view).unwrap_or(Value::Null)
 }

@@ -160,6 +160,17 @@ pub struct PhotoFindings {
     pub counts: bool,
 }
 
+impl From<service::photo_set::PhotoFindings> for PhotoFindings {
+    fn from(photo: service::photo_set::PhotoFindings) -> Self {
+        Self {
+            photo_id: photo.photo_id.0,
+            file_name: photo.file_name,
+            findings: photo.findings.into_iter().map(str::to_string).collect(),
+            counts: photo.counts,
+        }
+    }
+}
+
 /// Smallest, median and largest face share (0..1 of the photo) of the photos with a face.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FaceShareSpread {
@@ -210,12 +221,7 @@ impl From<service::photo_set::PhotoSetReport> for PhotoSetReport {
             photos_with_findings: r
                 .photos_with_findings
                 .into_iter()
-                .map(|p| PhotoFindings {
-                    photo_id: p.photo_id.0,
-                    file_name: p.file_name,
-                    findings: p.findings.into_iter().map(str::to_string).collect(),
-                    counts: p.counts,
-                })
+                .map(PhotoFindings::from)
                 .collect(),
             near_duplicate_groups: r
                 .near_duplicate_groups
