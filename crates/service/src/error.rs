@@ -61,6 +61,9 @@ pub enum Attachment {
     /// The photo set a training was refused for: the report `GET /avatars/{id}/photo-set`
     /// answers with, and in it the photos that do not count.
     PhotoSet(Box<crate::photo_set::PhotoSetReport>),
+    /// The files of an upload none of which was accepted, each with why: as the `rejected`
+    /// of an upload that accepted some.
+    RejectedFiles(Vec<crate::photos::RejectedFile>),
 }
 
 /// The error of every use case (boxed: it travels in every `Result`).

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use domain::{Avatar, AvatarId, PhotoId, PhotoWarning, TenantId};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use store::{PhotoFacts, PhotoRecord, PhotoRemoval, Reservation};
 use tokio::io::AsyncWriteExt;
@@ -18,7 +17,7 @@ use crate::context::Service;
 use crate::error::ServiceError;
 
 /// A file the service refused, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RejectedFile {
     /// The uploaded file's name, or the URL it was fetched from.
     pub file_name: String,
@@ -533,7 +532,6 @@ impl PhotoBatch {
             return Err(no_files(self.field));
         }
         if self.accepted.is_empty() {
-            let rejected = serde_json::to_value(&self.rejected).map_err(ServiceError::internal)?;
             return Err(ServiceError::new(
                 crate::ErrorKind::Invalid,
                 "photos_rejected",
@@ -542,7 +540,7 @@ impl PhotoBatch {
                     self.rejected.len()
                 ),
             )
-            .with_extension("rejected", rejected));
+            .with_attachment(crate::Attachment::RejectedFiles(self.rejected)));
         }
         let avatar = self
             .service

@@ -15,7 +15,8 @@ pub mod webhook_endpoints;
 /// A refusal's attachment as members of its problem document, rendered by the views that
 /// answer for the same things elsewhere: a refused training's `inspection` is the body
 /// `POST /training-archives/inspect` answers with, its `photo_set` the body of
-/// `GET /avatars/{id}/photo-set` (and `photos` the photos in it that do not count).
+/// `GET /avatars/{id}/photo-set` (and `photos` the photos in it that do not count), and an
+/// upload's `rejected` files look the same whether some files were accepted or none.
 pub fn attachment_members(attachment: service::Attachment) -> Vec<(&'static str, Value)> {
     match attachment {
         service::Attachment::ArchiveInspection(inspection) => {
@@ -33,6 +34,13 @@ pub fn attachment_members(attachment: service::Attachment) -> Vec<(&'static str,
                 ("photos", to_json(&at_fault)),
                 ("photo_set", to_json(&report)),
             ]
+        }
+        service::Attachment::RejectedFiles(files) => {
+            let views: Vec<_> = files
+                .into_iter()
+                .map(archives::RejectedFile::from)
+                .collect();
+            vec![("rejected", to_json(&views))]
         }
     }
 }
