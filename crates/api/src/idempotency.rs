@@ -70,9 +70,9 @@ impl AvatarCommand {
     }
 
     /// Runs the command at most once per (tenant, key): its scope and body make the request's
-    /// fingerprint, so the same key with another request is a 422. The body must be declared JSON; it is parsed into
-    /// `T` for `work`, which passes the hold to the use case, which binds what it creates to
-    /// the key.
+    /// fingerprint, so the same key with another request is a 422. The body must be declared
+    /// JSON; it is parsed into `T` for `work`, which passes the hold to the use case, which
+    /// binds what it creates to the key.
     pub async fn run<T, F, Fut>(&self, state: &AppState, work: F) -> Result<Response, ApiError>
     where
         T: serde::de::DeserializeOwned,
