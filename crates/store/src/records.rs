@@ -332,6 +332,10 @@ pub(crate) async fn generation_images(
     .await?)
 }
 
+/// The job event that records a job's creation (not a [`domain::JobEvent`]: nothing moves a
+/// job into its first status).
+const CREATED: &str = "created";
+
 /// `insert_jobs` (an `INSERT INTO jobs ... RETURNING {JOB_COLUMNS}`) as one statement that also
 /// records each inserted job's creation in its event log, with the cause bound at
 /// `cause_param` (such as `$16`). Returns the inserted jobs.
@@ -340,7 +344,7 @@ pub(crate) fn inserting_jobs_with_created_events(insert_jobs: &str, cause_param:
         "WITH inserted AS ({insert_jobs}),
          created AS (
              INSERT INTO job_events (job_id, event, to_status, applied, cause)
-             SELECT id, 'created', status, true, {cause_param}::text FROM inserted)
+             SELECT id, '{CREATED}', status, true, {cause_param}::text FROM inserted)
          SELECT * FROM inserted"
     )
 }
@@ -353,9 +357,10 @@ pub(crate) async fn record_created(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO job_events (job_id, event, to_status, applied, cause)
-         VALUES ($1, 'created', $2, true, $3)",
+         VALUES ($1, $2, $3, true, $4)",
     )
     .bind(job_id)
+    .bind(CREATED)
     .bind(JobStatus::Pending.as_str())
     .bind(cause)
     .execute(conn)
