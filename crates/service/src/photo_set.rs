@@ -51,6 +51,15 @@ pub struct PhotoSetReport {
     pub face_share: Option<FaceShareSpread>,
 }
 
+impl PhotoSetReport {
+    /// The photos that keep the set from training: those with findings that do not count.
+    pub fn photos_not_counting(&self) -> impl Iterator<Item = &PhotoFindings> {
+        self.photos_with_findings
+            .iter()
+            .filter(|photo| !photo.counts)
+    }
+}
+
 /// The report for a set: pure, so the gate and the report cannot disagree.
 pub fn summarize(
     photos: &[PhotoRecord],

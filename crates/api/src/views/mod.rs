@@ -24,12 +24,12 @@ pub fn attachment_members(attachment: service::Attachment) -> Vec<(&'static str,
             vec![("inspection", to_json(&view))]
         }
         service::Attachment::PhotoSet(report) => {
-            let report = photos::PhotoSetReport::from(*report);
             let at_fault: Vec<_> = report
-                .photos_with_findings
-                .iter()
-                .filter(|photo| !photo.counts)
+                .photos_not_counting()
+                .cloned()
+                .map(photos::PhotoFindings::from)
                 .collect();
+            let report = photos::PhotoSetReport::from(*report);
             vec![
                 ("photos", to_json(&at_fault)),
                 ("photo_set", to_json(&report)),
