@@ -77,8 +77,8 @@ fn zip_of(entries: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
-/// Serves `files` on a loopback port and returns an app allowed to fetch from it.
-async fn app_with_origin(pool: PgPool, files: Vec<(&'static str, Vec<u8>)>) -> (TestApp, String) {
+/// Serves `files` (path, bytes) on a loopback port and returns its address.
+async fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut router = axum::Router::new();
@@ -89,6 +89,12 @@ async fn app_with_origin(pool: PgPool, files: Vec<(&'static str, Vec<u8>)>) -> (
         );
     }
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// Serves `files` on a loopback port and returns an app allowed to fetch from it.
+async fn app_with_origin(pool: PgPool, files: Vec<(&'static str, Vec<u8>)>) -> (TestApp, String) {
+    let addr = serve_files(files).await;
     let app = TestApp::spawn_with(store::Store::new(pool), |settings| {
         settings.fetch.allow_http = true;
         settings.fetch.allowed_private = vec![addr];
@@ -178,21 +184,15 @@ async fn a_callers_archive_is_checked_for_faces_under_the_kinds_policy(pool: PgP
 async fn a_training_refused_for_its_archive_carries_the_inspection_as_inspect_shows_it(
     pool: PgPool,
 ) {
+    let names: Vec<String> = (0..10).map(|i| format!("img{i}.jpg")).collect();
     let faceless_zip = zip_of(
-        (0..10)
-            .map(|i| (format!("img{i}.jpg"), images::jpeg(700 + i)))
-            .collect::<Vec<_>>()
+        names
             .iter()
-            .map(|(n, b)| (n.as_str(), b.clone()))
+            .zip(700..)
+            .map(|(name, seed)| (name.as_str(), images::jpeg(seed)))
             .collect(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new().route(
-        "/faceless.zip",
-        axum::routing::get(move || async move { faceless_zip.clone() }),
-    );
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let addr = serve_files(vec![("/faceless.zip", faceless_zip)]).await;
     let app = TestApp::spawn_with_fal_and(pool, FalOptions::default(), |settings| {
         settings.fetch.allow_http = true;
         settings.fetch.allowed_private = vec![addr];
