@@ -396,3 +396,70 @@ async fn a_tenant_streams_only_its_own_events(pool: PgPool) {
     assert_eq!(their_stream.next_event().await.subject(), theirs);
     assert_eq!(subjects(&our_stream.events(3).await), ours);
 }
+
+/// A process's stream router learns where the events stand when it starts, and the process
+/// may serve streams before that (the router waits for a connection like everyone else). A
+/// stream that had already looked and found nothing still gets the events sequenced between.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwhile(pool: PgPool) {
+    const STARTING: &str = "replica-starting";
+    let app = app(pool.clone()).await;
+    let avatar = new_avatars(&app, 1).await;
+    let caller = app
+        .store
+        .authenticate_key(&api::auth::hash_key(&app.key))
+        .await
+        .unwrap()
+        .expect("the app's key is live");
+    // Another process, its workers (the router among them) not started yet, on connections
+    // named so that the database shows what its feed has done.
+    let options = (*pool.connect_options()).clone().application_name(STARTING);
+    let starting = app.service_on(store::Store::new(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(options),
+    ));
+    let filter = service::event_streams::event_filter(None, None, None).unwrap();
+    let mut feed =
+        service::event_streams::open_feed(&starting, caller.tenant_id, caller.key_id, filter, None)
+            .await
+            .unwrap();
+    let next = tokio::spawn(async move { feed.next().await });
+    app.eventually(
+        "the starting process's feed to have read its events",
+        || {
+            let pool = pool.clone();
+            async move {
+                let finished: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND state = 'idle'
+                   AND query LIKE '%FROM outbox_events%position > $2%'",
+                )
+                .bind(STARTING)
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                if finished > 0 {
+                    Ok(())
+                } else {
+                    Err("no finished read yet".into())
+                }
+            }
+        },
+    )
+    .await;
+
+    // The running app sequences an event (its own stream carries it) while the feed waits.
+    let mut stream = Sse::connect(&app, &app.key, "", None).await;
+    delete_all(&app, &avatar).await;
+    assert_eq!(stream.next_event().await.subject(), avatar[0]);
+
+    let workers = service::workers::spawn(starting.clone());
+    let event = tokio::time::timeout(DEADLINE, next)
+        .await
+        .expect("the feed is woken within the deadline")
+        .unwrap()
+        .expect("the feed stays open");
+    assert_eq!(event.payload["data"]["id"], avatar[0].as_str());
+    workers.stop(Duration::from_secs(5)).await;
+}

@@ -300,8 +300,13 @@ impl TestApp {
     /// The application layer on this app's database, blobs and settings, for tests that call
     /// a use case or worker step directly.
     pub fn service(&self) -> service::Service {
+        self.service_on(self.store.clone())
+    }
+
+    /// [`TestApp::service`] on another store (a pool of its own, say, to watch its sessions).
+    pub fn service_on(&self, store: store::Store) -> service::Service {
         service::Service::new(
-            self.store.clone(),
+            store,
             self.blobs.clone(),
             self.settings.clone(),
             None,

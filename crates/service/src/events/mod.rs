@@ -47,6 +47,10 @@ const STREAM_SAFETY_POLL: Duration = Duration::from_secs(5);
 async fn route_to_streams(service: Service) {
     let mut positions = service.sequenced_events.subscribe();
     let mut routed = service.store.latest_event_position().await.unwrap_or(0);
+    // Streams may have opened before that read (the first requests are served while this
+    // task waits for a connection); events sequenced meanwhile count as routed, so those
+    // streams are told to look now. Later streams start after `routed` anyway.
+    service.streams.wake_all();
     let mut safety = tokio::time::interval(STREAM_SAFETY_POLL);
     let mut key_check = tokio::time::interval(service.settings.events.stream_key_check);
     loop {
