@@ -25,6 +25,7 @@ mod bench_webhooks;
 mod cluster;
 mod face_photos;
 mod moto;
+mod panics;
 
 /// A `cargo` command for the tasks to run, without the variables `cargo run` set for this
 /// process. Build scripts watch some of them (ring's watches `CARGO_MANIFEST_DIR`): inherited,
@@ -227,6 +228,7 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
         });
     }
 
+    let mut panics = Vec::new();
     let status = cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
@@ -244,11 +246,22 @@ fn run_tests(extra: Vec<String>) -> ExitCode {
             "RUST_TEST_THREADS",
             std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "4".into()),
         )
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut child| {
             child_pid.store(child.id() as i32, Ordering::SeqCst);
+            if let Some(output) = child.stdout.take() {
+                panics = panics::echo_and_collect(output);
+            }
             child.wait()
         });
+    let failed = !matches!(&status, Ok(status) if status.success());
+    if failed && !panics.is_empty() {
+        eprintln!("\nxtask: why tests failed (each panic once more, without its backtrace):");
+        for panic in &panics {
+            eprintln!("\n{panic}");
+        }
+    }
 
     if let Some((mut cluster, data_dir)) = cluster.take() {
         if let Err(error) = cluster.stop() {
