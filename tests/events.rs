@@ -399,7 +399,8 @@ async fn a_tenant_streams_only_its_own_events(pool: PgPool) {
 
 /// A process's stream router learns where the events stand when it starts, and the process
 /// may serve streams before that (the router waits for a connection like everyone else). A
-/// stream that had already looked and found nothing still gets the events sequenced between.
+/// stream that had already looked and found nothing still gets the events sequenced between,
+/// and a stream of a tenant without events is still not woken.
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwhile(pool: PgPool) {
     const STARTING: &str = "replica-starting";
@@ -419,9 +420,19 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
             .max_connections(2)
             .connect_lazy_with(options),
     ));
-    let filter = service::event_streams::event_filter(None, None, None).unwrap();
+    let all = || service::event_streams::event_filter(None, None, None).unwrap();
     let mut feed =
-        service::event_streams::open_feed(&starting, caller.tenant_id, caller.key_id, filter, None)
+        service::event_streams::open_feed(&starting, caller.tenant_id, caller.key_id, all(), None)
+            .await
+            .unwrap();
+    let quiet = app
+        .store
+        .authenticate_key(&api::auth::hash_key(&app.new_key("quiet").await))
+        .await
+        .unwrap()
+        .expect("the quiet tenant's key is live");
+    let _quiet_feed =
+        service::event_streams::open_feed(&starting, quiet.tenant_id, quiet.key_id, all(), None)
             .await
             .unwrap();
     let next = tokio::spawn(async move { feed.next().await });
@@ -461,5 +472,6 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
         .unwrap()
         .expect("the feed stays open");
     assert_eq!(event.payload["data"]["id"], avatar[0].as_str());
+    assert_eq!(starting.streams.wakeups(quiet.tenant_id), 0);
     workers.stop(Duration::from_secs(5)).await;
 }

@@ -30,8 +30,15 @@ pub struct StreamRegistry {
 struct TenantStreams {
     /// Bumped when the tenant has new events.
     wake: watch::Sender<u64>,
-    /// Each open feed: its key, and its signal to end.
-    open: HashMap<u64, (ApiKeyId, watch::Sender<bool>)>,
+    open: HashMap<u64, OpenFeed>,
+}
+
+struct OpenFeed {
+    key: ApiKeyId,
+    /// The position the feed started after.
+    start: i64,
+    /// Set to end the feed.
+    end: watch::Sender<bool>,
 }
 
 impl StreamRegistry {
@@ -39,6 +46,7 @@ impl StreamRegistry {
         self: &Arc<Self>,
         tenant: TenantId,
         key: ApiKeyId,
+        start: i64,
         limit: u32,
     ) -> Result<Registration, ServiceError> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
@@ -57,7 +65,7 @@ impl StreamRegistry {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (end, ended) = watch::channel(false);
-        streams.open.insert(id, (key, end));
+        streams.open.insert(id, OpenFeed { key, start, end });
         Ok(Registration {
             ticket: StreamTicket {
                 registry: self.clone(),
@@ -87,6 +95,15 @@ impl StreamRegistry {
         }
     }
 
+    /// The earliest position an open feed started after; `None` when none is open.
+    pub fn earliest_start(&self) -> Option<i64> {
+        let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        registered
+            .values()
+            .flat_map(|s| s.open.values().map(|feed| feed.start))
+            .min()
+    }
+
     /// Whether any feed is open: otherwise nobody needs waking.
     pub fn is_empty(&self) -> bool {
         self.tenants
@@ -106,7 +123,7 @@ impl StreamRegistry {
         let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         let keys: HashSet<ApiKeyId> = registered
             .values()
-            .flat_map(|s| s.open.values().map(|(key, _)| *key))
+            .flat_map(|s| s.open.values().map(|feed| feed.key))
             .collect();
         keys.into_iter().collect()
     }
@@ -114,9 +131,9 @@ impl StreamRegistry {
     /// Ends the feeds opened with a key not in `live`.
     pub fn end_all_but(&self, live: &[ApiKeyId]) {
         let registered = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, end) in registered.values().flat_map(|s| s.open.values()) {
-            if !live.contains(key) {
-                end.send_replace(true);
+        for feed in registered.values().flat_map(|s| s.open.values()) {
+            if !live.contains(&feed.key) {
+                feed.end.send_replace(true);
             }
         }
     }
@@ -228,13 +245,16 @@ pub async fn open_feed(
     filter: EventFilter,
     last_event_id: Option<&str>,
 ) -> Result<Feed, ServiceError> {
-    // Registered before the first read, so nothing sequenced in between is missed.
-    let registration =
-        service
-            .streams
-            .register(tenant_id, key, service.settings.tenants.max_event_streams)?;
-    let closing = service.stopping();
     let after = start_position(service, tenant_id, last_event_id).await?;
+    // Registered before the first read: what is sequenced before that read, the read finds;
+    // what is sequenced later wakes the feed.
+    let registration = service.streams.register(
+        tenant_id,
+        key,
+        after,
+        service.settings.tenants.max_event_streams,
+    )?;
+    let closing = service.stopping();
     // A feed filtered to a job or an avatar watches its jobs while it is open.
     let watching = match (filter.job_id, filter.avatar_id) {
         (Some(job), _) => Some(store::JobWatch::Job(job)),
