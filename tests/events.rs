@@ -406,12 +406,6 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
     const STARTING: &str = "replica-starting";
     let app = app(pool.clone()).await;
     let avatar = new_avatars(&app, 1).await;
-    let caller = app
-        .store
-        .authenticate_key(&api::auth::hash_key(&app.key))
-        .await
-        .unwrap()
-        .expect("the app's key is live");
     // Another process, its workers (the router among them) not started yet, on connections
     // named so that the database shows what its feed has done.
     let options = (*pool.connect_options()).clone().application_name(STARTING);
@@ -420,21 +414,8 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
             .max_connections(2)
             .connect_lazy_with(options),
     ));
-    let all = || service::event_streams::event_filter(None, None, None).unwrap();
-    let mut feed =
-        service::event_streams::open_feed(&starting, caller.tenant_id, caller.key_id, all(), None)
-            .await
-            .unwrap();
-    let quiet = app
-        .store
-        .authenticate_key(&api::auth::hash_key(&app.new_key("quiet").await))
-        .await
-        .unwrap()
-        .expect("the quiet tenant's key is live");
-    let _quiet_feed =
-        service::event_streams::open_feed(&starting, quiet.tenant_id, quiet.key_id, all(), None)
-            .await
-            .unwrap();
+    let (mut feed, _) = open_feed(&app, &starting, &app.key).await;
+    let (_quiet_feed, quiet) = open_feed(&app, &starting, &app.new_key("quiet").await).await;
     let next = tokio::spawn(async move { feed.next().await });
     app.eventually(
         "the starting process's feed to have read its events",
@@ -443,8 +424,8 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
             async move {
                 let finished: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = $1 AND state = 'idle'
-                   AND query LIKE '%FROM outbox_events%position > $2%'",
+                     WHERE application_name = $1 AND state = 'idle'
+                       AND query LIKE '%FROM outbox_events%position > $2%'",
                 )
                 .bind(STARTING)
                 .fetch_one(&pool)
@@ -472,6 +453,26 @@ async fn a_stream_opened_before_its_router_starts_gets_what_was_sequenced_meanwh
         .unwrap()
         .expect("the feed stays open");
     assert_eq!(event.payload["data"]["id"], avatar[0].as_str());
-    assert_eq!(starting.streams.wakeups(quiet.tenant_id), 0);
+    assert_eq!(starting.streams.wakeups(quiet), 0);
     workers.stop(Duration::from_secs(5)).await;
+}
+
+/// An unfiltered feed of `key`'s tenant, opened on `service` without HTTP; and that tenant.
+async fn open_feed(
+    app: &TestApp,
+    service: &service::Service,
+    key: &str,
+) -> (service::event_streams::Feed, domain::TenantId) {
+    let caller = app
+        .store
+        .authenticate_key(&api::auth::hash_key(key))
+        .await
+        .unwrap()
+        .expect("the key is live");
+    let all = service::event_streams::event_filter(None, None, None).unwrap();
+    let feed =
+        service::event_streams::open_feed(service, caller.tenant_id, caller.key_id, all, None)
+            .await
+            .unwrap();
+    (feed, caller.tenant_id)
 }

@@ -46,14 +46,14 @@ const STREAM_SAFETY_POLL: Duration = Duration::from_secs(5);
 /// revoked keys.
 async fn route_to_streams(service: Service) {
     let mut positions = service.sequenced_events.subscribe();
-    let routed_before_start = service.store.latest_event_position().await.unwrap_or(0);
+    let latest = service.store.latest_event_position().await.unwrap_or(0);
     // Streams may have opened before that read (requests are served while this task waits
     // for a connection). What was sequenced after they started is theirs to be woken for;
     // streams opened later start after it anyway.
     let mut routed = service
         .streams
         .earliest_start()
-        .map_or(routed_before_start, |start| start.min(routed_before_start));
+        .map_or(latest, |start| start.min(latest));
     let mut safety = tokio::time::interval(STREAM_SAFETY_POLL);
     let mut key_check = tokio::time::interval(service.settings.events.stream_key_check);
     loop {
